@@ -1,0 +1,213 @@
+"""Importance scores for the five axes, computed once per (base model, task, settings) and cached.
+
+Criteria (higher = more important, kept first):
+- heads, ffn: Fisher information of a mask on each head / neuron (Michel et al. 2019;
+  Kwon et al. 2022): per-example gradient of the loss w.r.t. a multiplicative mask of ones,
+  squared and summed over examples.
+- hidden: activation magnitude of each residual channel (Minitron): mean squared value of
+  every LayerNorm output over real (non-padding) tokens, summed over LayerNorms.
+- layers: block influence 1 - cos(layer input, layer output) over real tokens (ShortGPT).
+- context: positions are kept in order (the first C); there is no choice to score.
+`naive` keeps the first k of everything: the baseline the criteria must beat.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from nas.arch import arch_for
+from nas.spec import BaseShape
+
+log = logging.getLogger(__name__)
+
+METHODS = ("fisher", "naive")
+
+
+@dataclass(frozen=True)
+class ImportanceScores:
+    layers: torch.Tensor  # (L,)
+    heads: torch.Tensor  # (L, H)
+    ffn: torch.Tensor  # (L, F)
+    hidden: torch.Tensor  # (D,)
+    method: str
+
+    def check_fits(self, shape: BaseShape) -> None:
+        want = {
+            "layers": (shape.num_layers,),
+            "heads": (shape.num_layers, shape.num_heads),
+            "ffn": (shape.num_layers, shape.ffn_size),
+            "hidden": (shape.hidden_size,),
+        }
+        for name, expected in want.items():
+            got = tuple(getattr(self, name).shape)
+            if got != expected:
+                raise ValueError(f"importance scores '{name}' have shape {got}; the base model needs {expected}")
+
+    def to_dict(self) -> dict[str, Any]:
+        return {k: getattr(self, k) for k in ("layers", "heads", "ffn", "hidden", "method")}
+
+    def save(self, path: str | Path) -> None:
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(path.suffix + ".tmp")
+        torch.save(self.to_dict(), tmp)
+        tmp.replace(path)
+
+    @classmethod
+    def load(cls, path: str | Path) -> ImportanceScores:
+        data = torch.load(path, map_location="cpu", weights_only=True)
+        return cls(**data)
+
+    def top_layers(self, n: int) -> tuple[int, ...]:
+        from nas.prune import keep_top
+
+        return tuple(int(i) for i in keep_top(self.layers, n))
+
+
+def naive_scores(shape: BaseShape) -> ImportanceScores:
+    """Scores that make every axis keep its first k units."""
+
+    def descending(n: int) -> torch.Tensor:
+        return torch.arange(n, 0, -1, dtype=torch.float32)
+
+    return ImportanceScores(
+        layers=descending(shape.num_layers),
+        heads=descending(shape.num_heads).repeat(shape.num_layers, 1),
+        ffn=descending(shape.ffn_size).repeat(shape.num_layers, 1),
+        hidden=descending(shape.hidden_size),
+        method="naive",
+    )
+
+
+def compute_scores(model: nn.Module, batches: Iterable[dict[str, torch.Tensor]], *, max_batches: int = 16) -> ImportanceScores:
+    """Fisher / activation / block-influence scores from a few labelled batches.
+
+    The model is put in eval mode (no dropout); its weights are not changed.
+    """
+    arch = arch_for(model)
+    shape = BaseShape.from_config(model.config)
+    layers = arch.layers(model)
+    device = next(model.parameters()).device
+    was_training = model.training
+    model.eval()
+
+    head_fisher = torch.zeros(shape.num_layers, shape.num_heads, dtype=torch.float64)
+    ffn_fisher = torch.zeros(shape.num_layers, shape.ffn_size, dtype=torch.float64)
+    hidden_energy = torch.zeros(shape.hidden_size, dtype=torch.float64)
+    influence = torch.zeros(shape.num_layers, dtype=torch.float64)
+    tokens_seen = 0
+
+    state: dict[str, Any] = {}
+    handles = []
+
+    def mask_hook(kind: str, idx: int, units: int, unit_size: int):
+        def hook(module: nn.Module, args: tuple[torch.Tensor, ...]):
+            x = args[0]  # (B, T, units * unit_size)
+            mask = torch.ones(x.shape[0], units, device=x.device, dtype=x.dtype, requires_grad=True)
+            state[f"{kind}{idx}"] = mask
+            scale = mask.repeat_interleave(unit_size, dim=1)[:, None, :]  # (B, 1, units*unit_size)
+            return (x * scale,) + tuple(args[1:])
+
+        return hook
+
+    def norm_hook(module: nn.Module, args: tuple[torch.Tensor, ...], out: torch.Tensor) -> None:
+        keep = state["token_mask"]  # (B, T, 1)
+        state["energy"] += ((out.detach().double() ** 2) * keep).sum(dim=(0, 1))
+
+    def layer_hook(idx: int):
+        def hook(module: nn.Module, args: tuple[Any, ...], out: Any) -> None:
+            x_in = args[0].detach()
+            x_out = (out[0] if isinstance(out, tuple) else out).detach()
+            cos = nn.functional.cosine_similarity(x_in, x_out, dim=-1)  # (B, T)
+            keep = state["token_mask"][..., 0]
+            state["influence"][idx] += ((1 - cos).double() * keep).sum()
+
+        return hook
+
+    for i, layer in enumerate(layers):
+        parts = arch.layer_parts(layer)
+        handles.append(parts.o.register_forward_pre_hook(mask_hook("head", i, shape.num_heads, shape.head_size)))
+        handles.append(parts.ffn_out.register_forward_pre_hook(mask_hook("ffn", i, shape.ffn_size, 1)))
+        handles.append(parts.attn_norm.register_forward_hook(norm_hook))
+        handles.append(parts.ffn_norm.register_forward_hook(norm_hook))
+        handles.append(layer.register_forward_hook(layer_hook(i)))
+    handles.append(arch.embeddings(model).norm.register_forward_hook(norm_hook))
+
+    try:
+        for b, batch in enumerate(batches):
+            if b >= max_batches:
+                break
+            batch = {k: v.to(device) for k, v in batch.items()}
+            attn = batch.get("attention_mask")
+            if attn is None:
+                attn = torch.ones_like(batch["input_ids"])
+            state["token_mask"] = attn[..., None].double()
+            state["energy"] = hidden_energy
+            state["influence"] = influence
+            tokens_seen += int(attn.sum())
+            model.zero_grad(set_to_none=True)
+            with torch.enable_grad():
+                out = model(**batch)
+                masks = [state[f"head{i}"] for i in range(len(layers))] + [state[f"ffn{i}"] for i in range(len(layers))]
+                grads = torch.autograd.grad(out.loss, masks)
+            for i in range(len(layers)):
+                head_fisher[i] += (grads[i].double() ** 2).sum(0)  # sum over examples of squared per-example grads
+                ffn_fisher[i] += (grads[len(layers) + i].double() ** 2).sum(0)
+    finally:
+        for h in handles:
+            h.remove()
+        model.zero_grad(set_to_none=True)
+        model.train(was_training)
+
+    if tokens_seen == 0:
+        raise ValueError("compute_scores got no batches; pass at least one labelled batch")
+    return ImportanceScores(
+        layers=(influence / tokens_seen).float(),
+        heads=head_fisher.float(),
+        ffn=ffn_fisher.float(),
+        hidden=(hidden_energy / tokens_seen).float(),
+        method="fisher",
+    )
+
+
+def cache_key(**parts: Any) -> str:
+    return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:20]
+
+
+def cached_scores(
+    model: nn.Module,
+    batches_fn: Any,
+    *,
+    method: str,
+    cache_dir: str | Path | None,
+    key_parts: dict[str, Any],
+    max_batches: int = 16,
+) -> ImportanceScores:
+    """Scores for `method`, read from `cache_dir` when computed before with the same key."""
+    if method not in METHODS:
+        raise ValueError(f"importance.method={method!r} is not known; allowed: {', '.join(METHODS)}")
+    shape = BaseShape.from_config(model.config)
+    if method == "naive":
+        return naive_scores(shape)
+    path = None
+    if cache_dir is not None:
+        path = Path(cache_dir) / "importance" / f"{cache_key(method=method, max_batches=max_batches, **key_parts)}.pt"
+        if path.is_file():
+            log.info("importance scores: cached %s", path)
+            scores = ImportanceScores.load(path)
+            scores.check_fits(shape)
+            return scores
+    scores = compute_scores(model, batches_fn(), max_batches=max_batches)
+    if path is not None:
+        scores.save(path)
+        log.info("importance scores: computed and cached at %s", path)
+    return scores
