@@ -4,8 +4,10 @@ Criteria (higher = more important, kept first):
 - heads, ffn: Fisher information of a mask on each head / neuron (Michel et al. 2019;
   Kwon et al. 2022): per-example gradient of the loss w.r.t. a multiplicative mask of ones,
   squared and summed over examples.
-- hidden: activation magnitude of each residual channel (Minitron): mean squared value of
-  every LayerNorm output over real (non-padding) tokens, summed over LayerNorms.
+- hidden: Fisher information of one mask per residual channel, shared by every LayerNorm
+  output (zeroing a channel there removes it from the whole residual stream, which is what
+  hidden-size pruning does). Activation magnitude (Minitron) was tried first and lost to
+  keep-first-k on this task (experiments/prune_importance/README.md).
 - layers: block influence 1 - cos(layer input, layer output) over real tokens (ShortGPT).
 - context: positions are kept in order (the first C); there is no choice to score.
 `naive` keeps the first k of everything: the baseline the criteria must beat.
@@ -30,6 +32,7 @@ from nas.spec import BaseShape
 log = logging.getLogger(__name__)
 
 METHODS = ("fisher", "naive")
+SCORES_VERSION = 3  # bump when a criterion changes: old cache entries are then ignored
 
 
 @dataclass(frozen=True)
@@ -102,7 +105,7 @@ def compute_scores(model: nn.Module, batches: Iterable[dict[str, torch.Tensor]],
 
     head_fisher = torch.zeros(shape.num_layers, shape.num_heads, dtype=torch.float64)
     ffn_fisher = torch.zeros(shape.num_layers, shape.ffn_size, dtype=torch.float64)
-    hidden_energy = torch.zeros(shape.hidden_size, dtype=torch.float64)
+    hidden_fisher = torch.zeros(shape.hidden_size, dtype=torch.float64)
     influence = torch.zeros(shape.num_layers, dtype=torch.float64)
     tokens_seen = 0
 
@@ -119,9 +122,8 @@ def compute_scores(model: nn.Module, batches: Iterable[dict[str, torch.Tensor]],
 
         return hook
 
-    def norm_hook(module: nn.Module, args: tuple[torch.Tensor, ...], out: torch.Tensor) -> None:
-        keep = state["token_mask"]  # (B, T, 1)
-        state["energy"] += ((out.detach().double() ** 2) * keep).sum(dim=(0, 1))
+    def norm_hook(module: nn.Module, args: tuple[torch.Tensor, ...], out: torch.Tensor) -> torch.Tensor:
+        return out * state["hidden_mask"][:, None, :]  # (B, T, D) * (B, 1, D)
 
     def layer_hook(idx: int):
         def hook(module: nn.Module, args: tuple[Any, ...], out: Any) -> None:
@@ -129,7 +131,7 @@ def compute_scores(model: nn.Module, batches: Iterable[dict[str, torch.Tensor]],
             x_out = (out[0] if isinstance(out, tuple) else out).detach()
             cos = nn.functional.cosine_similarity(x_in, x_out, dim=-1)  # (B, T)
             keep = state["token_mask"][..., 0]
-            state["influence"][idx] += ((1 - cos).double() * keep).sum()
+            state["influence"][idx] += ((1 - cos).clamp_min(0).double() * keep).sum()
 
         return hook
 
@@ -151,17 +153,21 @@ def compute_scores(model: nn.Module, batches: Iterable[dict[str, torch.Tensor]],
             if attn is None:
                 attn = torch.ones_like(batch["input_ids"])
             state["token_mask"] = attn[..., None].double()
-            state["energy"] = hidden_energy
+            state["hidden_mask"] = torch.ones(attn.shape[0], shape.hidden_size, device=device, requires_grad=True)
             state["influence"] = influence
             tokens_seen += int(attn.sum())
             model.zero_grad(set_to_none=True)
             with torch.enable_grad():
                 out = model(**batch)
                 masks = [state[f"head{i}"] for i in range(len(layers))] + [state[f"ffn{i}"] for i in range(len(layers))]
-                grads = torch.autograd.grad(out.loss, masks)
+                masks.append(state["hidden_mask"])
+                # HF's loss is a batch mean: scale back to a per-example sum so Fisher terms do not
+                # depend on how examples were grouped into batches.
+                grads = torch.autograd.grad(out.loss * batch["input_ids"].shape[0], masks)
             for i in range(len(layers)):
                 head_fisher[i] += (grads[i].double() ** 2).sum(0)  # sum over examples of squared per-example grads
                 ffn_fisher[i] += (grads[len(layers) + i].double() ** 2).sum(0)
+            hidden_fisher += (grads[-1].double() ** 2).sum(0)
     finally:
         for h in handles:
             h.remove()
@@ -174,7 +180,7 @@ def compute_scores(model: nn.Module, batches: Iterable[dict[str, torch.Tensor]],
         layers=(influence / tokens_seen).float(),
         heads=head_fisher.float(),
         ffn=ffn_fisher.float(),
-        hidden=(hidden_energy / tokens_seen).float(),
+        hidden=hidden_fisher.float(),
         method="fisher",
     )
 
@@ -200,7 +206,7 @@ def cached_scores(
         return naive_scores(shape)
     path = None
     if cache_dir is not None:
-        path = Path(cache_dir) / "importance" / f"{cache_key(method=method, max_batches=max_batches, **key_parts)}.pt"
+        path = Path(cache_dir) / "importance" / f"{cache_key(method=method, max_batches=max_batches, version=SCORES_VERSION, **key_parts)}.pt"
         if path.is_file():
             log.info("importance scores: cached %s", path)
             scores = ImportanceScores.load(path)

@@ -113,6 +113,8 @@ class SubnetSpec:
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> SubnetSpec:
+        if not isinstance(data, Mapping):
+            raise SpecError(f"SubnetSpec data must be a mapping of fields, got {type(data).__name__}")
         fields = {f.name for f in dataclasses.fields(cls)}
         data = dict(data)
         unknown = sorted(set(data) - fields)

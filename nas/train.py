@@ -1,0 +1,261 @@
+"""Fine-tuning with Lightning (optionally distilling from the unpruned model) and evaluation."""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import time
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass, fields
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class TrainSettings:
+    max_steps: int = 60
+    batch_size: int = 32
+    lr: float = 1e-4
+    weight_decay: float = 0.01
+    warmup_ratio: float = 0.1
+    distill_weight: float = 0.5
+    temperature: float = 2.0
+    eval_batch_size: int = 64
+    seed: int = 0
+    threads: int = 0  # 0: leave torch's default
+
+    @classmethod
+    def from_cfg(cls, cfg: Mapping[str, Any], **overrides: Any) -> TrainSettings:
+        names = {f.name for f in fields(cls)}
+        values = {k: cfg[k] for k in names if k in cfg}
+        values.update(overrides)
+        settings = cls(**values)
+        settings.validate()
+        return settings
+
+    def validate(self) -> None:
+        if self.max_steps < 0:
+            raise ValueError(f"train.max_steps={self.max_steps} must be >= 0")
+        if self.batch_size < 1 or self.eval_batch_size < 1:
+            raise ValueError(f"train.batch_size={self.batch_size} / eval_batch_size={self.eval_batch_size} must be >= 1")
+        if not 0.0 <= self.distill_weight <= 1.0:
+            raise ValueError(f"train.distill_weight={self.distill_weight} is out of range; allowed 0..1")
+        if self.temperature <= 0:
+            raise ValueError(f"train.temperature={self.temperature} must be > 0")
+        if self.lr <= 0:
+            raise ValueError(f"train.lr={self.lr} must be > 0")
+
+
+def _lightning_module_class() -> type:
+    import lightning as L
+
+    class ClassifierModule(L.LightningModule):
+        """Thin wrapper: the model is built and pruned elsewhere; this only trains it."""
+
+        def __init__(self, model: nn.Module, settings: TrainSettings, teacher: nn.Module | None = None,
+                     teacher_cache: dict[bytes, torch.Tensor] | None = None) -> None:
+            super().__init__()
+            self.model = model
+            self.settings = settings
+            # The teacher is not a submodule: it must not be trained, saved or counted.
+            object.__setattr__(self, "teacher", teacher)
+            self.teacher_cache = teacher_cache if teacher_cache is not None else {}
+            self.losses: list[float] = []
+
+        def on_fit_start(self) -> None:
+            if self.teacher is not None:
+                self.teacher.to(self.device).eval()
+
+        def _teacher_logits(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+            # Teacher logits depend only on the (truncated) token sequence: cache them by its
+            # bytes, so trials that see the same examples at the same context pay once.
+            ids = batch["input_ids"].cpu()
+            mask = batch.get("attention_mask")
+            lengths = mask.sum(-1).tolist() if mask is not None else [ids.shape[1]] * ids.shape[0]
+            keys = [ids[i, : int(n)].numpy().tobytes() for i, n in enumerate(lengths)]
+            if all(k in self.teacher_cache for k in keys):
+                return torch.stack([self.teacher_cache[k] for k in keys]).to(self.device)
+            with torch.no_grad():
+                logits = self.teacher(**_model_inputs(batch)).logits.float()
+            for k, row in zip(keys, logits.cpu()):
+                self.teacher_cache[k] = row
+            return logits
+
+        def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
+            out = self.model(**_model_inputs(batch))
+            loss = nn.functional.cross_entropy(out.logits.float(), batch["labels"])
+            w = self.settings.distill_weight
+            if self.teacher is not None and w > 0:
+                t = self.settings.temperature
+                soft = nn.functional.log_softmax(self._teacher_logits(batch) / t, dim=-1)
+                kd = nn.functional.kl_div(
+                    nn.functional.log_softmax(out.logits.float() / t, dim=-1), soft, log_target=True,
+                    reduction="batchmean",
+                ) * (t * t)
+                loss = (1 - w) * loss + w * kd
+            if not torch.isfinite(loss):
+                raise FloatingPointError(f"non-finite training loss {loss.item()} at step {self.global_step}")
+            self.losses.append(float(loss.detach()))
+            return loss
+
+        def configure_optimizers(self) -> Any:
+            s = self.settings
+            decay, no_decay = [], []
+            for name, p in self.model.named_parameters():
+                (no_decay if p.ndim < 2 else decay).append(p)
+            opt = torch.optim.AdamW(
+                [{"params": decay, "weight_decay": s.weight_decay}, {"params": no_decay, "weight_decay": 0.0}], lr=s.lr
+            )
+            total = max(1, s.max_steps)
+            warm = max(1, int(total * s.warmup_ratio))
+
+            def schedule(step: int) -> float:
+                if step < warm:
+                    return (step + 1) / warm
+                return max(0.0, (total - step) / max(1, total - warm))
+
+            sched = torch.optim.lr_scheduler.LambdaLR(opt, schedule)
+            return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
+
+    return ClassifierModule
+
+
+def _model_inputs(batch: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    return {k: v for k, v in batch.items() if k in ("input_ids", "attention_mask", "token_type_ids")}
+
+
+def finetune(
+    model: nn.Module,
+    loader: Any,
+    settings: TrainSettings,
+    *,
+    teacher: nn.Module | None = None,
+    teacher_cache: dict[bytes, torch.Tensor] | None = None,
+    accelerator: str = "auto",
+) -> dict[str, Any]:
+    """Train `model` in place for settings.max_steps steps; returns {'losses': [...], 'seconds': s}."""
+    import lightning as L
+
+    start = time.perf_counter()
+    if settings.max_steps == 0:
+        model.eval()
+        return {"losses": [], "seconds": 0.0}
+    if settings.threads:
+        torch.set_num_threads(settings.threads)
+    L.seed_everything(settings.seed, workers=True, verbose=False)
+    module = _lightning_module_class()(model, settings, teacher=teacher, teacher_cache=teacher_cache)
+    logging.getLogger("lightning.pytorch.utilities.rank_zero").setLevel(logging.WARNING)
+    logging.getLogger("lightning.pytorch.accelerators.cuda").setLevel(logging.WARNING)
+    trainer = L.Trainer(
+        max_steps=settings.max_steps,
+        accelerator=accelerator,
+        devices=1,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        num_sanity_val_steps=0,
+        limit_val_batches=0,
+        gradient_clip_val=1.0,
+        deterministic=False,
+    )
+    model.train()
+    trainer.fit(module, train_dataloaders=loader)
+    model.cpu().eval()
+    if teacher is not None:
+        teacher.cpu()
+    return {"losses": module.losses, "seconds": time.perf_counter() - start}
+
+
+@torch.inference_mode()
+def predict(model: nn.Module, loader: Any) -> tuple[torch.Tensor, torch.Tensor]:
+    """(logits, labels) over a loader, in eval mode, on the model's device."""
+    was_training = model.training
+    model.eval()
+    device = next(model.parameters()).device
+    all_logits, all_labels = [], []
+    for batch in loader:
+        logits = model(**{k: v.to(device) for k, v in _model_inputs(batch).items()}).logits
+        all_logits.append(logits.float().cpu())
+        all_labels.append(batch["labels"].cpu())
+    model.train(was_training)
+    return torch.cat(all_logits), torch.cat(all_labels)
+
+
+def accuracy(model: nn.Module, loader: Any) -> float:
+    logits, labels = predict(model, loader)
+    if labels.numel() == 0:
+        raise ValueError("accuracy: the evaluation split has no rows")
+    return float((logits.argmax(-1) == labels).float().mean())
+
+
+def finetune_base_cached(
+    *,
+    model_name: str | None,
+    task: Any,
+    settings: TrainSettings,
+    max_length: int,
+    cache_dir: str | Path | None,
+    key_parts: Mapping[str, Any],
+) -> tuple[nn.Module, Any, dict[str, Any]]:
+    """The fine-tuned unpruned base (teacher and reference), trained once and cached on disk.
+
+    Returns (model, tokenizer, info) where info holds validation/test accuracy and timing.
+    """
+    from filelock import FileLock
+    from transformers import AutoModelForSequenceClassification
+
+    from nas.data import make_loader, tokenize
+    from nas.importance import cache_key
+    from nas.models import load_base_model, load_tokenizer
+
+    tokenizer = load_tokenizer(model_name)
+    key = cache_key(what="base", settings=asdict(settings), max_length=max_length, **dict(key_parts))
+    folder = Path(cache_dir) / "base" / key if cache_dir is not None else None
+    lock = FileLock(str(folder) + ".lock") if folder is not None else None
+    if folder is not None:
+        folder.parent.mkdir(parents=True, exist_ok=True)
+        lock.acquire()
+    try:
+        if folder is not None and (folder / "info.json").is_file():
+            model = AutoModelForSequenceClassification.from_pretrained(folder, attn_implementation="sdpa").eval()
+            info = json.loads((folder / "info.json").read_text())
+            info["cached"] = True
+            log.info("base model: cached fine-tune %s", folder)
+            return model, tokenizer, info
+        model = load_base_model(model_name, num_labels=task.num_labels, label_names=task.label_names, seed=settings.seed)
+        train = tokenize(task.train, tokenizer, max_length=max_length)
+        loader = make_loader(train, tokenizer, batch_size=settings.batch_size, shuffle=True, seed=settings.seed)
+        result = finetune(model, loader, settings)
+        val = tokenize(task.validation, tokenizer, max_length=max_length)
+        test = tokenize(task.test, tokenizer, max_length=max_length)
+        t0 = time.perf_counter()
+        info = {
+            "validation_accuracy": accuracy(model, make_loader(val, tokenizer, batch_size=settings.eval_batch_size, shuffle=False)),
+            "test_accuracy": accuracy(model, make_loader(test, tokenizer, batch_size=settings.eval_batch_size, shuffle=False)),
+            "train_seconds": result["seconds"],
+            "eval_seconds": time.perf_counter() - t0,
+            "final_loss": float(sum(result["losses"][-10:]) / max(1, len(result["losses"][-10:]))) if result["losses"] else math.nan,
+            "steps": settings.max_steps,
+            "cached": False,
+        }
+        if folder is not None:
+            import shutil
+
+            tmp = folder.with_name(folder.name + f".tmp{os.getpid()}")
+            model.save_pretrained(tmp)
+            (tmp / "info.json").write_text(json.dumps(info, indent=2))
+            if folder.exists():  # a partial folder from a killed run: the lock says nobody owns it
+                shutil.rmtree(folder)
+            tmp.replace(folder)
+        return model, tokenizer, info
+    finally:
+        if lock is not None:
+            lock.release()
