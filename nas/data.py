@@ -195,8 +195,13 @@ def make_loader(
     batch_size: int,
     shuffle: bool,
     seed: int = 0,
+    group_by_length: bool = False,
 ) -> torch.utils.data.DataLoader:
-    """DataLoader that pads each batch to its own longest item; seeded shuffle, no workers."""
+    """DataLoader that pads each batch to its own longest item; seeded shuffle, no workers.
+
+    `group_by_length` (with shuffle): batches are drawn from length-sorted chunks of a seeded
+    permutation, so each batch holds similar lengths and padding wastes little compute.
+    """
     import torch
     from transformers import DataCollatorWithPadding
 
@@ -210,6 +215,11 @@ def make_loader(
     keep = [col for col in ds_tokenized.column_names if col in MODEL_COLUMNS]
     if len(keep) != len(ds_tokenized.column_names):
         ds_tokenized = ds_tokenized.select_columns(keep)
+    collate = DataCollatorWithPadding(tokenizer, padding="longest")
+    if shuffle and group_by_length:
+        lengths = [len(ids) for ids in ds_tokenized["input_ids"]]
+        sampler = LengthGroupedBatchSampler(lengths, batch_size=batch_size, seed=seed)
+        return torch.utils.data.DataLoader(ds_tokenized, batch_sampler=sampler, collate_fn=collate, num_workers=0)
     generator = None
     if shuffle:
         generator = torch.Generator()
@@ -593,3 +603,38 @@ def _file_sha256(path: pathlib.Path) -> str:
         for block in iter(lambda: fh.read(1 << 20), b""):
             digest.update(block)
     return digest.hexdigest()
+
+
+class LengthGroupedBatchSampler:
+    """Seeded batches of similar lengths: shuffle, cut into chunks of `chunk` batches, sort each
+    chunk by length, split into batches, shuffle the batch order. A new order every epoch."""
+
+    def __init__(self, lengths: list[int], *, batch_size: int, seed: int = 0, chunk: int = 50) -> None:
+        import torch
+
+        self.lengths = lengths
+        self.batch_size = batch_size
+        self.chunk = chunk
+        self.generator = torch.Generator()
+        self.generator.manual_seed(seed)
+
+    def __len__(self) -> int:
+        return math.ceil(len(self.lengths) / self.batch_size)
+
+    def __iter__(self):
+        import torch
+
+        order = torch.randperm(len(self.lengths), generator=self.generator).tolist()
+        size = self.batch_size * self.chunk
+        batches = []
+        for start in range(0, len(order), size):
+            part = sorted(order[start : start + size], key=self.lengths.__getitem__, reverse=True)
+            batches += [part[i : i + self.batch_size] for i in range(0, len(part), self.batch_size)]
+        for i in torch.randperm(len(batches), generator=self.generator).tolist():
+            yield batches[i]
+
+
+def sorted_by_length(ds_tokenized: datasets.Dataset) -> datasets.Dataset:
+    """Rows ordered by token count: evaluation batches then pad almost nothing."""
+    lengths = [len(ids) for ids in ds_tokenized["input_ids"]]
+    return ds_tokenized.select(sorted(range(len(ds_tokenized)), key=lengths.__getitem__))

@@ -204,16 +204,21 @@ def cached_scores(
     shape = BaseShape.from_config(model.config)
     if method == "naive":
         return naive_scores(shape)
-    path = None
-    if cache_dir is not None:
-        path = Path(cache_dir) / "importance" / f"{cache_key(method=method, max_batches=max_batches, version=SCORES_VERSION, **key_parts)}.pt"
+    if cache_dir is None:
+        return compute_scores(model, batches_fn(), max_batches=max_batches)
+    from filelock import FileLock
+
+    key = cache_key(method=method, max_batches=max_batches, version=SCORES_VERSION, **key_parts)
+    path = Path(cache_dir) / "importance" / f"{key}.pt"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    # Several workers on one cache: the first computes, the others wait and read.
+    with FileLock(str(path) + ".lock"):
         if path.is_file():
             log.info("importance scores: cached %s", path)
             scores = ImportanceScores.load(path)
             scores.check_fits(shape)
             return scores
-    scores = compute_scores(model, batches_fn(), max_batches=max_batches)
-    if path is not None:
+        scores = compute_scores(model, batches_fn(), max_batches=max_batches)
         scores.save(path)
         log.info("importance scores: computed and cached at %s", path)
     return scores

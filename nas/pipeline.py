@@ -53,7 +53,7 @@ class Prepared:
 
     def tokenized(self, split: str, context: int) -> Any:
         """A split tokenized at min(context, max_length), memoised per context length."""
-        from nas.data import tokenize
+        from nas.data import sorted_by_length, tokenize
 
         length = min(int(context), int(cfg_get(self.cfg, "max_length", 128)))
         key = (split, length)
@@ -62,15 +62,15 @@ class Prepared:
             if split != "train":
                 # Evaluation order does not matter: sorting by length makes batches of similar
                 # lengths, so dynamic padding wastes almost nothing (about 2x faster here).
-                lengths = [len(ids) for ids in ds["input_ids"]]
-                ds = ds.select(sorted(range(len(ds)), key=lengths.__getitem__))
+                ds = sorted_by_length(ds)
             self._tokenized[key] = ds
         return self._tokenized[key]
 
     def loader(self, split: str, context: int, *, batch_size: int, shuffle: bool, seed: int = 0) -> Any:
         from nas.data import make_loader
 
-        return make_loader(self.tokenized(split, context), self.tokenizer, batch_size=batch_size, shuffle=shuffle, seed=seed)
+        return make_loader(self.tokenized(split, context), self.tokenizer, batch_size=batch_size, shuffle=shuffle,
+                           seed=seed, group_by_length=shuffle)
 
 
 def base_train_settings(cfg: Any) -> Any:

@@ -87,11 +87,15 @@ def knee_index(front: pd.DataFrame, *, acc: str = "val_accuracy", cost: str = "l
         return None
     a = members[acc].astype(float)
     c = members[cost].astype(float)
+    if len(members) < 3:
+        # Too few points for a knee: the member closest to the ideal (accuracy 1, cost 0) with
+        # each objective scaled by its largest value (min-max scaling would make any two
+        # members equidistant).
+        a_s = a / a.max() if a.max() > 0 else a * 0
+        c_s = c / c.max() if c.max() > 0 else c * 0
+        return int((((1 - a_s) ** 2 + c_s**2) ** 0.5).idxmin())
     a_n = (a - a.min()) / (a.max() - a.min()) if a.max() > a.min() else a * 0 + 1.0
     c_n = (c - c.min()) / (c.max() - c.min()) if c.max() > c.min() else c * 0
-    if len(members) < 3:
-        dist = ((1 - a_n) ** 2 + c_n**2) ** 0.5
-        return int(dist.idxmin())
     # extremes: cheapest and most accurate; distance of each point to the line through them
     i_lo, i_hi = c_n.idxmin(), a_n.idxmax()
     x1, y1, x2, y2 = c_n[i_lo], a_n[i_lo], c_n[i_hi], a_n[i_hi]

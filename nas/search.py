@@ -39,6 +39,8 @@ class SearchSettings:
     max_latency_ms: float | None
     population_size: int = 6
     max_consecutive_failures: int = 5
+    heartbeat_interval: int = 10
+    grace_period: int = 30
 
     @classmethod
     def from_cfg(cls, cfg: Mapping[str, Any]) -> SearchSettings:
@@ -53,6 +55,8 @@ class SearchSettings:
             max_latency_ms=None if cfg.get("max_latency_ms") is None else float(cfg.get("max_latency_ms")),
             population_size=int(cfg.get("population_size", 6)),
             max_consecutive_failures=int(cfg.get("max_consecutive_failures", 5)),
+            heartbeat_interval=int(cfg.get("heartbeat_interval", 10) or 0),
+            grace_period=int(cfg.get("grace_period", 30) or 0),
         )
         settings.validate()
         return settings
@@ -74,6 +78,10 @@ class SearchSettings:
             raise ValueError(f"search.max_latency_ms={self.max_latency_ms} must be > 0 or null")
         if self.population_size < 2:
             raise ValueError(f"search.population_size={self.population_size} must be >= 2")
+        if self.heartbeat_interval < 0 or (self.heartbeat_interval and self.grace_period <= self.heartbeat_interval):
+            raise ValueError(
+                f"search.grace_period={self.grace_period} must exceed search.heartbeat_interval={self.heartbeat_interval}"
+            )
         if self.max_consecutive_failures < 1:
             raise ValueError(f"search.max_consecutive_failures={self.max_consecutive_failures} must be >= 1")
 
@@ -99,13 +107,49 @@ def storage_url(settings: SearchSettings, run_dir: Path) -> str:
     return f"sqlite:///{(run_dir / 'study.db').resolve()}"
 
 
+def make_storage(url: str, *, heartbeat_interval: int | None = None, grace_period: int | None = None,
+                 max_retry: int = 1) -> Any:
+    """An Optuna storage for a URL: sqlite:///..., postgresql://..., or journal:PATH (a journal file).
+
+    RDB storages get a heartbeat, so a trial whose process was killed is marked FAIL once its
+    heartbeat is `grace_period` seconds old, and its shape is queued again (RetryFailedTrialCallback).
+    """
+    import optuna
+    from optuna.storages import RetryFailedTrialCallback
+
+    if url.startswith("journal:") or url.endswith((".log", ".journal", ".jsonl")):
+        from optuna.storages import JournalStorage
+        from optuna.storages.journal import JournalFileBackend
+
+        path = url.removeprefix("journal:").removeprefix("//")
+        Path(path).parent.mkdir(parents=True, exist_ok=True)
+        return JournalStorage(JournalFileBackend(path))
+    if "://" not in url:
+        raise ValueError(f"search.storage={url!r} is not a storage URL; use sqlite:///PATH, postgresql://..., or journal:PATH")
+    engine_kwargs: dict[str, Any] = {}
+    if url.startswith("sqlite"):
+        engine_kwargs["connect_args"] = {"timeout": 120}  # several local workers wait for the file lock
+    else:
+        engine_kwargs["pool_pre_ping"] = True
+    kwargs: dict[str, Any] = {}
+    if heartbeat_interval:
+        kwargs.update(
+            heartbeat_interval=heartbeat_interval,
+            grace_period=grace_period or 2 * heartbeat_interval,
+            failed_trial_callback=RetryFailedTrialCallback(max_retry=max_retry),
+        )
+    return optuna.storages.RDBStorage(url, engine_kwargs=engine_kwargs, **kwargs)
+
+
 def open_study(settings: SearchSettings, run_dir: Path) -> Any:
     """Create the study, or load it when this storage already holds one with this name."""
     import optuna
 
+    storage = make_storage(storage_url(settings, run_dir), heartbeat_interval=settings.heartbeat_interval,
+                           grace_period=settings.grace_period)
     return optuna.create_study(
         study_name=settings.study_name,
-        storage=storage_url(settings, run_dir),
+        storage=storage,
         directions=settings.directions,
         sampler=make_sampler(settings),
         load_if_exists=True,
@@ -163,6 +207,18 @@ class Search:
     def prepare(self) -> None:
         from nas.pipeline import prepare
 
+        from transformers import AutoConfig
+
+        from nas.models import resolve_model_source
+        from nas.spec import BaseShape
+
+        # The space must fit the base model: checked on its config, before any training.
+        source = resolve_model_source(self.cfg["model"]["name_or_path"])
+        try:
+            base_config = AutoConfig.from_pretrained(source)
+        except OSError as e:
+            raise ValueError(f"model.name_or_path={source!r} cannot be read: {str(e).splitlines()[0]}") from None
+        self.space.validate(BaseShape.from_config(base_config))
         t0 = time.perf_counter()
         self.prep = prepare(self.cfg)
         self.space.validate(self.prep.shape)
@@ -294,13 +350,19 @@ class Search:
 
     def _drop_dominated_models(self, study: Any) -> None:
         """Keep weights only for the current front (the export step needs those)."""
+        from optuna.trial import TrialState
+
         keep = {t.number for t in study.best_trials}
+        # Only trials that are finished and off the front lose their weights: another worker's
+        # trial may have saved its model and not yet reported its values.
+        finished = {t.number for t in study.get_trials(deepcopy=False)
+                    if t.state in (TrialState.COMPLETE, TrialState.FAIL, TrialState.PRUNED)}
         folder = self.run_dir / "models"
         if not folder.is_dir():
             return
         for path in folder.glob("trial_*.safetensors"):
             number = int(path.stem.split("_")[1])
-            if number not in keep:
+            if number in finished and number not in keep:
                 path.unlink(missing_ok=True)
 
     # -- the loop -------------------------------------------------------------------------
@@ -315,6 +377,8 @@ class Search:
         study.set_user_attr("base", self.base_metrics)
         study.set_user_attr("objectives", list(self.settings.objectives))
         study.set_user_attr("space", self.space.name)
+        study.set_user_attr("label_names", list(self.prep.task.label_names))
+        study.set_user_attr("num_labels", int(self.prep.task.num_labels))
         done = [t for t in study.get_trials(deepcopy=False) if t.state.is_finished()]
         remaining = max(0, self.settings.n_trials - len(done))
         if done:
@@ -462,7 +526,7 @@ def _main() -> None:
 
     @hydra.main(config_path=str(CONF_DIR), config_name="config", version_base="1.3")
     def main(cfg: Any) -> None:
-        console = Console(soft_wrap=True)
+        console = Console(soft_wrap=True, width=None if sys.stdout.isatty() else 120)
         run_dir = Path(HydraConfig.get().runtime.output_dir)
         logging.getLogger("nas").setLevel(logging.INFO)
         t0 = time.perf_counter()

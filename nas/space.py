@@ -8,7 +8,7 @@ kept ones), so NSGA-II, which needs a fixed space, works.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -109,7 +109,7 @@ class SearchSpace:
 
 
 def _parse_axis(space: str, axis: str, raw: Any) -> Axis:
-    if isinstance(raw, (list, tuple)):
+    if isinstance(raw, Sequence) and not isinstance(raw, (str, bytes)) or type(raw).__name__ == "ListConfig":
         raw = {"choices": list(raw)}
     if not isinstance(raw, Mapping):
         raise ValueError(f"space {space}: axis {axis}={raw!r} must be {{low, high, step}} or {{choices: [...]}}")

@@ -16,6 +16,7 @@ import torch
 from torch import nn
 
 log = logging.getLogger(__name__)
+BASE_VERSION = 2  # bump when the base fine-tune recipe changes: old cache entries are then ignored
 
 
 @dataclass(frozen=True)
@@ -212,12 +213,12 @@ def finetune_base_cached(
     from filelock import FileLock
     from transformers import AutoModelForSequenceClassification
 
-    from nas.data import make_loader, tokenize
+    from nas.data import make_loader, sorted_by_length, tokenize
     from nas.importance import cache_key
     from nas.models import load_base_model, load_tokenizer
 
     tokenizer = load_tokenizer(model_name)
-    key = cache_key(what="base", settings=asdict(settings), max_length=max_length, **dict(key_parts))
+    key = cache_key(what="base", version=BASE_VERSION, settings=asdict(settings), max_length=max_length, **dict(key_parts))
     folder = Path(cache_dir) / "base" / key if cache_dir is not None else None
     lock = FileLock(str(folder) + ".lock") if folder is not None else None
     if folder is not None:
@@ -232,10 +233,13 @@ def finetune_base_cached(
             return model, tokenizer, info
         model = load_base_model(model_name, num_labels=task.num_labels, label_names=task.label_names, seed=settings.seed)
         train = tokenize(task.train, tokenizer, max_length=max_length)
-        loader = make_loader(train, tokenizer, batch_size=settings.batch_size, shuffle=True, seed=settings.seed)
+        loader = make_loader(train, tokenizer, batch_size=settings.batch_size, shuffle=True, seed=settings.seed,
+                             group_by_length=True)
+        log.info("base model: fine-tuning %s for %d steps (cached afterwards)", model_name or "the embedded model",
+                 settings.max_steps)
         result = finetune(model, loader, settings)
-        val = tokenize(task.validation, tokenizer, max_length=max_length)
-        test = tokenize(task.test, tokenizer, max_length=max_length)
+        val = sorted_by_length(tokenize(task.validation, tokenizer, max_length=max_length))
+        test = sorted_by_length(tokenize(task.test, tokenizer, max_length=max_length))
         t0 = time.perf_counter()
         info = {
             "validation_accuracy": accuracy(model, make_loader(val, tokenizer, batch_size=settings.eval_batch_size, shuffle=False)),
@@ -259,3 +263,10 @@ def finetune_base_cached(
     finally:
         if lock is not None:
             lock.release()
+
+
+if __name__ == "__main__":
+    # `python -m nas.train +arch=PATH/config.yaml`: final training of an exported shape.
+    from nas.final import main
+
+    main()

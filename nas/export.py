@@ -1,0 +1,376 @@
+"""`python -m nas.export run_dir=PATH [pick=knee|max_accuracy|min_latency|trial trial=N]
+[max_latency_ms=X] [min_accuracy=Y] [out=FOLDER]`: a search result in deployable form.
+
+Writes into the output folder:
+- config.yaml: the chosen SubnetSpec, the base model and data it came from, its metrics;
+  `python -m nas.train +arch=FOLDER/config.yaml` re-trains it longer.
+- an HF folder (config.json, model.safetensors, tokenizer) loadable with transformers' Auto
+  classes; shapes the stock architecture cannot express ship modeling_nas.py and load with
+  trust_remote_code=True.
+- model.onnx with dynamic batch and sequence axes.
+- README.md: shape, metrics, how to load it.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import sys
+import time
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+PICKS = ("knee", "max_accuracy", "min_latency", "trial")
+REMOTE_CODE = Path(__file__).resolve().parent / "hf_remote" / "modeling_nas.py"
+REMOTE_CLASSES = {
+    "bert": ("NasBertConfig", "NasBertForSequenceClassification", "nas_bert"),
+    "roberta": ("NasRobertaConfig", "NasRobertaForSequenceClassification", "nas_roberta"),
+    "distilbert": ("NasDistilBertConfig", "NasDistilBertForSequenceClassification", "nas_distilbert"),
+}
+
+
+# ---------------------------------------------------------------------------- choosing
+
+
+def choose(front: Any, *, pick: str = "knee", trial: int | None = None, max_latency_ms: float | None = None,
+           min_accuracy: float | None = None, trials: Any = None, cost: str = "latency_ms") -> Mapping[str, Any]:
+    """One row of the front (a pandas Series) by the pick rule, after the budgets filter it.
+
+    Raises ValueError with one line when the rule or budgets leave nothing.
+    """
+    from nas.report import knee_index
+
+    if pick not in PICKS:
+        raise ValueError(f"pick={pick!r} is not known; allowed: {', '.join(PICKS)}")
+    members = front[~front["is_base"].astype(bool)]
+    if pick == "trial":
+        if trial is None:
+            raise ValueError("pick=trial needs trial=N (a trial number)")
+        pool = trials if trials is not None else members
+        hit = pool[pool["number"] == trial]
+        if hit.empty:
+            raise ValueError(f"trial={trial} is not in this study; trials run: 0..{int(pool['number'].max())}")
+        row = hit.iloc[0]
+        if row["state"] != "COMPLETE":
+            raise ValueError(f"trial={trial} did not complete (state {row['state']}); pick a COMPLETE trial")
+        return row
+    ok = members
+    if max_latency_ms is not None:
+        ok = ok[ok[cost] <= max_latency_ms]
+    if min_accuracy is not None:
+        ok = ok[ok["val_accuracy"] >= min_accuracy]
+    if ok.empty:
+        closest = members.assign(
+            gap=(0 if max_latency_ms is None else (members[cost] - max_latency_ms).clip(lower=0) / max_latency_ms)
+            + (0 if min_accuracy is None else (min_accuracy - members["val_accuracy"]).clip(lower=0))
+        ).sort_values("gap").head(3)
+        names = "; ".join(
+            f"trial {int(r['number'])} ({r['val_accuracy']:.4f} acc, {r[cost]:.2f} {cost})" for _, r in closest.iterrows()
+        )
+        raise ValueError(
+            f"no Pareto trial meets max_latency_ms={max_latency_ms} min_accuracy={min_accuracy}; closest: {names}"
+        )
+    if pick == "max_accuracy":
+        return ok.sort_values(["val_accuracy", cost], ascending=[False, True]).iloc[0]
+    if pick == "min_latency":
+        return ok.sort_values([cost, "val_accuracy"], ascending=[True, False]).iloc[0]
+    k = knee_index(ok.assign(is_base=False), cost=cost)
+    return ok.loc[k]
+
+
+# ---------------------------------------------------------------------------- writing
+
+
+def fits_stock(model: Any) -> bool:
+    """True when the stock config expresses the shape: equal heads and FFN in every layer and
+    heads * head_size == hidden (stock BERT derives head size = hidden / heads)."""
+    from nas.arch import arch_for
+
+    cfg = model.config
+    arch = arch_for(model)
+    heads = getattr(cfg, "nas_heads", None)
+    if heads is None:
+        return True
+    ffn = cfg.nas_ffn
+    hidden = getattr(cfg, arch.cfg_hidden)
+    return len(set(heads)) == 1 and len(set(ffn)) == 1 and heads[0] * cfg.nas_head_size == hidden
+
+
+def save_hf_folder(model: Any, tokenizer: Any, out: str | Path, *, context: int) -> dict[str, Any]:
+    """Save an HF folder that loads outside this project. Returns {'remote_code': bool}."""
+    from safetensors.torch import save_file
+
+    from nas.arch import arch_for
+
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    arch = arch_for(model)
+    cfg = model.config.to_dict()
+    for key in ("nas_spec", "nas_base_shape"):
+        cfg.pop(key, None)
+    remote = not fits_stock(model)
+    if remote:
+        config_cls, model_cls, model_type = REMOTE_CLASSES[arch.family]
+        cfg.update(
+            model_type=model_type,
+            architectures=[model_cls],
+            auto_map={
+                "AutoConfig": f"modeling_nas.{config_cls}",
+                "AutoModelForSequenceClassification": f"modeling_nas.{model_cls}",
+            },
+        )
+        shutil.copyfile(REMOTE_CODE, out / "modeling_nas.py")
+    else:
+        for key in ("nas_heads", "nas_ffn", "nas_head_size"):
+            cfg.pop(key, None)
+        (out / "modeling_nas.py").unlink(missing_ok=True)
+    cfg.pop("transformers_version", None)
+    (out / "config.json").write_text(json.dumps(cfg, indent=2, sort_keys=True) + "\n")
+    state = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
+    save_file(state, str(out / "model.safetensors"), metadata={"format": "pt"})
+    tokenizer.model_max_length = context
+    tokenizer.save_pretrained(out)
+    return {"remote_code": remote}
+
+
+def export_onnx(model: Any, path: str | Path, *, max_seq: int) -> None:
+    """ONNX with dynamic batch and sequence axes (torch.onnx dynamo exporter)."""
+    import torch
+
+    model = model.eval()
+    ids = torch.randint(1000 if model.config.vocab_size > 1000 else 1, model.config.vocab_size, (2, min(8, max_seq)))
+    mask = torch.ones_like(ids)
+    batch = torch.export.Dim("batch", min=1, max=4096)
+    seq = torch.export.Dim("seq", min=1, max=max_seq)
+    program = torch.onnx.export(
+        model, (), kwargs={"input_ids": ids, "attention_mask": mask}, dynamo=True, verbose=False,
+        dynamic_shapes={"input_ids": {0: batch, 1: seq}, "attention_mask": {0: batch, 1: seq}},
+        input_names=["input_ids", "attention_mask"], output_names=["logits"],
+    )
+    program.save(str(path))
+
+
+def onnx_latency(path: str | Path, *, batch_size: int, seq_len: int, vocab: int, threads: int = 1,
+                 warmup: int = 5, runs: int = 20) -> float:
+    import statistics
+
+    import numpy as np
+    import onnxruntime as ort
+
+    opts = ort.SessionOptions()
+    opts.intra_op_num_threads = threads
+    opts.inter_op_num_threads = 1
+    session = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
+    rng = np.random.default_rng(0)
+    feed = {
+        "input_ids": rng.integers(min(1000, vocab - 1), vocab, size=(batch_size, seq_len), dtype=np.int64),
+        "attention_mask": np.ones((batch_size, seq_len), dtype=np.int64),
+    }
+    for _ in range(warmup):
+        session.run(None, feed)
+    times = []
+    for _ in range(runs):
+        t0 = time.perf_counter()
+        session.run(None, feed)
+        times.append((time.perf_counter() - t0) * 1000)
+    return statistics.median(times)
+
+
+def write_readme(out: Path, *, spec: Any, metrics: Mapping[str, Any], source: Mapping[str, Any], remote: bool) -> None:
+    load = "trust_remote_code=True" if remote else ""
+    lines = [
+        f"# Pruned model: {spec.describe()}",
+        "",
+        f"Pruned from `{source.get('model')}` by nas-prune (trial {source.get('trial')}, space `{source.get('space')}`).",
+        "",
+        "| layers kept | heads per layer | FFN per layer | hidden | context |",
+        "|---|---|---|---|---|",
+        f"| {list(spec.layers)} | {list(spec.heads)} | {list(spec.ffn)} | {spec.hidden} | {spec.context} |",
+        "",
+        "| metric | value |",
+        "|---|---|",
+        *[f"| {k} | {v:.4g} |" if isinstance(v, float) else f"| {k} | {v} |" for k, v in metrics.items()],
+        "",
+        "## Load",
+        "",
+        "```python",
+        "from transformers import AutoModelForSequenceClassification, AutoTokenizer",
+        f"model = AutoModelForSequenceClassification.from_pretrained(FOLDER{', ' + load if load else ''})",
+        "tokenizer = AutoTokenizer.from_pretrained(FOLDER)",
+        "```",
+        "",
+        ("The per-layer shapes do not fit the stock config (it derives head size from hidden size / heads), "
+         "so `modeling_nas.py` ships here and needs `trust_remote_code=True`." if remote else
+         "The shape fits the stock architecture: no custom code is needed."),
+        "",
+        "ONNX: `model.onnx` (inputs input_ids and attention_mask, int64, dynamic batch and sequence; output logits):",
+        "",
+        "```python",
+        "import onnxruntime as ort",
+        "session = ort.InferenceSession(FOLDER + '/model.onnx')",
+        "logits = session.run(None, {'input_ids': ids, 'attention_mask': mask})[0]",
+        "```",
+        "",
+    ]
+    (out / "README.md").write_text("\n".join(lines))
+
+
+def export_all(model: Any, tokenizer: Any, spec: Any, out: str | Path, *, metrics: Mapping[str, Any],
+               source: Mapping[str, Any], onnx: bool = True) -> dict[str, Any]:
+    """config.yaml + HF folder + model.onnx + README.md into `out`."""
+    import yaml
+
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    info = save_hf_folder(model, tokenizer, out, context=spec.context)
+    config = {
+        "arch": spec.to_dict(),
+        "source": {k: v for k, v in source.items() if k not in ("cfg",)},
+        "metrics": {k: (float(v) if hasattr(v, "__float__") else v) for k, v in metrics.items()},
+    }
+    if "cfg" in source:
+        config["config"] = source["cfg"]
+    (out / "config.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
+    if onnx:
+        export_onnx(model, out / "model.onnx", max_seq=spec.context)
+    write_readme(out, spec=spec, metrics=metrics, source=source, remote=info["remote_code"])
+    return info
+
+
+# ---------------------------------------------------------------------------- the command
+
+
+def parse_args(argv: Sequence[str]) -> dict[str, Any]:
+    allowed = {"run_dir", "pick", "trial", "max_latency_ms", "min_accuracy", "out", "onnx"}
+    args: dict[str, Any] = {"pick": "knee", "onnx": "true"}
+    for item in argv:
+        key, sep, value = item.partition("=")
+        if not sep or key not in allowed:
+            raise ValueError(f"argument {item!r} is not key=value with key in: {', '.join(sorted(allowed))}")
+        args[key] = value
+    if "run_dir" not in args:
+        raise ValueError("run_dir=PATH is required (a folder written by python -m nas.search)")
+    for key, kind in (("trial", int), ("max_latency_ms", float), ("min_accuracy", float)):
+        if key in args and args[key] not in (None, "", "null"):
+            try:
+                args[key] = kind(args[key])
+            except ValueError:
+                raise ValueError(f"{key}={args[key]!r} must be a number") from None
+        else:
+            args[key] = None
+    if args["pick"] not in PICKS:
+        raise ValueError(f"pick={args['pick']!r} is not known; allowed: {', '.join(PICKS)}")
+    args["onnx"] = str(args["onnx"]).lower() not in ("false", "0", "no")
+    return args
+
+
+def load_run(run_dir: str | Path) -> tuple[Any, Any]:
+    """(run config, study) of a search run folder."""
+    import optuna
+    from omegaconf import OmegaConf
+
+    run_dir = Path(run_dir)
+    cfg_path = run_dir / ".hydra" / "config.yaml"
+    if not cfg_path.is_file():
+        raise ValueError(f"run_dir={str(run_dir)!r} is not a search run folder (no .hydra/config.yaml)")
+    cfg = OmegaConf.load(cfg_path)
+    storage = cfg.search.storage or f"sqlite:///{(run_dir / 'study.db').resolve()}"
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    study = optuna.load_study(study_name=cfg.search.study_name, storage=storage)
+    return cfg, study
+
+
+def rebuild_trial_model(cfg: Any, run_dir: Path, number: int, spec: Any, num_labels: int, label_names: Any) -> Any:
+    """The pruned, fine-tuned model of a trial: base architecture cut to `spec`, trial weights loaded.
+    Which units were kept does not matter here: the saved weights replace them all."""
+    from safetensors.torch import load_file
+
+    from nas.models import load_base_model
+    from nas.prune import prune_model
+
+    path = run_dir / "models" / f"trial_{number}.safetensors"
+    if not path.is_file():
+        raise ValueError(f"trial {number}'s weights are not in {path.parent} (only Pareto members keep weights)")
+    base = load_base_model(cfg.model.name_or_path, num_labels=num_labels, label_names=label_names)
+    model = prune_model(base, spec)
+    model.load_state_dict(load_file(str(path)))
+    return model.eval()
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    from rich.console import Console
+
+    console = Console(soft_wrap=True)
+    try:
+        args = parse_args(list(sys.argv[1:] if argv is None else argv))
+        run_dir = Path(args["run_dir"]).resolve()
+        cfg, study = load_run(run_dir)
+        return _export(console, args, run_dir, cfg, study)
+    except ValueError as e:
+        console.print(f"[red]error:[/red] {e}", highlight=False)
+        return 2
+
+
+def _export(console: Any, args: Mapping[str, Any], run_dir: Path, cfg: Any, study: Any) -> int:
+    import torch
+    from omegaconf import OmegaConf
+
+    from nas.latency import measure_latency
+    from nas.models import load_base_model, load_tokenizer
+    from nas.pipeline import quiet_libraries
+    from nas.report import cost_column, pareto_frame, trials_frame
+    from nas.spec import SubnetSpec
+
+    quiet_libraries()
+    base_metrics = study.user_attrs.get("base", {})
+    objectives = study.user_attrs.get("objectives", ["accuracy", "latency"])
+    cost = cost_column(objectives)
+    front = pareto_frame(study, base_metrics, cost=cost)
+    row = choose(front, pick=args["pick"], trial=args["trial"], max_latency_ms=args["max_latency_ms"],
+                 min_accuracy=args["min_accuracy"], trials=trials_frame(study), cost=cost)
+    number = int(row["number"])
+    trial = study.trials[number]
+    spec = SubnetSpec.from_dict(trial.user_attrs["spec"])
+    label_names = tuple(trial.user_attrs.get("label_names") or study.user_attrs.get("label_names") or ())
+    num_labels = len(label_names) or int(study.user_attrs.get("num_labels", 2))
+    model = rebuild_trial_model(cfg, run_dir, number, spec, num_labels, label_names or None)
+    tokenizer = load_tokenizer(cfg.model.name_or_path)
+    out = Path(args.get("out") or run_dir / "export" / f"trial_{number}").resolve()
+    metrics = {k: row[k] for k in ("val_accuracy", "test_accuracy", "latency_ms", "speedup", "params", "flops", "size_mb")
+               if k in row and row[k] == row[k] and row[k] is not None}
+    source = {"model": cfg.model.name_or_path or "embedded:all-MiniLM-L6-v2", "trial": number,
+              "space": study.user_attrs.get("space"), "run_dir": str(run_dir), "pick": args["pick"],
+              "cfg": OmegaConf.to_container(cfg, resolve=False)}
+    console.print(f"exporting trial {number} ({spec.describe()}) by pick={args['pick']} to {out}", highlight=False)
+    info = export_all(model, tokenizer, spec, out, metrics=metrics, source=source, onnx=args["onnx"])
+
+    # Latency of the export vs the base, side by side in this process.
+    lat = cfg.get("latency", {})
+    seq = min(lat.get("seq_len") or spec.context, spec.context, int(cfg.get("max_length", 128)))
+    base_seq = min(lat.get("seq_len") or int(cfg.get("max_length", 128)), int(cfg.get("max_length", 128)))
+    batch, threads, runs = int(lat.get("batch_size", 1)), int(lat.get("threads", 1)), max(20, int(lat.get("runs", 20)))
+    base = load_base_model(cfg.model.name_or_path, num_labels=num_labels)
+    t_model = measure_latency(model, batch_size=batch, seq_len=seq, threads=threads, runs=runs)["latency_ms"]
+    t_base = measure_latency(base, batch_size=batch, seq_len=base_seq, threads=threads, runs=runs)["latency_ms"]
+    console.print(f"torch        : exported {t_model:.2f} ms vs base {t_base:.2f} ms -> {t_base / t_model:.2f}x "
+                  f"(batch {batch}, seq {seq} vs {base_seq}, {threads} thread)", highlight=False)
+    if args["onnx"]:
+        base_onnx = out.parent / f".base_{number}.onnx"
+        export_onnx(base, base_onnx, max_seq=base_seq)
+        vocab = int(model.config.vocab_size)
+        o_model = onnx_latency(out / "model.onnx", batch_size=batch, seq_len=seq, vocab=vocab, threads=threads, runs=runs)
+        o_base = onnx_latency(base_onnx, batch_size=batch, seq_len=base_seq, vocab=vocab, threads=threads, runs=runs)
+        for extra in base_onnx.parent.glob(base_onnx.name + "*"):
+            extra.unlink(missing_ok=True)
+        console.print(f"onnxruntime  : exported {o_model:.2f} ms vs base {o_base:.2f} ms -> {o_base / o_model:.2f}x",
+                      highlight=False)
+    console.print(f"wrote {out}: config.yaml, config.json, model.safetensors, tokenizer"
+                  + (", modeling_nas.py (trust_remote_code=True)" if info["remote_code"] else "")
+                  + (", model.onnx" if args["onnx"] else "") + ", README.md", highlight=False)
+    torch.set_num_threads(torch.get_num_threads())
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,118 @@
+"""`python -m nas.train +arch=PATH/config.yaml`: the final training of a chosen shape.
+
+Re-prunes the fine-tuned base to the exported shape, fine-tunes it with a longer budget
+(`final.max_steps`, distilling from the base), evaluates on validation and test, and exports
+it like `nas.export` does. Model, data and pruning settings come from the arch file's run
+config; command-line overrides win over them.
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+RUN_KEYS = ("model", "data", "max_length", "base", "importance", "cache_dir", "latency")
+
+
+def load_arch(path: str | Path) -> dict[str, Any]:
+    import yaml
+
+    path = Path(str(path)).expanduser()
+    if not path.is_file():
+        raise ValueError(f"arch={str(path)!r} does not exist; give the config.yaml written by nas.export")
+    data = yaml.safe_load(path.read_text())
+    if not isinstance(data, dict) or "arch" not in data:
+        raise ValueError(f"arch={str(path)!r} has no 'arch' section; give the config.yaml written by nas.export")
+    return data
+
+
+def merged_config(cfg: Any, arch_file: dict[str, Any], overrides: list[str]) -> Any:
+    """The run's model/data/pruning settings from the arch file, then the command line's overrides."""
+    from omegaconf import OmegaConf, open_dict
+
+    run_cfg = arch_file.get("config") or {}
+    merged = OmegaConf.create(OmegaConf.to_container(cfg, resolve=False))
+    with open_dict(merged):
+        for key in RUN_KEYS:
+            if key in run_cfg:
+                merged[key] = run_cfg[key]
+        user = [o.lstrip("+~") for o in overrides if not o.lstrip("+").startswith("arch=")]
+        if user:
+            merged = OmegaConf.merge(merged, OmegaConf.from_dotlist(user))
+    return merged
+
+
+def run_final(cfg: Any, arch_path: str | Path, out_dir: str | Path, *, overrides: list[str], console: Any) -> dict[str, Any]:
+    from nas.export import export_all
+    from nas.latency import measure_latency, model_size
+    from nas.pipeline import prepare
+    from nas.prune import prune_model
+    from nas.spec import SubnetSpec
+    from nas.train import TrainSettings, accuracy, finetune
+
+    arch_file = load_arch(arch_path)
+    spec = SubnetSpec.from_dict(arch_file["arch"])
+    cfg = merged_config(cfg, arch_file, overrides)
+    settings = TrainSettings.from_cfg(cfg.train, max_steps=int(cfg.final.max_steps), lr=float(cfg.final.lr))
+    t0 = time.perf_counter()
+    prep = prepare(cfg)
+    spec.validate(prep.shape)
+    model = prune_model(prep.base, spec, prep.scores)
+    console.print(f"final training of {spec.describe()}: {settings.max_steps} steps", highlight=False)
+    loader = prep.loader("train", spec.context, batch_size=settings.batch_size, shuffle=True, seed=settings.seed)
+    teacher = prep.base if settings.distill_weight > 0 else None
+    result = finetune(model, loader, settings, teacher=teacher)
+    ev = int(settings.eval_batch_size)
+    metrics: dict[str, Any] = {
+        "val_accuracy": accuracy(model, prep.loader("validation", spec.context, batch_size=ev, shuffle=False)),
+        "test_accuracy": accuracy(model, prep.loader("test", spec.context, batch_size=ev, shuffle=False)),
+    }
+    lat = cfg.latency
+    max_length = int(cfg.max_length)
+    seq = min(lat.seq_len or spec.context, spec.context, max_length)
+    base_seq = min(lat.seq_len or max_length, max_length)
+    t_model = measure_latency(model, batch_size=lat.batch_size, seq_len=seq, threads=lat.threads, runs=lat.runs)
+    t_base = measure_latency(prep.base, batch_size=lat.batch_size, seq_len=base_seq, threads=lat.threads, runs=lat.runs)
+    metrics.update(latency_ms=t_model["latency_ms"], speedup=t_base["latency_ms"] / t_model["latency_ms"],
+                   **model_size(model))
+    metrics["base_val_accuracy"] = prep.base_info["validation_accuracy"]
+    metrics["base_test_accuracy"] = prep.base_info["test_accuracy"]
+    metrics["final_steps"] = settings.max_steps
+    metrics["train_seconds"] = result["seconds"]
+    from omegaconf import OmegaConf
+
+    source = {**(arch_file.get("source") or {}), "final_training": True,
+              "cfg": OmegaConf.to_container(cfg, resolve=False)}
+    export_all(model, prep.tokenizer, spec, out_dir, metrics=metrics, source=source, onnx=bool(cfg.final.onnx))
+    console.print(
+        f"{spec.describe()}: val acc {metrics['val_accuracy']:.4f}, test acc {metrics['test_accuracy']:.4f} "
+        f"(base {metrics['base_test_accuracy']:.4f}), latency {metrics['latency_ms']:.2f} ms, "
+        f"speedup {metrics['speedup']:.2f}x; exported to {out_dir} [{time.perf_counter() - t0:.0f}s]",
+        highlight=False,
+    )
+    return metrics
+
+
+def main() -> None:
+    import hydra
+    from hydra.core.hydra_config import HydraConfig
+    from rich.console import Console
+
+    from nas.config import CONF_DIR
+
+    @hydra.main(config_path=str(CONF_DIR), config_name="config", version_base="1.3")
+    def _main(cfg: Any) -> None:
+        console = Console(soft_wrap=True)
+        try:
+            arch = cfg.get("arch")
+            if not arch:
+                raise ValueError("give the shape to train: +arch=PATH/config.yaml (written by nas.export)")
+            out = Path(HydraConfig.get().runtime.output_dir) / "model"
+            run_final(cfg, arch, out, overrides=list(HydraConfig.get().overrides.task), console=console)
+        except (ValueError, FileNotFoundError) as e:
+            console.print(f"[red]error:[/red] {e}", highlight=False)
+            sys.exit(2)
+
+    _main()

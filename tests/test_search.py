@@ -1,0 +1,313 @@
+"""The search end to end on a tiny random BERT and a tiny CSV task: trials, reports, resuming,
+reproducibility, infeasible shapes, and the command line's fast failures."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import torch
+import yaml
+
+from nas.config import compose
+from nas.spec import BaseShape, SubnetSpec
+
+ROOT = Path(__file__).resolve().parent.parent
+TINY_SHAPE = BaseShape(num_layers=2, num_heads=4, head_size=8, hidden_size=32, ffn_size=37, max_positions=64)
+VOCAB, TYPES, LABELS = 99, 2, 2
+TINY_SPACE = {
+    "name": "tiny",
+    "per_layer": False,
+    "align": 8,
+    "axes": {
+        "layers": {"low": 1, "high": 2},
+        "heads": {"low": 1, "high": 4},
+        "ffn": {"choices": [8, 16, 37]},
+        "hidden": {"choices": [16, 32]},
+        "context": {"choices": [16, 32, 64]},
+    },
+}
+
+
+# ---- the tiny model, data and config -----------------------------------------------------------
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread_module():
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="module")
+def tiny_env(tmp_path_factory):
+    from transformers import BertConfig, BertForSequenceClassification, BertTokenizerFast
+
+    root = tmp_path_factory.mktemp("tiny_search")
+    words = [f"w{i}" for i in range(VOCAB - 5)]
+    model_dir = root / "model"
+    model_dir.mkdir()
+    (root / "vocab.txt").write_text("\n".join(["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *words]) + "\n")
+    tokenizer = BertTokenizerFast(vocab=str(root / "vocab.txt"))
+    assert len(tokenizer) == VOCAB
+    tokenizer.save_pretrained(model_dir)
+    config = BertConfig(vocab_size=VOCAB, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
+                        intermediate_size=37, max_position_embeddings=64, type_vocab_size=TYPES, num_labels=LABELS,
+                        pad_token_id=0)
+    torch.manual_seed(0)
+    BertForSequenceClassification(config).save_pretrained(model_dir)
+
+    g = torch.Generator().manual_seed(0)
+    half = len(words) // 2
+    rows = []
+    for i in range(60):
+        label = i % 2
+        pool = words[:half] if label == 0 else words[half:]
+        n = int(torch.randint(4, 12, (1,), generator=g))
+        picks = torch.randint(0, len(pool), (n,), generator=g).tolist()
+        rows.append({"text": " ".join(pool[j] for j in picks), "label": ["neg", "pos"][label]})
+    csv = root / "reviews.csv"
+    pd.DataFrame(rows).to_csv(csv, index=False)
+    cache = root / "cache"
+    return {"root": root, "model": model_dir, "csv": csv, "cache": cache}
+
+
+def make_cfg(env, *overrides: str, space: dict | None = None):
+    from omegaconf import OmegaConf, open_dict
+
+    cfg = compose([
+        "model=hf", f"model.name_or_path={env['model']}", "data=file", f"data.path={env['csv']}", "+space=triple",
+        "search.n_trials=2", "train.max_steps=2", "train.batch_size=16", "train.eval_batch_size=64",
+        "base.max_steps=2", "base.batch_size=16", f"cache_dir={env['cache']}", "max_length=32",
+        "latency.runs=20", "latency.warmup=1", "importance.max_batches=2", "importance.batch_size=16",
+        *overrides,
+    ])
+    with open_dict(cfg):
+        cfg.space = OmegaConf.create(space or TINY_SPACE)
+    return cfg
+
+
+def bert_params(spec: SubnetSpec) -> int:
+    """Closed-form parameter count of a pruned BertForSequenceClassification."""
+    d, a = spec.hidden, TINY_SHAPE.head_size
+    total = VOCAB * d + spec.context * d + TYPES * d + 2 * d  # embeddings + LayerNorm
+    for h, f in zip(spec.heads, spec.ffn, strict=True):
+        total += 3 * (d * h * a + h * a) + (h * a * d + d) + 2 * d  # Q, K, V, output, LayerNorm
+        total += (d * f + f) + (f * d + d) + 2 * d  # FFN in, out, LayerNorm
+    return total + (d * d + d) + (d * LABELS + LABELS)  # pooler, classifier
+
+
+def finished_specs(study) -> list[dict]:
+    return [t.user_attrs["spec"] for t in sorted(study.trials, key=lambda t: t.number)]
+
+
+@pytest.fixture(scope="module")
+def first_run(tiny_env):
+    from nas.search import run_search
+
+    run_dir = tiny_env["root"] / "run1"
+    t0 = time.perf_counter()
+    study, search = run_search(make_cfg(tiny_env), run_dir)
+    return {"study": study, "search": search, "run_dir": run_dir, "seconds": time.perf_counter() - t0}
+
+
+# ---- a 2-trial search ---------------------------------------------------------------------------
+
+
+def test_two_trial_search_end_to_end(first_run):
+    from optuna.trial import TrialState
+
+    study, search, run = first_run["study"], first_run["search"], first_run["run_dir"]
+    assert search.prep.shape == TINY_SHAPE
+    assert len(study.trials) == 2
+    assert all(t.state == TrialState.COMPLETE for t in study.trials)
+    assert study.user_attrs["space"] == "tiny"
+    assert study.user_attrs["objectives"] == ["accuracy", "latency"]
+
+    base = search.base_metrics
+    assert base["params"] == bert_params(SubnetSpec.full(TINY_SHAPE))
+    assert base["latency_ms"] > 0 and base["flops"] > 0
+    for t in study.trials:
+        a = t.user_attrs
+        spec = SubnetSpec.from_dict(a["spec"]).validate(TINY_SHAPE)
+        assert a["shape"] == spec.describe() and a["n_layers"] == len(spec.layers)
+        assert a["hidden"] == spec.hidden and a["context"] == spec.context
+        assert t.values == [a["val_accuracy"], a["latency_ms"]]
+        assert 0.0 <= a["val_accuracy"] <= 1.0
+        assert a["latency_ms"] > 0 and a["latency_p90_ms"] >= a["latency_ms"]
+        assert a["speedup"] == pytest.approx(base["latency_ms"] / a["latency_ms"])
+        assert a["params"] == bert_params(spec)
+        if spec != SubnetSpec.full(TINY_SHAPE):
+            assert a["params"] < base["params"]
+        assert a["flops"] > 0
+        assert a["size_mb"] == pytest.approx(a["params"] * 4 / 1e6, rel=0.05)
+        assert a["seconds_finetune"] > 0
+
+
+def test_reports_of_the_search(first_run):
+    study, run = first_run["study"], first_run["run_dir"]
+    trials = pd.read_csv(run / "trials.csv")
+    assert len(trials) == 2
+    for col in ("number", "state", "n_layers", "heads", "ffn", "hidden", "context", "shape", "val_accuracy",
+                "test_accuracy", "latency_ms", "speedup", "params", "flops", "size_mb"):
+        assert col in trials.columns, col
+    assert list(trials["state"]) == ["COMPLETE", "COMPLETE"]
+
+    pareto = pd.read_csv(run / "pareto.csv")
+    members = pareto[~pareto["is_base"].astype(bool)]
+    assert len(members) >= 1 and pareto["is_base"].astype(bool).sum() == 1
+    assert set(members["number"].astype(int)) == {t.number for t in study.best_trials}
+    assert members["test_accuracy"].notna().all()
+    test_acc = study.user_attrs["test_accuracy"]
+    for _, row in members.iterrows():
+        assert row["test_accuracy"] == pytest.approx(test_acc[str(int(row["number"]))])
+        assert 0.0 <= row["test_accuracy"] <= 1.0
+    # weights are kept for exactly the front members
+    kept = {int(p.stem.split("_")[1]) for p in (run / "models").glob("trial_*.safetensors")}
+    assert kept == {t.number for t in study.best_trials}
+
+    assert (run / "pareto.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert "plotly" in (run / "pareto.html").read_text().lower()
+    best = yaml.safe_load((run / "best.yaml").read_text())
+    spec = SubnetSpec.from_dict(best["spec"]).validate(TINY_SHAPE)
+    assert best["trial"] in set(members["number"].astype(int))
+    assert spec == SubnetSpec.from_dict(study.trials[best["trial"]].user_attrs["spec"])
+    assert best["space"] == "tiny" and best["model"] == str(first_run["search"].cfg.model.name_or_path)
+    assert (run / "study.db").is_file()
+    assert not [p.name for p in run.iterdir() if "tmp" in p.name]
+
+
+def test_search_continues_and_reuses_the_cached_base(tiny_env, first_run, monkeypatch):
+    import nas.train
+    from nas.search import run_search
+
+    run = tiny_env["root"] / "run1_continued"
+    shutil.copytree(first_run["run_dir"], run)
+    before = [(t.number, t.user_attrs["spec"], t.values) for t in first_run["study"].trials]
+    base_infos = sorted((tiny_env["cache"] / "base").glob("*/info.json"))
+    assert len(base_infos) == 1
+    stamp = (base_infos[0].stat().st_mtime_ns, base_infos[0].read_text())
+    scores = sorted((tiny_env["cache"] / "importance").glob("*.pt"))
+    score_stamps = [p.stat().st_mtime_ns for p in scores]
+
+    calls = []
+    real = nas.train.finetune
+
+    def counting(model, *args, **kwargs):
+        calls.append(model.config.num_hidden_layers)
+        return real(model, *args, **kwargs)
+
+    monkeypatch.setattr(nas.train, "finetune", counting)
+    study, search = run_search(make_cfg(tiny_env, "search.n_trials=3"), run)
+    assert len(study.trials) == 3
+    assert [(t.number, t.user_attrs["spec"], t.values) for t in study.trials[:2]] == before
+    assert len(calls) == 1  # the new trial only: the base fine-tune came from the cache
+    assert search.prep.base_info.get("cached") is True
+    assert sorted((tiny_env["cache"] / "base").glob("*/info.json")) == base_infos
+    assert (base_infos[0].stat().st_mtime_ns, base_infos[0].read_text()) == stamp
+    assert [p.stat().st_mtime_ns for p in sorted((tiny_env["cache"] / "importance").glob("*.pt"))] == score_stamps
+    assert len(pd.read_csv(run / "trials.csv")) == 3
+
+    # a finished study with as many trials as asked runs none
+    calls.clear()
+    study, _ = run_search(make_cfg(tiny_env, "search.n_trials=3"), run)
+    assert len(study.trials) == 3 and calls == []
+
+
+def test_same_seed_same_shapes_in_separate_runs(tiny_env, first_run):
+    from nas.search import run_search
+
+    study, _ = run_search(make_cfg(tiny_env), tiny_env["root"] / "run_same_seed")
+    assert finished_specs(study) == finished_specs(first_run["study"])
+    other, _ = run_search(make_cfg(tiny_env, "search.seed=1"), tiny_env["root"] / "run_other_seed")
+    assert finished_specs(other) != finished_specs(first_run["study"])
+
+
+def test_too_slow_shape_is_pruned_without_finetuning(tiny_env):
+    from optuna.trial import TrialState
+
+    from nas.search import run_search
+
+    run = tiny_env["root"] / "run_infeasible"
+    study, _ = run_search(make_cfg(tiny_env, "search.n_trials=1", "search.max_latency_ms=1e-6"), run)
+    (trial,) = study.trials
+    assert trial.state == TrialState.PRUNED
+    a = trial.user_attrs
+    assert a["infeasible"] is True
+    assert "max_latency_ms" in a["fail_reason"]
+    assert a["latency_ms"] > 1e-6
+    assert "seconds_finetune" not in a and "val_accuracy" not in a
+    trials = pd.read_csv(run / "trials.csv")
+    assert list(trials["state"]) == ["PRUNED"] and bool(trials["infeasible"].iloc[0])
+    assert not (run / "best.yaml").exists()
+    assert not list(run.glob("models/*.safetensors"))
+
+
+# ---- the command line fails fast ----------------------------------------------------------------
+
+
+def run_cli(tmp_path: Path, *args: str) -> tuple[subprocess.CompletedProcess, float]:
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "NAS_CACHE_DIR": str(tmp_path / "cache")}
+    t0 = time.perf_counter()
+    proc = subprocess.run([sys.executable, "-m", "nas.search", f"hydra.run.dir={tmp_path / 'run'}", *args],
+                          cwd=tmp_path, env=env, capture_output=True, text=True, timeout=60)
+    return proc, time.perf_counter() - t0
+
+
+def test_cli_without_space_lists_the_spaces(tmp_path):
+    from nas.space import available_spaces
+
+    proc, seconds = run_cli(tmp_path)
+    out = proc.stdout + proc.stderr
+    assert proc.returncode != 0, out
+    assert "+space=" in out
+    for name in ("depth", "width", "length", "dual", "triple"):
+        assert name in out, out
+    assert set(available_spaces()) >= {"depth", "width", "length", "dual", "triple"}
+    assert "Traceback" not in out
+    assert not (tmp_path / "cache" / "base").exists()  # nothing heavy started
+    assert seconds < 20, seconds
+
+
+def test_cli_unknown_sampler_is_one_line(tmp_path):
+    proc, seconds = run_cli(tmp_path, "+space=depth", "search.sampler=bogus")
+    out = proc.stdout + proc.stderr
+    assert proc.returncode != 0, out
+    lines = [line for line in out.splitlines() if line.strip()]
+    assert len(lines) == 1, out
+    assert "bogus" in lines[0] and "search.sampler" in lines[0] and "nsga2" in lines[0]
+    assert not (tmp_path / "cache" / "base").exists()
+    assert seconds < 20, seconds
+
+
+def test_bad_settings_fail_before_prepare(tiny_env, tmp_path, monkeypatch):
+    """Search() validates every setting up front: nothing is loaded or trained on a typo."""
+    import nas.pipeline
+    from nas.search import Search
+
+    monkeypatch.setattr(nas.pipeline, "prepare", lambda cfg: pytest.fail("prepare() ran"))
+    for override, word in [("search.sampler=bogus", "bogus"), ("search.objectives=[latency,accuracy]", "objectives"),
+                           ("search.n_trials=0", "n_trials"), ("latency.runs=3", "latency.runs"),
+                           ("train.distill_weight=2", "distill_weight"), ("search.max_latency_ms=-1", "max_latency_ms")]:
+        with pytest.raises(ValueError, match=word):
+            Search(make_cfg(tiny_env, override), tmp_path / "bad")
+    bad_space = {**TINY_SPACE, "axes": {"depth": {"low": 1, "high": 2}}}
+    with pytest.raises(ValueError, match="unknown axis 'depth'"):
+        Search(make_cfg(tiny_env, space=bad_space), tmp_path / "bad")
+
+
+def test_space_too_big_for_the_base_fails_in_prepare(tiny_env, tmp_path):
+    from nas.search import Search
+
+    big = {**TINY_SPACE, "axes": {**TINY_SPACE["axes"], "layers": {"low": 1, "high": 6}}}
+    search = Search(make_cfg(tiny_env, space=big), tmp_path / "big")
+    with pytest.raises(ValueError, match="layers choice 3"):
+        search.prepare()
