@@ -23,10 +23,13 @@ from typing import Any
 
 PICKS = ("knee", "max_accuracy", "min_latency", "trial")
 REMOTE_CODE = Path(__file__).resolve().parent / "hf_remote" / "modeling_nas.py"
+# family -> (config class, model class, model_type written to config.json). The model_type stays
+# the stock one: AutoConfig / AutoTokenizer then need no custom code (no trust prompt) and only
+# the model needs trust_remote_code=True (without it, loading fails on mismatched shapes).
 REMOTE_CLASSES = {
-    "bert": ("NasBertConfig", "NasBertForSequenceClassification", "nas_bert"),
-    "roberta": ("NasRobertaConfig", "NasRobertaForSequenceClassification", "nas_roberta"),
-    "distilbert": ("NasDistilBertConfig", "NasDistilBertForSequenceClassification", "nas_distilbert"),
+    "bert": ("NasBertConfig", "NasBertForSequenceClassification", "bert"),
+    "roberta": ("NasRobertaConfig", "NasRobertaForSequenceClassification", "roberta"),
+    "distilbert": ("NasDistilBertConfig", "NasDistilBertForSequenceClassification", "distilbert"),
 }
 
 
@@ -37,45 +40,58 @@ def choose(front: Any, *, pick: str = "knee", trial: int | None = None, max_late
            min_accuracy: float | None = None, trials: Any = None, cost: str = "latency_ms") -> Mapping[str, Any]:
     """One row of the front (a pandas Series) by the pick rule, after the budgets filter it.
 
-    Raises ValueError with one line when the rule or budgets leave nothing.
+    `front` has columns number, val_accuracy, latency_ms, `cost` and is_base (the base row is
+    never picked). pick=knee uses the study's cost column; min_latency always means the lowest
+    measured latency_ms, and max_latency_ms always bounds latency_ms, whatever the cost objective.
+    pick=trial takes `trial` from `trials` (every trial of the study) and ignores the budgets.
+    Raises ValueError with one line when the rule or the budgets leave nothing.
     """
     from nas.report import knee_index
 
     if pick not in PICKS:
         raise ValueError(f"pick={pick!r} is not known; allowed: {', '.join(PICKS)}")
-    members = front[~front["is_base"].astype(bool)]
+    members = front[~front["is_base"].fillna(False).astype(bool)]
     if pick == "trial":
         if trial is None:
             raise ValueError("pick=trial needs trial=N (a trial number)")
         pool = trials if trials is not None else members
         hit = pool[pool["number"] == trial]
         if hit.empty:
-            raise ValueError(f"trial={trial} is not in this study; trials run: 0..{int(pool['number'].max())}")
+            known = sorted(int(n) for n in pool["number"].dropna())
+            ran = f"trials run: {known[0]}..{known[-1]}" if known else "no trials ran"
+            raise ValueError(f"trial={trial} is not in this study; {ran}")
         row = hit.iloc[0]
-        if row["state"] != "COMPLETE":
+        if "state" in row and row["state"] != "COMPLETE":
             raise ValueError(f"trial={trial} did not complete (state {row['state']}); pick a COMPLETE trial")
         return row
+    if members.empty:
+        raise ValueError("the study has no completed trial on its Pareto front yet; nothing to export")
     ok = members
     if max_latency_ms is not None:
-        ok = ok[ok[cost] <= max_latency_ms]
+        ok = ok[ok["latency_ms"] <= max_latency_ms]
     if min_accuracy is not None:
         ok = ok[ok["val_accuracy"] >= min_accuracy]
     if ok.empty:
-        closest = members.assign(
-            gap=(0 if max_latency_ms is None else (members[cost] - max_latency_ms).clip(lower=0) / max_latency_ms)
-            + (0 if min_accuracy is None else (min_accuracy - members["val_accuracy"]).clip(lower=0))
-        ).sort_values("gap").head(3)
+        gap = members["val_accuracy"].astype(float) * 0.0  # relative shortfall, summed over budgets
+        if max_latency_ms is not None:
+            gap = gap + (members["latency_ms"] - max_latency_ms).clip(lower=0) / max_latency_ms
+        if min_accuracy is not None:
+            gap = gap + (min_accuracy - members["val_accuracy"]).clip(lower=0)
+        closest = members.assign(gap=gap).sort_values(["gap", "latency_ms"]).head(3)
         names = "; ".join(
-            f"trial {int(r['number'])} ({r['val_accuracy']:.4f} acc, {r[cost]:.2f} {cost})" for _, r in closest.iterrows()
+            f"trial {int(r['number'])} (val_accuracy {r['val_accuracy']:.4f}, latency_ms {r['latency_ms']:.4g})"
+            for _, r in closest.iterrows()
         )
-        raise ValueError(
-            f"no Pareto trial meets max_latency_ms={max_latency_ms} min_accuracy={min_accuracy}; closest: {names}"
-        )
+        budgets = " and ".join(f"{k}={v:g}" for k, v in (("max_latency_ms", max_latency_ms),
+                                                          ("min_accuracy", min_accuracy)) if v is not None)
+        raise ValueError(f"no Pareto trial meets {budgets}; closest: {names}")
     if pick == "max_accuracy":
         return ok.sort_values(["val_accuracy", cost], ascending=[False, True]).iloc[0]
     if pick == "min_latency":
-        return ok.sort_values([cost, "val_accuracy"], ascending=[True, False]).iloc[0]
+        return ok.sort_values(["latency_ms", "val_accuracy"], ascending=[True, False]).iloc[0]
     k = knee_index(ok.assign(is_base=False), cost=cost)
+    if k is None:
+        raise ValueError(f"no Pareto trial has both val_accuracy and {cost}; pick another rule")
     return ok.loc[k]
 
 
@@ -122,32 +138,47 @@ def save_hf_folder(model: Any, tokenizer: Any, out: str | Path, *, context: int)
         )
         shutil.copyfile(REMOTE_CODE, out / "modeling_nas.py")
     else:
-        for key in ("nas_heads", "nas_ffn", "nas_head_size"):
+        for key in ("nas_heads", "nas_ffn", "nas_head_size", "auto_map"):
             cfg.pop(key, None)
         (out / "modeling_nas.py").unlink(missing_ok=True)
     cfg.pop("transformers_version", None)
     (out / "config.json").write_text(json.dumps(cfg, indent=2, sort_keys=True) + "\n")
     state = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
     save_file(state, str(out / "model.safetensors"), metadata={"format": "pt"})
-    tokenizer.model_max_length = context
     tokenizer.save_pretrained(out)
+    # The tokenizer truncates at the kept context, and names its class so that AutoTokenizer
+    # picks it from tokenizer_config.json (the caller's tokenizer object is left as it was).
+    tok_path = out / "tokenizer_config.json"
+    tok_cfg = json.loads(tok_path.read_text()) if tok_path.is_file() else {}
+    tok_cfg["model_max_length"] = int(context)
+    tok_cfg.setdefault("tokenizer_class", type(tokenizer).__name__)
+    tok_cfg.pop("auto_map", None)
+    tok_path.write_text(json.dumps(tok_cfg, indent=2, sort_keys=True) + "\n")
     return {"remote_code": remote}
 
 
 def export_onnx(model: Any, path: str | Path, *, max_seq: int) -> None:
     """ONNX with dynamic batch and sequence axes (torch.onnx dynamo exporter)."""
+    import logging
+    import warnings
+
     import torch
 
+    logging.getLogger("torch.onnx").setLevel(logging.ERROR)
     model = model.eval()
     ids = torch.randint(1000 if model.config.vocab_size > 1000 else 1, model.config.vocab_size, (2, min(8, max_seq)))
     mask = torch.ones_like(ids)
     batch = torch.export.Dim("batch", min=1, max=4096)
     seq = torch.export.Dim("seq", min=1, max=max_seq)
-    program = torch.onnx.export(
-        model, (), kwargs={"input_ids": ids, "attention_mask": mask}, dynamo=True, verbose=False,
-        dynamic_shapes={"input_ids": {0: batch, 1: seq}, "attention_mask": {0: batch, 1: seq}},
-        input_names=["input_ids", "attention_mask"], output_names=["logits"],
-    )
+    with warnings.catch_warnings():  # the exporter's deprecation chatter, not the caller's warnings
+        warnings.filterwarnings("ignore", module=r"torch\.onnx.*")
+        warnings.filterwarnings("ignore", message=".*axis name.*will not be used.*")
+        warnings.filterwarnings("ignore", message=".*LeafSpec.*", category=FutureWarning)
+        program = torch.onnx.export(
+            model, (), kwargs={"input_ids": ids, "attention_mask": mask}, dynamo=True, verbose=False,
+            dynamic_shapes={"input_ids": {0: batch, 1: seq}, "attention_mask": {0: batch, 1: seq}},
+            input_names=["input_ids", "attention_mask"], output_names=["logits"],
+        )
     program.save(str(path))
 
 
@@ -177,7 +208,8 @@ def onnx_latency(path: str | Path, *, batch_size: int, seq_len: int, vocab: int,
     return statistics.median(times)
 
 
-def write_readme(out: Path, *, spec: Any, metrics: Mapping[str, Any], source: Mapping[str, Any], remote: bool) -> None:
+def write_readme(out: Path, *, spec: Any, metrics: Mapping[str, Any], source: Mapping[str, Any], remote: bool,
+                 onnx: bool = True) -> None:
     load = "trust_remote_code=True" if remote else ""
     lines = [
         f"# Pruned model: {spec.describe()}",
@@ -201,18 +233,22 @@ def write_readme(out: Path, *, spec: Any, metrics: Mapping[str, Any], source: Ma
         "```",
         "",
         ("The per-layer shapes do not fit the stock config (it derives head size from hidden size / heads), "
-         "so `modeling_nas.py` ships here and needs `trust_remote_code=True`." if remote else
+         "so `modeling_nas.py` ships here and the model needs `trust_remote_code=True` (without it the stock "
+         "class refuses the weights with a size-mismatch error). The config and tokenizer are stock ones." if remote else
          "The shape fits the stock architecture: no custom code is needed."),
         "",
-        "ONNX: `model.onnx` (inputs input_ids and attention_mask, int64, dynamic batch and sequence; output logits):",
-        "",
-        "```python",
-        "import onnxruntime as ort",
-        "session = ort.InferenceSession(FOLDER + '/model.onnx')",
-        "logits = session.run(None, {'input_ids': ids, 'attention_mask': mask})[0]",
-        "```",
-        "",
     ]
+    if onnx:
+        lines += [
+            "ONNX: `model.onnx` (inputs input_ids and attention_mask, int64, dynamic batch and sequence; output logits):",
+            "",
+            "```python",
+            "import onnxruntime as ort",
+            "session = ort.InferenceSession(FOLDER + '/model.onnx')",
+            "logits = session.run(None, {'input_ids': ids, 'attention_mask': mask})[0]",
+            "```",
+            "",
+        ]
     (out / "README.md").write_text("\n".join(lines))
 
 
@@ -227,14 +263,16 @@ def export_all(model: Any, tokenizer: Any, spec: Any, out: str | Path, *, metric
     config = {
         "arch": spec.to_dict(),
         "source": {k: v for k, v in source.items() if k not in ("cfg",)},
-        "metrics": {k: (float(v) if hasattr(v, "__float__") else v) for k, v in metrics.items()},
+        "metrics": {k: (v.item() if hasattr(v, "item") else v) for k, v in metrics.items()},  # numpy -> plain
     }
     if "cfg" in source:
         config["config"] = source["cfg"]
     (out / "config.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
     if onnx:
         export_onnx(model, out / "model.onnx", max_seq=spec.context)
-    write_readme(out, spec=spec, metrics=metrics, source=source, remote=info["remote_code"])
+    else:
+        (out / "model.onnx").unlink(missing_ok=True)  # never leave an older export's ONNX beside new weights
+    write_readme(out, spec=spec, metrics=metrics, source=source, remote=info["remote_code"], onnx=onnx)
     return info
 
 
@@ -243,7 +281,7 @@ def export_all(model: Any, tokenizer: Any, spec: Any, out: str | Path, *, metric
 
 def parse_args(argv: Sequence[str]) -> dict[str, Any]:
     allowed = {"run_dir", "pick", "trial", "max_latency_ms", "min_accuracy", "out", "onnx"}
-    args: dict[str, Any] = {"pick": "knee", "onnx": "true"}
+    args: dict[str, Any] = {"onnx": "true"}
     for item in argv:
         key, sep, value = item.partition("=")
         if not sep or key not in allowed:
@@ -259,8 +297,20 @@ def parse_args(argv: Sequence[str]) -> dict[str, Any]:
                 raise ValueError(f"{key}={args[key]!r} must be a number") from None
         else:
             args[key] = None
+    if "pick" not in args:  # trial=N alone means pick=trial
+        args["pick"] = "trial" if args["trial"] is not None else "knee"
     if args["pick"] not in PICKS:
         raise ValueError(f"pick={args['pick']!r} is not known; allowed: {', '.join(PICKS)}")
+    if args["pick"] == "trial" and args["trial"] is None:
+        raise ValueError("pick=trial needs trial=N (a trial number)")
+    if args["trial"] is not None and args["pick"] != "trial":
+        raise ValueError(f"trial={args['trial']} goes with pick=trial, not pick={args['pick']}")
+    if args["max_latency_ms"] is not None and not args["max_latency_ms"] > 0:
+        raise ValueError(f"max_latency_ms={args['max_latency_ms']:g} must be > 0")
+    if args["min_accuracy"] is not None and not 0 <= args["min_accuracy"] <= 1:
+        raise ValueError(f"min_accuracy={args['min_accuracy']:g} must be a fraction in [0, 1]")
+    if args["pick"] == "trial" and (args["max_latency_ms"] is not None or args["min_accuracy"] is not None):
+        raise ValueError("max_latency_ms / min_accuracy choose among the front; they do not apply to pick=trial")
     args["onnx"] = str(args["onnx"]).lower() not in ("false", "0", "no")
     return args
 
@@ -277,7 +327,10 @@ def load_run(run_dir: str | Path) -> tuple[Any, Any]:
     cfg = OmegaConf.load(cfg_path)
     storage = cfg.search.storage or f"sqlite:///{(run_dir / 'study.db').resolve()}"
     optuna.logging.set_verbosity(optuna.logging.WARNING)
-    study = optuna.load_study(study_name=cfg.search.study_name, storage=storage)
+    try:
+        study = optuna.load_study(study_name=cfg.search.study_name, storage=storage)
+    except KeyError:
+        raise ValueError(f"study {cfg.search.study_name!r} is not in {storage}") from None
     return cfg, study
 
 
@@ -298,6 +351,17 @@ def rebuild_trial_model(cfg: Any, run_dir: Path, number: int, spec: Any, num_lab
     return model.eval()
 
 
+def pick_row(study: Any, args: Mapping[str, Any]) -> Mapping[str, Any]:
+    """The front row (or, for pick=trial, the trial row) the arguments choose. Cheap: no torch."""
+    from nas.report import cost_column, pareto_frame, trials_frame
+
+    objectives = study.user_attrs.get("objectives", ["accuracy", "latency"])
+    cost = cost_column(objectives)
+    front = pareto_frame(study, study.user_attrs.get("base", {}), cost=cost)
+    return choose(front, pick=args["pick"], trial=args["trial"], max_latency_ms=args["max_latency_ms"],
+                  min_accuracy=args["min_accuracy"], trials=trials_frame(study), cost=cost)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     from rich.console import Console
 
@@ -306,29 +370,28 @@ def main(argv: Sequence[str] | None = None) -> int:
         args = parse_args(list(sys.argv[1:] if argv is None else argv))
         run_dir = Path(args["run_dir"]).resolve()
         cfg, study = load_run(run_dir)
-        return _export(console, args, run_dir, cfg, study)
+        # Every argument error comes back before torch / transformers are even imported.
+        row = pick_row(study, args)
+        weights = run_dir / "models" / f"trial_{int(row['number'])}.safetensors"
+        if not weights.is_file():
+            raise ValueError(f"trial {int(row['number'])}'s weights are not in {weights.parent} "
+                             "(only Pareto members keep weights)")
+        return _export(console, args, run_dir, cfg, study, row)
     except ValueError as e:
         console.print(f"[red]error:[/red] {e}", highlight=False)
         return 2
 
 
-def _export(console: Any, args: Mapping[str, Any], run_dir: Path, cfg: Any, study: Any) -> int:
+def _export(console: Any, args: Mapping[str, Any], run_dir: Path, cfg: Any, study: Any, row: Mapping[str, Any]) -> int:
     import torch
     from omegaconf import OmegaConf
 
     from nas.latency import measure_latency
     from nas.models import load_base_model, load_tokenizer
     from nas.pipeline import quiet_libraries
-    from nas.report import cost_column, pareto_frame, trials_frame
     from nas.spec import SubnetSpec
 
     quiet_libraries()
-    base_metrics = study.user_attrs.get("base", {})
-    objectives = study.user_attrs.get("objectives", ["accuracy", "latency"])
-    cost = cost_column(objectives)
-    front = pareto_frame(study, base_metrics, cost=cost)
-    row = choose(front, pick=args["pick"], trial=args["trial"], max_latency_ms=args["max_latency_ms"],
-                 min_accuracy=args["min_accuracy"], trials=trials_frame(study), cost=cost)
     number = int(row["number"])
     trial = study.trials[number]
     spec = SubnetSpec.from_dict(trial.user_attrs["spec"])
@@ -356,13 +419,14 @@ def _export(console: Any, args: Mapping[str, Any], run_dir: Path, cfg: Any, stud
     console.print(f"torch        : exported {t_model:.2f} ms vs base {t_base:.2f} ms -> {t_base / t_model:.2f}x "
                   f"(batch {batch}, seq {seq} vs {base_seq}, {threads} thread)", highlight=False)
     if args["onnx"]:
-        base_onnx = out.parent / f".base_{number}.onnx"
-        export_onnx(base, base_onnx, max_seq=base_seq)
+        import tempfile
+
         vocab = int(model.config.vocab_size)
         o_model = onnx_latency(out / "model.onnx", batch_size=batch, seq_len=seq, vocab=vocab, threads=threads, runs=runs)
-        o_base = onnx_latency(base_onnx, batch_size=batch, seq_len=base_seq, vocab=vocab, threads=threads, runs=runs)
-        for extra in base_onnx.parent.glob(base_onnx.name + "*"):
-            extra.unlink(missing_ok=True)
+        with tempfile.TemporaryDirectory(prefix="nas_export_base_") as tmp:  # never left next to the user's files
+            base_onnx = Path(tmp) / "base.onnx"
+            export_onnx(base, base_onnx, max_seq=base_seq)
+            o_base = onnx_latency(base_onnx, batch_size=batch, seq_len=base_seq, vocab=vocab, threads=threads, runs=runs)
         console.print(f"onnxruntime  : exported {o_model:.2f} ms vs base {o_base:.2f} ms -> {o_base / o_model:.2f}x",
                       highlight=False)
     console.print(f"wrote {out}: config.yaml, config.json, model.safetensors, tokenizer"

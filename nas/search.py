@@ -112,10 +112,15 @@ def make_storage(url: str, *, heartbeat_interval: int | None = None, grace_perio
     """An Optuna storage for a URL: sqlite:///..., postgresql://..., or journal:PATH (a journal file).
 
     RDB storages get a heartbeat, so a trial whose process was killed is marked FAIL once its
-    heartbeat is `grace_period` seconds old, and its shape is queued again (RetryFailedTrialCallback).
+    heartbeat is `grace_period` seconds old, and its shape is queued again (RetryHeartbeatStaleTrialCallback).
     """
+    import warnings
+
     import optuna
-    from optuna.storages import RetryFailedTrialCallback
+    from optuna.exceptions import ExperimentalWarning
+    from optuna.storages import RetryHeartbeatStaleTrialCallback
+
+    warnings.filterwarnings("ignore", category=ExperimentalWarning)
 
     if url.startswith("journal:") or url.endswith((".log", ".journal", ".jsonl")):
         from optuna.storages import JournalStorage
@@ -136,7 +141,7 @@ def make_storage(url: str, *, heartbeat_interval: int | None = None, grace_perio
         kwargs.update(
             heartbeat_interval=heartbeat_interval,
             grace_period=grace_period or 2 * heartbeat_interval,
-            failed_trial_callback=RetryFailedTrialCallback(max_retry=max_retry),
+            heartbeat_stale_trial_callback=RetryHeartbeatStaleTrialCallback(max_retry=max_retry),
         )
     return optuna.storages.RDBStorage(url, engine_kwargs=engine_kwargs, **kwargs)
 
@@ -379,10 +384,17 @@ class Search:
         study.set_user_attr("space", self.space.name)
         study.set_user_attr("label_names", list(self.prep.task.label_names))
         study.set_user_attr("num_labels", int(self.prep.task.num_labels))
-        done = [t for t in study.get_trials(deepcopy=False) if t.state.is_finished()]
-        remaining = max(0, self.settings.n_trials - len(done))
+        # search.n_trials is the study's target of finished trials (COMPLETE or infeasible),
+        # shared by every worker on this storage; failed trials do not count towards it.
+        counted = (TrialState.COMPLETE, TrialState.PRUNED)
+
+        def n_finished(study: Any) -> int:
+            return len(study.get_trials(deepcopy=False, states=counted))
+
+        done = n_finished(study)
+        remaining = max(0, self.settings.n_trials - done)
         if done:
-            self._say(f"continuing study '{self.settings.study_name}': {len(done)} finished trials, {remaining} to go")
+            self._say(f"continuing study '{self.settings.study_name}': {done} finished trials, {remaining} to go")
 
         progress = self._progress(remaining)
 
@@ -399,6 +411,8 @@ class Search:
             self.write(study)
             if self._consecutive_failures >= self.settings.max_consecutive_failures:
                 study.stop()
+            if n_finished(study) >= self.settings.n_trials:
+                study.stop()
 
         def guarded(trial: Any) -> Sequence[float]:
             try:
@@ -413,7 +427,8 @@ class Search:
             try:
                 if progress is not None:
                     progress[0].start()
-                study.optimize(guarded, n_trials=remaining, callbacks=[after_trial], catch=(Exception,),
+                # No trial count here: the callback stops when the study (all workers) is done.
+                study.optimize(guarded, n_trials=None, callbacks=[after_trial], catch=(Exception,),
                                gc_after_trial=True)
             finally:
                 if progress is not None:
@@ -523,6 +538,15 @@ def _main() -> None:
     from rich.console import Console
 
     from nas.config import CONF_DIR
+    from nas.space import available_spaces
+
+    # Hydra's own message for an unknown group option spans several lines: say it in one.
+    for arg in sys.argv[1:]:
+        key, _, value = arg.partition("=")
+        if key.lstrip("+~") == "space" and value and value not in available_spaces():
+            print(f"error: space={value!r} is not known; available spaces: {', '.join(available_spaces())}",
+                  file=sys.stderr)
+            sys.exit(2)
 
     @hydra.main(config_path=str(CONF_DIR), config_name="config", version_base="1.3")
     def main(cfg: Any) -> None:

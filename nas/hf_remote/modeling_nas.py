@@ -6,6 +6,12 @@ derive both from the config. These classes build the stock model and then give e
 its own shapes from `nas_heads`, `nas_ffn` and `nas_head_size`. Load with:
 
     AutoModelForSequenceClassification.from_pretrained(folder, trust_remote_code=True)
+    AutoTokenizer.from_pretrained(folder)  # the stock tokenizer; no custom code involved
+
+config.json keeps the stock `model_type` ("bert", "roberta", "distilbert") and points
+`auto_map` here. So the config and tokenizer resolve to stock classes without custom code
+(no trust prompt), while the model needs trust_remote_code=True: without it the stock class
+is built and loading stops with a size-mismatch error instead of giving a wrong model.
 
 Self-contained: needs only torch and transformers.
 """
@@ -25,6 +31,8 @@ from transformers import (
 
 def _resize_layers(layers, heads, ffn, head_size, hidden, family):
     """Give every layer its own head count and FFN width (fresh weights: loading fills them)."""
+    if not (len(layers) == len(heads) == len(ffn)):
+        raise ValueError(f"nas_heads ({len(heads)}) and nas_ffn ({len(ffn)}) must list all {len(layers)} layers")
     for layer, h, f in zip(layers, heads, ffn):
         inner = h * head_size
         if family == "distilbert":
@@ -54,29 +62,32 @@ class _NasConfigMixin:
         self.nas_head_size = nas_head_size
 
 
+# The stock model_type on purpose: config.json says "bert" (etc.) so that AutoConfig and
+# AutoTokenizer resolve without custom code, and loading this class raises no type warning.
 class NasBertConfig(_NasConfigMixin, BertConfig):
-    model_type = "nas_bert"
+    model_type = "bert"
 
 
 class NasRobertaConfig(_NasConfigMixin, RobertaConfig):
-    model_type = "nas_roberta"
+    model_type = "roberta"
 
 
 class NasDistilBertConfig(_NasConfigMixin, DistilBertConfig):
-    model_type = "nas_distilbert"
+    model_type = "distilbert"
 
 
-def _build(cls, base_cls, config, family, heads_attr, hidden_attr, layers_of):
+def _build(model, base_cls, config, family, heads_attr, hidden_attr, layers_of):
+    """Run the stock constructor of `base_cls` on `model`, then resize every layer to its own shape."""
     # The stock constructor insists on hidden % heads == 0: build with one head, then resize.
     real_heads = getattr(config, heads_attr)
     setattr(config, heads_attr, 1)
     try:
-        base_cls.__init__(cls, config)
+        base_cls.__init__(model, config)
     finally:
         setattr(config, heads_attr, real_heads)
-    _resize_layers(layers_of(cls), config.nas_heads, config.nas_ffn, config.nas_head_size,
+    _resize_layers(layers_of(model), config.nas_heads, config.nas_ffn, config.nas_head_size,
                    getattr(config, hidden_attr), family)
-    cls.post_init()
+    model.post_init()
 
 
 class NasBertForSequenceClassification(BertForSequenceClassification):
