@@ -140,6 +140,7 @@ def save_hf_folder(model: Any, tokenizer: Any, out: str | Path, *, context: int)
     else:
         for key in ("nas_heads", "nas_ffn", "nas_head_size", "auto_map"):
             cfg.pop(key, None)
+        cfg["architectures"] = [type(model).__name__]
         (out / "modeling_nas.py").unlink(missing_ok=True)
     cfg.pop("transformers_version", None)
     (out / "config.json").write_text(json.dumps(cfg, indent=2, sort_keys=True) + "\n")
@@ -383,13 +384,12 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _export(console: Any, args: Mapping[str, Any], run_dir: Path, cfg: Any, study: Any, row: Mapping[str, Any]) -> int:
-    import torch
     from omegaconf import OmegaConf
 
     from nas.latency import measure_latency
     from nas.models import load_base_model, load_tokenizer
     from nas.pipeline import quiet_libraries
-    from nas.spec import SubnetSpec
+    from nas.spec import BaseShape, SubnetSpec
 
     quiet_libraries()
     number = int(row["number"])
@@ -411,9 +411,11 @@ def _export(console: Any, args: Mapping[str, Any], run_dir: Path, cfg: Any, stud
     # Latency of the export vs the base, side by side in this process.
     lat = cfg.get("latency", {})
     seq = min(lat.get("seq_len") or spec.context, spec.context, int(cfg.get("max_length", 128)))
-    base_seq = min(lat.get("seq_len") or int(cfg.get("max_length", 128)), int(cfg.get("max_length", 128)))
     batch, threads, runs = int(lat.get("batch_size", 1)), int(lat.get("threads", 1)), max(20, int(lat.get("runs", 20)))
     base = load_base_model(cfg.model.name_or_path, num_labels=num_labels)
+    # as the search measured it: the base at the latency length, capped by max_length and its positions
+    base_seq = min(lat.get("seq_len") or int(cfg.get("max_length", 128)), int(cfg.get("max_length", 128)),
+                   BaseShape.from_config(base.config).max_positions)
     t_model = measure_latency(model, batch_size=batch, seq_len=seq, threads=threads, runs=runs)["latency_ms"]
     t_base = measure_latency(base, batch_size=batch, seq_len=base_seq, threads=threads, runs=runs)["latency_ms"]
     console.print(f"torch        : exported {t_model:.2f} ms vs base {t_base:.2f} ms -> {t_base / t_model:.2f}x "
@@ -432,7 +434,6 @@ def _export(console: Any, args: Mapping[str, Any], run_dir: Path, cfg: Any, stud
     console.print(f"wrote {out}: config.yaml, config.json, model.safetensors, tokenizer"
                   + (", modeling_nas.py (trust_remote_code=True)" if info["remote_code"] else "")
                   + (", model.onnx" if args["onnx"] else "") + ", README.md", highlight=False)
-    torch.set_num_threads(torch.get_num_threads())
     return 0
 
 
