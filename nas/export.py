@@ -165,7 +165,8 @@ def export_onnx(model: Any, path: str | Path, *, max_seq: int) -> None:
 
     import torch
 
-    logging.getLogger("torch.onnx").setLevel(logging.ERROR)
+    for noisy in ("torch.onnx", "onnx_ir", "onnxscript"):
+        logging.getLogger(noisy).setLevel(logging.ERROR)
     model = model.eval()
     ids = torch.randint(1000 if model.config.vocab_size > 1000 else 1, model.config.vocab_size, (2, min(8, max_seq)))
     mask = torch.ones_like(ids)

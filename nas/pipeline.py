@@ -87,11 +87,14 @@ def base_train_settings(cfg: Any) -> Any:
 
 def quiet_libraries() -> None:
     """Progress bars and deprecation chatter of the libraries drown the search's own lines."""
+    import logging
     import warnings
 
     import datasets
     from transformers.utils import logging as hf_logging
 
+    for noisy in ("onnx_ir", "onnxscript", "torch.onnx", "httpx"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
     datasets.disable_progress_bars()
     hf_logging.disable_progress_bar()
     hf_logging.set_verbosity_error()
