@@ -31,12 +31,17 @@ def resolve_model_source(name_or_path: str | None) -> str:
     """None / 'embedded' -> the embedded folder; an existing folder -> its absolute path; else a hub name."""
     if name_or_path in (None, "", "embedded", EMBEDDED_NAME):
         return str(embedded_model_path())
-    path = Path(str(name_or_path)).expanduser()
+    text = str(name_or_path)
+    path = Path(text).expanduser()
     if path.exists():
         if not path.is_dir() or not (path / "config.json").is_file():
             raise ValueError(f"model.name_or_path={name_or_path!r} is not a model folder (no config.json inside)")
         return str(path.resolve())
-    return str(name_or_path)
+    if text.startswith(("/", ".", "~")) or text.count("/") > 1:
+        raise ValueError(
+            f"model.name_or_path={name_or_path!r} does not exist; give a model folder or a hub name like 'namespace/name'"
+        )
+    return text
 
 
 @dataclass(frozen=True)

@@ -128,6 +128,9 @@ def make_storage(url: str, *, heartbeat_interval: int | None = None, grace_perio
 
         path = url.removeprefix("journal:").removeprefix("//")
         Path(path).parent.mkdir(parents=True, exist_ok=True)
+        if heartbeat_interval:
+            log.warning("journal storage has no heartbeat: a killed worker's trial stays RUNNING and is not retried; "
+                        "use sqlite:///PATH or postgresql:// for crash recovery")
         return JournalStorage(JournalFileBackend(path))
     if "://" not in url:
         raise ValueError(f"search.storage={url!r} is not a storage URL; use sqlite:///PATH, postgresql://..., or journal:PATH")
@@ -147,18 +150,36 @@ def make_storage(url: str, *, heartbeat_interval: int | None = None, grace_perio
 
 
 def open_study(settings: SearchSettings, run_dir: Path) -> Any:
-    """Create the study, or load it when this storage already holds one with this name."""
+    """Create the study, or join it when this storage already holds one with this name.
+
+    Only the process that creates the study samples with `search.seed` as given: a worker
+    joining it, or a run continuing it, derives its own seed (from the seed, the trials so far
+    and its pid), otherwise it would replay the shapes already tried.
+    """
+    import dataclasses
+    import os
+
+    import numpy as np
     import optuna
 
     storage = make_storage(storage_url(settings, run_dir), heartbeat_interval=settings.heartbeat_interval,
                            grace_period=settings.grace_period)
-    return optuna.create_study(
-        study_name=settings.study_name,
-        storage=storage,
-        directions=settings.directions,
-        sampler=make_sampler(settings),
-        load_if_exists=True,
-    )
+    try:
+        return optuna.create_study(study_name=settings.study_name, storage=storage, directions=settings.directions,
+                                   sampler=make_sampler(settings))
+    except optuna.exceptions.DuplicatedStudyError:
+        pass
+    study = optuna.load_study(study_name=settings.study_name, storage=storage)
+    if list(study.directions) != [optuna.study.StudyDirection.MAXIMIZE if d == "maximize" else
+                                  optuna.study.StudyDirection.MINIMIZE for d in settings.directions]:
+        raise ValueError(
+            f"search.study_name={settings.study_name!r} exists in this storage with {len(study.directions)} objectives; "
+            f"search.objectives={list(settings.objectives)} does not match it (use another study_name)"
+        )
+    n = len(study.get_trials(deepcopy=False))
+    seed = int(np.random.SeedSequence([settings.seed, n, os.getpid()]).generate_state(1)[0])
+    return optuna.load_study(study_name=settings.study_name, storage=storage,
+                             sampler=make_sampler(dataclasses.replace(settings, seed=seed)))
 
 
 def chosen_space(cfg: Mapping[str, Any]) -> Any:
@@ -377,7 +398,8 @@ class Search:
 
         from nas.report import write_reports
 
-        optuna.logging.set_verbosity(optuna.logging.WARNING)
+        # Optuna's own warning for a failed trial is a full traceback; our trial line says why.
+        optuna.logging.set_verbosity(optuna.logging.ERROR)
         study = open_study(self.settings, self.run_dir)
         study.set_user_attr("base", self.base_metrics)
         study.set_user_attr("objectives", list(self.settings.objectives))

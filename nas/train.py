@@ -225,6 +225,11 @@ def finetune_base_cached(
         folder.parent.mkdir(parents=True, exist_ok=True)
         lock.acquire()
     try:
+        if folder is not None:  # leftovers of a worker killed mid-save: nobody else holds the lock
+            import shutil
+
+            for stale in folder.parent.glob(folder.name + ".tmp*"):
+                shutil.rmtree(stale, ignore_errors=True)
         if folder is not None and (folder / "info.json").is_file():
             model = AutoModelForSequenceClassification.from_pretrained(folder, attn_implementation="sdpa").eval()
             info = json.loads((folder / "info.json").read_text())
