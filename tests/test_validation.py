@@ -15,12 +15,7 @@ from test_reliability import cli_args, cli_env
 from test_search import TINY_SPACE, make_cfg, tiny_env  # noqa: F401  (tiny_env is a fixture)
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture
