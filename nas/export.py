@@ -387,7 +387,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 def _export(console: Any, args: Mapping[str, Any], run_dir: Path, cfg: Any, study: Any, row: Mapping[str, Any]) -> int:
     from omegaconf import OmegaConf
 
-    from nas.latency import measure_latency
+    from nas.latency import latency_lengths, measure_latency
     from nas.models import load_base_model, load_tokenizer
     from nas.pipeline import quiet_libraries
     from nas.spec import BaseShape, SubnetSpec
@@ -411,12 +411,11 @@ def _export(console: Any, args: Mapping[str, Any], run_dir: Path, cfg: Any, stud
 
     # Latency of the export vs the base, side by side in this process.
     lat = cfg.get("latency", {})
-    seq = min(lat.get("seq_len") or spec.context, spec.context, int(cfg.get("max_length", 128)))
     batch, threads, runs = int(lat.get("batch_size", 1)), int(lat.get("threads", 1)), max(20, int(lat.get("runs", 20)))
     base = load_base_model(cfg.model.name_or_path, num_labels=num_labels)
-    # as the search measured it: the base at the latency length, capped by max_length and its positions
-    base_seq = min(lat.get("seq_len") or int(cfg.get("max_length", 128)), int(cfg.get("max_length", 128)),
-                   BaseShape.from_config(base.config).max_positions)
+    # as the search measured it
+    seq, base_seq = latency_lengths(lat.get("seq_len"), context=spec.context, max_length=int(cfg.get("max_length", 128)),
+                                    max_positions=BaseShape.from_config(base.config).max_positions)
     t_model = measure_latency(model, batch_size=batch, seq_len=seq, threads=threads, runs=runs)["latency_ms"]
     t_base = measure_latency(base, batch_size=batch, seq_len=base_seq, threads=threads, runs=runs)["latency_ms"]
     console.print(f"torch        : exported {t_model:.2f} ms vs base {t_base:.2f} ms -> {t_base / t_model:.2f}x "

@@ -46,7 +46,7 @@ def merged_config(cfg: Any, arch_file: dict[str, Any], overrides: list[str]) -> 
 
 def run_final(cfg: Any, arch_path: str | Path, out_dir: str | Path, *, overrides: list[str], console: Any) -> dict[str, Any]:
     from nas.export import export_all
-    from nas.latency import measure_latency, model_size
+    from nas.latency import latency_lengths, measure_latency, model_size
     from nas.pipeline import prepare
     from nas.prune import prune_model
     from nas.spec import SubnetSpec
@@ -71,8 +71,8 @@ def run_final(cfg: Any, arch_path: str | Path, out_dir: str | Path, *, overrides
     }
     lat = cfg.latency
     max_length = int(cfg.max_length)
-    seq = min(lat.seq_len or spec.context, spec.context, max_length)
-    base_seq = min(lat.seq_len or max_length, max_length)
+    seq, base_seq = latency_lengths(lat.seq_len, context=spec.context, max_length=max_length,
+                                    max_positions=prep.shape.max_positions)
     t_model = measure_latency(model, batch_size=lat.batch_size, seq_len=seq, threads=lat.threads, runs=lat.runs)
     t_base = measure_latency(prep.base, batch_size=lat.batch_size, seq_len=base_seq, threads=lat.threads, runs=lat.runs)
     metrics.update(latency_ms=t_model["latency_ms"], speedup=t_base["latency_ms"] / t_model["latency_ms"],

@@ -34,6 +34,17 @@ class LatencySettings:
         return self
 
 
+def latency_lengths(seq_len: int | None, *, context: int, max_length: int, max_positions: int) -> tuple[int, int]:
+    """(pruned model's, base's) input length for timing, one rule for search, export and final training.
+
+    `seq_len` None times each at its own length: the pruned model at its context, the base at
+    max_length; both are capped by max_length, the base also by its positions.
+    """
+    model_seq = min(seq_len or context, context, max_length)
+    base_seq = min(seq_len or max_length, max_length, max_positions)
+    return model_seq, base_seq
+
+
 @contextmanager
 def num_threads(n: int):
     before = torch.get_num_threads()

@@ -259,12 +259,15 @@ class Search:
             f"[prepared in {time.perf_counter() - t0:.0f}s]"
         )
 
+    def seq_lens(self, context: int) -> tuple[int, int]:
+        from nas.latency import latency_lengths
+
+        return latency_lengths(self.latency.seq_len, context=context, max_length=self.max_length,
+                               max_positions=self.prep.shape.max_positions)
+
     @property
     def base_seq_len(self) -> int:
-        return min(self.latency.seq_len or self.max_length, self.prep.shape.max_positions, self.max_length)
-
-    def seq_len_for(self, context: int) -> int:
-        return min(self.latency.seq_len or context, context, self.max_length)
+        return self.seq_lens(self.prep.shape.max_positions)[1]
 
     def _base_metrics(self) -> dict[str, Any]:
         from nas.latency import count_flops, measure_latency, model_size
@@ -290,7 +293,6 @@ class Search:
     # -- one trial ------------------------------------------------------------------------
     def objective(self, trial: Any) -> Sequence[float]:
         import optuna
-        import torch
 
         from nas.latency import count_flops, measure_latency, model_size
         from nas.prune import prune_model
@@ -306,7 +308,7 @@ class Search:
         trial.set_user_attr("seconds_prune", time.perf_counter() - t0)
         self.clock.add("pruning", time.perf_counter() - t0)
 
-        seq_len = self.seq_len_for(spec.context)
+        seq_len = self.seq_lens(spec.context)[0]
         t0 = time.perf_counter()
         lat = measure_latency(model, batch_size=self.latency.batch_size, seq_len=seq_len, threads=self.latency.threads,
                               warmup=self.latency.warmup, runs=self.latency.runs)
@@ -345,7 +347,6 @@ class Search:
         self.clock.add("evaluation", time.perf_counter() - t0)
         self._save_model(trial.number, model)
         del model
-        torch.set_num_threads(torch.get_num_threads())
         attrs = {**trial.user_attrs}
         return [attrs[OBJECTIVE_ATTR[o]] for o in self.settings.objectives]
 
@@ -395,8 +396,6 @@ class Search:
     def run(self) -> Any:
         import optuna
         from optuna.trial import TrialState
-
-        from nas.report import write_reports
 
         # Optuna's own warning for a failed trial is a full traceback; our trial line says why.
         optuna.logging.set_verbosity(optuna.logging.ERROR)
