@@ -80,23 +80,29 @@ def summarize(run_dir: Path, *, n_trials: int, steps: int, wall_time_s: float) -
     vocab = int(base_model.config.vocab_size)
     ort_base = onnx_latency(tmp / "base.onnx", batch_size=1, seq_len=max_length, vocab=vocab, runs=30)
 
+    described: dict[int, dict] = {}
+
     def describe(row) -> dict | None:
+        """Export and time a chosen model once, however many budgets pick it."""
         if row is None:
             return None
         number = int(row["number"])
+        if number in described:
+            return described[number]
         trial = study.trials[number]
         spec = SubnetSpec.from_dict(trial.user_attrs["spec"])
         model = rebuild_trial_model(cfg, run_dir, number, spec, len(label_names) or 2, label_names or None)
         path = tmp / f"trial_{number}.onnx"
         export_onnx(model, path, max_seq=spec.context)
         ort = onnx_latency(path, batch_size=1, seq_len=min(spec.context, max_length), vocab=vocab, runs=30)
-        return {
+        described[number] = {
             "trial": number, "shape": spec.describe(), "spec": spec.to_dict(),
             "val_accuracy": float(row["val_accuracy"]), "test_accuracy": float(row["test_accuracy"]),
             "speedup_torch": float(row["speedup"]), "latency_ms_torch": float(row["latency_ms"]),
             "speedup_onnxruntime": ort_base / ort, "latency_ms_onnxruntime": ort,
             "params": int(row["params"]), "params_ratio": float(row["params"]) / float(base["params"]),
         }
+        return described[number]
 
     chosen = {"at_1pt": describe(at1), "at_3pt": describe(at3), "smallest_at_1pt": describe(small1)}
     result = {
