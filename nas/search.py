@@ -37,7 +37,7 @@ class SearchSettings:
     study_name: str
     objectives: tuple[str, ...]
     max_latency_ms: float | None
-    population_size: int = 6
+    population_size: int = 8
     max_consecutive_failures: int = 5
     heartbeat_interval: int = 10
     grace_period: int = 30
@@ -53,7 +53,7 @@ class SearchSettings:
             study_name=str(cfg.get("study_name", "nas")),
             objectives=objectives,
             max_latency_ms=None if cfg.get("max_latency_ms") is None else float(cfg.get("max_latency_ms")),
-            population_size=int(cfg.get("population_size", 6)),
+            population_size=int(cfg.get("population_size", 8)),
             max_consecutive_failures=int(cfg.get("max_consecutive_failures", 5)),
             heartbeat_interval=int(cfg.get("heartbeat_interval", 10) or 0),
             grace_period=int(cfg.get("grace_period", 30) or 0),

@@ -3,6 +3,7 @@
 Variants (each `python -m nas.search` with the same budget):
   default     NSGA-II, importance scores, distillation, space triple
   random      random sampling instead of NSGA-II
+  tpe         multi-objective TPE instead of NSGA-II
   naive       keep-first-k instead of importance scores
   no_distill  plain cross-entropy fine-tuning (train.distill_weight=0)
   depth / width / length / dual   single- or two-axis spaces instead of triple
@@ -28,6 +29,7 @@ ROOT = HERE.parent.parent
 VARIANTS = {
     "default": ["+space=triple"],
     "random": ["+space=triple", "search.sampler=random"],
+    "tpe": ["+space=triple", "search.sampler=tpe"],
     "naive": ["+space=triple", "importance.method=naive"],
     "no_distill": ["+space=triple", "train.distill_weight=0"],
     "depth": ["+space=depth"],
@@ -64,7 +66,10 @@ def run_one(variant: str, seed: int, trials: int, steps: int) -> dict:
     base = front[front["is_base"]].iloc[0]
     members = front[~front["is_base"]]
     done = trials_df[trials_df["state"] == "COMPLETE"]
+    done = done.sort_values("number")
     pts = [(float(r["val_accuracy"]), 1.0 / float(r["speedup"])) for _, r in done.iterrows()]
+    # anytime curve: the hypervolume after each finished trial, in trial order
+    curve = [hypervolume(pts[: k + 1]) for k in range(len(pts))]
     return {
         "variant": variant, "seed": seed, "trials": trials, "steps": steps,
         "hypervolume": hypervolume(pts), "front_size": len(members),
@@ -72,6 +77,7 @@ def run_one(variant: str, seed: int, trials: int, steps: int) -> dict:
         "max_speedup_within_3pt_val": float(done[done["val_accuracy"] >= base["val_accuracy"] - 0.03]["speedup"].max())
         if (done["val_accuracy"] >= base["val_accuracy"] - 0.03).any() else 0.0,
         "base_val_acc": float(base["val_accuracy"]),
+        "hv_curve": ";".join(f"{v:.5f}" for v in curve),
     }
 
 
@@ -84,6 +90,51 @@ def markdown(frame) -> str:
     return "\n".join(lines)
 
 
+def plot(runs) -> None:
+    """hypervolume.png: each run's score per variant and budget; anytime.png: mean hypervolume after k trials."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    budgets = sorted(runs.groupby(["trials", "steps"]).groups)
+    fig, axes = plt.subplots(1, len(budgets), figsize=(4.5 * len(budgets), 3.8), squeeze=False)
+    for ax, (trials, steps) in zip(axes[0], budgets):
+        group = runs[(runs["trials"] == trials) & (runs["steps"] == steps)]
+        order = group.groupby("variant")["hypervolume"].mean().sort_values(ascending=False).index.tolist()
+        for i, variant in enumerate(order):
+            values = group[group["variant"] == variant]["hypervolume"].to_numpy()
+            ax.scatter(np.full(len(values), i), values, color="tab:blue", alpha=0.6)
+            ax.hlines(values.mean(), i - 0.3, i + 0.3, color="black")
+        ax.set_xticks(range(len(order)), order, rotation=40, ha="right")
+        ax.set_title(f"{trials} trials x {steps} steps")
+        ax.set_ylabel("hypervolume (higher is better)")
+        ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(HERE / "hypervolume.png", dpi=120)
+    plt.close(fig)
+
+    curves = runs[runs["hv_curve"].notna()] if "hv_curve" in runs else runs.iloc[0:0]
+    longest = int(curves["trials"].max()) if not curves.empty else 0
+    if longest < 12:
+        return
+    fig, ax = plt.subplots(figsize=(5.5, 3.8))
+    for variant, group in curves[curves["trials"] == longest].groupby("variant"):
+        rows = [np.array([float(v) for v in c.split(";")]) for c in group["hv_curve"]]
+        width = min(len(r) for r in rows)
+        mean = np.mean([r[:width] for r in rows], axis=0)
+        ax.plot(np.arange(1, width + 1), mean, label=f"{variant} ({len(rows)} seeds)")
+    ax.set_xlabel("completed trials")
+    ax.set_ylabel("hypervolume so far (mean over seeds)")
+    ax.set_title(f"{longest}-trial runs, {int(curves[curves['trials'] == longest]['steps'].iloc[0])} steps each")
+    ax.grid(alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(HERE / "anytime.png", dpi=120)
+    plt.close(fig)
+
+
 def main() -> None:
     import pandas as pd
 
@@ -91,11 +142,12 @@ def main() -> None:
     parser.add_argument("--trials", type=int, default=8)
     parser.add_argument("--steps", type=int, default=30)
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
-    parser.add_argument("--variants", nargs="+", default=list(VARIANTS))
+    parser.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=list(VARIANTS))
+    parser.add_argument("--report-only", action="store_true", help="rewrite results.md and the plots from runs.csv")
     args = parser.parse_args()
     out = HERE / "runs.csv"
     runs = pd.read_csv(out) if out.is_file() else pd.DataFrame()
-    for variant in args.variants:
+    for variant in [] if args.report_only else args.variants:
         for seed in args.seeds:
             if not runs.empty and ((runs["variant"] == variant) & (runs["seed"] == seed) & (runs["trials"] == args.trials)
                                    & (runs["steps"] == args.steps)).any():
@@ -104,14 +156,18 @@ def main() -> None:
             print(row, flush=True)
             runs = pd.concat([runs, pd.DataFrame([row])], ignore_index=True)
             runs.to_csv(out, index=False)
-    summary = runs.groupby("variant").agg(
-        runs=("seed", "count"), hv_mean=("hypervolume", "mean"), hv_std=("hypervolume", "std"),
-        best_val_acc=("best_val_acc", "mean"), speedup_3pt=("max_speedup_within_3pt_val", "mean"),
-    ).sort_values("hv_mean", ascending=False)
-    (HERE / "results.md").write_text(
-        f"Equal budget: {args.trials} trials x {args.steps} steps per run; hypervolume of (val accuracy, latency/base) "
-        f"w.r.t. ({REF_ACC}, {REF_COST}); mean and std over seeds.\n\n" + markdown(summary) + "\n")
-    print(summary)
+    # one table per budget: hypervolumes are comparable only at an equal trial budget
+    sections = [f"Hypervolume of (val accuracy, latency/base) w.r.t. ({REF_ACC}, {REF_COST}); mean and std over seeds; "
+                "NSGA-II population 4.\n"]
+    for (trials, steps), group in runs.groupby(["trials", "steps"]):
+        summary = group.groupby("variant").agg(
+            runs=("seed", "count"), hv_mean=("hypervolume", "mean"), hv_std=("hypervolume", "std"),
+            best_val_acc=("best_val_acc", "mean"), speedup_3pt=("max_speedup_within_3pt_val", "mean"),
+        ).sort_values("hv_mean", ascending=False)
+        sections.append(f"## {trials} trials x {steps} steps per run\n\n" + markdown(summary) + "\n")
+        print(f"{trials} trials x {steps} steps\n{summary}")
+    (HERE / "results.md").write_text("\n".join(sections))
+    plot(runs)
 
 
 if __name__ == "__main__":
