@@ -562,9 +562,11 @@ def _main() -> None:
     from nas.space import available_spaces
 
     # Hydra's own message for an unknown group option spans several lines: say it in one.
+    # With hydra.searchpath the user's own folders may hold further spaces: Hydra checks those.
+    own_folders = any(arg.partition("=")[0].lstrip("+~") == "hydra.searchpath" for arg in sys.argv[1:])
     for arg in sys.argv[1:]:
         key, _, value = arg.partition("=")
-        if key.lstrip("+~") == "space" and value and value not in available_spaces():
+        if key.lstrip("+~") == "space" and value and not own_folders and value not in available_spaces():
             print(f"error: space={value!r} is not known; available spaces: {', '.join(available_spaces())}",
                   file=sys.stderr)
             sys.exit(2)

@@ -143,6 +143,9 @@ def test_model_path_that_does_not_exist(env):
 
 CLI_CASES = {
     "unknown_space": (["+space=nope"], "error: space='nope' is not known; available spaces: depth, dual, length, triple, width"),
+    # a space from the user's own folder (hydra.searchpath) is found, then checked like a shipped one
+    "own_space_folder": (["hydra.searchpath=[file://{tmp}/own]", "+space=mine"],
+                         "error: space mine: layers choice 3 is outside the base model's range 1..2"),
     "zero_trials": (["search.n_trials=0"], "error: search.n_trials=0 must be >= 1"),
     "space_too_big": (["+space=depth"], "error: space depth: layers choice 3 is outside the base model's range 1..2"),
     "data_missing": (["data.path={tmp}/nope.csv"], "error: data.path='{tmp}/nope.csv' does not exist or is not a file"),
@@ -161,6 +164,9 @@ def cli_runs(tiny_env, tmp_path_factory):
         tmp = tmp_path_factory.mktemp(name)
         (tmp / "garbage").mkdir()
         (tmp / "garbage" / "config.json").write_text("{not json")
+        (tmp / "own" / "space").mkdir(parents=True)
+        (tmp / "own" / "space" / "mine.yaml").write_text(
+            "# @package space\nname: mine\nper_layer: false\naxes:\n  layers: {low: 1, high: 4, step: 1}\n")
         env = {**tiny_env, "cache": tmp / "cache"}
         space = None if any(o.startswith("+space=") for o in overrides) else TINY_SPACE
         args = cli_args(env, tmp / "run", *(o.format(tmp=tmp) for o in overrides), space=space)
