@@ -374,6 +374,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         cfg, study = load_run(run_dir)
         # Every argument error comes back before torch / transformers are even imported.
         row = pick_row(study, args)
+        repeat_of = row.get("repeat_of")
+        if repeat_of is not None and repeat_of == repeat_of:  # not NaN: a repeated shape, trained once
+            console.print(f"trial {int(row['number'])} repeats the shape of trial {int(repeat_of)}: exporting that one",
+                          highlight=False)
+            row = pick_row(study, {**args, "pick": "trial", "trial": int(repeat_of)})
         weights = run_dir / "models" / f"trial_{int(row['number'])}.safetensors"
         if not weights.is_file():
             raise ValueError(f"trial {int(row['number'])}'s weights are not in {weights.parent} "

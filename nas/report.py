@@ -36,7 +36,8 @@ def trials_frame(study: Any) -> pd.DataFrame:
         for key in SHAPE_COLUMNS + METRIC_COLUMNS:
             row[key] = attrs.get(key)
         if row["test_accuracy"] is None:
-            row["test_accuracy"] = test.get(t.number)
+            row["test_accuracy"] = test.get(t.number, test.get(attrs.get("repeat_of")))
+        row["repeat_of"] = attrs.get("repeat_of")
         row["infeasible"] = bool(attrs.get("infeasible", False))
         for key, value in attrs.items():
             if key.startswith("seconds_"):
@@ -62,7 +63,8 @@ def base_row(base: Mapping[str, Any]) -> dict[str, Any]:
 def pareto_frame(study: Any, base: Mapping[str, Any] | None = None, *, cost: str = "latency_ms") -> pd.DataFrame:
     """The Pareto-optimal completed trials sorted by cost, plus the base as a reference row."""
     trials = trials_frame(study)
-    numbers = {t.number for t in study.best_trials} if _has_complete(study) else set()
+    # a repeated shape stands on the front once, as the trial that trained it
+    numbers = {t.number for t in study.best_trials if "repeat_of" not in t.user_attrs} if _has_complete(study) else set()
     front = trials[trials["number"].isin(numbers)].copy()
     front["is_base"] = False
     front = front.sort_values([cost, "val_accuracy"], ascending=[True, False])

@@ -9,6 +9,7 @@ evaluated on the held-out test split.
 
 from __future__ import annotations
 
+import json
 import logging
 import sys
 import time
@@ -20,6 +21,8 @@ from typing import Any
 log = logging.getLogger("nas.search")
 
 SAMPLERS = ("nsga2", "tpe", "random")
+# This many proposals in a row of shapes already tried ends the search: the space is used up.
+MAX_CONSECUTIVE_REPEATS = 30
 OBJECTIVES = ("accuracy", "latency", "params", "flops", "size")
 OBJECTIVE_ATTR = {"accuracy": "val_accuracy", "latency": "latency_ms", "params": "params", "flops": "flops",
                   "size": "size_mb"}
@@ -227,6 +230,7 @@ class Search:
         self.base_metrics: dict[str, Any] = {}
         self.teacher_cache: dict[bytes, Any] = {}
         self._consecutive_failures = 0
+        self._consecutive_repeats = 0
         self.last_error: str | None = None
 
     # -- phase 1 -------------------------------------------------------------------------
@@ -302,6 +306,9 @@ class Search:
         spec = self.space.suggest(trial, prep.shape, prep.scores)
         for key, value in {**shape_attrs(spec), "spec": spec.to_dict()}.items():
             trial.set_user_attr(key, value)
+        original = tried_before(trial.study, spec, exclude=trial.number)
+        if original is not None:
+            return self._repeat(trial, original)
 
         t0 = time.perf_counter()
         model = prune_model(prep.base, spec, prep.scores)
@@ -349,6 +356,21 @@ class Search:
         del model
         attrs = {**trial.user_attrs}
         return [attrs[OBJECTIVE_ATTR[o]] for o in self.settings.objectives]
+
+    def _repeat(self, trial: Any, original: Any) -> Sequence[float]:
+        """A shape already trained (the samplers propose repeats, NSGA-II often): its results
+        again, at no cost. The sampler sees the true values; the budget does not count it."""
+        import optuna
+        from optuna.trial import TrialState
+
+        self._consecutive_repeats += 1
+        trial.set_user_attr("repeat_of", original.number)
+        for key, value in original.user_attrs.items():
+            if key not in trial.user_attrs and not key.startswith("seconds_") and key != "final_loss":
+                trial.set_user_attr(key, value)
+        if original.state == TrialState.PRUNED:
+            raise optuna.TrialPruned(f"repeat of trial {original.number}: {original.user_attrs.get('fail_reason')}")
+        return list(original.values)
 
     # -- models of the front --------------------------------------------------------------
     def model_path(self, number: int) -> Path:
@@ -409,8 +431,9 @@ class Search:
         # shared by every worker on this storage; failed trials do not count towards it.
         counted = (TrialState.COMPLETE, TrialState.PRUNED)
 
+        # A repeated shape costs nothing and does not count either.
         def n_finished(study: Any) -> int:
-            return len(study.get_trials(deepcopy=False, states=counted))
+            return sum("repeat_of" not in t.user_attrs for t in study.get_trials(deepcopy=False, states=counted))
 
         done = n_finished(study)
         remaining = max(0, self.settings.n_trials - done)
@@ -420,6 +443,14 @@ class Search:
         progress = self._progress(remaining)
 
         def after_trial(study: Any, trial: Any) -> None:
+            if "repeat_of" in trial.user_attrs:
+                self._say(trial_line(trial, self.settings.objectives))
+                if self._consecutive_repeats >= MAX_CONSECUTIVE_REPEATS:
+                    self._say(f"stopping: the last {self._consecutive_repeats} proposals were all shapes already "
+                              f"tried ({n_finished(study)} distinct); the space looks exhausted")
+                    study.stop()
+                return
+            self._consecutive_repeats = 0
             if trial.state == TrialState.FAIL:
                 self._consecutive_failures += 1
                 self.last_error = trial.user_attrs.get("fail_reason") or trial.system_attrs.get("fail_reason")
@@ -506,6 +537,17 @@ class Search:
         return progress, task
 
 
+def tried_before(study: Any, spec: Any, *, exclude: int) -> Any:
+    """The first finished trial (complete or infeasible) that trained or timed this exact spec, or None."""
+    from optuna.trial import TrialState
+
+    wanted = json.loads(json.dumps(spec.to_dict()))  # as the storage hands it back: lists, not tuples
+    for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.PRUNED)):
+        if t.number != exclude and "repeat_of" not in t.user_attrs and t.user_attrs.get("spec") == wanted:
+            return t
+    return None
+
+
 def shape_attrs(spec: Any) -> dict[str, Any]:
     return {
         "n_layers": len(spec.layers),
@@ -520,6 +562,8 @@ def shape_attrs(spec: Any) -> dict[str, Any]:
 def trial_line(trial: Any, objectives: Sequence[str]) -> str:
     a = trial.user_attrs
     head = f"trial {trial.number:3d} {trial.state.name:8s} {a.get('shape', '?'):28s}"
+    if "repeat_of" in a:
+        return f"{head} repeat of trial {a['repeat_of']}: not trained again, not counted"
     if trial.state.name == "COMPLETE":
         return (f"{head} acc {a['val_accuracy']:.4f}  latency {a['latency_ms']:7.2f} ms  "
                 f"speedup {a['speedup']:.2f}x  params {a['params'] / 1e6:.1f}M")

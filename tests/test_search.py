@@ -246,6 +246,48 @@ def test_too_slow_shape_is_pruned_without_finetuning(tiny_env):
     assert not list(run.glob("models/*.safetensors"))
 
 
+def test_repeated_shapes_are_not_trained_again_and_an_exhausted_space_stops(tiny_env, monkeypatch):
+    """A 2-shape space asked for 3 trials: each shape trains once, repeats reuse the results and
+    do not count, and the search stops after MAX_CONSECUTIVE_REPEATS repeats in a row."""
+    import nas.search
+    import nas.train
+    from nas.search import run_search
+
+    calls = []
+    real = nas.train.finetune
+
+    def counting(model, *args, **kwargs):
+        calls.append(model.config.num_hidden_layers)
+        return real(model, *args, **kwargs)
+
+    monkeypatch.setattr(nas.train, "finetune", counting)
+    monkeypatch.setattr(nas.search, "MAX_CONSECUTIVE_REPEATS", 4)
+    space = {"name": "two_depths", "per_layer": False, "axes": {"layers": {"low": 1, "high": 2}}}
+    run = tiny_env["root"] / "run_repeats"
+    study, _ = run_search(make_cfg(tiny_env, "search.n_trials=3", "search.sampler=random", space=space), run)
+
+    trained = [t for t in study.trials if "repeat_of" not in t.user_attrs]
+    repeats = [t for t in study.trials if "repeat_of" in t.user_attrs]
+    assert sorted(len(t.user_attrs["spec"]["layers"]) for t in trained) == [1, 2]
+    assert sorted(calls) == [1, 2]  # one fine-tune per distinct shape
+    assert len(repeats) >= 4 and all("repeat_of" in t.user_attrs for t in study.trials[-4:])
+    by_number = {t.number: t for t in study.trials}
+    for t in repeats:
+        original = by_number[t.user_attrs["repeat_of"]]
+        assert "repeat_of" not in original.user_attrs and original.number < t.number
+        assert t.user_attrs["spec"] == original.user_attrs["spec"]
+        assert t.values == original.values and "seconds_finetune" not in t.user_attrs
+    assert {p.name for p in (run / "models").glob("*.safetensors")} <= {f"trial_{t.number}.safetensors" for t in trained}
+
+    front = pd.read_csv(run / "pareto.csv")
+    members = front[~front["is_base"]]
+    assert set(members["number"].astype(int)) <= {t.number for t in trained}
+    assert members["repeat_of"].isna().all()
+    table = pd.read_csv(run / "trials.csv")
+    assert len(table) == len(study.trials)
+    assert sorted(table["repeat_of"].dropna().astype(int)) == sorted(t.user_attrs["repeat_of"] for t in repeats)
+
+
 # ---- the command line fails fast ----------------------------------------------------------------
 
 
