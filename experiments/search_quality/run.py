@@ -10,7 +10,9 @@ Variants (each `python -m nas.search` with the same budget):
 Score: hypervolume of the validation front in (accuracy, latency / base latency), both
 measured in the run's own process, reference point (accuracy 0.5, relative latency 1.0):
 the area of the (accuracy above 0.5) x (latency saved) region the front dominates. Higher is
-better; the unpruned base alone scores 0.
+better; the unpruned base alone scores 0. Second score (hv_near): the same area counting only
+accuracy within 3 points of the base's, the part of the front a user would deploy from,
+divided by the band's height (0: nothing faster in the band; 1: free at the base's accuracy).
 
     python experiments/search_quality/run.py [--trials 8] [--steps 30] [--seeds 0 1 2] [--variants ...]
 Runs already recorded in runs.csv are skipped, so the script can be resumed.
@@ -38,6 +40,7 @@ VARIANTS = {
     "dual": ["+space=dual"],
 }
 REF_ACC, REF_COST = 0.5, 1.0
+NEAR_BASE = 0.03  # second score: reference accuracy 3 points under the base's validation accuracy
 
 
 def hypervolume(points: list[tuple[float, float]], ref_acc: float = REF_ACC, ref_cost: float = REF_COST) -> float:
@@ -78,7 +81,21 @@ def run_one(variant: str, seed: int, trials: int, steps: int) -> dict:
         if (done["val_accuracy"] >= base["val_accuracy"] - 0.03).any() else 0.0,
         "base_val_acc": float(base["val_accuracy"]),
         "hv_curve": ";".join(f"{v:.5f}" for v in curve),
+        # every finished trial as accuracy:relative latency, in trial order, so other scores can be computed later
+        "points": ";".join(f"{a:.5f}:{c:.5f}" for a, c in pts),
     }
+
+
+def parse_points(text: str) -> list[tuple[float, float]]:
+    return [(float(a), float(c)) for a, c in (item.split(":") for item in text.split(";"))]
+
+
+def near_base_hypervolume(row) -> float:
+    """Hypervolume counting only accuracy within NEAR_BASE of the base: the region a user would deploy from."""
+    if not isinstance(row.get("points"), str):
+        return float("nan")
+    # divided by the band's height: 0 = nothing faster within the band, 1 = free at the base's accuracy
+    return hypervolume(parse_points(row["points"]), ref_acc=float(row["base_val_acc"]) - NEAR_BASE) / NEAR_BASE
 
 
 def markdown(frame) -> str:
@@ -157,11 +174,18 @@ def main() -> None:
             runs = pd.concat([runs, pd.DataFrame([row])], ignore_index=True)
             runs.to_csv(out, index=False)
     # one table per budget: hypervolumes are comparable only at an equal trial budget
-    sections = [f"Hypervolume of (val accuracy, latency/base) w.r.t. ({REF_ACC}, {REF_COST}); mean and std over seeds; "
-                "NSGA-II population 4.\n"]
+    sections = [f"hv: hypervolume of (val accuracy, latency/base) w.r.t. ({REF_ACC}, {REF_COST}); hv_near: the same with "
+                f"the reference accuracy {NEAR_BASE} under the base's, divided by {NEAR_BASE} (0: nothing faster within that band, "
+                f"1: free at the base's accuracy); speedup_3pt: largest speedup within {NEAR_BASE} "
+                "of the base's val accuracy (0 when none); mean and std over seeds; NSGA-II population 4.\n"]
+    if "points" in runs:
+        runs = runs.assign(hv_near=runs.apply(near_base_hypervolume, axis=1))
+    else:
+        runs = runs.assign(hv_near=float("nan"))
     for (trials, steps), group in runs.groupby(["trials", "steps"]):
         summary = group.groupby("variant").agg(
             runs=("seed", "count"), hv_mean=("hypervolume", "mean"), hv_std=("hypervolume", "std"),
+            hv_near_mean=("hv_near", "mean"), hv_near_std=("hv_near", "std"),
             best_val_acc=("best_val_acc", "mean"), speedup_3pt=("max_speedup_within_3pt_val", "mean"),
         ).sort_values("hv_mean", ascending=False)
         sections.append(f"## {trials} trials x {steps} steps per run\n\n" + markdown(summary) + "\n")
