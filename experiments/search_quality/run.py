@@ -27,6 +27,7 @@ import tempfile
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
+TRIALS_DIR = HERE / "trials"  # every run's trials.csv
 ROOT = HERE.parent.parent
 VARIANTS = {
     "default": ["+space=triple"],
@@ -66,9 +67,13 @@ def run_one(variant: str, seed: int, trials: int, steps: int) -> dict:
         raise SystemExit(f"{variant} seed {seed} failed:\n{proc.stdout[-2000:]}\n{proc.stderr[-2000:]}")
     front = pd.read_csv(run_dir / "pareto.csv")
     trials_df = pd.read_csv(run_dir / "trials.csv")
+    TRIALS_DIR.mkdir(exist_ok=True)
+    trials_df.to_csv(trials_file(variant, seed, trials, steps), index=False)  # kept for paired comparisons
     base = front[front["is_base"]].iloc[0]
     members = front[~front["is_base"]]
     done = trials_df[trials_df["state"] == "COMPLETE"]
+    if "repeat_of" in done:  # a repeat adds no point and spends no budget
+        done = done[done["repeat_of"].isna()]
     done = done.sort_values("number")
     pts = [(float(r["val_accuracy"]), 1.0 / float(r["speedup"])) for _, r in done.iterrows()]
     # anytime curve: the hypervolume after each finished trial, in trial order
@@ -84,6 +89,35 @@ def run_one(variant: str, seed: int, trials: int, steps: int) -> dict:
         # every finished trial as accuracy:relative latency, in trial order, so other scores can be computed later
         "points": ";".join(f"{a:.5f}:{c:.5f}" for a, c in pts),
     }
+
+
+def trials_file(variant: str, seed: int, trials: int, steps: int) -> Path:
+    return TRIALS_DIR / f"{variant}_seed{seed}_{trials}x{steps}.csv"
+
+
+def paired(variant_a: str, variant_b: str, runs) -> list[str]:
+    """Same seed, same shape trained both ways (NSGA-II's first generation is the same seeded random draw):
+    the effect of the one setting that differs, free of the shape. One markdown line per budget."""
+    import pandas as pd
+
+    lines = []
+    for (trials, steps), group in runs.groupby(["trials", "steps"]):
+        diffs = []
+        for seed in sorted(set(group["seed"])):
+            files = [trials_file(v, seed, trials, steps) for v in (variant_a, variant_b)]
+            if not all(f.is_file() for f in files):
+                continue
+            a, b = (pd.read_csv(f) for f in files)
+            a, b = (t[(t["state"] == "COMPLETE") & t.get("repeat_of", pd.Series(index=t.index, dtype=float)).isna()]
+                    for t in (a, b))
+            both = a.merge(b, on=["number", "shape"], suffixes=("_a", "_b"))
+            diffs += (both["val_accuracy_a"] - both["val_accuracy_b"]).tolist()
+        if diffs:
+            d = pd.Series(diffs)
+            lines.append(f"- {trials} trials x {steps} steps: {len(d)} shapes trained both ways; val accuracy "
+                         f"{variant_a} - {variant_b}: median {d.median():+.4f}, mean {d.mean():+.4f}, "
+                         f"{variant_a} higher on {(d > 0).sum()}, lower on {(d < 0).sum()}, equal on {(d == 0).sum()}")
+    return lines
 
 
 def parse_points(text: str) -> list[tuple[float, float]]:
@@ -190,6 +224,10 @@ def main() -> None:
         ).sort_values("hv_mean", ascending=False)
         sections.append(f"## {trials} trials x {steps} steps per run\n\n" + markdown(summary) + "\n")
         print(f"{trials} trials x {steps} steps\n{summary}")
+    lines = paired("default", "no_distill", runs)
+    if lines:
+        sections.append("## Distillation on the same shapes\n\n" + "\n".join(lines) + "\n")
+        print("\n".join(lines))
     (HERE / "results.md").write_text("\n".join(sections))
     plot(runs)
 
