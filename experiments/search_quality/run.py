@@ -135,7 +135,7 @@ def near_base_hypervolume(row) -> float:
 def markdown(frame) -> str:
     cols = [frame.index.name or "", *frame.columns]
     lines = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
-    for idx, row in frame.iterrows():
+    for idx, row in frame.astype(object).iterrows():  # object: counts stay integers
         cells = [f"{v:.4f}" if isinstance(v, float) else str(v) for v in row.tolist()]
         lines.append("| " + " | ".join([str(idx), *cells]) + " |")
     return "\n".join(lines)
