@@ -4,9 +4,11 @@ failures stop the search with one clear line, and a seeded search repeats itself
 
 from __future__ import annotations
 
+import contextlib
 import math
 import os
 import signal
+import sqlite3
 import subprocess
 import sys
 import time
@@ -90,11 +92,18 @@ def test_killed_worker_is_resumed(tiny_env, tmp_path):
             time.sleep(0.1)
         storage = optuna.storages.RDBStorage(url)  # a plain reader: no heartbeat of its own
         study_id = storage.get_study_id_from_name(name)
-        # Kill once a trial is COMPLETE and the next one is RUNNING with its shape sampled.
+        # Kill once a trial is COMPLETE and the next one is RUNNING with its shape sampled and its first
+        # heartbeat written: Optuna writes it from a thread, and a trial killed before that write has
+        # no heartbeat, so no worker could ever see it as stale.
+        def has_heartbeat(trial_id: int) -> bool:
+            with contextlib.closing(sqlite3.connect(tmp_path / "study.db")) as db:
+                return db.execute("SELECT 1 FROM trial_heartbeats WHERE trial_id = ?", (trial_id,)).fetchone() is not None
+
         while True:
             trials = storage.get_all_trials(study_id)
             running = [t for t in trials if t.state == TrialState.RUNNING]
-            if any(t.state == TrialState.COMPLETE for t in trials) and running and "spec" in running[0].user_attrs:
+            if (any(t.state == TrialState.COMPLETE for t in trials) and running and "spec" in running[0].user_attrs
+                    and has_heartbeat(running[0]._trial_id)):
                 os.kill(proc.pid, signal.SIGKILL)
                 killed_at = time.monotonic()
                 break
