@@ -71,24 +71,24 @@ def run_one(variant: str, seed: int, trials: int, steps: int) -> dict:
     trials_df.to_csv(trials_file(variant, seed, trials, steps), index=False)  # kept for paired comparisons
     base = front[front["is_base"]].iloc[0]
     members = front[~front["is_base"]]
-    done = trials_df[trials_df["state"] == "COMPLETE"]
-    if "repeat_of" in done:  # a repeat adds no point and spends no budget
-        done = done[done["repeat_of"].isna()]
-    done = done.sort_values("number")
+    done = trained(trials_df).sort_values("number")
     pts = [(float(r["val_accuracy"]), 1.0 / float(r["speedup"])) for _, r in done.iterrows()]
-    # anytime curve: the hypervolume after each finished trial, in trial order
-    curve = [hypervolume(pts[: k + 1]) for k in range(len(pts))]
+    near = done[done["val_accuracy"] >= base["val_accuracy"] - NEAR_BASE]
     return {
         "variant": variant, "seed": seed, "trials": trials, "steps": steps,
         "hypervolume": hypervolume(pts), "front_size": len(members),
         "best_val_acc": float(done["val_accuracy"].max()),
-        "max_speedup_within_3pt_val": float(done[done["val_accuracy"] >= base["val_accuracy"] - 0.03]["speedup"].max())
-        if (done["val_accuracy"] >= base["val_accuracy"] - 0.03).any() else 0.0,
+        "max_speedup_within_3pt_val": float(near["speedup"].max()) if len(near) else 0.0,
         "base_val_acc": float(base["val_accuracy"]),
-        "hv_curve": ";".join(f"{v:.5f}" for v in curve),
         # every finished trial as accuracy:relative latency, in trial order, so other scores can be computed later
         "points": ";".join(f"{a:.5f}:{c:.5f}" for a, c in pts),
     }
+
+
+def trained(trials_df):
+    """The completed trials that trained a shape: a repeat adds no point and spends no budget."""
+    done = trials_df[trials_df["state"] == "COMPLETE"]
+    return done[done["repeat_of"].isna()] if "repeat_of" in done else done
 
 
 def trials_file(variant: str, seed: int, trials: int, steps: int) -> Path:
@@ -107,9 +107,7 @@ def paired(variant_a: str, variant_b: str, runs) -> list[str]:
             files = [trials_file(v, seed, trials, steps) for v in (variant_a, variant_b)]
             if not all(f.is_file() for f in files):
                 continue
-            a, b = (pd.read_csv(f) for f in files)
-            a, b = (t[(t["state"] == "COMPLETE") & t.get("repeat_of", pd.Series(index=t.index, dtype=float)).isna()]
-                    for t in (a, b))
+            a, b = (trained(pd.read_csv(f)) for f in files)
             both = a.merge(b, on=["number", "shape"], suffixes=("_a", "_b"))
             diffs += (both["val_accuracy_a"] - both["val_accuracy_b"]).tolist()
         if diffs:
@@ -166,13 +164,15 @@ def plot(runs) -> None:
     fig.savefig(HERE / "hypervolume.png", dpi=120)
     plt.close(fig)
 
-    curves = runs[runs["hv_curve"].notna()] if "hv_curve" in runs else runs.iloc[0:0]
+    curves = runs[runs["points"].notna()] if "points" in runs else runs.iloc[0:0]
     longest = int(curves["trials"].max()) if not curves.empty else 0
     if longest < 12:
         return
     fig, ax = plt.subplots(figsize=(5.5, 3.8))
     for variant, group in curves[curves["trials"] == longest].groupby("variant"):
-        rows = [np.array([float(v) for v in c.split(";")]) for c in group["hv_curve"]]
+        # the hypervolume after each trial, in trial order
+        rows = [np.array([hypervolume(pts[: k + 1]) for k in range(len(pts))])
+                for pts in map(parse_points, group["points"])]
         width = min(len(r) for r in rows)
         mean = np.mean([r[:width] for r in rows], axis=0)
         ax.plot(np.arange(1, width + 1), mean, label=f"{variant} ({len(rows)} seeds)")
