@@ -114,6 +114,22 @@ def first_run(tiny_env):
     return {"study": study, "search": search, "run_dir": run_dir, "seconds": time.perf_counter() - t0}
 
 
+@pytest.fixture
+def finetune_calls(monkeypatch) -> list[int]:
+    """Counts fine-tunes in this process: one entry (the model's layer count) per call."""
+    import nas.train
+
+    calls: list[int] = []
+    real = nas.train.finetune
+
+    def counting(model, *args, **kwargs):
+        calls.append(model.config.num_hidden_layers)
+        return real(model, *args, **kwargs)
+
+    monkeypatch.setattr(nas.train, "finetune", counting)
+    return calls
+
+
 # ---- a 2-trial search ---------------------------------------------------------------------------
 
 
@@ -180,8 +196,7 @@ def test_reports_of_the_search(first_run):
     assert not [p.name for p in run.iterdir() if "tmp" in p.name]
 
 
-def test_search_continues_and_reuses_the_cached_base(tiny_env, first_run, monkeypatch):
-    import nas.train
+def test_search_continues_and_reuses_the_cached_base(tiny_env, first_run, finetune_calls):
     from nas.search import run_search
 
     run = tiny_env["root"] / "run1_continued"
@@ -193,18 +208,10 @@ def test_search_continues_and_reuses_the_cached_base(tiny_env, first_run, monkey
     scores = sorted((tiny_env["cache"] / "importance").glob("*.pt"))
     score_stamps = [p.stat().st_mtime_ns for p in scores]
 
-    calls = []
-    real = nas.train.finetune
-
-    def counting(model, *args, **kwargs):
-        calls.append(model.config.num_hidden_layers)
-        return real(model, *args, **kwargs)
-
-    monkeypatch.setattr(nas.train, "finetune", counting)
     study, search = run_search(make_cfg(tiny_env, "search.n_trials=3"), run)
     assert len(study.trials) == 3
     assert [(t.number, t.user_attrs["spec"], t.values) for t in study.trials[:2]] == before
-    assert len(calls) == 1  # the new trial only: the base fine-tune came from the cache
+    assert len(finetune_calls) == 1  # the new trial only: the base fine-tune came from the cache
     assert search.prep.base_info.get("cached") is True
     assert sorted((tiny_env["cache"] / "base").glob("*/info.json")) == base_infos
     assert (base_infos[0].stat().st_mtime_ns, base_infos[0].read_text()) == stamp
@@ -212,9 +219,9 @@ def test_search_continues_and_reuses_the_cached_base(tiny_env, first_run, monkey
     assert len(pd.read_csv(run / "trials.csv")) == 3
 
     # a finished study with as many trials as asked runs none
-    calls.clear()
+    finetune_calls.clear()
     study, _ = run_search(make_cfg(tiny_env, "search.n_trials=3"), run)
-    assert len(study.trials) == 3 and calls == []
+    assert len(study.trials) == 3 and finetune_calls == []
 
 
 def test_same_seed_same_shapes_in_separate_runs(tiny_env, first_run):
@@ -246,21 +253,12 @@ def test_too_slow_shape_is_pruned_without_finetuning(tiny_env):
     assert not list(run.glob("models/*.safetensors"))
 
 
-def test_repeated_shapes_are_not_trained_again_and_an_exhausted_space_stops(tiny_env, monkeypatch):
+def test_repeated_shapes_are_not_trained_again_and_an_exhausted_space_stops(tiny_env, monkeypatch, finetune_calls):
     """A 2-shape space asked for 3 trials: each shape trains once, repeats reuse the results and
     do not count, and the search stops after MAX_CONSECUTIVE_REPEATS repeats in a row."""
     import nas.search
-    import nas.train
     from nas.search import run_search
 
-    calls = []
-    real = nas.train.finetune
-
-    def counting(model, *args, **kwargs):
-        calls.append(model.config.num_hidden_layers)
-        return real(model, *args, **kwargs)
-
-    monkeypatch.setattr(nas.train, "finetune", counting)
     monkeypatch.setattr(nas.search, "MAX_CONSECUTIVE_REPEATS", 4)
     space = {"name": "two_depths", "per_layer": False, "axes": {"layers": {"low": 1, "high": 2}}}
     run = tiny_env["root"] / "run_repeats"
@@ -269,7 +267,7 @@ def test_repeated_shapes_are_not_trained_again_and_an_exhausted_space_stops(tiny
     trained = [t for t in study.trials if "repeat_of" not in t.user_attrs]
     repeats = [t for t in study.trials if "repeat_of" in t.user_attrs]
     assert sorted(len(t.user_attrs["spec"]["layers"]) for t in trained) == [1, 2]
-    assert sorted(calls) == [1, 2]  # one fine-tune per distinct shape
+    assert sorted(finetune_calls) == [1, 2]  # one fine-tune per distinct shape
     assert len(repeats) >= 4 and all("repeat_of" in t.user_attrs for t in study.trials[-4:])
     by_number = {t.number: t for t in study.trials}
     for t in repeats:
