@@ -363,7 +363,6 @@ class Search:
         import optuna
         from optuna.trial import TrialState
 
-        self._consecutive_repeats += 1
         trial.set_user_attr("repeat_of", original.number)
         for key, value in original.user_attrs.items():
             if key not in trial.user_attrs and not key.startswith("seconds_") and key != "final_loss":
@@ -444,6 +443,7 @@ class Search:
 
         def after_trial(study: Any, trial: Any) -> None:
             if "repeat_of" in trial.user_attrs:
+                self._consecutive_repeats += 1
                 self._say(trial_line(trial, self.settings.objectives))
                 if self._consecutive_repeats >= MAX_CONSECUTIVE_REPEATS:
                     self._say(f"stopping: the last {self._consecutive_repeats} proposals were all shapes already "
