@@ -104,7 +104,8 @@ def test_every_trial_is_accounted_for(two_workers):
     assert not set(ran[0]) & set(ran[1])  # no trial run by both workers
     assert set(ran[0]) | set(ran[1]) == set(numbers)  # every trial ran in one of them
     assert all(t.state == TrialState.COMPLETE for t in trials), [t.state for t in trials]
-    assert N_TRIALS <= len(trials) <= N_TRIALS + 1
+    # a proposal of a shape already tried reuses its result and does not count (repeat_of)
+    assert N_TRIALS <= len([t for t in trials if "repeat_of" not in t.user_attrs]) <= N_TRIALS + 1
     for t in trials:
         assert {**ran[0], **ran[1]}[t.number] == "COMPLETE"
         assert all(math.isfinite(v) for v in t.values)
