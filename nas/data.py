@@ -23,7 +23,7 @@ import logging
 import math
 import os
 import pathlib
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -638,3 +638,28 @@ def sorted_by_length(ds_tokenized: datasets.Dataset) -> datasets.Dataset:
     """Rows ordered by token count: evaluation batches then pad almost nothing."""
     lengths = [len(ids) for ids in ds_tokenized["input_ids"]]
     return ds_tokenized.select(sorted(range(len(ds_tokenized)), key=lengths.__getitem__))
+
+
+def token_lengths(texts: Sequence[str], tokenizer: Any, *, cap: int | None = None) -> np.ndarray:
+    """Each text's token count as the model sees it (special tokens included), at most `cap`."""
+    import numpy as np
+
+    enc = tokenizer(list(texts), truncation=cap is not None, max_length=cap, add_special_tokens=True)
+    return np.asarray([len(ids) for ids in enc["input_ids"]], dtype=np.int64)
+
+
+def length_summary(lengths: Sequence[int], contexts: Sequence[int] = ()) -> dict[str, Any]:
+    """Mean / p50 / p95 / max of token lengths and, per context, the share of inputs longer than it."""
+    import numpy as np
+
+    arr = np.asarray(lengths, dtype=np.float64)
+    if arr.size == 0:
+        raise ValueError("length_summary needs at least one length")
+    return {
+        "n": int(arr.size),
+        "mean": round(float(arr.mean()), 2),
+        "p50": float(np.percentile(arr, 50)),
+        "p95": float(np.percentile(arr, 95)),
+        "max": int(arr.max()),
+        "longer_than": {str(int(c)): round(float((arr > c).mean()), 4) for c in sorted(set(int(c) for c in contexts))},
+    }
