@@ -648,6 +648,16 @@ def token_lengths(texts: Sequence[str], tokenizer: Any, *, cap: int | None = Non
     return np.asarray([len(ids) for ids in enc["input_ids"]], dtype=np.int64)
 
 
+def split_token_lengths(ds: Any, tokenizer: Any, *, cap: int | None = None, limit: int = 20000,
+                        seed: int = 0) -> np.ndarray:
+    """Token lengths of a split's texts (a seeded random `limit` of them for a larger split)."""
+    import numpy as np
+
+    if len(ds) > limit:
+        ds = ds.select(sorted(np.random.default_rng(seed).choice(len(ds), size=limit, replace=False).tolist()))
+    return token_lengths(ds["text"], tokenizer, cap=cap)
+
+
 def length_summary(lengths: Sequence[int], contexts: Sequence[int] = ()) -> dict[str, Any]:
     """Mean / p50 / p95 / max of token lengths and, per context, the share of inputs longer than it."""
     import numpy as np

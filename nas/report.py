@@ -16,9 +16,16 @@ import pandas as pd
 
 SHAPE_COLUMNS = ["n_layers", "heads", "ffn", "hidden", "context", "shape"]
 METRIC_COLUMNS = [
-    "val_accuracy", "test_accuracy", "latency_ms", "latency_p90_ms", "speedup", "params", "flops", "size_mb",
+    "val_accuracy", "test_accuracy", "latency_ms", "latency_p90_ms", "base_latency_ms", "speedup", "speedup_p10",
+    "speedup_p90", "latency_ratio", "mean_tokens", "params", "flops", "size_mb",
 ]
-COST_COLUMN = {"latency": "latency_ms", "params": "params", "flops": "flops", "size": "size_mb"}
+# The latency objective is the paired ratio to the base (see nas.search.OBJECTIVE_ATTR).
+COST_COLUMN = {"latency": "latency_ratio", "params": "params", "flops": "flops", "size": "size_mb"}
+
+
+COST_LABEL = {"latency_ratio": "latency / base latency (timed in pairs; lower is faster)",
+              "latency_ms": "latency (ms per input, median)", "params": "parameters", "flops": "FLOPs per input",
+              "size_mb": "size (MB)"}
 
 
 def cost_column(objectives: Sequence[str]) -> str:
@@ -56,7 +63,7 @@ def trials_frame(study: Any) -> pd.DataFrame:
 def base_row(base: Mapping[str, Any]) -> dict[str, Any]:
     """The unpruned base as a reference row for fronts and plots."""
     row = {key: base.get(key) for key in SHAPE_COLUMNS + METRIC_COLUMNS}
-    row.update(number=None, state="BASE", speedup=1.0, is_base=True)
+    row.update(number=None, state="BASE", speedup=1.0, latency_ratio=1.0, is_base=True)
     return row
 
 
@@ -141,7 +148,7 @@ def plot_pareto_png(trials: pd.DataFrame, front: pd.DataFrame, path: str | Path,
     if knee is not None and knee in front.index:
         k = front.loc[knee]
         ax.scatter([k[cost]], [k["val_accuracy"]], s=140, facecolors="none", edgecolors="black", label="knee (best.yaml)")
-    ax.set_xlabel({"latency_ms": "latency (ms, median)", "params": "parameters", "flops": "FLOPs"}.get(cost, cost))
+    ax.set_xlabel(COST_LABEL.get(cost, cost))
     ax.set_ylabel("validation accuracy")
     ax.grid(alpha=0.3)
     ax.legend(loc="lower right", fontsize=8)
@@ -170,7 +177,7 @@ def plot_pareto_html(trials: pd.DataFrame, front: pd.DataFrame, path: str | Path
     if not base.empty:
         fig.add_trace(go.Scatter(x=base[cost], y=base["val_accuracy"], mode="markers", name="unpruned base",
                                  marker={"symbol": "star", "size": 16, "color": "#1f6feb"}))
-    fig.update_layout(xaxis_title=cost, yaxis_title="validation accuracy", template="plotly_white")
+    fig.update_layout(xaxis_title=COST_LABEL.get(cost, cost), yaxis_title="validation accuracy", template="plotly_white")
     atomic_write_text(path, fig.to_html(include_plotlyjs=True, full_html=True))
 
 

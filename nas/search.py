@@ -1,7 +1,8 @@
 """`python -m nas.search +space=NAME`: the Optuna search over pruned shapes.
 
 Each trial: sample a SubnetSpec from the space -> prune the fine-tuned base with the cached
-importance scores -> measure latency (infeasible shapes stop here) -> fine-tune briefly with
+importance scores -> time it in alternating rounds with the base on the task's own inputs
+(nas.latency; infeasible shapes stop here) -> fine-tune briefly with
 Lightning, distilling from the unpruned base -> validation accuracy -> params / FLOPs / size.
 Reports in the run folder are refreshed after every trial; at the end every Pareto member is
 evaluated on the held-out test split.
@@ -24,8 +25,12 @@ SAMPLERS = ("nsga2", "tpe", "random")
 # This many proposals in a row of shapes already tried ends the search: the space is used up.
 MAX_CONSECUTIVE_REPEATS = 30
 OBJECTIVES = ("accuracy", "latency", "params", "flops", "size")
-OBJECTIVE_ATTR = {"accuracy": "val_accuracy", "latency": "latency_ms", "params": "params", "flops": "flops",
+# The latency objective is the candidate's latency relative to the base, timed in pairs: a ratio
+# stays comparable across workers, machines and a busier moment, where milliseconds do not.
+OBJECTIVE_ATTR = {"accuracy": "val_accuracy", "latency": "latency_ratio", "params": "params", "flops": "flops",
                   "size": "size_mb"}
+# What makes two runs' latencies comparable: a study continued with other values is refused.
+LATENCY_DEFINITION = ("inputs", "runtime", "batch_size", "seq_len", "threads", "sample_size", "seed", "split")
 
 
 # ---------------------------------------------------------------------------- settings
@@ -221,12 +226,13 @@ class Search:
         self.space = chosen_space(container)
         self.settings = SearchSettings.from_cfg(container.get("search", {}))
         self.train_settings = TrainSettings.from_cfg(container.get("train", {}))
-        lat = container.get("latency", {}) or {}
-        self.latency = LatencySettings(**{k: lat[k] for k in ("batch_size", "seq_len", "threads", "warmup", "runs") if k in lat}).validate()
+        self.latency = LatencySettings.from_cfg(container.get("latency"))
         self.max_length = int(container.get("max_length", 128))
         self.console = console
         self.clock = PhaseClock()
         self.prep: Any = None
+        self.timer: Any = None  # nas.latency.PairedTimer, built once the base is ready
+        self.task_lengths: dict[str, Any] = {}
         self.base_metrics: dict[str, Any] = {}
         self.teacher_cache: dict[bytes, Any] = {}
         self._consecutive_failures = 0
@@ -254,43 +260,53 @@ class Search:
         self.space.validate(self.prep.shape)
         for phase, s in self.prep.timings.items():
             self.clock.add(phase, s)
+        self.task_lengths = self._task_lengths()
+        from nas.latency import PairedTimer
+
+        self.timer = PairedTimer.for_prepared(self.prep, self.latency, max_length=self.max_length)
         self.base_metrics = self._base_metrics()
         self._say(
             f"base {self.prep.shape.num_layers}L/{self.prep.shape.num_heads}H/{self.prep.shape.ffn_size}F/"
             f"{self.prep.shape.hidden_size}D: val acc {self.base_metrics['val_accuracy']:.4f}, "
-            f"test acc {self.base_metrics['test_accuracy']:.4f}, latency {self.base_metrics['latency_ms']:.2f} ms "
-            f"(batch {self.latency.batch_size} x seq {self.base_seq_len}, {self.latency.threads} thread) "
+            f"test acc {self.base_metrics['test_accuracy']:.4f}, latency {self.base_metrics['latency_ms']:.2f} ms per input "
             f"[prepared in {time.perf_counter() - t0:.0f}s]"
         )
+        self._say(f"latency: {self.latency.describe()}; every trial is timed in alternating rounds with the base "
+                  f"(mean {self.timer.sample.mean_tokens(self.timer.base_cap):.1f} tokens per timed input)")
 
-    def seq_lens(self, context: int) -> tuple[int, int]:
-        from nas.latency import latency_lengths
+    def _task_lengths(self) -> dict[str, Any]:
+        """The task's token lengths, printed once: whether a context cut can pay on this data."""
+        from nas.data import length_summary, split_token_lengths
 
-        return latency_lengths(self.latency.seq_len, context=context, max_length=self.max_length,
-                               max_positions=self.prep.shape.max_positions)
-
-    @property
-    def base_seq_len(self) -> int:
-        return self.seq_lens(self.prep.shape.max_positions)[1]
+        cap = min(self.max_length, self.prep.shape.max_positions)
+        contexts = [c for c in self.space.axes["context"].values if c < cap] if "context" in self.space.axes else []
+        summary = length_summary(split_token_lengths(self.prep.task.train, self.prep.tokenizer, cap=cap), contexts)
+        longer = ", ".join(f"> {c}: {share:.1%}" for c, share in summary["longer_than"].items())
+        self._say(f"task token lengths (train, {summary['n']} texts, capped at {cap}): mean {summary['mean']:.1f}, "
+                  f"p50 {summary['p50']:.0f}, p95 {summary['p95']:.0f}, max {summary['max']}"
+                  + (f"; longer than the space's contexts {longer}" if longer else ""))
+        return summary
 
     def _base_metrics(self) -> dict[str, Any]:
-        from nas.latency import count_flops, measure_latency, model_size
+        from nas.latency import model_size
         from nas.spec import SubnetSpec
 
         base = self.prep.base
         spec = SubnetSpec.full(self.prep.shape)
         t0 = time.perf_counter()
-        lat = measure_latency(base, batch_size=self.latency.batch_size, seq_len=self.base_seq_len,
-                              threads=self.latency.threads, warmup=self.latency.warmup, runs=self.latency.runs)
+        latency_ms = self.timer.base_latency_ms()
         self.clock.add("latency", time.perf_counter() - t0)
         info = self.prep.base_info
         return {
             **shape_attrs(spec),
             "val_accuracy": info["validation_accuracy"],
             "test_accuracy": info["test_accuracy"],
-            **lat,
+            "latency_ms": latency_ms,
+            "base_latency_ms": latency_ms,
             "speedup": 1.0,
-            "flops": count_flops(base, batch_size=self.latency.batch_size, seq_len=self.base_seq_len),
+            "latency_ratio": 1.0,
+            "mean_tokens": self.timer.sample.mean_tokens(self.timer.base_cap),
+            "flops": self.timer.flops(base),
             **model_size(base),
         }
 
@@ -298,7 +314,7 @@ class Search:
     def objective(self, trial: Any) -> Sequence[float]:
         import optuna
 
-        from nas.latency import count_flops, measure_latency, model_size
+        from nas.latency import model_size
         from nas.prune import prune_model
         from nas.train import accuracy, finetune
 
@@ -315,14 +331,11 @@ class Search:
         trial.set_user_attr("seconds_prune", time.perf_counter() - t0)
         self.clock.add("pruning", time.perf_counter() - t0)
 
-        seq_len = self.seq_lens(spec.context)[0]
         t0 = time.perf_counter()
-        lat = measure_latency(model, batch_size=self.latency.batch_size, seq_len=seq_len, threads=self.latency.threads,
-                              warmup=self.latency.warmup, runs=self.latency.runs)
+        lat = self.timer.measure(model, context=spec.context, name=f"trial_{trial.number}")
         metrics = {
             **lat,
-            "speedup": self.base_metrics["latency_ms"] / lat["latency_ms"],
-            "flops": count_flops(model, batch_size=self.latency.batch_size, seq_len=seq_len),
+            "flops": self.timer.flops(model, context=spec.context),
             **model_size(model),
         }
         trial.set_user_attr("seconds_latency", time.perf_counter() - t0)
@@ -421,6 +434,10 @@ class Search:
         # Optuna's own warning for a failed trial is a full traceback; our trial line says why.
         optuna.logging.set_verbosity(optuna.logging.ERROR)
         study = open_study(self.settings, self.run_dir)
+        self._check_latency_definition(study)
+        study.set_user_attr("latency", self.timer.record())
+        study.set_user_attr("task_lengths", self.task_lengths)
+        study.set_metric_names([OBJECTIVE_ATTR[o] for o in self.settings.objectives])
         study.set_user_attr("base", self.base_metrics)
         study.set_user_attr("objectives", list(self.settings.objectives))
         study.set_user_attr("space", self.space.name)
@@ -510,9 +527,27 @@ class Search:
         self.clock.add("evaluation", time.perf_counter() - t0)
         self.write(study)
 
+    def _check_latency_definition(self, study: Any) -> None:
+        """A study continued (or joined) with another latency definition would mix incomparable figures."""
+        before = study.user_attrs.get("latency")
+        if not before:
+            return
+        now = self.timer.record()
+        for key in LATENCY_DEFINITION:
+            if key in before and before[key] != now[key]:
+                raise ValueError(
+                    f"latency.{key}={now[key]!r} differs from the study's {before[key]!r} (study "
+                    f"{self.settings.study_name!r}): its latencies would not be comparable; use the same setting "
+                    "or another search.study_name"
+                )
+
     def write(self, study: Any) -> dict[str, Any]:
         from nas.report import write_reports
 
+        if self.timer is not None and self.timer.base_rounds:
+            # the base's figure is the median of all its rounds so far, taken beside the trials
+            self.base_metrics["latency_ms"] = self.base_metrics["base_latency_ms"] = self.timer.base_latency_ms()
+            study.set_user_attr("base", self.base_metrics)
         return write_reports(
             study, self.run_dir, base=self.base_metrics, objectives=self.settings.objectives,
             best_extra={"model": str(self.cfg["model"]["name_or_path"] or "embedded:all-MiniLM-L6-v2"),
@@ -565,17 +600,20 @@ def trial_line(trial: Any, objectives: Sequence[str]) -> str:
     if "repeat_of" in a:
         return f"{head} repeat of trial {a['repeat_of']}: not trained again, not counted"
     if trial.state.name == "COMPLETE":
+        spread = f" [{a['speedup_p10']:.2f}-{a['speedup_p90']:.2f}]" if "speedup_p10" in a else ""
         return (f"{head} acc {a['val_accuracy']:.4f}  latency {a['latency_ms']:7.2f} ms  "
-                f"speedup {a['speedup']:.2f}x  params {a['params'] / 1e6:.1f}M")
+                f"speedup {a['speedup']:.2f}x{spread}  params {a['params'] / 1e6:.1f}M")
     reason = a.get("fail_reason") or trial.system_attrs.get("fail_reason") or ""
     return f"{head} {reason}"
 
 
 def front_table(front: Any, console: Any) -> None:
+    import pandas as pd
     from rich.table import Table
 
-    table = Table(title="Pareto front (validation; test for members)")
-    for col in ("trial", "shape", "val acc", "test acc", "latency ms", "speedup", "params M"):
+    table = Table(title="Pareto front (validation; test for members); latency per input, speedup vs the base "
+                        "timed in alternating rounds (p10-p90 of the rounds)")
+    for col in ("trial", "shape", "val acc", "test acc", "latency ms", "speedup", "p10-p90", "params M"):
         table.add_column(col, justify="right" if col != "shape" else "left")
     for _, row in front.iterrows():
         table.add_row(
@@ -585,6 +623,8 @@ def front_table(front: Any, console: Any) -> None:
             "" if row.get("test_accuracy") is None or row["test_accuracy"] != row["test_accuracy"] else f"{row['test_accuracy']:.4f}",
             f"{row['latency_ms']:.2f}",
             f"{row['speedup']:.2f}x",
+            "" if row.get("is_base") or pd.isna(row.get("speedup_p10")) else
+            f"{row['speedup_p10']:.2f}-{row['speedup_p90']:.2f}",
             f"{row['params'] / 1e6:.1f}",
         )
     console.print(table)
@@ -592,8 +632,12 @@ def front_table(front: Any, console: Any) -> None:
 
 def run_search(cfg: Any, run_dir: str | Path, *, console: Any = None) -> tuple[Any, Search]:
     search = Search(cfg, run_dir, console=console)
-    search.prepare()
-    study = search.run()
+    try:
+        search.prepare()
+        study = search.run()
+    finally:
+        if search.timer is not None:
+            search.timer.close()
     return study, search
 
 
@@ -628,6 +672,8 @@ def _main() -> None:
             sys.exit(2)
         out = search.write(study)
         front_table(out["front"], console)
+        console.print(f"latency: {search.latency.describe()}; base {search.base_metrics['latency_ms']:.2f} ms per input "
+                      f"(median of its {len(search.timer.base_rounds)} rounds)", highlight=False)
         phases = ", ".join(f"{k} {v:.0f}s" for k, v in search.clock.seconds.items())
         console.print(f"time per phase: {phases}; total {time.perf_counter() - t0:.0f}s", highlight=False)
         console.print(f"run folder: {run_dir}\n  best.yaml, pareto.csv, pareto.png, pareto.html, trials.csv\n"

@@ -97,7 +97,7 @@ def tiny_search_run(base: Path) -> Path:
         "model=hf", f"model.name_or_path={model_dir}", "data=file", f"data.path={csv}", "data.split.validation=0.3", "+space=triple",
         f"search.n_trials={N_TRIALS}", "search.sampler=random", "search.objectives=[accuracy,params]", "train.batch_size=16",
         "train.eval_batch_size=64", "train.lr=0.003", "base.lr=0.003", "train.max_steps=30", "train.distill_weight=0", "base.max_steps=30", "base.batch_size=16", f"cache_dir={root / 'cache'}",
-        "max_length=32", "latency.runs=20", "latency.warmup=1", "importance.max_batches=2", "importance.batch_size=16",
+        "max_length=32", "latency.warmup=1", "importance.max_batches=2", "importance.batch_size=16",
     ])
     with open_dict(cfg):
         cfg.space = OmegaConf.create(TINY_SPACE)

@@ -82,7 +82,7 @@ def make_cfg(env, *overrides: str, space: dict | None = None):
         "model=hf", f"model.name_or_path={env['model']}", "data=file", f"data.path={env['csv']}", "+space=triple",
         "search.n_trials=2", "train.max_steps=2", "train.batch_size=16", "train.eval_batch_size=64",
         "base.max_steps=2", "base.batch_size=16", f"cache_dir={env['cache']}", "max_length=32",
-        "latency.runs=20", "latency.warmup=1", "importance.max_batches=2", "importance.batch_size=16",
+        "latency.warmup=1", "importance.max_batches=2", "importance.batch_size=16",
         *overrides,
     ])
     with open_dict(cfg):
@@ -147,6 +147,11 @@ def test_two_trial_search_end_to_end(first_run):
     assert all(t.state == TrialState.COMPLETE for t in study.trials)
     assert study.user_attrs["space"] == "tiny"
     assert study.user_attrs["objectives"] == ["accuracy", "latency"]
+    assert study.metric_names == ["val_accuracy", "latency_ratio"]
+    recorded = study.user_attrs["latency"]
+    assert recorded["inputs"] == "real" and recorded["runtime"] == "torch" and recorded["batch_size"] == 1
+    lengths = study.user_attrs["task_lengths"]
+    assert lengths["n"] == len(search.prep.task.train) and lengths["p50"] <= lengths["p95"] <= lengths["max"] <= 32
 
     base = search.base_metrics
     assert base["params"] == bert_params(SubnetSpec.full(TINY_SHAPE))
@@ -156,10 +161,14 @@ def test_two_trial_search_end_to_end(first_run):
         spec = SubnetSpec.from_dict(a["spec"]).validate(TINY_SHAPE)
         assert a["shape"] == spec.describe() and a["n_layers"] == len(spec.layers)
         assert a["hidden"] == spec.hidden and a["context"] == spec.context
-        assert t.values == [a["val_accuracy"], a["latency_ms"]]
+        # the latency objective is the ratio to the base timed beside it, in the same rounds
+        assert t.values == [a["val_accuracy"], a["latency_ratio"]]
+        assert a["latency_ratio"] == pytest.approx(1 / a["speedup"])
         assert 0.0 <= a["val_accuracy"] <= 1.0
-        assert a["latency_ms"] > 0 and a["latency_p90_ms"] >= a["latency_ms"]
-        assert a["speedup"] == pytest.approx(base["latency_ms"] / a["latency_ms"])
+        assert a["latency_ms"] > 0 and a["latency_p90_ms"] >= a["latency_ms"] and a["base_latency_ms"] > 0
+        assert a["speedup_p10"] <= a["speedup"] <= a["speedup_p90"]
+        # real inputs, truncated at the trial's context: never longer than it
+        assert 0 < a["mean_tokens"] <= min(spec.context, 32) and a["latency_cap"] == min(spec.context, 32)
         assert a["params"] == bert_params(spec)
         if spec != SubnetSpec.full(TINY_SHAPE):
             assert a["params"] < base["params"]
@@ -338,7 +347,12 @@ def test_bad_settings_fail_before_prepare(tiny_env, tmp_path, monkeypatch):
 
     monkeypatch.setattr(nas.pipeline, "prepare", lambda cfg: pytest.fail("prepare() ran"))
     for override, word in [("search.sampler=bogus", "bogus"), ("search.objectives=[latency,accuracy]", "objectives"),
-                           ("search.n_trials=0", "n_trials"), ("latency.runs=3", "latency.runs"),
+                           ("search.n_trials=0", "n_trials"),
+                           ("latency.sample_size=0", r"latency\.sample_size=0 must be an integer >= 1"),
+                           ("latency.runtime=tvm", r"latency\.runtime='tvm' is not known; allowed: torch, onnxruntime"),
+                           ("latency.inputs=padded", r"latency\.inputs='padded' is not known; allowed: real, fixed"),
+                           ("latency.rounds=1", r"latency\.rounds=1 must be >= 3"),
+                           ("latency.seq_len=64", r"latency\.seq_len=64 applies to latency\.inputs=fixed only"),
                            ("train.distill_weight=2", "distill_weight"), ("search.max_latency_ms=-1", "max_latency_ms")]:
         with pytest.raises(ValueError, match=word):
             Search(make_cfg(tiny_env, override), tmp_path / "bad")
