@@ -184,32 +184,6 @@ def export_onnx(model: Any, path: str | Path, *, max_seq: int) -> None:
     program.save(str(path))
 
 
-def onnx_latency(path: str | Path, *, batch_size: int, seq_len: int, vocab: int, threads: int = 1,
-                 warmup: int = 5, runs: int = 20) -> float:
-    import statistics
-
-    import numpy as np
-    import onnxruntime as ort
-
-    opts = ort.SessionOptions()
-    opts.intra_op_num_threads = threads
-    opts.inter_op_num_threads = 1
-    session = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
-    rng = np.random.default_rng(0)
-    feed = {
-        "input_ids": rng.integers(min(1000, vocab - 1), vocab, size=(batch_size, seq_len), dtype=np.int64),
-        "attention_mask": np.ones((batch_size, seq_len), dtype=np.int64),
-    }
-    for _ in range(warmup):
-        session.run(None, feed)
-    times = []
-    for _ in range(runs):
-        t0 = time.perf_counter()
-        session.run(None, feed)
-        times.append((time.perf_counter() - t0) * 1000)
-    return statistics.median(times)
-
-
 def write_readme(out: Path, *, spec: Any, metrics: Mapping[str, Any], source: Mapping[str, Any], remote: bool,
                  onnx: bool = True) -> None:
     load = "trust_remote_code=True" if remote else ""
@@ -226,6 +200,10 @@ def write_readme(out: Path, *, spec: Any, metrics: Mapping[str, Any], source: Ma
         "|---|---|",
         *[f"| {k} | {v:.4g} |" if isinstance(v, float) else f"| {k} | {v} |" for k, v in metrics.items()],
         "",
+        *([f"Latency and speedup: per input, against the unpruned base timed beside it in alternating rounds "
+           f"in one process ({metrics['latency_definition']}; mean {metrics.get('mean_tokens', '?')} tokens per "
+           "input). A speedup holds for inputs like these, in the runtime it names.", ""]
+          if "latency_definition" in metrics else []),
         "## Load",
         "",
         "```python",
@@ -283,11 +261,17 @@ def export_all(model: Any, tokenizer: Any, spec: Any, out: str | Path, *, metric
 
 def parse_args(argv: Sequence[str]) -> dict[str, Any]:
     allowed = {"run_dir", "pick", "trial", "max_latency_ms", "min_accuracy", "out", "onnx"}
-    args: dict[str, Any] = {"onnx": "true"}
+    args: dict[str, Any] = {"onnx": "true", "latency": {}}
     for item in argv:
         key, sep, value = item.partition("=")
+        if sep and key.startswith("latency."):  # e.g. latency.sample_size=64: over the run's own settings
+            import yaml
+
+            args["latency"][key.removeprefix("latency.")] = yaml.safe_load(value)
+            continue
         if not sep or key not in allowed:
-            raise ValueError(f"argument {item!r} is not key=value with key in: {', '.join(sorted(allowed))}")
+            raise ValueError(f"argument {item!r} is not key=value with key in: {', '.join(sorted(allowed))} "
+                             "or latency.KEY")
         args[key] = value
     if "run_dir" not in args:
         raise ValueError("run_dir=PATH is required (a folder written by python -m nas.search)")
@@ -315,6 +299,18 @@ def parse_args(argv: Sequence[str]) -> dict[str, Any]:
         raise ValueError("max_latency_ms / min_accuracy choose among the front; they do not apply to pick=trial")
     args["onnx"] = str(args["onnx"]).lower() not in ("false", "0", "no")
     return args
+
+
+def latency_settings(cfg: Any, overrides: Mapping[str, Any]) -> Any:
+    """The run's latency settings (how its search timed trials), with the command line's latency.* on top."""
+    from omegaconf import OmegaConf
+
+    from nas.latency import LatencySettings
+
+    run = OmegaConf.to_container(cfg.latency, resolve=True) if "latency" in cfg else {}
+    # runs made before latency.inputs existed were timed on fixed-length ids: keep only keys still known
+    run = {k: v for k, v in run.items() if k in LatencySettings.__dataclass_fields__}
+    return LatencySettings.from_cfg({**run, **overrides})
 
 
 def load_run(run_dir: str | Path) -> tuple[Any, Any]:
@@ -372,6 +368,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         args = parse_args(list(sys.argv[1:] if argv is None else argv))
         run_dir = Path(args["run_dir"]).resolve()
         cfg, study = load_run(run_dir)
+        args["latency_settings"] = latency_settings(cfg, args["latency"])
         # Every argument error comes back before torch / transformers are even imported.
         row = pick_row(study, args)
         repeat_of = row.get("repeat_of")
@@ -392,10 +389,11 @@ def main(argv: Sequence[str] | None = None) -> int:
 def _export(console: Any, args: Mapping[str, Any], run_dir: Path, cfg: Any, study: Any, row: Mapping[str, Any]) -> int:
     from omegaconf import OmegaConf
 
-    from nas.latency import latency_lengths, measure_latency
+    from nas.data import load_task
+    from nas.latency import flat_latency_metrics, measure_runtimes, speedup_line
     from nas.models import load_base_model, load_tokenizer
     from nas.pipeline import quiet_libraries
-    from nas.spec import BaseShape, SubnetSpec
+    from nas.spec import SubnetSpec
 
     quiet_libraries()
     number = int(row["number"])
@@ -406,36 +404,25 @@ def _export(console: Any, args: Mapping[str, Any], run_dir: Path, cfg: Any, stud
     model = rebuild_trial_model(cfg, run_dir, number, spec, num_labels, label_names or None)
     tokenizer = load_tokenizer(cfg.model.name_or_path)
     out = Path(args.get("out") or run_dir / "export" / f"trial_{number}").resolve()
-    metrics = {k: row[k] for k in ("val_accuracy", "test_accuracy", "latency_ms", "speedup", "params", "flops", "size_mb")
+    metrics = {k: row[k] for k in ("val_accuracy", "test_accuracy", "params", "flops", "size_mb")
                if k in row and row[k] == row[k] and row[k] is not None}
     source = {"model": cfg.model.name_or_path or "embedded:all-MiniLM-L6-v2", "trial": number,
               "space": study.user_attrs.get("space"), "run_dir": str(run_dir), "pick": args["pick"],
               "cfg": OmegaConf.to_container(cfg, resolve=False)}
     console.print(f"exporting trial {number} ({spec.describe()}) by pick={args['pick']} to {out}", highlight=False)
-    info = export_all(model, tokenizer, spec, out, metrics=metrics, source=source, onnx=args["onnx"])
 
-    # Latency of the export vs the base, side by side in this process.
-    lat = cfg.get("latency", {})
-    batch, threads, runs = int(lat.get("batch_size", 1)), int(lat.get("threads", 1)), max(20, int(lat.get("runs", 20)))
+    # Latency of the export vs the base: paired rounds in this process, on the task's inputs, in
+    # each runtime (the base's weights do not change its speed, so the pretrained one stands in).
+    settings = args["latency_settings"]
     base = load_base_model(cfg.model.name_or_path, num_labels=num_labels)
-    # as the search measured it
-    seq, base_seq = latency_lengths(lat.get("seq_len"), context=spec.context, max_length=int(cfg.get("max_length", 128)),
-                                    max_positions=BaseShape.from_config(base.config).max_positions)
-    t_model = measure_latency(model, batch_size=batch, seq_len=seq, threads=threads, runs=runs)["latency_ms"]
-    t_base = measure_latency(base, batch_size=batch, seq_len=base_seq, threads=threads, runs=runs)["latency_ms"]
-    console.print(f"torch        : exported {t_model:.2f} ms vs base {t_base:.2f} ms -> {t_base / t_model:.2f}x "
-                  f"(batch {batch}, seq {seq} vs {base_seq}, {threads} thread)", highlight=False)
-    if args["onnx"]:
-        import tempfile
-
-        vocab = int(model.config.vocab_size)
-        o_model = onnx_latency(out / "model.onnx", batch_size=batch, seq_len=seq, vocab=vocab, threads=threads, runs=runs)
-        with tempfile.TemporaryDirectory(prefix="nas_export_base_") as tmp:  # never left next to the user's files
-            base_onnx = Path(tmp) / "base.onnx"
-            export_onnx(base, base_onnx, max_seq=base_seq)
-            o_base = onnx_latency(base_onnx, batch_size=batch, seq_len=base_seq, vocab=vocab, threads=threads, runs=runs)
-        console.print(f"onnxruntime  : exported {o_model:.2f} ms vs base {o_base:.2f} ms -> {o_base / o_model:.2f}x",
-                      highlight=False)
+    task = load_task(cfg.data) if settings.inputs == "real" else None
+    runtimes = ("torch", "onnxruntime") if args["onnx"] else ("torch",)
+    measured = measure_runtimes(model, context=spec.context, base=base, task=task, tokenizer=tokenizer,
+                                settings=settings, max_length=int(cfg.get("max_length", 128)), runtimes=runtimes)
+    for runtime, m in measured.items():
+        console.print(speedup_line(runtime, m), highlight=False)
+    metrics.update(flat_latency_metrics(measured))
+    info = export_all(model, tokenizer, spec, out, metrics=metrics, source=source, onnx=args["onnx"])
     console.print(f"wrote {out}: config.yaml, config.json, model.safetensors, tokenizer"
                   + (", modeling_nas.py (trust_remote_code=True)" if info["remote_code"] else "")
                   + (", model.onnx" if args["onnx"] else "") + ", README.md", highlight=False)

@@ -46,7 +46,7 @@ def merged_config(cfg: Any, arch_file: dict[str, Any], overrides: list[str]) -> 
 
 def run_final(cfg: Any, arch_path: str | Path, out_dir: str | Path, *, overrides: list[str], console: Any) -> dict[str, Any]:
     from nas.export import export_all
-    from nas.latency import latency_lengths, measure_latency, model_size
+    from nas.latency import flat_latency_metrics, measure_runtimes, model_size, speedup_line
     from nas.pipeline import prepare
     from nas.prune import prune_model
     from nas.spec import SubnetSpec
@@ -69,14 +69,13 @@ def run_final(cfg: Any, arch_path: str | Path, out_dir: str | Path, *, overrides
         "val_accuracy": accuracy(model, prep.loader("validation", spec.context, batch_size=ev, shuffle=False)),
         "test_accuracy": accuracy(model, prep.loader("test", spec.context, batch_size=ev, shuffle=False)),
     }
-    lat = cfg.latency
-    max_length = int(cfg.max_length)
-    seq, base_seq = latency_lengths(lat.seq_len, context=spec.context, max_length=max_length,
-                                    max_positions=prep.shape.max_positions)
-    t_model = measure_latency(model, batch_size=lat.batch_size, seq_len=seq, threads=lat.threads, runs=lat.runs)
-    t_base = measure_latency(prep.base, batch_size=lat.batch_size, seq_len=base_seq, threads=lat.threads, runs=lat.runs)
-    metrics.update(latency_ms=t_model["latency_ms"], speedup=t_base["latency_ms"] / t_model["latency_ms"],
-                   **model_size(model))
+    from nas.export import latency_settings
+
+    lat = latency_settings(cfg, {})
+    runtimes = ("torch", "onnxruntime") if cfg.final.onnx or lat.runtime == "onnxruntime" else ("torch",)
+    measured = measure_runtimes(model, context=spec.context, base=prep.base, task=prep.task, tokenizer=prep.tokenizer,
+                                settings=lat, max_length=int(cfg.max_length), runtimes=runtimes)
+    metrics.update(**flat_latency_metrics(measured), **model_size(model))
     metrics["base_val_accuracy"] = prep.base_info["validation_accuracy"]
     metrics["base_test_accuracy"] = prep.base_info["test_accuracy"]
     metrics["final_steps"] = settings.max_steps
@@ -88,10 +87,11 @@ def run_final(cfg: Any, arch_path: str | Path, out_dir: str | Path, *, overrides
     export_all(model, prep.tokenizer, spec, out_dir, metrics=metrics, source=source, onnx=bool(cfg.final.onnx))
     console.print(
         f"{spec.describe()}: val acc {metrics['val_accuracy']:.4f}, test acc {metrics['test_accuracy']:.4f} "
-        f"(base {metrics['base_test_accuracy']:.4f}), latency {metrics['latency_ms']:.2f} ms, "
-        f"speedup {metrics['speedup']:.2f}x; exported to {out_dir} [{time.perf_counter() - t0:.0f}s]",
+        f"(base {metrics['base_test_accuracy']:.4f}); exported to {out_dir} [{time.perf_counter() - t0:.0f}s]",
         highlight=False,
     )
+    for runtime, m in measured.items():
+        console.print(speedup_line(runtime, m), highlight=False)
     return metrics
 
 

@@ -25,7 +25,7 @@ import tempfile
 import time
 from collections.abc import Callable, Mapping, Sequence
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from fractions import Fraction
 from pathlib import Path
 from typing import Any
@@ -399,6 +399,51 @@ class PairedTimer:
         if self._tmp is not None:
             self._tmp.cleanup()
             self._tmp = None
+
+
+def measure_runtimes(model: Any, *, context: int, base: Any, task: Any, tokenizer: Any, settings: LatencySettings,
+                     max_length: int, runtimes: Sequence[str] | None = None) -> dict[str, dict[str, Any]]:
+    """`model` against `base` in each runtime (default: settings.runtime), each with its own paired rounds.
+
+    What nas.export, nas.train's final report and the benchmarks print and write: the flat
+    keys `latency_ms_<runtime>`, `base_latency_ms_<runtime>`, `speedup_<runtime>` and the p10 / p90
+    of the rounds, plus `latency_definition` (how they were taken).
+    """
+    from types import SimpleNamespace
+
+    from nas.spec import BaseShape
+
+    prep = SimpleNamespace(base=base, task=task, tokenizer=tokenizer, shape=BaseShape.from_config(base.config))
+    out: dict[str, dict[str, Any]] = {}
+    for runtime in runtimes or (settings.runtime,):
+        if runtime not in RUNTIMES:
+            raise ValueError(f"runtime {runtime!r} is not known; allowed: {', '.join(RUNTIMES)}")
+        timer = PairedTimer.for_prepared(prep, replace(settings, runtime=runtime), max_length=max_length)
+        try:
+            out[runtime] = {**timer.measure(model, context=context), "definition": timer.settings.describe()}
+        finally:
+            timer.close()
+    return out
+
+
+def flat_latency_metrics(measured: Mapping[str, Mapping[str, Any]]) -> dict[str, Any]:
+    """measure_runtimes' result as the flat keys written to config.yaml, READMEs and results files."""
+    flat: dict[str, Any] = {}
+    for runtime, m in measured.items():
+        for key in ("latency_ms", "base_latency_ms", "speedup", "speedup_p10", "speedup_p90"):
+            flat[f"{key}_{runtime}"] = float(m[key])
+    first = next(iter(measured.values()), None)
+    if first is not None:
+        flat["mean_tokens"] = round(float(first["mean_tokens"]), 2)
+        flat["latency_definition"] = first["definition"].replace(f", {next(iter(measured))}", "")
+    return flat
+
+
+def speedup_line(runtime: str, m: Mapping[str, Any]) -> str:
+    """One printed line per runtime: candidate vs base per input, the speedup and its spread, how taken."""
+    return (f"{runtime:12s}: {m['latency_ms']:.2f} ms vs base {m['base_latency_ms']:.2f} ms per input -> "
+            f"{m['speedup']:.2f}x (p10-p90 {m['speedup_p10']:.2f}-{m['speedup_p90']:.2f}; {m['definition']}; "
+            f"mean {m['mean_tokens']:.1f} tokens)")
 
 
 # ---------------------------------------------------------------------------- FLOPs and size

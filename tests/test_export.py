@@ -472,11 +472,17 @@ def test_cli_export_of_the_knee(search_run, front, knee_export):
     assert ("trust_remote_code=True" in readme) == remote and "model.onnx" in readme and spec.describe() in readme
     assert json.loads((out / "tokenizer_config.json").read_text())["model_max_length"] == spec.context
 
-    # latency of the export vs the base, in torch and onnxruntime
+    # latency of the export vs the base, in torch and onnxruntime, each printed with how it was taken
     for runtime in ("torch", "onnxruntime"):
-        m = re.search(rf"^{runtime}\s*: exported ([\d.]+) ms vs base ([\d.]+) ms -> ([\d.]+)x", proc.stdout, re.M)
+        m = re.search(rf"^{runtime}\s*: ([\d.]+) ms vs base ([\d.]+) ms per input -> ([\d.]+)x "
+                      rf"\(p10-p90 ([\d.]+)-([\d.]+); real inputs, sample 8, batch 1, 1 thread, {runtime}, ",
+                      proc.stdout, re.M)
         assert m, proc.stdout
-        assert all(float(v) > 0 for v in m.groups())
+        ms, base_ms, speedup, p10, p90 = (float(v) for v in m.groups())
+        assert ms > 0 and base_ms > 0 and float(p10) <= speedup <= float(p90)
+        assert config["metrics"][f"speedup_{runtime}"] == pytest.approx(speedup, abs=0.006)
+    assert config["metrics"]["latency_definition"] == "real inputs, sample 8, batch 1, 1 thread, 3 paired rounds"
+    assert "against the unpruned base timed beside it in alternating rounds" in readme
 
     # the folder holds the trial's fine-tuned weights: same logits as the model rebuilt from the run
     hf = AutoModelForSequenceClassification.from_pretrained(out, trust_remote_code=remote).eval()
@@ -513,7 +519,7 @@ def test_cli_picks_the_right_trial(search_run, front, pick, tmp_path, capsys):
     assert config["source"]["trial"] == expected and config["source"]["pick"] == pick
     assert SubnetSpec.from_dict(config["arch"]) == SubnetSpec.from_dict(study.trials[expected].user_attrs["spec"])
     assert not (tmp_path / "out" / "model.onnx").exists()  # onnx=false
-    assert re.search(r"^torch\s*: exported", out, re.M) and "onnxruntime" not in out
+    assert re.search(r"^torch\s*: [\d.]+ ms vs base [\d.]+ ms per input", out, re.M) and "onnxruntime" not in out
 
 
 def test_cli_trial_off_the_front_has_no_weights(search_run, front, capsys):
@@ -533,6 +539,8 @@ def test_cli_failures_are_one_line_naming_the_value(search_run, front, tmp_path)
         "trial_without_number": (["pick=trial"], ["pick=trial", "trial=N"]),
         "unknown_trial": (["pick=trial", "trial=99"], ["trial=99", "0..2"]),
         "unmet_budget": (["max_latency_ms=0.000001"], ["max_latency_ms=", "closest"]),
+        "bad_runtime": (["latency.runtime=tvm"], ["latency.runtime='tvm' is not known", "torch, onnxruntime"]),
+        "bad_sample": (["latency.sample_size=0"], ["latency.sample_size=0 must be an integer >= 1"]),
     }
     procs = {name: subprocess.Popen([PYTHON, "-m", "nas.export", f"run_dir={search_run}", *args], cwd=tmp_path,
                                     env=cli_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,

@@ -46,7 +46,11 @@ def test_final_training_reprunes_trains_longer_and_exports(exported_arch, tmp_pa
     assert metrics["final_steps"] == 6
     for key in ("val_accuracy", "test_accuracy", "base_test_accuracy"):
         assert 0.0 <= metrics[key] <= 1.0
-    assert metrics["latency_ms"] > 0 and metrics["speedup"] > 0
+    assert metrics["latency_ms_torch"] > 0 and metrics["base_latency_ms_torch"] > 0
+    assert metrics["speedup_p10_torch"] <= metrics["speedup_torch"] <= metrics["speedup_p90_torch"]
+    assert "speedup_onnxruntime" not in metrics  # final.onnx=false: timed in the run's runtime only
+    assert metrics["latency_definition"].startswith("real inputs, sample 8, batch 1, 1 thread")
+    assert 0 < metrics["mean_tokens"] <= spec.context
     # the model, data and cache of the search run were used (its tiny model, not the embedded default)
     written = yaml.safe_load((out / "config.yaml").read_text())
     assert SubnetSpec.from_dict(written["arch"]) == spec

@@ -32,7 +32,8 @@ POINTS = [
 FRONT = [3, 1, 0, 4]  # sorted by latency
 BASE = {
     **shape_attrs(SubnetSpec.full(SHAPE)), "val_accuracy": 0.86, "test_accuracy": 0.85, "latency_ms": 40.0,
-    "latency_p90_ms": 44.0, "latency_min_ms": 39.0, "speedup": 1.0, "params": 22_700_000, "flops": 9e9,
+    "latency_p90_ms": 44.0, "latency_min_ms": 39.0, "speedup": 1.0, "latency_ratio": 1.0, "params": 22_700_000,
+    "flops": 9e9,
     "size_mb": 90.8,
 }
 TEST_ACC = {"0": 0.79, "4": 0.83, "1": 0.69, "3": 0.61}
@@ -47,6 +48,9 @@ def attrs_for(acc: float, lat: float, spec: SubnetSpec) -> dict:
     return {
         **shape_attrs(spec), "spec": spec.to_dict(), "val_accuracy": acc, "latency_ms": lat,
         "latency_p90_ms": lat * 1.1, "latency_min_ms": lat * 0.9, "speedup": BASE["latency_ms"] / lat,
+        # the latency objective: the ratio to the base timed in the same rounds
+        "latency_ratio": lat / BASE["latency_ms"], "speedup_p10": 0.9 * BASE["latency_ms"] / lat,
+        "speedup_p90": 1.1 * BASE["latency_ms"] / lat,
         "params": params, "flops": params * 256, "size_mb": params * 4 / 1e6,
         "seconds_prune": 0.1, "seconds_latency": 0.2, "seconds_finetune": 3.0, "seconds_eval": 0.5,
     }
@@ -56,7 +60,7 @@ def make_study(*, with_test: bool = True) -> optuna.Study:
     study = optuna.create_study(directions=["maximize", "minimize"])
     for i, (acc, lat, n) in enumerate(POINTS):
         spec = spec_for(n, i)
-        study.add_trial(create_trial(values=[acc, lat], user_attrs=attrs_for(acc, lat, spec)))
+        study.add_trial(create_trial(values=[acc, lat / BASE["latency_ms"]], user_attrs=attrs_for(acc, lat, spec)))
     spec = spec_for(2, 8)
     study.add_trial(create_trial(state=TrialState.FAIL, values=None,
                                  user_attrs={**shape_attrs(spec), "spec": spec.to_dict(),
@@ -279,7 +283,7 @@ def test_write_reports_is_repeatable_and_overwrites(study, tmp_path):
     write_reports(study, tmp_path, base=BASE, objectives=("accuracy", "latency"))
     first = (tmp_path / "pareto.csv").read_text()
     spec = spec_for(1, 20)
-    study.add_trial(create_trial(values=[0.99, 1.0], user_attrs=attrs_for(0.99, 1.0, spec)))  # dominates all
+    study.add_trial(create_trial(values=[0.99, 1.0 / BASE["latency_ms"]], user_attrs=attrs_for(0.99, 1.0, spec)))  # dominates all
     out = write_reports(study, tmp_path, base=BASE, objectives=("accuracy", "latency"))
     assert (tmp_path / "pareto.csv").read_text() != first
     pareto = pd.read_csv(tmp_path / "pareto.csv")
