@@ -9,10 +9,16 @@ training, benchmarks), owned by `PairedTimer`:
   with papers that pad to a fixed length).
 - batch 1 runs one input per forward, no padding; batch B > 1 groups consecutive inputs of
   the sample and pads them to the longest of the group, as a server without bucketing would.
-- a pass runs the whole sample once; its time divided by the sample size is the time per
-  input. The base and the candidate run alternately (base, candidate, base, candidate, ...)
-  in the same process on the same sample, so a slower or busier machine moves both alike;
-  the speedup is the median of the per-round ratios, with their p10 / p90 beside it.
+- a round runs the whole sample once on each side, alternating base and candidate on every
+  input (base x1, candidate x1, base x2, candidate x2, ...; the side that goes first flips
+  each round), in the same process, so a slower or busier machine moves both alike. Measured
+  here: passes of the whole sample alternated as blocks (~150 ms apart) gave ratios 0.80-1.37
+  for a shape doing identical work; alternating per input, 0.99-1.03. Per round, the ratio of
+  the two sides' totals; the speedup is the median over rounds, with p10 / p90 beside it. The
+  time per input is a side's total divided by the sample size. The cost of alternating: the
+  base's forward evicts a small candidate's weights from cache, so small models read up to
+  ~10% slower than they run alone (the figure errs low, never high); `chunk` > 1 alternates
+  in groups of that many inputs (less of that bias, more noise).
 - runtime: `torch` (eager) or `onnxruntime` (the model exported to ONNX, timed with an
   InferenceSession at the same thread count). Speedups differ by runtime: it is named with
   every figure.
@@ -46,6 +52,7 @@ class LatencySettings:
     sample_size: int = 8  # inputs per pass, stratified by length
     rounds: int = 3  # paired (base, candidate) passes per measurement
     warmup: int = 2  # untimed forwards of each side first
+    chunk: int = 1  # inputs (batches) run by one side before the other takes its turn
     seed: int = 0  # which texts the sample holds
     split: str = "validation"  # where the sample's texts come from (never the test split)
 
@@ -67,7 +74,7 @@ class LatencySettings:
         if self.split not in SAMPLE_SPLITS:
             raise ValueError(f"latency.split={self.split!r} is not allowed; use one of: {', '.join(SAMPLE_SPLITS)} "
                              "(the test split stays unseen)")
-        for name in ("batch_size", "threads", "sample_size", "rounds"):
+        for name in ("batch_size", "threads", "sample_size", "rounds", "chunk"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ValueError(f"latency.{name}={value!r} must be an integer >= 1")
@@ -209,8 +216,8 @@ class InputSample:
 
 # ---------------------------------------------------------------------------- runtimes
 
-# A pass: runs the sample's batches once (the first `limit` of them if given) and returns its wall time in seconds.
-Pass = Callable[..., float]
+# A side of the comparison: run(start, stop) runs the sample's batches start..stop-1 and returns their wall time in seconds.
+Pass = Callable[[int, int], float]
 
 
 def torch_pass(model: Any, batches: Sequence[Mapping[str, Any]]) -> Pass:
@@ -221,11 +228,11 @@ def torch_pass(model: Any, batches: Sequence[Mapping[str, Any]]) -> Pass:
     cuda = device.type == "cuda"
 
     @torch.inference_mode()
-    def run(limit: int | None = None) -> float:
+    def run(start: int, stop: int) -> float:
         if cuda:
             torch.cuda.synchronize()
         t0 = time.perf_counter()
-        for feed in feeds[:limit]:
+        for feed in feeds[start:stop]:
             model(**feed)
         if cuda:
             torch.cuda.synchronize()
@@ -247,9 +254,9 @@ def onnx_pass(session: Any, batches: Sequence[Mapping[str, Any]]) -> Pass:
     wanted = {i.name for i in session.get_inputs()}
     feeds = [{k: v for k, v in b.items() if k in wanted} for b in batches]
 
-    def run(limit: int | None = None) -> float:
+    def run(start: int, stop: int) -> float:
         t0 = time.perf_counter()
-        for feed in feeds[:limit]:
+        for feed in feeds[start:stop]:
             session.run(None, feed)
         return time.perf_counter() - t0
 
@@ -293,15 +300,26 @@ def _quantile(sorted_values: Sequence[float], q: float) -> float:
     return float(sorted_values[lo] + (sorted_values[hi] - sorted_values[lo]) * (pos - lo))
 
 
-def paired_rounds(base: Pass, model: Pass, *, n_inputs: int, rounds: int, warmup: int = 2) -> PairedRounds:
-    """Alternate base and candidate passes: `warmup` untimed forwards of each, then `rounds` timed pairs."""
+def paired_rounds(base: Pass, model: Pass, *, n_batches: int, n_inputs: int, rounds: int, warmup: int = 2,
+                  chunk: int = 1) -> PairedRounds:
+    """`warmup` untimed batches of each side, then `rounds` rounds over the sample alternating the
+    two sides every `chunk` batches (the side that goes first flips each round)."""
     if warmup:
-        base(warmup)
-        model(warmup)
+        base(0, min(warmup, n_batches))
+        model(0, min(warmup, n_batches))
     base_ms, model_ms = [], []
-    for _ in range(rounds):
-        base_ms.append(base() * 1000.0 / n_inputs)
-        model_ms.append(model() * 1000.0 / n_inputs)
+    for r in range(rounds):
+        b = m = 0.0
+        for start in range(0, n_batches, chunk):
+            stop = min(start + chunk, n_batches)
+            if r % 2 == 0:
+                b += base(start, stop)
+                m += model(start, stop)
+            else:
+                m += model(start, stop)
+                b += base(start, stop)
+        base_ms.append(b * 1000.0 / n_inputs)
+        model_ms.append(m * 1000.0 / n_inputs)
     return PairedRounds(tuple(base_ms), tuple(model_ms))
 
 
@@ -368,8 +386,9 @@ class PairedTimer:
             t0 = time.perf_counter()
             candidate = self._make_pass(model, cap, name=name)
             prepare_s = time.perf_counter() - t0
-            rounds = paired_rounds(self.base_pass(), candidate, n_inputs=len(self.sample),
-                                   rounds=self.settings.rounds, warmup=self.settings.warmup)
+            rounds = paired_rounds(self.base_pass(), candidate, n_batches=len(self.sample.batches(cap)),
+                                   n_inputs=len(self.sample), rounds=self.settings.rounds,
+                                   warmup=self.settings.warmup, chunk=self.settings.chunk)
         model.train(was_training)
         self.base_rounds.extend(rounds.base_ms)
         return {**rounds.summary(), "mean_tokens": self.sample.mean_tokens(cap), "latency_cap": cap,
@@ -380,9 +399,10 @@ class PairedTimer:
         if not self.base_rounds:
             with num_threads(self.settings.threads):
                 run = self.base_pass()
+                n = len(self.sample.batches(self.base_cap))
                 if self.settings.warmup:
-                    run(self.settings.warmup)
-                self.base_rounds.extend(run() * 1000.0 / len(self.sample) for _ in range(self.settings.rounds))
+                    run(0, min(self.settings.warmup, n))
+                self.base_rounds.extend(run(0, n) * 1000.0 / len(self.sample) for _ in range(self.settings.rounds))
         return statistics.median(self.base_rounds)
 
     def flops(self, model: Any, *, context: int | None = None) -> float:

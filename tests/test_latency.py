@@ -103,7 +103,7 @@ def test_real_inputs_have_the_sample_lengths_truncated_at_each_context(base, tas
     assert timer.sample.mean_tokens(16) == pytest.approx(statistics.mean(lengths))
 
 
-def test_rounds_alternate_base_and_candidate_after_warmup(base, task, minilm_tokenizer):
+def test_rounds_alternate_base_and_candidate_on_every_input(base, task, minilm_tokenizer):
     timer = make_timer(base, task, minilm_tokenizer, sample_size=4, rounds=3, warmup=2)
     model = candidate(base, context=32)
     rec = Recorder(base=base, candidate=model)
@@ -113,12 +113,28 @@ def test_rounds_alternate_base_and_candidate_after_warmup(base, task, minilm_tok
         rec.close()
     order = [name for name, _, _ in rec.calls]
     warm = ["base"] * 2 + ["candidate"] * 2
-    rounds = (["base"] * 4 + ["candidate"] * 4) * 3
+    rounds = ["base", "candidate"] * 4 + ["candidate", "base"] * 4 + ["base", "candidate"] * 4  # first side flips
     assert order == warm + rounds
+    # each alternation is the same input on both sides (the candidate's cut at its context of 32)
+    texts = list(timer.sample.texts)
+    full = minilm_tokenizer(texts, truncation=True, max_length=MAX_LENGTH)["input_ids"]
+    cut = minilm_tokenizer(texts, truncation=True, max_length=32)["input_ids"]
+    for k, (a, b) in enumerate(zip(rec.calls[4::2], rec.calls[5::2])):
+        i = k % 4
+        got = {a[0]: a[1][0].tolist(), b[0]: b[1][0].tolist()}
+        assert got == {"base": full[i], "candidate": cut[i]}
     assert len(timer.base_rounds) == 3  # the base's figure is the median of every round it ran
     assert metrics["base_latency_ms"] == pytest.approx(statistics.median(timer.base_rounds))
     assert metrics["speedup_p10"] <= metrics["speedup"] <= metrics["speedup_p90"]
     assert metrics["latency_ratio"] == pytest.approx(1 / metrics["speedup"])
+    # chunk=2: two inputs of one side, then the same two of the other
+    chunked = make_timer(base, task, minilm_tokenizer, sample_size=4, rounds=3, warmup=0, chunk=2)
+    rec = Recorder(base=base, candidate=model)
+    try:
+        chunked.measure(model, context=32)
+    finally:
+        rec.close()
+    assert [name for name, _, _ in rec.calls][:8] == ["base"] * 2 + ["candidate"] * 2 + ["base"] * 2 + ["candidate"] * 2
 
 
 def test_paired_summary_is_the_median_of_per_round_ratios():
@@ -127,18 +143,19 @@ def test_paired_summary_is_the_median_of_per_round_ratios():
     assert s["speedup"] == 3.0 and s["latency_ratio"] == pytest.approx(1 / 3)
     assert s["speedup_p10"] == pytest.approx(2.3) and s["speedup_p90"] == pytest.approx(3.7)
     assert s["base_latency_ms"] == 16.0 and s["latency_ms"] == 5.0
-    # a machine that slows down mid-measurement moves both sides of a round: the ratio holds
+    # a machine that slows down mid-measurement moves both sides of an alternation: the ratio holds
     calls = []
 
     def side(name, ms):
-        def run(limit=None):
-            calls.append(name)
-            return ms * (1 + len(calls) // 4) / 1000  # each pair slower than the last
+        def run(start, stop):
+            calls.append((name, start, stop))
+            return (stop - start) * ms * (1 + len(calls) // 4) / 1000  # ever slower
         return run
 
-    steady = paired_rounds(side("b", 8.0), side("m", 2.0), n_inputs=1, rounds=5, warmup=0)
-    assert steady.summary()["speedup"] == pytest.approx(4.0, rel=0.35)
-    assert calls == ["b", "m"] * 5
+    steady = paired_rounds(side("b", 8.0), side("m", 2.0), n_batches=3, n_inputs=3, rounds=5, warmup=0)
+    assert steady.summary()["speedup"] == pytest.approx(4.0, rel=0.2)
+    assert [c[0] for c in calls[:6]] == ["b", "m", "b", "m", "b", "m"] and [c[0] for c in calls[6:8]] == ["m", "b"]
+    assert {(c[1], c[2]) for c in calls} == {(0, 1), (1, 2), (2, 3)}
 
 
 def test_fixed_inputs_reproduce_full_context_random_ids(base, task, minilm_tokenizer):
@@ -259,6 +276,7 @@ def test_onnxruntime_times_exported_models_and_exports_the_base_once(base, task,
     ("split", "test", "latency.split='test' is not allowed"),
     ("batch_size", 9, "latency.batch_size=9 must be <= latency.sample_size=8"),
     ("runs", 20, "latency.runs is not a setting; allowed:"),
+    ("chunk", 0, "latency.chunk=0 must be an integer >= 1"),
 ])
 def test_bad_settings_are_refused_in_one_line(key, value, message):
     with pytest.raises(ValueError) as err:

@@ -9,7 +9,7 @@ In each process every shape is measured by both rules, one right after the other
   old rule (before real inputs): random ids padded to the model's context, batch 1, the base
            timed once at the start of the process, each model timed on its own;
   new rule (nas.latency, the project's defaults): a length-stratified sample of 8 validation
-           reviews, batch 1, each model timed in 3 alternating rounds with the base.
+           reviews, batch 1, each model timed in 3 rounds with the base, alternating on every input.
 Pass: for every shape, the three runs' speedups lie within 10% of each other (max / min <= 1.10).
 Writes results.json and results.md beside this file.
 
@@ -97,7 +97,7 @@ def main() -> None:
                          + f" | {spread:.2f} | {'yes' if spread <= 1.10 else 'NO'} |")
     text = ("Speedups of the same shapes in three separate processes (batch 1, 1 thread, torch eager). old: random "
             "ids padded to the context, base timed once per process; new: the project's default (8 real "
-            "validation reviews, stratified by length, 3 alternating rounds with the base). busy: two "
+            "validation reviews, stratified by length, 3 rounds with the base alternating on every input). busy: two "
             "CPU-bound processes ran from the start and were stopped before the third shape.\n\n"
             + "\n".join(lines)
             + f"\n\nold rule's base (once per process, 128 tokens): "
