@@ -240,6 +240,7 @@ class Search:
         from transformers import AutoConfig
 
         from nas.models import resolve_model_source
+        from nas.space import context_cap, task_token_lengths
         from nas.spec import BaseShape
 
         # The space must fit the base model: checked on its config, before any training.
@@ -248,7 +249,12 @@ class Search:
             base_config = AutoConfig.from_pretrained(source)
         except OSError as e:
             raise ValueError(f"model.name_or_path={source!r} cannot be read: {str(e).splitlines()[0]}") from None
-        self.space.validate(BaseShape.from_config(base_config))
+        # Fractions and context quantiles become sizes here.
+        shape = BaseShape.from_config(base_config)
+        lengths = None
+        if self.space.needs_lengths:
+            lengths = task_token_lengths(self.cfg, cap=context_cap(shape, self.max_length))
+        self.space = self.space.resolve(shape, max_length=self.max_length, lengths=lengths)
         t0 = time.perf_counter()
         self.prep = prepare(self.cfg)
         self.space.validate(self.prep.shape)
