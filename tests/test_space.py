@@ -319,6 +319,44 @@ def test_sampled_specs_are_valid_on_bert_base_and_bert5(spaces, name):
         assert len(sample_and_check(spaces[name].resolve(shape, max_length=32), shape, 60)) > 1
 
 
+def bert5_model():
+    from transformers import BertConfig, BertForSequenceClassification
+
+    torch.manual_seed(0)
+    return BertForSequenceClassification(BertConfig(
+        vocab_size=99, hidden_size=256, num_hidden_layers=5, num_attention_heads=4, intermediate_size=1000,
+        max_position_embeddings=128, type_vocab_size=2, num_labels=3, pad_token_id=0)).eval()
+
+
+@pytest.mark.parametrize("family", ["bert5", "roberta", "distilbert"])
+def test_shipped_spaces_fit_other_models(family, tiny_roberta, tiny_distilbert, padded_batch, one_thread):
+    """On a 5-layer BERT (4 heads of 64, hidden 256), a tiny RoBERTa and a tiny DistilBERT every shipped
+    space resolves and samples valid specs, and the model really prunes to them and runs."""
+    from nas.prune import count_parameters, prune_model
+
+    model = {"bert5": bert5_model, "roberta": tiny_roberta, "distilbert": tiny_distilbert}[family]()
+    shape = BaseShape.from_config(model.config)
+    if family == "bert5":
+        assert shape == BERT5
+    pad_id = model.config.pad_token_id
+    scores = random_scores(shape, seed=7)
+    base_params = count_parameters(model)
+    for name in SPACES:
+        space = load_space(name).resolve(shape, max_length=32)
+        assert space.base == shape
+        base = {**tops(shape), "context": 32}
+        for axis, values in space.choices().items():
+            assert max(values) == base[axis] and min(values) >= 1, (family, name, axis, values)
+        specs = sorted(sample_and_check(space, shape, 40), key=lambda s: s.describe())
+        for spec in (specs[0], specs[len(specs) // 2], specs[-1]):
+            pruned = prune_model(model, spec, scores)
+            batch = padded_batch(pad_id=pad_id, length=min(9, spec.context))
+            with torch.no_grad():
+                logits = pruned(**batch).logits
+            assert logits.shape == (3, 3) and torch.isfinite(logits).all()
+            assert count_parameters(pruned) <= base_params
+
+
 def test_an_unresolved_space_does_not_sample(spaces, on_minilm):
     study = optuna.create_study()
     with pytest.raises(ValueError, match="space triple: resolve it against the base model first"):
