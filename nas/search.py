@@ -246,6 +246,7 @@ class Search:
         from transformers import AutoConfig
 
         from nas.models import resolve_model_source
+        from nas.space import context_cap, task_token_lengths
         from nas.spec import BaseShape
 
         # The space must fit the base model: checked on its config, before any training.
@@ -254,10 +255,18 @@ class Search:
             base_config = AutoConfig.from_pretrained(source)
         except OSError as e:
             raise ValueError(f"model.name_or_path={source!r} cannot be read: {str(e).splitlines()[0]}") from None
-        self.space.validate(BaseShape.from_config(base_config))
+        # Fractions and context quantiles become sizes here (printed once the inputs are known good,
+        # stored in the study).
+        shape = BaseShape.from_config(base_config)
+        lengths = None
+        if self.space.needs_lengths:
+            lengths = task_token_lengths(self.cfg, cap=context_cap(shape, self.max_length))
+        self.space = self.space.resolve(shape, max_length=self.max_length, lengths=lengths)
         t0 = time.perf_counter()
         self.prep = prepare(self.cfg)
         self.space.validate(self.prep.shape)
+        self._say(f"space {self.space.name} on {shape.num_layers}L/{shape.num_heads}H/{shape.ffn_size}F/"
+                  f"{shape.hidden_size}D: {self.space.describe()}")
         for phase, s in self.prep.timings.items():
             self.clock.add(phase, s)
         self.task_lengths = self._task_lengths()
@@ -441,6 +450,7 @@ class Search:
         study.set_user_attr("base", self.base_metrics)
         study.set_user_attr("objectives", list(self.settings.objectives))
         study.set_user_attr("space", self.space.name)
+        study.set_user_attr("space_choices", self.space.choices())  # sizes, as resolved on this base
         study.set_user_attr("label_names", list(self.prep.task.label_names))
         study.set_user_attr("num_labels", int(self.prep.task.num_labels))
         # search.n_trials is the study's target of finished trials (COMPLETE or infeasible),

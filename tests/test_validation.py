@@ -147,7 +147,9 @@ CLI_CASES = {
     "own_space_folder": (["hydra.searchpath=[file://{tmp}/own]", "+space=mine"],
                          "error: space mine: layers choice 3 is outside the base model's range 1..2"),
     "zero_trials": (["search.n_trials=0"], "error: search.n_trials=0 must be >= 1"),
-    "space_too_big": (["+space=depth"], "error: space depth: layers choice 3 is outside the base model's range 1..2"),
+    # shipped spaces are fractions of the base and fit it; absolute sizes above it are still refused
+    "space_too_big": (["+space=depth", "space.axes.layers={{low:1,high:3}}"],
+                      "error: space depth: layers choice 3 is outside the base model's range 1..2"),
     "data_missing": (["data.path={tmp}/nope.csv"], "error: data.path='{tmp}/nope.csv' does not exist or is not a file"),
     "model_garbage": (["model.name_or_path={tmp}/garbage"],
                       "error: model.name_or_path='{tmp}/garbage' cannot be read: It looks like the config file at "
