@@ -47,7 +47,7 @@ def cli_args(env: dict, run_dir: Path, *overrides: str, space: dict | None = TIN
         sys.executable, "-m", "nas.search", f"hydra.run.dir={run_dir}", *(space_overrides(space) if space else []),
         "model=hf", f"model.name_or_path={env['model']}", "data=file", f"data.path={env['csv']}",
         "train.batch_size=16", "train.eval_batch_size=64", "train.threads=1", "base.max_steps=2",
-        "base.batch_size=16", f"cache_dir={env['cache']}", "max_length=32", "latency.runs=20", "latency.warmup=1",
+        "base.batch_size=16", f"cache_dir={env['cache']}", "max_length=32", "latency.warmup=1",
         "importance.max_batches=2", "importance.batch_size=16", *overrides,
     ]
 
