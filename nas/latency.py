@@ -507,11 +507,6 @@ def flops_per_input(model: Any, batches: Sequence[Mapping[str, Any]]) -> float:
     return sum(int(b["input_ids"].shape[0]) * curve(int(b["input_ids"].shape[1])) for b in batches) / n
 
 
-def count_flops(model: Any, *, batch_size: int, seq_len: int) -> int:
-    """Forward FLOPs of one (batch_size x seq_len) batch, counted by torch.utils.flop_counter."""
-    return batch_size * flops_curve(model)(seq_len)
-
-
 def model_size(model: Any) -> dict[str, Any]:
     params = sum(p.numel() for p in model.parameters())
     size = sum(p.numel() * p.element_size() for p in model.parameters())

@@ -278,7 +278,7 @@ class Search:
             f"base {self.prep.shape.num_layers}L/{self.prep.shape.num_heads}H/{self.prep.shape.ffn_size}F/"
             f"{self.prep.shape.hidden_size}D: val acc {self.base_metrics['val_accuracy']:.4f}, "
             f"test acc {self.base_metrics['test_accuracy']:.4f}, latency {self.base_metrics['latency_ms']:.2f} ms per input "
-            f"[prepared in {time.perf_counter() - t0:.0f}s]"
+            f"(prepared in {time.perf_counter() - t0:.0f}s)"
         )
         self._say(f"latency: {self.latency.describe()}; every trial is timed in alternating rounds with the base "
                   f"(mean {self.timer.sample.mean_tokens(self.timer.base_cap):.1f} tokens per timed input)")
