@@ -231,7 +231,7 @@ def test_file_max_samples(tmp_path: pathlib.Path) -> None:
         ({"split": {"validation": 0.001, "test": 0.1}}, r"validation split of .* has no rows.*data\.split\.validation=0\.001"),
         ({"seed": -1}, r"data\.seed=-1"),
         ({"max_train_samples": 0}, r"data\.max_train_samples=0"),
-        ({"kind": "csv"}, r"data\.kind='csv' is not one of: rotten_tomatoes, file, hf"),
+        ({"kind": "csv"}, r"data\.kind='csv' is not one of: rotten_tomatoes, imdb, file, hf"),
     ],
 )
 def test_file_invalid_settings(tmp_path: pathlib.Path, overrides: dict[str, Any], match: str) -> None:

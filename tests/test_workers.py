@@ -109,7 +109,7 @@ def test_every_trial_is_accounted_for(two_workers):
     for t in trials:
         assert {**ran[0], **ran[1]}[t.number] == "COMPLETE"
         assert all(math.isfinite(v) for v in t.values)
-        assert t.values == [t.user_attrs["val_accuracy"], t.user_attrs["latency_ms"]]
+        assert t.values == [t.user_attrs["val_accuracy"], t.user_attrs["latency_ratio"]]  # paired with the base
     # Each worker's reports parse and only name trials of the study, its own included.
     for i in range(2):
         run = two_workers["folder"] / f"run{i}"
