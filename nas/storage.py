@@ -8,7 +8,8 @@
   the pid's start time, `record_worker`); `recover_stale_trials` fails a RUNNING trial whose
   process is gone from this machine, or, for another machine, whose heartbeat (database
   storages) or start time plus `search.stale_timeout` (journal file: no heartbeat) is too old,
-  and queues its shape again, exactly once even when several workers look at the same moment.
+  or which no worker recorded within `search.grace_period` of its start, and queues its shape
+  again, exactly once even when several workers look at the same moment.
 """
 
 from __future__ import annotations
@@ -396,10 +397,16 @@ def stale_reason(trial: Any, *, heartbeat_age: float | None, heartbeat: bool, gr
             return f"its worker (pid {info.get('pid')} on this machine) is gone"
         if state == "alive":
             return None
-    where = f"on {info.get('host')}" if info else "(no worker recorded)"
     started = _started(trial, info)
     age = None if started is None else now - started
-    if info and not info.get("heartbeat", 1):
+    if not info:
+        # A worker records itself the moment its trial starts: none after grace_period means it died
+        # in between (or the trial is not one of ours), whatever the storage.
+        if age is not None and age > grace_period:
+            return f"no worker recorded itself in the {age:.0f} s since it started (search.grace_period={grace_period})"
+        return None
+    where = f"on {info.get('host')}"
+    if not info.get("heartbeat", 1):
         heartbeat = False  # that worker sends none (search.heartbeat_interval=0): its silence means nothing
     if heartbeat:
         if heartbeat_age is not None:

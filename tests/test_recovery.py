@@ -100,11 +100,11 @@ def by_case(study) -> dict:
     return {t.user_attrs["case"]: t for t in study.get_trials(deepcopy=False) if "retry_history" not in t.system_attrs}
 
 
-def recover(study, **kw):
+def recover(study, *, grace_period: int = GRACE, **kw):
     from nas.storage import recover_stale_trials
 
     heartbeat = study.kind != "journal"
-    return recover_stale_trials(study, heartbeat=heartbeat, grace_period=GRACE, stale_timeout=TIMEOUT, **kw)
+    return recover_stale_trials(study, heartbeat=heartbeat, grace_period=grace_period, stale_timeout=TIMEOUT, **kw)
 
 
 def test_dead_and_live_workers(study):
@@ -125,7 +125,8 @@ def test_dead_and_live_workers(study):
         # a worker that sends no heartbeat (search.heartbeat_interval=0): judged by its start time only
         add_running(study, "remote_no_beat", worker={**elsewhere, "heartbeat": 0}, started_ago=GRACE + 10)
         add_running(study, "remote_old", worker=dict(elsewhere), started_ago=TIMEOUT + 20)
-        add_running(study, "unrecorded_old", worker=None, started_ago=TIMEOUT + 20)
+        add_running(study, "unrecorded_old", worker=None, started_ago=GRACE + 10)  # died before recording itself
+        add_running(study, "unrecorded_new", worker=None, started_ago=0)  # may be about to record itself
         recovered = recover(study)
         again = recover(study)  # looking again changes nothing: no second retry, live trials untouched
     finally:
@@ -139,11 +140,12 @@ def test_dead_and_live_workers(study):
     cases = by_case(study)
     assert {c for c, t in cases.items() if t.state == TrialState.FAIL} == expected_dead
     assert {c for c, t in cases.items() if t.state == TrialState.RUNNING} == {"alive", "alivechild", "remote_new",
-                                                                               "remote_no_beat"}
+                                                                               "remote_no_beat", "unrecorded_new"}
     assert sorted(r.number for r in recovered) == sorted(cases[c].number for c in expected_dead)
     reasons = {cases[c].number: r.reason for r in recovered for c in expected_dead if cases[c].number == r.number}
     assert "on this machine) is gone" in reasons[cases["gone"].number]
     assert "on this machine) is gone" in reasons[cases["pidreused"].number]
+    assert reasons[cases["unrecorded_old"].number].startswith("no worker recorded itself in the ")
     if study.kind == "journal":
         assert f"longer than search.stale_timeout={TIMEOUT} (this storage has no heartbeat)" in \
             reasons[cases["remote_old"].number]
@@ -163,11 +165,12 @@ def test_dead_and_live_workers(study):
         assert {r.retry for r in recovered if r.number == original.number} == {t.number}
 
     assert again == []
-    # the child worker has died since: the next look takes its trial, and only that one
-    (late,) = recover(study)
+    # the child worker has died since: the next look takes its trial, and only that one (a long
+    # grace period here, so that "unrecorded_new" is not old enough yet on a slow machine)
+    (late,) = recover(study, grace_period=600)
     assert late.number == cases["alivechild"].number and late.retry is not None
     assert len([t for t in study.get_trials(deepcopy=False) if "retry_history" in t.system_attrs]) == len(expected_dead) + 1
-    assert recover(study) == []
+    assert recover(study, grace_period=600) == []
 
 
 def test_heartbeat_decides_for_other_machines(study):
