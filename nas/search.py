@@ -135,12 +135,12 @@ class Search:
     def __init__(self, cfg: Any, run_dir: str | Path, *, console: Any = None) -> None:
         from omegaconf import OmegaConf
 
+        from nas.checks import writable_folder
         from nas.latency import LatencySettings
         from nas.train import TrainSettings
 
         self.cfg = cfg
-        self.run_dir = Path(run_dir).resolve()
-        self.run_dir.mkdir(parents=True, exist_ok=True)
+        self.run_dir = writable_folder(run_dir, "hydra.run.dir")
         container = OmegaConf.to_container(cfg, resolve=True) if OmegaConf.is_config(cfg) else dict(cfg)
         # Cheap checks first: nothing expensive starts on a bad setting.
         self.space = chosen_space(container)
@@ -169,6 +169,10 @@ class Search:
         from nas.models import resolve_model_source
         from nas.spec import BaseShape
 
+        from nas.checks import preflight
+
+        # Settings, files, max_length and the storage (the study is opened here), before any expensive work.
+        self.study = preflight(self.cfg, self.run_dir, settings=self.settings)
         # The space must fit the base model: checked on its config, before any training.
         source = resolve_model_source(self.cfg["model"]["name_or_path"])
         try:
@@ -577,14 +581,24 @@ def run_search(cfg: Any, run_dir: str | Path, *, console: Any = None) -> tuple[A
     return study, search
 
 
+def dashboard_url(url: str) -> str:
+    """The storage as the dashboard hint shows it: a URL with a password by its variable, never in clear."""
+    from nas.masking import ENV_VAR, has_password
+
+    return f'"${ENV_VAR}"' if has_password(url) else url
+
+
 def _main() -> None:
     import hydra
     from hydra.core.hydra_config import HydraConfig
     from rich.console import Console
 
+    from nas.checks import cli_prelude
     from nas.config import CONF_DIR
+    from nas.masking import protect_run
     from nas.space import available_spaces
 
+    real_storage = cli_prelude(sys.argv)  # a password on the command line never reaches Hydra's files
     # Hydra's own message for an unknown group option spans several lines: say it in one.
     # With hydra.searchpath the user's own folders may hold further spaces: Hydra checks those.
     own_folders = any(arg.partition("=")[0].lstrip("+~") == "hydra.searchpath" for arg in sys.argv[1:])
@@ -599,6 +613,7 @@ def _main() -> None:
     def main(cfg: Any) -> None:
         console = Console(soft_wrap=True, width=None if sys.stdout.isatty() else 120)
         run_dir = Path(HydraConfig.get().runtime.output_dir)
+        protect_run(cfg, run_dir, real_storage)
         logging.getLogger("nas").setLevel(logging.INFO)
         t0 = time.perf_counter()
         try:
@@ -611,7 +626,8 @@ def _main() -> None:
         phases = ", ".join(f"{k} {v:.0f}s" for k, v in search.clock.seconds.items())
         console.print(f"time per phase: {phases}; total {time.perf_counter() - t0:.0f}s", highlight=False)
         console.print(f"run folder: {run_dir}\n  best.yaml, pareto.csv, pareto.png, pareto.html, trials.csv\n"
-                      f"  inspect: optuna-dashboard {storage_url(search.settings, run_dir)}", highlight=False)
+                      f"  inspect: optuna-dashboard {dashboard_url(storage_url(search.settings, run_dir))}",
+                      highlight=False)
 
     main()
 
