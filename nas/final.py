@@ -56,6 +56,9 @@ def run_final(cfg: Any, arch_path: str | Path, out_dir: str | Path, *, overrides
     spec = SubnetSpec.from_dict(arch_file["arch"])
     cfg = merged_config(cfg, arch_file, overrides)
     settings = TrainSettings.from_cfg(cfg.train, max_steps=int(cfg.final.max_steps), lr=float(cfg.final.lr))
+    from nas.checks import preflight
+
+    preflight(cfg, out_dir)  # settings, files, max_length, output folder: before the base is loaded
     t0 = time.perf_counter()
     prep = prepare(cfg)
     spec.validate(prep.shape)
@@ -100,10 +103,15 @@ def main() -> None:
     from hydra.core.hydra_config import HydraConfig
     from rich.console import Console
 
+    from nas.checks import cli_prelude
     from nas.config import CONF_DIR
+    from nas.masking import protect_run
+
+    real_storage = cli_prelude(sys.argv)
 
     @hydra.main(config_path=str(CONF_DIR), config_name="config", version_base="1.3")
     def _main(cfg: Any) -> None:
+        protect_run(cfg, HydraConfig.get().runtime.output_dir, real_storage)
         console = Console(soft_wrap=True)
         try:
             arch = cfg.get("arch")

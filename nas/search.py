@@ -19,6 +19,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from nas.storage import open_study, storage_url  # the storage: URLs, the study, trials left RUNNING
+
 log = logging.getLogger("nas.search")
 
 SAMPLERS = ("nsga2", "tpe", "random")
@@ -49,6 +51,7 @@ class SearchSettings:
     max_consecutive_failures: int = 5
     heartbeat_interval: int = 10
     grace_period: int = 30
+    stale_timeout: int = 3600
 
     @classmethod
     def from_cfg(cls, cfg: Mapping[str, Any]) -> SearchSettings:
@@ -65,6 +68,7 @@ class SearchSettings:
             max_consecutive_failures=int(cfg.get("max_consecutive_failures", 5)),
             heartbeat_interval=int(cfg.get("heartbeat_interval", 10) or 0),
             grace_period=int(cfg.get("grace_period", 30) or 0),
+            stale_timeout=int(cfg.get("stale_timeout", 3600)),
         )
         settings.validate()
         return settings
@@ -92,6 +96,8 @@ class SearchSettings:
             )
         if self.max_consecutive_failures < 1:
             raise ValueError(f"search.max_consecutive_failures={self.max_consecutive_failures} must be >= 1")
+        if self.stale_timeout < 1:
+            raise ValueError(f"search.stale_timeout={self.stale_timeout} must be >= 1 (seconds)")
 
     @property
     def directions(self) -> list[str]:
@@ -107,87 +113,6 @@ def make_sampler(settings: SearchSettings) -> Any:
         multivariate = len(settings.objectives) == 1
         return optuna.samplers.TPESampler(seed=settings.seed, multivariate=multivariate, n_startup_trials=5)
     return optuna.samplers.RandomSampler(seed=settings.seed)
-
-
-def storage_url(settings: SearchSettings, run_dir: Path) -> str:
-    if settings.storage:
-        return str(settings.storage)
-    return f"sqlite:///{(run_dir / 'study.db').resolve()}"
-
-
-def make_storage(url: str, *, heartbeat_interval: int | None = None, grace_period: int | None = None,
-                 max_retry: int = 1) -> Any:
-    """An Optuna storage for a URL: sqlite:///..., postgresql://..., or journal:PATH (a journal file).
-
-    RDB storages get a heartbeat, so a trial whose process was killed is marked FAIL once its
-    heartbeat is `grace_period` seconds old, and its shape is queued again (RetryHeartbeatStaleTrialCallback).
-    """
-    import warnings
-
-    import optuna
-    from optuna.exceptions import ExperimentalWarning
-    from optuna.storages import RetryHeartbeatStaleTrialCallback
-
-    warnings.filterwarnings("ignore", category=ExperimentalWarning)
-
-    if url.startswith("journal:") or url.endswith((".log", ".journal", ".jsonl")):
-        from optuna.storages import JournalStorage
-        from optuna.storages.journal import JournalFileBackend
-
-        path = url.removeprefix("journal:").removeprefix("//")
-        Path(path).parent.mkdir(parents=True, exist_ok=True)
-        if heartbeat_interval:
-            log.warning("journal storage has no heartbeat: a killed worker's trial stays RUNNING and is not retried; "
-                        "use sqlite:///PATH or postgresql:// for crash recovery")
-        return JournalStorage(JournalFileBackend(path))
-    if "://" not in url:
-        raise ValueError(f"search.storage={url!r} is not a storage URL; use sqlite:///PATH, postgresql://..., or journal:PATH")
-    engine_kwargs: dict[str, Any] = {}
-    if url.startswith("sqlite"):
-        engine_kwargs["connect_args"] = {"timeout": 120}  # several local workers wait for the file lock
-    else:
-        engine_kwargs["pool_pre_ping"] = True
-    kwargs: dict[str, Any] = {}
-    if heartbeat_interval:
-        kwargs.update(
-            heartbeat_interval=heartbeat_interval,
-            grace_period=grace_period or 2 * heartbeat_interval,
-            heartbeat_stale_trial_callback=RetryHeartbeatStaleTrialCallback(max_retry=max_retry),
-        )
-    return optuna.storages.RDBStorage(url, engine_kwargs=engine_kwargs, **kwargs)
-
-
-def open_study(settings: SearchSettings, run_dir: Path) -> Any:
-    """Create the study, or join it when this storage already holds one with this name.
-
-    Only the process that creates the study samples with `search.seed` as given: a worker
-    joining it, or a run continuing it, derives its own seed (from the seed, the trials so far
-    and its pid), otherwise it would replay the shapes already tried.
-    """
-    import dataclasses
-    import os
-
-    import numpy as np
-    import optuna
-
-    storage = make_storage(storage_url(settings, run_dir), heartbeat_interval=settings.heartbeat_interval,
-                           grace_period=settings.grace_period)
-    try:
-        return optuna.create_study(study_name=settings.study_name, storage=storage, directions=settings.directions,
-                                   sampler=make_sampler(settings))
-    except optuna.exceptions.DuplicatedStudyError:
-        pass
-    study = optuna.load_study(study_name=settings.study_name, storage=storage)
-    if list(study.directions) != [optuna.study.StudyDirection.MAXIMIZE if d == "maximize" else
-                                  optuna.study.StudyDirection.MINIMIZE for d in settings.directions]:
-        raise ValueError(
-            f"search.study_name={settings.study_name!r} exists in this storage with {len(study.directions)} objectives; "
-            f"search.objectives={list(settings.objectives)} does not match it (use another study_name)"
-        )
-    n = len(study.get_trials(deepcopy=False))
-    seed = int(np.random.SeedSequence([settings.seed, n, os.getpid()]).generate_state(1)[0])
-    return optuna.load_study(study_name=settings.study_name, storage=storage,
-                             sampler=make_sampler(dataclasses.replace(settings, seed=seed)))
 
 
 def chosen_space(cfg: Mapping[str, Any]) -> Any:
@@ -215,12 +140,12 @@ class Search:
     def __init__(self, cfg: Any, run_dir: str | Path, *, console: Any = None) -> None:
         from omegaconf import OmegaConf
 
+        from nas.checks import writable_folder
         from nas.latency import LatencySettings
         from nas.train import TrainSettings
 
         self.cfg = cfg
-        self.run_dir = Path(run_dir).resolve()
-        self.run_dir.mkdir(parents=True, exist_ok=True)
+        self.run_dir = writable_folder(run_dir, "hydra.run.dir")
         container = OmegaConf.to_container(cfg, resolve=True) if OmegaConf.is_config(cfg) else dict(cfg)
         # Cheap checks first: nothing expensive starts on a bad setting.
         self.space = chosen_space(container)
@@ -238,6 +163,8 @@ class Search:
         self._consecutive_failures = 0
         self._consecutive_repeats = 0
         self.last_error: str | None = None
+        self.study: Any = None  # opened by prepare's checks, before any expensive work
+        self.poll_seconds = 2.0  # how often a worker waiting on the others' last trials looks again
 
     # -- phase 1 -------------------------------------------------------------------------
     def prepare(self) -> None:
@@ -249,6 +176,10 @@ class Search:
         from nas.space import context_cap, task_token_lengths
         from nas.spec import BaseShape
 
+        from nas.checks import preflight
+
+        # Settings, files, max_length and the storage (the study is opened here), before any expensive work.
+        self.study = preflight(self.cfg, self.run_dir, settings=self.settings)
         # The space must fit the base model: checked on its config, before any training.
         source = resolve_model_source(self.cfg["model"]["name_or_path"])
         try:
@@ -442,7 +373,7 @@ class Search:
 
         # Optuna's own warning for a failed trial is a full traceback; our trial line says why.
         optuna.logging.set_verbosity(optuna.logging.ERROR)
-        study = open_study(self.settings, self.run_dir)
+        study = self.study if self.study is not None else open_study(self.settings, self.run_dir)
         self._check_latency_definition(study)
         study.set_user_attr("latency", self.timer.record())
         study.set_user_attr("task_lengths", self.task_lengths)
@@ -461,6 +392,10 @@ class Search:
         def n_finished(study: Any) -> int:
             return sum("repeat_of" not in t.user_attrs for t in study.get_trials(deepcopy=False, states=counted))
 
+        # What a killed worker left: its partial model files, its trials still marked RUNNING.
+        for partial in (self.run_dir / "models").glob("*.tmp"):
+            partial.unlink(missing_ok=True)
+        self._recover(study)
         done = n_finished(study)
         remaining = max(0, self.settings.n_trials - done)
         if done:
@@ -469,6 +404,7 @@ class Search:
         progress = self._progress(remaining)
 
         def after_trial(study: Any, trial: Any) -> None:
+            self._recover(study)
             if "repeat_of" in trial.user_attrs:
                 self._consecutive_repeats += 1
                 self._say(trial_line(trial, self.settings.objectives))
@@ -476,9 +412,13 @@ class Search:
                     self._say(f"stopping: the last {self._consecutive_repeats} proposals were all shapes already "
                               f"tried ({n_finished(study)} distinct); the space looks exhausted")
                     study.stop()
+                elif self._target_reached(study, n_finished):
+                    study.stop()
                 return
             self._consecutive_repeats = 0
-            if trial.state == TrialState.FAIL:
+            if trial.user_attrs.get("surplus"):
+                pass  # not run at all: neither a failure nor a success
+            elif trial.state == TrialState.FAIL:
                 self._consecutive_failures += 1
                 self.last_error = trial.user_attrs.get("fail_reason") or trial.system_attrs.get("fail_reason")
             else:
@@ -490,10 +430,22 @@ class Search:
             self.write(study)
             if self._consecutive_failures >= self.settings.max_consecutive_failures:
                 study.stop()
-            if n_finished(study) >= self.settings.n_trials:
+            elif self._target_reached(study, n_finished):
                 study.stop()
 
         def guarded(trial: Any) -> Sequence[float]:
+            from nas.storage import record_worker
+
+            record_worker(trial)  # host, pid and start time: a later worker can tell if this one died
+            # Trials numbered below this one (finished, or running elsewhere) that already make up
+            # search.n_trials: two workers that started a trial at the same moment overshoot the target.
+            ahead = sum(1 for t in study.get_trials(deepcopy=False, states=(*counted, TrialState.RUNNING))
+                        if t.number < trial.number and "repeat_of" not in t.user_attrs)
+            if ahead >= self.settings.n_trials:
+                trial.set_user_attr("surplus", True)
+                trial.set_user_attr("fail_reason", f"not run: the {ahead} trials before it make up "
+                                                   f"search.n_trials={self.settings.n_trials}")
+                raise RuntimeError(trial.user_attrs["fail_reason"])
             try:
                 return self.objective(trial)
             except optuna.TrialPruned:
@@ -502,7 +454,7 @@ class Search:
                 trial.set_user_attr("fail_reason", f"{type(e).__name__}: {e}".splitlines()[0][:500])
                 raise
 
-        if remaining:
+        if remaining and not self._target_reached(study, n_finished):
             try:
                 if progress is not None:
                     progress[0].start()
@@ -516,8 +468,40 @@ class Search:
             raise RuntimeError(
                 f"stopped after {self._consecutive_failures} consecutive failed trials; last error: {self.last_error}"
             )
+        self._drop_dominated_models(study)  # the front as it ends, other workers' last trials included
         self.evaluate_front_on_test(study)
         return study
+
+    def _recover(self, study: Any) -> None:
+        """Fail and queue again the trials that dead workers left RUNNING (nas.storage)."""
+        from nas.storage import is_journal, recover_stale_trials
+
+        heartbeat = bool(self.settings.heartbeat_interval) and not is_journal(storage_url(self.settings, self.run_dir))
+        for r in recover_stale_trials(study, heartbeat=heartbeat, grace_period=self.settings.grace_period,
+                                      stale_timeout=self.settings.stale_timeout):
+            then = f"its shape is queued again as trial {r.retry}" if r.retry is not None else r.why_not
+            self._say(f"recovered trial {r.number}, left RUNNING: {r.reason}; marked FAIL, {then}")
+
+    def _target_reached(self, study: Any, n_finished: Any) -> bool:
+        """True once the study holds search.n_trials counted trials. While trials running on other
+        workers could still make up the target, wait for them (failing those whose worker dies)
+        instead of starting one that would overshoot it."""
+        from optuna.trial import TrialState
+
+        said = False
+        while True:
+            done = n_finished(study)
+            if done >= self.settings.n_trials:
+                return True
+            running = len(study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)))
+            if done + running < self.settings.n_trials:
+                return False
+            if not said:
+                self._say(f"waiting: {done} trials finished and {running} running on other workers make up "
+                          f"search.n_trials={self.settings.n_trials}")
+                said = True
+            time.sleep(self.poll_seconds)
+            self._recover(study)
 
     def evaluate_front_on_test(self, study: Any) -> None:
         from nas.train import accuracy
@@ -651,14 +635,24 @@ def run_search(cfg: Any, run_dir: str | Path, *, console: Any = None) -> tuple[A
     return study, search
 
 
+def dashboard_url(url: str) -> str:
+    """The storage as the dashboard hint shows it: a URL with a password by its variable, never in clear."""
+    from nas.masking import ENV_VAR, has_password
+
+    return f'"${ENV_VAR}"' if has_password(url) else url
+
+
 def _main() -> None:
     import hydra
     from hydra.core.hydra_config import HydraConfig
     from rich.console import Console
 
+    from nas.checks import cli_prelude
     from nas.config import CONF_DIR
+    from nas.masking import protect_run
     from nas.space import available_spaces
 
+    real_storage = cli_prelude(sys.argv)  # a password on the command line never reaches Hydra's files
     # Hydra's own message for an unknown group option spans several lines: say it in one.
     # With hydra.searchpath the user's own folders may hold further spaces: Hydra checks those.
     own_folders = any(arg.partition("=")[0].lstrip("+~") == "hydra.searchpath" for arg in sys.argv[1:])
@@ -673,6 +667,7 @@ def _main() -> None:
     def main(cfg: Any) -> None:
         console = Console(soft_wrap=True, width=None if sys.stdout.isatty() else 120)
         run_dir = Path(HydraConfig.get().runtime.output_dir)
+        protect_run(cfg, run_dir, real_storage)
         logging.getLogger("nas").setLevel(logging.INFO)
         t0 = time.perf_counter()
         try:
@@ -687,7 +682,8 @@ def _main() -> None:
         phases = ", ".join(f"{k} {v:.0f}s" for k, v in search.clock.seconds.items())
         console.print(f"time per phase: {phases}; total {time.perf_counter() - t0:.0f}s", highlight=False)
         console.print(f"run folder: {run_dir}\n  best.yaml, pareto.csv, pareto.png, pareto.html, trials.csv\n"
-                      f"  inspect: optuna-dashboard {storage_url(search.settings, run_dir)}", highlight=False)
+                      f"  inspect: optuna-dashboard {dashboard_url(storage_url(search.settings, run_dir))}",
+                      highlight=False)
 
     main()
 

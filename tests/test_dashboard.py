@@ -4,8 +4,11 @@ directions, its trials and their user attributes come back over the dashboard's 
 from __future__ import annotations
 
 import json
+import os
+import shutil
 import socket
 import subprocess
+import sys
 import time
 import urllib.error
 import urllib.request
@@ -15,8 +18,6 @@ import pandas as pd
 import pytest
 from test_export import N_TRIALS, TINY_SPACE, tiny_search_run
 
-ROOT = Path(__file__).resolve().parent.parent
-DASHBOARD = ROOT / ".venv" / "bin" / "optuna-dashboard"
 HOST = "127.0.0.1"  # loopback only
 ATTRS = ("shape", "latency_ms", "speedup", "params", "flops", "val_accuracy")
 
@@ -29,6 +30,30 @@ OPENER = urllib.request.build_opener(urllib.request.ProxyHandler({}))
 @pytest.fixture(scope="module")
 def search_run(tmp_path_factory):
     return tiny_search_run(tmp_path_factory.getbasetemp())  # shared with test_export.py in one session
+
+
+def console_script(name: str) -> Path | None:
+    """A console script of the environment running the tests: next to sys.executable (a venv's
+    bin/ or Scripts/, wherever it lives), else on PATH. Never a fixed path inside the repository."""
+    here = shutil.which(name, path=os.path.dirname(sys.executable))
+    found = here or shutil.which(name)
+    return Path(found) if found else None
+
+
+def test_console_script_lookup_follows_the_environment(tmp_path, monkeypatch):
+    """The lookup finds a script beside the interpreter first, then on PATH, and None otherwise."""
+    beside, on_path = tmp_path / "venv" / "bin", tmp_path / "elsewhere"
+    for folder in (beside, on_path):
+        folder.mkdir(parents=True)
+        (folder / "nas-fake-tool").write_text("#!/bin/sh\n")
+        (folder / "nas-fake-tool").chmod(0o755)
+    monkeypatch.setenv("PATH", str(on_path))
+    monkeypatch.setattr(sys, "executable", str(beside / "python"))
+    assert console_script("nas-fake-tool") == beside / "nas-fake-tool"
+    (beside / "nas-fake-tool").unlink()
+    assert console_script("nas-fake-tool") == on_path / "nas-fake-tool"
+    monkeypatch.setenv("PATH", str(tmp_path))
+    assert console_script("nas-fake-tool") is None
 
 
 def free_port() -> int:
@@ -64,7 +89,9 @@ def test_dashboard_serves_the_study_with_its_trials(search_run, tmp_path):
     import optuna
     from omegaconf import OmegaConf
 
-    assert DASHBOARD.is_file()
+    dashboard = console_script("optuna-dashboard")
+    assert dashboard is not None, (f"optuna-dashboard is neither next to {sys.executable} nor on PATH; "
+                                   "install the project with its dependencies into this environment")
     db = search_run / "study.db"
     study_name = OmegaConf.load(search_run / ".hydra" / "config.yaml").search.study_name
     study = optuna.load_study(study_name=study_name, storage=f"sqlite:///{db}")
@@ -74,7 +101,7 @@ def test_dashboard_serves_the_study_with_its_trials(search_run, tmp_path):
     base = f"http://{HOST}:{port}"
     log = tmp_path / "dashboard.log"
     with log.open("w") as out:
-        proc = subprocess.Popen([str(DASHBOARD), f"sqlite:///{db}", "--host", HOST, "--port", str(port)],
+        proc = subprocess.Popen([str(dashboard), f"sqlite:///{db}", "--host", HOST, "--port", str(port)],
                                 cwd=tmp_path, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
     try:
         listing = wait_until_up(f"{base}/api/studies", proc, log)

@@ -248,6 +248,87 @@ def test_file_missing_and_bad_suffix(tmp_path: pathlib.Path) -> None:
         nd.load_task(_file_cfg(path))
 
 
+# --------------------------------------------------------------------------- encodings (data.encoding)
+
+
+@pytest.mark.parametrize("encoding", ["latin-1", "cp1252", "utf-16"])
+def test_file_encoding_setting_reads_other_encodings(tmp_path: pathlib.Path, encoding: str) -> None:
+    df = _frame()
+    df.loc[0, "review"] = "café crème brûlée"
+    path = tmp_path / "r.csv"
+    path.write_bytes(df.to_csv(index=False).encode(encoding))
+    task = nd.load_task(_file_cfg(path, encoding=encoding))
+    texts = [t for name in nd.SPLITS for t in getattr(task, name)["text"]]
+    assert "café crème brûlée" in texts and sorted(texts) == sorted(df["review"])
+
+
+def test_default_encoding_keeps_the_fingerprint(tmp_path: pathlib.Path) -> None:
+    """Caches keyed before data.encoding existed stay valid: utf-8 (however spelled) adds nothing."""
+    path = _write(_frame(), tmp_path / "r.csv")
+    cfg = _file_cfg(path)
+    fingerprints = {nd.load_task({**cfg, "encoding": e}).fingerprint for e in ("utf-8", "UTF8", "utf_8")}
+    assert len(fingerprints) == 1
+    settings = nd._settings({**cfg, "encoding": "UTF8"})
+    expected = nd._fingerprint(source={"kind": "file", "file": path.name, "sha256": nd._file_sha256(path)},
+                               settings={k: v for k, v in settings.items() if k != "encoding"},
+                               sizes={"train": 48, "validation": 6, "test": 6},
+                               label_names=("negative", "neutral", "positive"))
+    assert fingerprints == {expected}
+    assert nd.load_task({**cfg, "encoding": "latin-1"}).fingerprint != expected
+
+
+@pytest.mark.parametrize("suffix", [".csv", ".tsv", ".jsonl", ".csv.gz", ".csv.bz2"])
+def test_decoding_error_names_file_offset_and_setting(tmp_path: pathlib.Path, suffix: str) -> None:
+    """The bad byte lies past pandas' first read block and past one 1 MiB scan chunk: the offset is
+    the byte's position in the (decompressed) file, not within a block."""
+    import bz2
+    import gzip
+
+    df = _frame(60_000)  # about 1.4 MB of text
+    df.loc[50_000, "review"] = "café"
+    path = tmp_path / f"r{suffix}"
+    if suffix == ".jsonl":
+        text = df.to_json(orient="records", lines=True, force_ascii=False)
+    else:
+        text = df.to_csv(index=False, sep="\t" if suffix == ".tsv" else ",")
+    raw = text.encode("latin-1")
+    offset = raw.index(b"\xe9")
+    assert offset > 1 << 20
+    path.write_bytes(gzip.compress(raw) if suffix.endswith(".gz") else bz2.compress(raw) if suffix.endswith(".bz2") else raw)
+    with pytest.raises(ValueError) as info:
+        nd.load_task(_file_cfg(path))
+    where = " of the decompressed text" if suffix.endswith((".gz", ".bz2")) else ""
+    assert str(info.value) == (
+        f"data.path='{path}' is not valid utf-8: byte e9 at byte offset {offset}{where} cannot be decoded; "
+        "set data.encoding to the file's encoding (e.g. cp1252, latin-1, utf-16)")
+    task = nd.load_task(_file_cfg(path, encoding="latin-1"))  # and the setting it names reads it
+    assert "café" in [t for name in nd.SPLITS for t in getattr(task, name)["text"]]
+
+
+def test_scan_handles_characters_across_chunks(tmp_path: pathlib.Path) -> None:
+    """A valid two-byte character cut by the 1 MiB scan boundary is not an error; a truncated one
+    at the very end is, at its first byte."""
+    raw = b"a" * ((1 << 20) - 1) + "é".encode() + b"tail"
+    path = tmp_path / "x.csv"
+    path.write_bytes(raw)
+    assert nd.first_undecodable_byte(path, "utf-8") is None
+    path.write_bytes(raw + b"\xc3")
+    assert nd.first_undecodable_byte(path, "utf-8") == (len(raw), b"\xc3")
+
+
+def test_check_source_is_cheap_and_complete(tmp_path: pathlib.Path) -> None:
+    """The checks run before anything is read: missing file, a folder, a bad encoding name."""
+    with pytest.raises(ValueError, match=r"does not exist or is not a file"):
+        nd.check_source(_file_cfg(tmp_path))
+    path = _write(_frame(), tmp_path / "r.csv")
+    with pytest.raises(ValueError, match=r"data\.encoding='klingon' is not a known text encoding"):
+        nd.check_source(_file_cfg(path, encoding="klingon"))
+    nd.check_source(_file_cfg(path, encoding="latin-1"))
+    nd.check_source(RT)
+    with pytest.raises(ValueError, match=r"data\.name='\./nope' looks like a local path but does not exist"):
+        nd.check_source({"kind": "hf", "name": "./nope"})
+
+
 def test_file_empty_split_and_single_class(tmp_path: pathlib.Path) -> None:
     df = _frame(20)
     df["part"] = ["train" if i % 2 else "dev" for i in range(len(df))]  # no test rows

@@ -1,5 +1,6 @@
 """Every invalid input is refused with one line that names the bad value and what is allowed,
-before anything expensive starts (no base fine-tune: nothing appears under <cache>/base)."""
+before anything expensive starts: no fine-tuning and no importance function runs (they fail the
+test if called), and nothing appears under <cache>/base."""
 
 from __future__ import annotations
 
@@ -18,24 +19,31 @@ from test_search import TINY_SPACE, make_cfg, tiny_env  # noqa: F401  (tiny_env 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 
+EXPENSIVE = {"nas.train": ("finetune_base_cached", "finetune"),
+             "nas.importance": ("cached_scores", "compute_scores")}
+
+
 @pytest.fixture
 def env(tiny_env, tmp_path, monkeypatch):
-    """The tiny model and CSV with a fresh cache; the base fine-tune fails the test if it starts."""
-    import nas.train
+    """The tiny model and CSV with a fresh cache; any fine-tuning or importance function fails the
+    test if it starts."""
+    import importlib
 
-    def no_finetune(**kwargs):
-        pytest.fail("the base fine-tune started on an invalid input")
+    for module, names in EXPENSIVE.items():
+        for name in names:
+            def started(*args, _name=f"{module}.{name}", **kwargs):
+                pytest.fail(f"{_name} started on an invalid input")
 
-    monkeypatch.setattr(nas.train, "finetune_base_cached", no_finetune)
+            monkeypatch.setattr(importlib.import_module(module), name, started)
     return {**tiny_env, "cache": tmp_path / "cache", "tmp": tmp_path}
 
 
-def refused(env: dict, *overrides: str, space: dict | None = None, **paths) -> str:
+def refused(env: dict, *overrides: str, space: dict | None = None, run_dir: Path | None = None, **paths) -> str:
     """The one-line ValueError that Search() or Search.prepare() raises for this setting."""
     from nas.search import Search
 
     with pytest.raises(ValueError) as info:
-        Search(make_cfg({**env, **paths}, *overrides, space=space), env["tmp"] / "run").prepare()
+        Search(make_cfg({**env, **paths}, *overrides, space=space), run_dir or env["tmp"] / "run").prepare()
     message = str(info.value)
     assert "\n" not in message and message.strip() == message and message, repr(message)
     assert not (env["cache"] / "base").exists()
@@ -138,6 +146,121 @@ def test_model_path_that_does_not_exist(env):
     assert "does not exist" in message, message
 
 
+# ---- round two: lengths, encodings, folders, the storage ----------------------------------------
+
+
+def test_max_length_beyond_the_model(env):
+    message = refused(env, "max_length=100000")
+    assert message == (f"max_length=100000 exceeds the 64 positions of the model ({env['model']}); "
+                       "allowed: 2..64")
+
+
+def test_max_length_too_small(env):
+    assert refused(env, "max_length=1") == "max_length=1 must be an integer; allowed: 2..64"
+
+
+def not_utf8_csv(folder: Path) -> Path:
+    """A Latin-1 CSV: 'café' is byte 0xe9 where UTF-8 expects a continuation byte."""
+    path = folder / "latin1.csv"
+    lines = ["text,label"] + [f"w{i} w{i % 3},{'pos' if i % 2 else 'neg'}" for i in range(30)] + ["café w1,pos"]
+    path.write_bytes("\n".join(lines).encode("latin-1") + b"\n")
+    return path
+
+
+def test_data_not_in_the_declared_encoding(env):
+    csv = not_utf8_csv(env["tmp"])
+    offset = csv.read_bytes().index(b"\xe9")
+    message = refused(env, csv=csv)
+    assert message == (f"data.path='{csv}' is not valid utf-8: byte e9 at byte offset {offset} cannot be decoded; "
+                       "set data.encoding to the file's encoding (e.g. cp1252, latin-1, utf-16)")
+
+
+def test_unknown_encoding(env):
+    message = refused(env, "data.encoding=utf-9")
+    assert message == "data.encoding='utf-9' is not a known text encoding; e.g. utf-8, utf-8-sig, latin-1, cp1252, utf-16"
+
+
+def test_data_path_is_a_folder(env):
+    assert refused(env, csv=env["tmp"]) == f"data.path='{env['tmp']}' does not exist or is not a file"
+
+
+def test_run_folder_under_a_file(env):
+    blocker = env["tmp"] / "afile"
+    blocker.write_text("x")
+    message = refused(env, run_dir=blocker / "run")
+    assert message == f"hydra.run.dir='{blocker / 'run'}' cannot be a folder: '{blocker}' is a file; give a folder path"
+
+
+def test_cache_dir_under_a_file(env):
+    blocker = env["tmp"] / "afile"
+    blocker.write_text("x")
+    message = refused(env, cache=blocker / "cache")
+    assert message == f"cache_dir='{blocker / 'cache'}' cannot be a folder: '{blocker}' is a file; give a folder path"
+
+
+@pytest.mark.parametrize("override, expected", [
+    ("importance.method=bogus", "importance.method='bogus' is not known; allowed: fisher, naive"),
+    ("importance.max_batches=0", "importance.max_batches=0 must be an integer >= 1"),
+    ("base.max_steps=-1", "base.max_steps=-1 must be an integer >= 0"),
+    ("search.stale_timeout=0", "search.stale_timeout=0 must be >= 1 (seconds)"),
+])
+def test_other_cheap_settings(env, override, expected):
+    assert refused(env, override) == expected
+
+
+def test_database_unreachable(env):
+    """The issue's case: first the base and the importance scores, then a traceback blaming a
+    missing module. Now: one line with host, port and the driver's reason, password masked."""
+    message = refused(env, "search.storage=postgresql://nas:S3cretPa55word@127.0.0.1:1/nas")
+    assert message.startswith("search.storage='postgresql://nas:***@127.0.0.1:1/nas': cannot connect to the database "
+                              "at host 127.0.0.1, port 1: connection to server at \"127.0.0.1\", port 1 failed: "
+                              "Connection refused"), message
+    assert "S3cretPa55word" not in message
+
+
+@pytest.mark.parametrize("url, expected", [
+    ("mysql://nas:S3cretPa55word@127.0.0.1/nas",
+     "search.storage='mysql://nas:***@127.0.0.1/nas': the database driver 'MySQLdb' is not installed; install it "
+     "(pip install mysqlclient) or name an installed driver in the URL, e.g. mysql+pymysql://"),
+    ("sqlite:///{tmp}/no/such/folder/study.db",
+     "search.storage='sqlite:///{tmp}/no/such/folder/study.db': the folder '{tmp}/no/such/folder' of the SQLite file "
+     "does not exist; create it or give another path (an absolute path needs four slashes: sqlite:////abs/path.db)"),
+    ("journal:{tmp}/afile/study.log",
+     "search.storage='journal:{tmp}/afile/study.log': the journal file cannot be written: '{tmp}/afile' is a file, "
+     "not a folder; give a path in a folder you can write to"),
+    ("study.db", "search.storage='study.db' is not a storage URL; allowed: sqlite:///PATH, "
+     "postgresql://USER@HOST:PORT/DB (any SQLAlchemy URL), or journal:PATH"),
+    ("nosuchdialect://x/y", "search.storage='nosuchdialect://x/y': no database dialect 'nosuchdialect' in SQLAlchemy; "
+     "allowed: sqlite:///PATH, postgresql://..., mysql://..., or journal:PATH"),
+])
+def test_storage_refused(env, url, expected):
+    (env["tmp"] / "afile").write_text("x")
+    tmp = str(env["tmp"])
+    assert refused(env, f"search.storage={url.format(tmp=tmp)}") == expected.format(tmp=tmp)
+
+
+def test_study_with_other_objectives(env):
+    import optuna
+
+    db = env["tmp"] / "study.db"
+    optuna.create_study(study_name="nas", storage=f"sqlite:///{db}", direction="maximize")
+    message = refused(env, f"search.storage=sqlite:///{db}")
+    assert message == ("search.study_name='nas' exists in this storage with 1 objectives; "
+                       "search.objectives=['accuracy', 'latency'] does not match it (use another study_name)")
+
+
+def test_postgres_database_missing(env):
+    from pg import postgres_url_or_skip
+
+    with postgres_url_or_skip() as url:
+        bad = url.rsplit("/", 1)[0] + "/nope"
+        message = refused(env, f"search.storage={bad}")
+    host_port = bad.split("@")[1].split("/")[0]
+    host, port = host_port.split(":")
+    assert message == (f"search.storage={bad!r}: cannot connect to the database at host {host}, port {port}: "
+                       f"connection to server at \"{host}\", port {port} failed: FATAL:  database \"nope\" does not exist")
+
+
 # ---- the command line: one line on stderr/stdout, non-zero exit, nothing started ------------------
 
 
@@ -154,16 +277,45 @@ CLI_CASES = {
     "model_garbage": (["model.name_or_path={tmp}/garbage"],
                       "error: model.name_or_path='{tmp}/garbage' cannot be read: It looks like the config file at "
                       "'{tmp}/garbage/config.json' is not a valid JSON file."),
+    # round two (issue 15)
+    "max_length": (["max_length=100000"],
+                   "error: max_length=100000 exceeds the 64 positions of the model ({model}); allowed: 2..64"),
+    "not_utf8": (["data.path={tmp}/latin1.csv"],
+                 "error: data.path='{tmp}/latin1.csv' is not valid utf-8: byte e9 at byte offset {offset} cannot be "
+                 "decoded; set data.encoding to the file's encoding (e.g. cp1252, latin-1, utf-16)"),
+    "db_unreachable": (["search.storage=postgresql://nas:S3cretPa55word@127.0.0.1:1/nas"],
+                       ["warning: search.storage has a password on the command line: it is masked (***) in the run "
+                        "folder and in the output, but shell history and the process list still show it; put the URL "
+                        "in the environment variable NAS_STORAGE_URL instead and leave search.storage unset (README: "
+                        "Scaling out)",
+                        "error: search.storage='postgresql://nas:***@127.0.0.1:1/nas': cannot connect to the database "
+                        "at host 127.0.0.1, port 1: connection to server at \"127.0.0.1\", port 1 failed: Connection "
+                        "refused; Is the server running on that host and accepting TCP/IP connections?"]),
+    "run_dir_under_a_file": (["hydra.run.dir={tmp}/afile/run"],
+                             "error: hydra.run.dir='{tmp}/afile/run' cannot be a folder: '{tmp}/afile' is a file; "
+                             "give a folder path"),
 }
 
 
 @pytest.fixture(scope="module")
 def cli_runs(tiny_env, tmp_path_factory):
-    """All command-line cases at once (each is a fresh interpreter: run them side by side)."""
+    """All command-line cases, four at a time (each is a fresh interpreter: run them side by side)."""
     results = {}
     procs = {}
+
+    def collect() -> None:
+        for name, (tmp, t0, proc) in procs.items():
+            out, err = proc.communicate(timeout=120)
+            results[name] = {"tmp": tmp, "rc": proc.returncode, "out": out, "err": err,
+                             "seconds": time.monotonic() - t0, "model": tiny_env["model"]}
+        procs.clear()
+
     for name, (overrides, _) in CLI_CASES.items():
+        if len(procs) == 4:
+            collect()
         tmp = tmp_path_factory.mktemp(name)
+        not_utf8_csv(tmp)
+        (tmp / "afile").write_text("x")
         (tmp / "garbage").mkdir()
         (tmp / "garbage" / "config.json").write_text("{not json")
         (tmp / "own" / "space").mkdir(parents=True)
@@ -174,19 +326,22 @@ def cli_runs(tiny_env, tmp_path_factory):
         args = cli_args(env, tmp / "run", *(o.format(tmp=tmp) for o in overrides), space=space)
         procs[name] = (tmp, time.monotonic(), subprocess.Popen(args, cwd=tmp, env=cli_env(), stdout=subprocess.PIPE,
                                                                stderr=subprocess.PIPE, text=True))
-    for name, (tmp, t0, proc) in procs.items():
-        out, err = proc.communicate(timeout=60)
-        results[name] = {"tmp": tmp, "rc": proc.returncode, "out": out, "err": err, "seconds": time.monotonic() - t0}
+    collect()
     return results
 
 
 @pytest.mark.parametrize("case", list(CLI_CASES))
 def test_cli_refuses_with_one_line(cli_runs, case):
     run = cli_runs[case]
-    expected = CLI_CASES[case][1].format(tmp=run["tmp"])
+    expected = CLI_CASES[case][1]
+    offset = not_utf8_csv(run["tmp"]).read_bytes().index(b"\xe9")
+    expected = [line.format(tmp=run["tmp"], model=run["model"], offset=offset)
+                for line in ([expected] if isinstance(expected, str) else expected)]
     text = run["out"] + run["err"]
     lines = [line for line in text.splitlines() if line.strip()]
     assert run["rc"] != 0, text
-    assert lines == [expected], text
+    assert sorted(lines) == sorted(expected), text  # a warning goes to stderr, the error to stdout
     assert "Traceback" not in text
     assert not (run["tmp"] / "cache" / "base").exists()
+    assert not list((run["tmp"] / "cache").glob("importance/*.pt"))
+    assert "S3cretPa55word" not in text
