@@ -15,7 +15,7 @@ trap 'rm -rf "$work"' EXIT
 
 mkdir -p "$work/src"
 git ls-files -z --cached --others --exclude-standard | tar --null -T - -cf - | tar -xf - -C "$work/src"
-"$base_py" -m venv "$work/venv"
+"$base_py" -m venv --without-pip "$work/venv"  # pip and setuptools come from .venv through the .pth below (a bundled older setuptools lacks bdist_wheel)
 py=$work/venv/bin/python
 "$base_py" -c 'import sysconfig; print(sysconfig.get_path("purelib"))' \
   > "$("$py" -c 'import sysconfig; print(sysconfig.get_path("purelib"))')/_nas_reuse_packages.pth"
