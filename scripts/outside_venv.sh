@@ -15,12 +15,21 @@ trap 'rm -rf "$work"' EXIT
 
 mkdir -p "$work/src"
 git ls-files -z --cached --others --exclude-standard | tar --null -T - -cf - | tar -xf - -C "$work/src"
-"$base_py" -m venv --without-pip "$work/venv"  # pip and setuptools come from .venv through the .pth below (a bundled older setuptools lacks bdist_wheel)
+# --without-pip: the venv's own (older) pip and setuptools would shadow the reused ones; the
+# project is installed by .venv's pip into it (pip --python), built with .venv's setuptools.
+"$base_py" -m venv --without-pip "$work/venv"
 py=$work/venv/bin/python
 "$base_py" -c 'import sysconfig; print(sysconfig.get_path("purelib"))' \
   > "$("$py" -c 'import sysconfig; print(sysconfig.get_path("purelib"))')/_nas_reuse_packages.pth"
-"$py" -m pip install -q --disable-pip-version-check --no-deps --no-build-isolation --no-index "$work/src" \
-  2>&1 | { grep -v "is ignored: it is neither" || true; }
+"$base_py" -m pip --python "$py" install -q --disable-pip-version-check --no-deps --no-build-isolation \
+  --no-index "$work/src" 2>&1 | { grep -v "is ignored: it is neither" || true; }
+"$py" - "$work/venv" <<'EOF'
+import importlib.metadata as md, json, sys
+dist = md.distribution("nas-prune")  # the first on sys.path: this venv's own site-packages
+direct = json.loads(dist.read_text("direct_url.json") or "{}")
+if not str(dist.locate_file("")).startswith(sys.argv[1]) or direct.get("dir_info", {}).get("editable"):
+    sys.exit(f"nas-prune is not installed non-editable into {sys.argv[1]}: {dist.locate_file('')} {direct}")
+EOF
 # console scripts of the reused packages, next to this venv's python (pip writes the same wrapper)
 "$py" - "$work/venv/bin" <<'EOF'
 import importlib.metadata as md, os, sys
