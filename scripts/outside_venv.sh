@@ -23,7 +23,8 @@ py=$work/venv/bin/python
   > "$("$py" -c 'import sysconfig; print(sysconfig.get_path("purelib"))')/_nas_reuse_packages.pth"
 "$base_py" -m pip --python "$py" install -q --disable-pip-version-check --no-deps --no-build-isolation \
   --no-index "$work/src" 2>&1 | { grep -v "is ignored: it is neither" || true; }
-"$py" - "$work/venv" <<'EOF'
+# run from $work: in the repository root the editable install's nas_prune.egg-info is found first
+(cd "$work" && "$py" - "$work/venv") <<'EOF'
 import importlib.metadata as md, json, sys
 dist = md.distribution("nas-prune")  # the first on sys.path: this venv's own site-packages
 direct = json.loads(dist.read_text("direct_url.json") or "{}")
