@@ -177,13 +177,6 @@ class InputSample:
     def __len__(self) -> int:
         return len(self.texts) if self.texts is not None else self.settings.sample_size
 
-    def lengths(self, cap: int) -> list[int]:
-        """Each input's token count at this cap (what the model really processes, before batch padding)."""
-        if self.texts is None:
-            return [int(cap)] * len(self)
-        enc = self.tokenizer(list(self.texts), truncation=True, max_length=int(cap))
-        return [len(ids) for ids in enc["input_ids"]]
-
     def batches(self, cap: int) -> list[dict[str, Any]]:
         import numpy as np
 
@@ -211,7 +204,8 @@ class InputSample:
         return self._cache[cap]
 
     def mean_tokens(self, cap: int) -> float:
-        return float(sum(self.lengths(cap)) / len(self))
+        """Real tokens per input at this cap (padding excluded), from the memoised batches."""
+        return float(sum(int(b["attention_mask"].sum()) for b in self.batches(cap)) / len(self))
 
 
 # ---------------------------------------------------------------------------- runtimes
