@@ -208,7 +208,7 @@ def _teacher_pass(base: nn.Module, arch: Any, parts: list[Any], batches: Sequenc
 
     def keep_target(key: Any):
         def hook(module: nn.Module, args: tuple[torch.Tensor, ...]) -> None:
-            targets.setdefault(key, []).append(_tokens(args[0], mask_box["mask"])[:, hidden].double())
+            targets.setdefault(key, []).append(_tokens(args[0], mask_box["mask"])[:, hidden].float())
         return hook
 
     def keep_mean(key: Any, per_token: bool):
@@ -279,7 +279,8 @@ def _accumulate(model: nn.Module, proj: nn.Linear, norm: nn.Module, batches: Ite
         raise _Stop
 
     weight = proj.weight.detach().double()  # (D, in)
-    bias = proj.bias.detach().double() if proj.bias is not None else torch.zeros(weight.shape[0], dtype=torch.float64)
+    weight32 = proj.weight.detach().float()
+    bias32 = proj.bias.detach().float() if proj.bias is not None else torch.zeros(weight.shape[0])
     k = groups.shape[0] if groups is not None else weight.shape[1]
     fit = SublayerFit.empty(k, weight.shape[0])
     wtw = weight.T @ weight if groups is None else None  # (F, F)
@@ -291,20 +292,22 @@ def _accumulate(model: nn.Module, proj: nn.Linear, norm: nn.Module, batches: Ite
             except _Stop:
                 pass
             mask = batch["attention_mask"]
-            x = _tokens(captured["x"], mask).double()  # (n, in)
-            out = x @ weight.T + bias
-            residual = _tokens(captured["sum"], mask).double() - out  # (n, D)
-            r = target - residual - bias  # what the units' contributions should add up to
+            # float32 products (the bulk of the work), float64 sums
+            x = _tokens(captured["x"], mask).float()  # (n, in)
+            out = x @ weight32.T + bias32
+            residual = _tokens(captured["sum"], mask).float() - out  # (n, D)
+            r = target.float() - residual - bias32  # what the units' contributions should add up to
             if groups is None:  # neurons: c_j(t) = a_j(t) W[:, j]
-                fit.gram += (x.T @ x) * wtw
-                fit.cross += (x * (r @ weight)).sum(0)
-                fit.csum += x.sum(0)[:, None] * weight.T
+                fit.gram += (x.T @ x).double() * wtw
+                fit.cross += (x * (r @ weight32)).sum(0).double()
+                fit.csum += x.sum(0).double()[:, None] * weight.T
             else:  # heads: c_h(t) = W[:, cols_h] x_h(t)
                 xs = x[:, groups]  # (n, H, size)
-                c = torch.einsum("nhs,dhs->nhd", xs, weight[:, groups])  # (n, H, D)
-                fit.gram += torch.einsum("nhd,ngd->hg", c, c)
-                fit.cross += torch.einsum("nhd,nd->h", c, r)
-                fit.csum += c.sum(0)
+                c = torch.einsum("nhs,dhs->nhd", xs, weight32[:, groups])  # (n, H, D)
+                fit.gram += torch.einsum("nhd,ngd->hg", c, c).double()
+                fit.cross += torch.einsum("nhd,nd->h", c, r).double()
+                fit.csum += c.sum(0).double()
+            r = r.double()
             fit.rsum += r.sum(0)
             fit.rr += float((r * r).sum())
             fit.n += x.shape[0]
