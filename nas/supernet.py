@@ -442,9 +442,6 @@ def train_supernet(
         sched.load_state_dict(state["scheduler"])
         start, history = int(state["step"]), list(state["history"])
         log.info("supernet: resuming from step %d of %d (%s)", start, settings.steps, ckpt)
-    # Training reaches every shape through the largest: the full-width weights' frame is fixed.
-    for rec in (largest_spec(space, shape, scores), smallest_spec(space, shape, scores)):
-        rec.validate(shape)
     t_start = time.perf_counter()
     model.train()
     for step in range(start, settings.steps):

@@ -150,6 +150,30 @@ def test_every_sampled_shape_slices_to_the_closed_form_model_and_matches_the_ela
             assert n1 == n2 and torch.equal(p1, p2)
 
 
+@pytest.mark.parametrize("family", ["bert", "roberta", "distilbert"])
+def test_elastic_forward_equals_the_physical_slice_in_every_family(family, tiny_bert, tiny_roberta, tiny_distilbert,
+                                                                   padded_batch):
+    base = {"bert": tiny_bert, "roberta": tiny_roberta, "distilbert": tiny_distilbert}[family](layers=3)
+    shape = BaseShape.from_config(base.config)
+    g = torch.Generator().manual_seed(5)
+    scores = ImportanceScores(
+        layers=torch.rand(shape.num_layers, generator=g), heads=torch.rand(shape.num_layers, shape.num_heads, generator=g),
+        ffn=torch.rand(shape.num_layers, shape.ffn_size, generator=g), hidden=torch.rand(shape.hidden_size, generator=g),
+        method="random")
+    net = Supernet(base, scores)
+    b = padded_batch(pad_id=base.config.pad_token_id, length=9)
+    rng = random.Random(family)
+    specs = [SubnetSpec.full(shape)] + [
+        SubnetSpec(layers=scores.top_layers(n), heads=tuple(rng.randint(1, shape.num_heads) for _ in range(n)),
+                   ffn=tuple(rng.randint(1, shape.ffn_size) for _ in range(n)), hidden=rng.randint(4, shape.hidden_size),
+                   context=rng.choice([9, 16, shape.max_positions]))
+        for n in (1, 2, 3, 2)]
+    with torch.no_grad():
+        for spec in specs:
+            torch.testing.assert_close(net.forward(spec, b), net.slice(spec)(**b).logits, atol=1e-5, rtol=0,
+                                       msg=spec.describe())
+
+
 def test_elastic_forward_is_differentiable_into_the_full_width_weights():
     base, scores = tiny_bert(), random_scores()
     net = Supernet(base, scores)
