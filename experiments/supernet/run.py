@@ -125,11 +125,15 @@ def report() -> None:
             rows = list(csv.DictReader(fh))
         if len(rows) < 2:
             continue
+        meta_path = path.with_suffix(".json")
+        meta = json.loads(meta_path.read_text()) if meta_path.is_file() else {}
         final = [float(r["final"]) for r in rows]
-        taus = [kendall_tau([float(r[e]) for r in rows], final) for e in ESTIMATORS]
+        # a probe without final training has no target to rank against
+        taus = ([kendall_tau([float(r[e]) for r in rows], final) for e in ESTIMATORS]
+                if meta.get("final_steps", 1) > 0 else [float("nan")] * len(ESTIMATORS))
         secs = [sum(float(r[f"{e}_s"]) for r in rows) / len(rows) for e in ESTIMATORS]
-        lines.append(f"| {path.stem} | {len(rows)} | " + " | ".join(f"{t:.3f}" for t in taus) + " | " +
-                     " | ".join(f"{s:.1f}" for s in secs) + " |")
+        lines.append(f"| {path.stem} | {len(rows)} | " + " | ".join("-" if t != t else f"{t:.3f}" for t in taus)
+                     + " | " + " | ".join(f"{s:.1f}" for s in secs) + " |")
     (HERE / "results.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
 
