@@ -85,7 +85,7 @@ def check_model_and_length(cfg: Any) -> Any:
 def check_pipeline_settings(cfg: Any) -> None:
     """importance.* and base.*: used only after the data is loaded, checked now."""
     from nas.importance import METHODS
-    from nas.pipeline import base_train_settings
+    from nas.pipeline import base_recipe, base_train_settings
 
     method = _get(cfg, "importance.method", "fisher")
     if method not in METHODS:
@@ -95,6 +95,7 @@ def check_pipeline_settings(cfg: Any) -> None:
     _int_setting(cfg, "base.batch_size", 32, low=1)
     _int_setting(cfg, "base.max_steps", 150, low=0)
     base_train_settings(cfg)  # base.lr and the train.* it inherits
+    base_recipe(cfg)  # base.max_epochs, eval_every, patience
 
 
 def preflight(cfg: Any, run_dir: str | Path, *, settings: Any = None) -> Any:

@@ -52,6 +52,11 @@ def choose(front: Any, *, pick: str = "knee", trial: int | None = None, max_late
     if pick not in PICKS:
         raise ValueError(f"pick={pick!r} is not known; allowed: {', '.join(PICKS)}")
     members = front[~front["is_base"].fillna(False).astype(bool)]
+    acc = "val_accuracy"
+    if pick != "trial" and "final_val_accuracy" in members and members["final_val_accuracy"].notna().any():
+        # the final stage trained some members longer: the choice is among those, on their final accuracy
+        members = members[members["final_val_accuracy"].notna()].assign(val_accuracy=members["final_val_accuracy"])
+        acc = "final_val_accuracy"
     if pick == "trial":
         if trial is None:
             raise ValueError("pick=trial needs trial=N (a trial number)")
@@ -80,7 +85,7 @@ def choose(front: Any, *, pick: str = "knee", trial: int | None = None, max_late
             gap = gap + (min_accuracy - members["val_accuracy"]).clip(lower=0)
         closest = members.assign(gap=gap).sort_values(["gap", "latency_ms"]).head(3)
         names = "; ".join(
-            f"trial {int(r['number'])} (val_accuracy {r['val_accuracy']:.4f}, latency_ms {r['latency_ms']:.4g})"
+            f"trial {int(r['number'])} ({acc} {r['val_accuracy']:.4f}, latency_ms {r['latency_ms']:.4g})"
             for _, r in closest.iterrows()
         )
         budgets = " and ".join(f"{k}={v:g}" for k, v in (("max_latency_ms", max_latency_ms),
@@ -366,15 +371,22 @@ def run_storage_url(cfg: Any, run_dir: Path) -> str:
     return f"sqlite:///{local.resolve()}"
 
 
+def trial_weights(run_dir: Path, number: int) -> Path:
+    """A trial's weights: the final stage's when it trained this trial, else the trial's own."""
+    final = run_dir / "models" / f"final_{number}.safetensors"
+    return final if final.is_file() else run_dir / "models" / f"trial_{number}.safetensors"
+
+
 def rebuild_trial_model(cfg: Any, run_dir: Path, number: int, spec: Any, num_labels: int, label_names: Any) -> Any:
-    """The pruned, fine-tuned model of a trial: base architecture cut to `spec`, trial weights loaded.
-    Which units were kept does not matter here: the saved weights replace them all."""
+    """The pruned, fine-tuned model of a trial: base architecture cut to `spec`, its weights loaded
+    (the final stage's when they exist). Which units were kept does not matter here: the saved
+    weights replace them all."""
     from safetensors.torch import load_file
 
     from nas.models import load_base_model
     from nas.prune import prune_model
 
-    path = run_dir / "models" / f"trial_{number}.safetensors"
+    path = trial_weights(run_dir, number)
     if not path.is_file():
         raise ValueError(f"trial {number}'s weights are not in {path.parent} (only Pareto members keep weights)")
     base = load_base_model(cfg.model.name_or_path, num_labels=num_labels, label_names=label_names)
@@ -413,7 +425,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             console.print(f"trial {int(row['number'])} repeats the shape of trial {int(repeat_of)}: exporting that one",
                           highlight=False)
             row = pick_row(study, {**args, "pick": "trial", "trial": int(repeat_of)})
-        weights = run_dir / "models" / f"trial_{int(row['number'])}.safetensors"
+        weights = trial_weights(run_dir, int(row["number"]))
         if not weights.is_file():
             raise ValueError(f"trial {int(row['number'])}'s weights are not in {weights.parent} "
                              "(only Pareto members keep weights)")
@@ -443,10 +455,15 @@ def _export(console: Any, args: Mapping[str, Any], run_dir: Path, cfg: Any, stud
     out = Path(args.get("out") or run_dir / "export" / f"trial_{number}").resolve()
     metrics = {k: row[k] for k in ("val_accuracy", "test_accuracy", "params", "flops", "size_mb")
                if k in row and row[k] == row[k] and row[k] is not None}
+    final = trial_weights(run_dir, number).name.startswith("final_")
+    if final:  # the final stage's weights and accuracies
+        metrics.update(val_accuracy=row["final_val_accuracy"], test_accuracy=row["final_test_accuracy"],
+                       trial_val_accuracy=trial.user_attrs.get("val_accuracy"), final_steps=row["final_steps"])
     source = {"model": cfg.model.name_or_path or "embedded:all-MiniLM-L6-v2", "trial": number,
               "space": study.user_attrs.get("space"), "run_dir": str(run_dir), "pick": args["pick"],
               "cfg": OmegaConf.to_container(cfg, resolve=False)}
-    console.print(f"exporting trial {number} ({spec.describe()}) by pick={args['pick']} to {out}", highlight=False)
+    console.print(f"exporting trial {number} ({spec.describe()}) by pick={args['pick']} to {out}"
+                  + (" (final-trained weights)" if final else ""), highlight=False)
 
     # Latency of the export vs the base: paired rounds in this process, on the task's inputs, in
     # each runtime (the base's weights do not change its speed, so the pretrained one stands in).

@@ -50,12 +50,19 @@ def run_final(cfg: Any, arch_path: str | Path, out_dir: str | Path, *, overrides
     from nas.pipeline import prepare
     from nas.prune import prune_model
     from nas.spec import SubnetSpec
-    from nas.train import TrainSettings, accuracy, finetune
+    from nas.train import accuracy, finetune
 
     arch_file = load_arch(arch_path)
     spec = SubnetSpec.from_dict(arch_file["arch"])
     cfg = merged_config(cfg, arch_file, overrides)
-    settings = TrainSettings.from_cfg(cfg.train, max_steps=int(cfg.final.max_steps), lr=float(cfg.final.lr))
+    from omegaconf import OmegaConf
+
+    from nas.recovery import RecoverySettings, calibration_batches, recover
+    from nas.search import final_train_settings
+
+    container = OmegaConf.to_container(cfg, resolve=True)
+    settings = final_train_settings(container)
+    recovery = RecoverySettings.from_cfg(container.get("prune"))
     from nas.checks import preflight
 
     preflight(cfg, out_dir)  # settings, files, max_length, output folder: before the base is loaded
@@ -63,10 +70,19 @@ def run_final(cfg: Any, arch_path: str | Path, out_dir: str | Path, *, overrides
     prep = prepare(cfg)
     spec.validate(prep.shape)
     model = prune_model(prep.base, spec, prep.scores)
-    console.print(f"final training of {spec.describe()}: {settings.max_steps} steps", highlight=False)
+    if recovery.active:
+        recover(model, prep.base, spec, prep.scores, calibration_batches(prep, spec.context, recovery), recovery)
+    console.print(f"final training of {spec.describe()}: {settings.max_steps} steps (prune.recovery {recovery.method}, "
+                  f"distill {settings.distill})", highlight=False)
     loader = prep.loader("train", spec.context, batch_size=settings.batch_size, shuffle=True, seed=settings.seed)
-    teacher = prep.base if settings.distill_weight > 0 else None
-    result = finetune(model, loader, settings, teacher=teacher)
+    teacher = prep.base if settings.distill_weight > 0 or settings.distill == "hidden" else None
+    hidden_map = None
+    if settings.distill == "hidden":
+        from nas.prune import kept_units
+        from nas.train import HiddenMap
+
+        hidden_map = HiddenMap(layers=tuple(spec.layers), channels=kept_units(prep.shape, spec, prep.scores).hidden)
+    result = finetune(model, loader, settings, teacher=teacher, hidden_map=hidden_map)
     ev = int(settings.eval_batch_size)
     metrics: dict[str, Any] = {
         "val_accuracy": accuracy(model, prep.loader("validation", spec.context, batch_size=ev, shuffle=False)),
@@ -83,7 +99,6 @@ def run_final(cfg: Any, arch_path: str | Path, out_dir: str | Path, *, overrides
     metrics["base_test_accuracy"] = prep.base_info["test_accuracy"]
     metrics["final_steps"] = settings.max_steps
     metrics["train_seconds"] = result["seconds"]
-    from omegaconf import OmegaConf
 
     source = {**(arch_file.get("source") or {}), "final_training": True,
               "cfg": OmegaConf.to_container(cfg, resolve=False)}

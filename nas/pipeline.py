@@ -73,12 +73,20 @@ class Prepared:
                            seed=seed, group_by_length=shuffle)
 
 
+def base_recipe(cfg: Any) -> Any:
+    from nas.train import BaseRecipe
+
+    node = cfg_get(cfg, "base", {})
+    return BaseRecipe.from_cfg({k: node[k] for k in ("max_epochs", "max_steps", "eval_every", "patience") if k in node})
+
+
 def base_train_settings(cfg: Any) -> Any:
+    """The base's optimiser settings (its length is base_recipe's: epochs, early stopping)."""
     from nas.train import TrainSettings
 
     return TrainSettings.from_cfg(
         cfg_get(cfg, "train", {}),
-        max_steps=int(cfg_get(cfg, "base.max_steps", 150)),
+        max_steps=0,  # set from the recipe once the training split's size is known
         lr=float(cfg_get(cfg, "base.lr", 5e-5)),
         batch_size=int(cfg_get(cfg, "base.batch_size", 32)),
         distill_weight=0.0,
@@ -119,12 +127,13 @@ def prepare(cfg: Any, *, importance_method: str | None = None) -> Prepared:
     timings["data"] = time.perf_counter() - t0
 
     settings = base_train_settings(cfg)
+    recipe = base_recipe(cfg)
     max_length = int(cfg_get(cfg, "max_length", 128))
     key_parts = {"model": model_fingerprint(model_name), "data": task.fingerprint}
     t0 = time.perf_counter()
     base, tokenizer, info = finetune_base_cached(
         model_name=model_name, task=task, settings=settings, max_length=max_length,
-        cache_dir=cache_dir, key_parts=key_parts,
+        cache_dir=cache_dir, key_parts=key_parts, recipe=recipe,
     )
     timings["base_finetune"] = time.perf_counter() - t0
     shape = BaseShape.from_config(base.config)
@@ -144,7 +153,7 @@ def prepare(cfg: Any, *, importance_method: str | None = None) -> Prepared:
         lambda: prepared.loader("train", max_length, batch_size=imp_batch, shuffle=True, seed=seed),
         method=method,
         cache_dir=cache_dir,
-        key_parts={**key_parts, "base_steps": settings.max_steps, "base_lr": settings.lr, "seed": seed,
+        key_parts={**key_parts, "base_steps": info.get("steps", settings.max_steps), "base_recipe": repr(recipe), "base_lr": settings.lr, "seed": seed,
                    "batch_size": imp_batch, "max_length": max_length},
         max_batches=int(cfg_get(cfg, "importance.max_batches", 16)),
     )

@@ -14,6 +14,7 @@ Every axis slices real weight matrices (no masks) and updates the config in the 
 from __future__ import annotations
 
 import copy
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import torch
@@ -79,6 +80,25 @@ def head_rows(head_idx: torch.Tensor, head_size: int) -> torch.Tensor:
     return (head_idx[:, None] * head_size + offsets[None, :]).reshape(-1)  # (heads,) x (size,) -> (heads*size,)
 
 
+@dataclass(frozen=True)
+class Kept:
+    """Which units of the base a spec keeps: hidden channels, and per kept layer its heads and
+    FFN neurons (indices into the base's layer `spec.layers[i]`), each ascending."""
+
+    hidden: torch.Tensor
+    heads: tuple[torch.Tensor, ...]
+    ffn: tuple[torch.Tensor, ...]
+
+
+def kept_units(shape: BaseShape, spec: SubnetSpec, scores: ImportanceScores | None = None) -> Kept:
+    """The units prune_model keeps for `spec`: the top-k by importance (first k when `scores` is None)."""
+    return Kept(
+        hidden=_select(scores, "hidden", None, spec.hidden, shape.hidden_size),
+        heads=tuple(_select(scores, "heads", b, h, shape.num_heads) for b, h in zip(spec.layers, spec.heads, strict=True)),
+        ffn=tuple(_select(scores, "ffn", b, f, shape.ffn_size) for b, f in zip(spec.layers, spec.ffn, strict=True)),
+    )
+
+
 def prune_model(base: nn.Module, spec: SubnetSpec, scores: ImportanceScores | None = None) -> nn.Module:
     """Return a new model cut down to `spec`, keeping the most important structures.
 
@@ -90,14 +110,13 @@ def prune_model(base: nn.Module, spec: SubnetSpec, scores: ImportanceScores | No
     if scores is not None:
         scores.check_fits(shape)
     model = copy.deepcopy(base)
-    hidden_idx = _select(scores, "hidden", None, spec.hidden, shape.hidden_size)
+    kept = kept_units(shape, spec, scores)
+    hidden_idx = kept.hidden
 
     _prune_depth(model, arch, spec)
-    for new_pos, (base_layer, heads, ffn) in enumerate(zip(spec.layers, spec.heads, spec.ffn, strict=True)):
+    for new_pos, (heads, head_idx, ffn_idx) in enumerate(zip(spec.heads, kept.heads, kept.ffn, strict=True)):
         layer = arch.layers(model)[new_pos]
         parts = arch.layer_parts(layer)
-        head_idx = _select(scores, "heads", base_layer, heads, shape.num_heads)
-        ffn_idx = _select(scores, "ffn", base_layer, ffn, shape.ffn_size)
         rows = head_rows(head_idx, shape.head_size)
         for lin in (parts.q, parts.k, parts.v):
             shrink_linear(lin, out_idx=rows, in_idx=hidden_idx)

@@ -19,6 +19,8 @@ METRIC_COLUMNS = [
     "val_accuracy", "test_accuracy", "latency_ms", "latency_p90_ms", "base_latency_ms", "speedup", "speedup_p10",
     "speedup_p90", "latency_ratio", "mean_tokens", "params", "flops", "size_mb",
 ]
+# The final stage (search.final_k): the chosen front members trained longer, from their trial weights.
+FINAL_COLUMNS = ["final_val_accuracy", "final_test_accuracy", "final_steps"]
 # The latency objective is the paired ratio to the base (see nas.search.OBJECTIVE_ATTR).
 COST_COLUMN = {"latency": "latency_ratio", "params": "params", "flops": "flops", "size": "size_mb"}
 
@@ -37,6 +39,7 @@ def trials_frame(study: Any) -> pd.DataFrame:
     """One row per trial: number, state, shape, metrics, timings, failure reason."""
     rows = []
     test = {int(k): v for k, v in (study.user_attrs.get("test_accuracy") or {}).items()}
+    final = {int(k): v for k, v in (study.user_attrs.get("final") or {}).items()}
     for t in study.get_trials(deepcopy=False):
         attrs = t.user_attrs
         row: dict[str, Any] = {"number": t.number, "state": t.state.name}
@@ -44,6 +47,9 @@ def trials_frame(study: Any) -> pd.DataFrame:
             row[key] = attrs.get(key)
         if row["test_accuracy"] is None:
             row["test_accuracy"] = test.get(t.number, test.get(attrs.get("repeat_of")))
+        done = final.get(t.number)
+        for key in FINAL_COLUMNS:
+            row[key] = done.get(key.removeprefix("final_")) if done else None
         row["repeat_of"] = attrs.get("repeat_of")
         row["infeasible"] = bool(attrs.get("infeasible", False))
         for key, value in attrs.items():
@@ -52,7 +58,7 @@ def trials_frame(study: Any) -> pd.DataFrame:
         row["fail_reason"] = attrs.get("fail_reason") or t.system_attrs.get("fail_reason")
         row["duration_s"] = t.duration.total_seconds() if t.duration is not None else None
         rows.append(row)
-    columns = ["number", "state", *SHAPE_COLUMNS, *METRIC_COLUMNS, "infeasible"]
+    columns = ["number", "state", *SHAPE_COLUMNS, *METRIC_COLUMNS, *FINAL_COLUMNS, "infeasible"]
     frame = pd.DataFrame(rows)
     if frame.empty:
         return pd.DataFrame(columns=columns)
@@ -84,6 +90,28 @@ def _has_complete(study: Any) -> bool:
     from optuna.trial import TrialState
 
     return any(t.state == TrialState.COMPLETE for t in study.get_trials(deepcopy=False))
+
+
+def final_trained(front: pd.DataFrame) -> pd.DataFrame:
+    """The front members the final stage trained (none: an empty frame)."""
+    if "final_val_accuracy" not in front:
+        return front.iloc[0:0]
+    is_base = front.get("is_base", pd.Series(False, index=front.index)).fillna(False).astype(bool)
+    return front[~is_base & front["final_val_accuracy"].notna()]
+
+
+def choose_final(front: pd.DataFrame, k: int) -> list[int]:
+    """Trial numbers of the k front members the final stage trains: the front's members ranked by
+    validation accuracy, taken at evenly spaced ranks from the most accurate (k=3 of 9: ranks 0, 3, 6),
+    so the chosen ones spread over the trade-off instead of bunching at the slow end, and the
+    least accurate tail (usually far below the base) is left out."""
+    is_base = front.get("is_base", pd.Series(False, index=front.index)).fillna(False).astype(bool)
+    members = front[~is_base].dropna(subset=["val_accuracy"]).sort_values("val_accuracy", ascending=False)
+    n = len(members)
+    if k <= 0 or n == 0:
+        return []
+    ranks = sorted({(i * n) // min(k, n) for i in range(min(k, n))})
+    return [int(members.iloc[r]["number"]) for r in ranks]
 
 
 def knee_index(front: pd.DataFrame, *, acc: str = "val_accuracy", cost: str = "latency_ms") -> int | None:
@@ -193,16 +221,18 @@ def write_reports(study: Any, run_dir: str | Path, *, base: Mapping[str, Any], o
     front = pareto_frame(study, base, cost=cost)
     atomic_write_csv(run_dir / "trials.csv", trials)
     atomic_write_csv(run_dir / "pareto.csv", front)
-    knee = knee_index(front, cost=cost)
+    finals = final_trained(front)
+    knee = knee_index(finals, acc="final_val_accuracy", cost=cost) if not finals.empty else knee_index(front, cost=cost)
     plot_pareto_png(trials, front, run_dir / "pareto.png", cost=cost, knee=knee)
     plot_pareto_html(trials, front, run_dir / "pareto.html", cost=cost)
     best = None
     if knee is not None:
         row = front.loc[knee]
         trial = study.trials[int(row["number"])]
-        metrics = {k: _plain(row[k]) for k in METRIC_COLUMNS if k in row and pd.notna(row[k])}
+        metrics = {k: _plain(row[k]) for k in METRIC_COLUMNS + FINAL_COLUMNS if k in row and pd.notna(row[k])}
         best = {
             "trial": int(row["number"]),
+            "weights": f"models/{'final' if not finals.empty else 'trial'}_{int(row['number'])}.safetensors",
             "spec": trial.user_attrs["spec"],
             "shape": row["shape"],
             "metrics": metrics,

@@ -52,6 +52,8 @@ class SearchSettings:
     heartbeat_interval: int = 10
     grace_period: int = 30
     stale_timeout: int = 3600
+    estimator: str = "finetune"
+    final_k: int = 0
 
     @classmethod
     def from_cfg(cls, cfg: Mapping[str, Any]) -> SearchSettings:
@@ -69,6 +71,8 @@ class SearchSettings:
             heartbeat_interval=int(cfg.get("heartbeat_interval", 10) or 0),
             grace_period=int(cfg.get("grace_period", 30) or 0),
             stale_timeout=int(cfg.get("stale_timeout", 3600)),
+            estimator=str(cfg.get("estimator", "finetune")),
+            final_k=cfg.get("final_k", 0),
         )
         settings.validate()
         return settings
@@ -96,12 +100,29 @@ class SearchSettings:
             )
         if self.max_consecutive_failures < 1:
             raise ValueError(f"search.max_consecutive_failures={self.max_consecutive_failures} must be >= 1")
+        from nas.evaluate import ESTIMATORS
+
+        if self.estimator not in ESTIMATORS:
+            raise ValueError(f"search.estimator={self.estimator!r} is not known; allowed: {', '.join(ESTIMATORS)}")
+        if isinstance(self.final_k, bool) or not isinstance(self.final_k, int) or self.final_k < 0:
+            raise ValueError(f"search.final_k={self.final_k!r} must be an integer >= 0 (0: no final training)")
         if self.stale_timeout < 1:
             raise ValueError(f"search.stale_timeout={self.stale_timeout} must be >= 1 (seconds)")
 
     @property
     def directions(self) -> list[str]:
         return ["maximize"] + ["minimize"] * (len(self.objectives) - 1)
+
+
+def final_train_settings(cfg: Mapping[str, Any]) -> Any:
+    """The final recipe (final.*) for the front's top-K: the trial's train.* settings, longer."""
+    from nas.train import TrainSettings
+
+    final = dict(cfg.get("final") or {})
+    overrides = {"max_steps": int(final.get("max_steps", 400)), "lr": float(final.get("lr", 1e-4))}
+    if final.get("distill") is not None:
+        overrides["distill"] = str(final["distill"])
+    return TrainSettings.from_cfg(cfg.get("train") or {}, **overrides)
 
 
 def make_sampler(settings: SearchSettings) -> Any:
@@ -152,6 +173,11 @@ class Search:
         self.settings = SearchSettings.from_cfg(container.get("search", {}))
         self.train_settings = TrainSettings.from_cfg(container.get("train", {}))
         self.latency = LatencySettings.from_cfg(container.get("latency"))
+        from nas.recovery import RecoverySettings
+
+        self.recovery = RecoverySettings.from_cfg(container.get("prune"))
+        self.final_settings = final_train_settings(container)
+        self.evaluator: Any = None  # nas.evaluate.Evaluator, built once the base is ready
         self.max_length = int(container.get("max_length", 128))
         self.console = console
         self.clock = PhaseClock()
@@ -204,6 +230,11 @@ class Search:
         from nas.latency import PairedTimer
 
         self.timer = PairedTimer.for_prepared(self.prep, self.latency, max_length=self.max_length)
+        from nas.evaluate import Evaluator
+
+        self.evaluator = Evaluator(prep=self.prep, timer=self.timer, train=self.train_settings, recovery=self.recovery,
+                                   estimator=self.settings.estimator, max_latency_ms=self.settings.max_latency_ms,
+                                   clock=self.clock.add, teacher_cache=self.teacher_cache)
         self.base_metrics = self._base_metrics()
         self._say(
             f"base {self.prep.shape.num_layers}L/{self.prep.shape.num_heads}H/{self.prep.shape.ffn_size}F/"
@@ -252,59 +283,21 @@ class Search:
 
     # -- one trial ------------------------------------------------------------------------
     def objective(self, trial: Any) -> Sequence[float]:
+        """Sample a shape, hand it to the evaluator (nas.evaluate), keep its weights, return the objectives."""
         import optuna
 
-        from nas.latency import model_size
-        from nas.prune import prune_model
-        from nas.train import accuracy, finetune
+        from nas.evaluate import Infeasible
 
-        prep = self.prep
-        spec = self.space.suggest(trial, prep.shape, prep.scores)
+        spec = self.space.suggest(trial, self.prep.shape, self.prep.scores)
         for key, value in {**shape_attrs(spec), "spec": spec.to_dict()}.items():
             trial.set_user_attr(key, value)
         original = tried_before(trial.study, spec, exclude=trial.number)
         if original is not None:
             return self._repeat(trial, original)
-
-        t0 = time.perf_counter()
-        model = prune_model(prep.base, spec, prep.scores)
-        trial.set_user_attr("seconds_prune", time.perf_counter() - t0)
-        self.clock.add("pruning", time.perf_counter() - t0)
-
-        t0 = time.perf_counter()
-        lat = self.timer.measure(model, context=spec.context, name=f"trial_{trial.number}")
-        metrics = {
-            **lat,
-            "flops": self.timer.flops(model, context=spec.context),
-            **model_size(model),
-        }
-        trial.set_user_attr("seconds_latency", time.perf_counter() - t0)
-        self.clock.add("latency", time.perf_counter() - t0)
-        for key, value in metrics.items():
-            trial.set_user_attr(key, value)
-        if self.settings.max_latency_ms is not None and lat["latency_ms"] > self.settings.max_latency_ms:
-            trial.set_user_attr("infeasible", True)
-            trial.set_user_attr(
-                "fail_reason", f"latency {lat['latency_ms']:.2f} ms > search.max_latency_ms={self.settings.max_latency_ms}"
-            )
-            raise optuna.TrialPruned(trial.user_attrs["fail_reason"])
-
-        t0 = time.perf_counter()
-        loader = prep.loader("train", spec.context, batch_size=self.train_settings.batch_size, shuffle=True,
-                             seed=self.train_settings.seed)
-        teacher = prep.base if self.train_settings.distill_weight > 0 else None
-        result = finetune(model, loader, self.train_settings, teacher=teacher, teacher_cache=self.teacher_cache)
-        trial.set_user_attr("seconds_finetune", time.perf_counter() - t0)
-        self.clock.add("fine-tuning", time.perf_counter() - t0)
-        if result["losses"]:
-            trial.set_user_attr("final_loss", float(sum(result["losses"][-5:]) / len(result["losses"][-5:])))
-
-        t0 = time.perf_counter()
-        val = prep.loader("validation", spec.context, batch_size=self.train_settings.eval_batch_size, shuffle=False)
-        acc = accuracy(model, val)
-        trial.set_user_attr("val_accuracy", acc)
-        trial.set_user_attr("seconds_eval", time.perf_counter() - t0)
-        self.clock.add("evaluation", time.perf_counter() - t0)
+        try:
+            model = self.evaluator.evaluate(spec, record=trial.set_user_attr, name=f"trial_{trial.number}")
+        except Infeasible as e:
+            raise optuna.TrialPruned(str(e)) from None
         self._save_model(trial.number, model)
         del model
         attrs = {**trial.user_attrs}
@@ -328,10 +321,10 @@ class Search:
     def model_path(self, number: int) -> Path:
         return self.run_dir / "models" / f"trial_{number}.safetensors"
 
-    def _save_model(self, number: int, model: Any) -> None:
+    def _save_model(self, number: int, model: Any, *, path: Path | None = None) -> None:
         from safetensors.torch import save_file
 
-        path = self.model_path(number)
+        path = path or self.model_path(number)
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_name(path.name + ".tmp")
         save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(tmp))
@@ -469,8 +462,54 @@ class Search:
                 f"stopped after {self._consecutive_failures} consecutive failed trials; last error: {self.last_error}"
             )
         self._drop_dominated_models(study)  # the front as it ends, other workers' last trials included
+        self.final_stage(study)
         self.evaluate_front_on_test(study)
         return study
+
+    # -- after the trials: the final stage ---------------------------------------------------------
+    def final_path(self, number: int) -> Path:
+        return self.run_dir / "models" / f"final_{number}.safetensors"
+
+    def final_stage(self, study: Any) -> None:
+        """Train the search.final_k chosen front members longer (final.*), from their trial weights,
+        and evaluate them on validation and test. Resumable: members already done are skipped."""
+        from nas.report import choose_final, cost_column, pareto_frame
+        from nas.spec import SubnetSpec
+
+        chosen = choose_final(pareto_frame(study, None, cost=cost_column(self.settings.objectives)),
+                              self.settings.final_k)
+        if not chosen:
+            return
+        done = {int(n) for n in (study.user_attrs.get("final") or {})}
+        todo = [n for n in chosen if n not in done or not self.final_path(n).is_file()]
+        fs = self.final_settings
+        self._say(f"final stage: trials {', '.join(map(str, chosen))} trained {fs.max_steps} more steps "
+                  f"(lr {fs.lr:g}, distill {fs.distill}, weight {fs.distill_weight:g}); "
+                  f"{len(todo)} to train" + (f", {len(chosen) - len(todo)} done before" if len(todo) < len(chosen) else ""))
+        for number in todo:
+            trial = study.trials[number]
+            if not self.model_path(number).is_file():
+                self._say(f"final stage: trial {number}'s weights are not in this run folder (another worker's); skipped")
+                continue
+            spec = SubnetSpec.from_dict(trial.user_attrs["spec"])
+            model = self.load_trial_model(trial)
+            t0 = time.perf_counter()
+            self.evaluator.fit(model, spec, fs)
+            seconds = time.perf_counter() - t0
+            self.clock.add("final training", seconds)
+            t0 = time.perf_counter()
+            result = {"val_accuracy": self.evaluator.accuracy(model, spec, "validation"),
+                      "test_accuracy": self.evaluator.accuracy(model, spec, "test"), "steps": fs.max_steps,
+                      "seconds": round(seconds, 1)}
+            self.clock.add("evaluation", time.perf_counter() - t0)
+            self._save_model(number, model, path=self.final_path(number))
+            latest = dict(study.user_attrs.get("final") or {})  # other workers may have added theirs
+            latest[str(number)] = result
+            study.set_user_attr("final", latest)
+            a = trial.user_attrs
+            self._say(f"final    {number:3d} {a['shape']:28s} val acc {a['val_accuracy']:.4f} -> {result['val_accuracy']:.4f}"
+                      f"  test acc {result['test_accuracy']:.4f}  speedup {a['speedup']:.2f}x  ({seconds:.0f}s)")
+            self.write(study)
 
     def _recover(self, study: Any) -> None:
         """Fail and queue again the trials that dead workers left RUNNING (nas.storage)."""
@@ -605,16 +644,23 @@ def front_table(front: Any, console: Any) -> None:
     import pandas as pd
     from rich.table import Table
 
-    table = Table(title="Pareto front (validation; test for members); latency per input, speedup vs the base "
-                        "timed in alternating rounds (p10-p90 of the rounds)")
-    for col in ("trial", "shape", "val acc", "test acc", "latency ms", "speedup", "p10-p90", "params M"):
+    table = Table(title="Pareto front (validation; test for members; final: after the final stage's training); "
+                        "latency per input, speedup vs the base timed in alternating rounds (p10-p90 of the rounds)")
+    final = "final_val_accuracy" in front and front["final_val_accuracy"].notna().any()
+    cols = ["trial", "shape", "val acc", "test acc"] + (["final val", "final test"] if final else [])
+    for col in cols + ["latency ms", "speedup", "p10-p90", "params M"]:
         table.add_column(col, justify="right" if col != "shape" else "left")
+
+    def num(value: Any) -> str:
+        return "" if value is None or value != value else f"{value:.4f}"
+
     for _, row in front.iterrows():
         table.add_row(
             "base" if row.get("is_base") else str(int(row["number"])),
             str(row["shape"]),
             f"{row['val_accuracy']:.4f}",
-            "" if row.get("test_accuracy") is None or row["test_accuracy"] != row["test_accuracy"] else f"{row['test_accuracy']:.4f}",
+            num(row.get("test_accuracy")),
+            *([num(row.get("final_val_accuracy")), num(row.get("final_test_accuracy"))] if final else []),
             f"{row['latency_ms']:.2f}",
             f"{row['speedup']:.2f}x",
             "" if row.get("is_base") or pd.isna(row.get("speedup_p10")) else

@@ -190,22 +190,23 @@ def slice_plan(model: nn.Module, spec: SubnetSpec, scores: Any) -> list[tuple[st
     """For every tensor of the pruned model: (its name there, the supernet tensor it comes from,
     rows kept, columns kept); None keeps a whole dimension. The same selection as prune_model."""
     from nas.arch import arch_for
-    from nas.prune import _select, head_rows
+    from nas.prune import head_rows, kept_units
 
     arch = arch_for(model)
     shape = BaseShape.from_config(model.config)
+    kept = kept_units(shape, spec, scores)
 
-    def sel(axis: str, layer: int | None, k: int, total: int) -> torch.Tensor | None:
-        return None if k == total else _select(scores, axis, layer, k, total)
+    def part(idx: torch.Tensor, total: int) -> torch.Tensor | None:
+        return None if len(idx) == total else idx  # None: the whole dimension, no gather
 
-    hidden = sel("hidden", None, spec.hidden, shape.hidden_size)
+    hidden = part(kept.hidden, shape.hidden_size)
     # per module: (rows, cols) of its weight; its bias (and a LayerNorm's both tensors) take the rows
     cut: dict[int, tuple[Any, Any]] = {}
-    for base_layer, heads, ffn in zip(spec.layers, spec.heads, spec.ffn, strict=True):
+    for base_layer, kept_heads, kept_ffn in zip(spec.layers, kept.heads, kept.ffn, strict=True):
         parts = arch.layer_parts(arch.layers(model)[base_layer])
-        head_idx = sel("heads", base_layer, heads, shape.num_heads)
+        head_idx = part(kept_heads, shape.num_heads)
         rows = None if head_idx is None else head_rows(head_idx, shape.head_size)
-        ffn_idx = sel("ffn", base_layer, ffn, shape.ffn_size)
+        ffn_idx = part(kept_ffn, shape.ffn_size)
         for lin in (parts.q, parts.k, parts.v):
             cut[id(lin)] = (rows, hidden)
         cut[id(parts.o)] = (hidden, rows)
