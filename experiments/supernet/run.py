@@ -1,0 +1,159 @@
+"""Benchmark (a) of the supernet issue: proxy fidelity. For N shapes spread over the `triple` space,
+each estimator's accuracy next to the accuracy the same shape reaches after final training, and
+Kendall's tau between them.
+
+    python experiments/supernet/run.py --shapes 20                         # the benchmark (long: N final trainings)
+    python experiments/supernet/run.py --shapes 3 --final-steps 20 \\
+        --supernet-steps 20 --finetune-steps 10 --tag smoke                 # a few minutes: checks the pipeline
+    python experiments/supernet/run.py --report-only                        # results.md from fidelity*.csv
+
+Estimators, all from the same cached base and importance scores (nas.pipeline.prepare):
+- none: the base pruned to the shape (prune_model), no training (recovery of issue #11 not applied here);
+- finetune: the per-trial recipe (train: block; distilled from the base) from the pruned base;
+- supernet: the shape sliced out of the supernet (nas.supernet.cached_supernet, `supernet:` recipe).
+"Final" is the final recipe (final.max_steps at final.lr, distilled from the base) started from
+the pruned base, the same start for every shape, so the target does not favour one estimator.
+Shapes: the largest and smallest of the space, then shapes drawn by the space's own sampler (seeded).
+
+Benchmarks (b) (equal wall-clock budget, 3 seeds, hypervolume of the final-trained test fronts per
+estimator) and (c) (NSGA-II vs random under `supernet`) run the real search once `search.estimator`
+exists (the lead wires it into nas/search.py):
+    python -m nas.search +space=triple search.estimator=supernet search.n_trials=300 search.seed=S ...
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import random
+import sys
+import time
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+ROOT = HERE.parent.parent
+sys.path.insert(0, str(ROOT))
+ESTIMATORS = ("none", "finetune", "supernet")
+
+
+def kendall_tau(x: list[float], y: list[float]) -> float:
+    """Kendall's tau-b (ties counted as in scipy's default)."""
+    n, concordant, discordant, tx, ty = len(x), 0, 0, 0, 0
+    for i in range(n):
+        for j in range(i + 1, n):
+            a, b = x[i] - x[j], y[i] - y[j]
+            if a == 0 and b == 0:
+                continue
+            if a == 0:
+                tx += 1
+            elif b == 0:
+                ty += 1
+            elif (a > 0) == (b > 0):
+                concordant += 1
+            else:
+                discordant += 1
+    denom = ((concordant + discordant + tx) * (concordant + discordant + ty)) ** 0.5
+    return (concordant - discordant) / denom if denom else float("nan")
+
+
+def measure(args: argparse.Namespace) -> Path:
+    import torch
+
+    from nas.config import compose
+    from nas.pipeline import prepare
+    from nas.prune import prune_model
+    from nas.space import SearchSpace
+    from nas.supernet import SupernetSettings, cached_supernet, evaluate_slice, sandwich
+    from nas.train import TrainSettings, accuracy, finetune
+
+    torch.set_num_threads(args.threads)
+    cfg = compose(["+space=triple", f"cache_dir={args.cache_dir}", f"supernet.steps={args.supernet_steps}"])
+    prep = prepare(cfg)
+    space = SearchSpace.from_cfg(cfg.space).resolve(prep.shape, max_length=int(cfg.max_length))
+    eval_bs = int(cfg.train.eval_batch_size)
+
+    def val_acc(model, context):
+        return accuracy(model, prep.loader("validation", context, batch_size=eval_bs, shuffle=False))
+
+    t0 = time.perf_counter()
+    net, info = cached_supernet(prep, space, SupernetSettings.from_cfg(cfg.supernet))
+    supernet_s = info.get("train_seconds", 0.0) if not info.get("cached") else 0.0
+    print(f"supernet: {args.supernet_steps} steps, {'cached' if info.get('cached') else f'{time.perf_counter() - t0:.0f}s'}",
+          flush=True)
+
+    specs = sandwich(space, prep.shape, prep.scores, n_random=max(0, args.shapes - 2), rng=random.Random(args.seed))
+    specs = list(dict.fromkeys(specs))  # repeats drawn by the sampler count once
+    trial = TrainSettings.from_cfg(cfg.train, max_steps=args.finetune_steps)
+    final = TrainSettings.from_cfg(cfg.train, max_steps=args.final_steps, lr=float(cfg.final.lr))
+    out = HERE / f"fidelity_{args.tag}.csv"
+    rows = []
+    for spec in specs:
+        row = {"shape": spec.describe(), "spec": json.dumps(spec.to_dict())}
+        t = time.perf_counter()
+        row["none"] = val_acc(prune_model(prep.base, spec, prep.scores), spec.context)
+        row["none_s"] = time.perf_counter() - t
+        t = time.perf_counter()
+        _, m = evaluate_slice(net, spec, prep, batch_size=eval_bs)
+        row["supernet"], row["supernet_s"] = m["val_accuracy"], time.perf_counter() - t
+        for name, settings in (("finetune", trial), ("final", final)):
+            t = time.perf_counter()
+            model = prune_model(prep.base, spec, prep.scores)
+            loader = prep.loader("train", spec.context, batch_size=settings.batch_size, shuffle=True, seed=settings.seed)
+            finetune(model, loader, settings, teacher=prep.base if settings.distill_weight > 0 else None)
+            row[name] = val_acc(model, spec.context)
+            row[f"{name}_s"] = time.perf_counter() - t
+        rows.append(row)
+        print({k: (round(v, 4) if isinstance(v, float) else v) for k, v in row.items() if k != "spec"}, flush=True)
+        with out.open("w", newline="") as fh:  # rewritten after every shape: a killed run keeps what it measured
+            writer = csv.DictWriter(fh, fieldnames=list(rows[0]))
+            writer.writeheader()
+            writer.writerows(rows)
+    meta = {"supernet_steps": args.supernet_steps, "supernet_train_s": supernet_s, "finetune_steps": args.finetune_steps,
+            "final_steps": args.final_steps, "threads": args.threads, "seed": args.seed}
+    (HERE / f"fidelity_{args.tag}.json").write_text(json.dumps(meta, indent=1))
+    return out
+
+
+def report() -> None:
+    lines = ["# Proxy fidelity: Kendall's tau with the final-trained accuracy", "",
+             "| run | shapes | " + " | ".join(f"tau {e}" for e in ESTIMATORS) + " | " +
+             " | ".join(f"s per shape {e}" for e in ESTIMATORS) + " |",
+             "|---|---|" + "---|" * (2 * len(ESTIMATORS))]
+    for path in sorted(HERE.glob("fidelity_*.csv")):
+        with path.open() as fh:
+            rows = list(csv.DictReader(fh))
+        if len(rows) < 2:
+            continue
+        meta_path = path.with_suffix(".json")
+        meta = json.loads(meta_path.read_text()) if meta_path.is_file() else {}
+        final = [float(r["final"]) for r in rows]
+        # a probe without final training has no target to rank against
+        taus = ([kendall_tau([float(r[e]) for r in rows], final) for e in ESTIMATORS]
+                if meta.get("final_steps", 1) > 0 else [float("nan")] * len(ESTIMATORS))
+        secs = [sum(float(r[f"{e}_s"]) for r in rows) / len(rows) for e in ESTIMATORS]
+        lines.append(f"| {path.stem} | {len(rows)} | " + " | ".join("-" if t != t else f"{t:.3f}" for t in taus)
+                     + " | " + " | ".join(f"{s:.1f}" for s in secs) + " |")
+    (HERE / "results.md").write_text("\n".join(lines) + "\n")
+    print("\n".join(lines))
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--shapes", type=int, default=20)
+    ap.add_argument("--supernet-steps", type=int, default=300)
+    ap.add_argument("--finetune-steps", type=int, default=60)
+    ap.add_argument("--final-steps", type=int, default=400)
+    ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--tag", default="default")
+    ap.add_argument("--cache-dir", default=str(ROOT / ".cache" / "nas"))
+    ap.add_argument("--report-only", action="store_true")
+    args = ap.parse_args()
+    if not args.report_only:
+        measure(args)
+    report()
+
+
+if __name__ == "__main__":
+    main()
