@@ -2,8 +2,9 @@
 
     candidate  prune the base to the spec (nas.prune), then the training-free recovery (nas.recovery)
     cost       real-input latency paired with the base (nas.latency), FLOPs, parameters, size
-    quality    the estimator: `finetune` (brief distilled fine-tune) or `none` (accuracy as pruned
-               and recovered: the zero-cost proxy); both then measure validation accuracy
+    quality    the estimator: `finetune` (brief distilled fine-tune), `supernet` (the candidate is cut
+               from the elastic-trained supernet instead of the base: no training) or `none` (accuracy
+               as pruned and recovered: the zero-cost proxy); each then measures validation accuracy
 
 The study loop (sampling, repeats, stopping, reports) lives in nas.search and calls
 `Evaluator.evaluate`; the final training of the front (nas.final_stage) reuses `train_longer`.
@@ -16,7 +17,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-ESTIMATORS = ("finetune", "none")
+ESTIMATORS = ("finetune", "supernet", "none")
 
 
 class Infeasible(Exception):
@@ -33,10 +34,13 @@ class Evaluator:
     max_latency_ms: float | None = None
     clock: Callable[[str, float], None] = lambda phase, s: None
     teacher_cache: dict[bytes, Any] = field(default_factory=dict)
+    supernet: Any = None  # nas.supernet.Supernet, for estimator=supernet
 
     def __post_init__(self) -> None:
         if self.estimator not in ESTIMATORS:
             raise ValueError(f"search.estimator={self.estimator!r} is not known; allowed: {', '.join(ESTIMATORS)}")
+        if self.estimator == "supernet" and self.supernet is None:
+            raise ValueError("search.estimator=supernet needs the trained supernet (nas.supernet.cached_supernet)")
 
     # -- the four steps ---------------------------------------------------------------------------
     def candidate(self, spec: Any) -> tuple[Any, dict[str, Any]]:
@@ -44,10 +48,13 @@ class Evaluator:
         from nas.recovery import calibration_batches, recover
 
         t0 = time.perf_counter()
-        model = prune_model(self.prep.base, spec, self.prep.scores)
+        if self.estimator == "supernet":  # the same physical cut, of the elastic-trained weights
+            model = self.supernet.slice(spec)
+        else:
+            model = prune_model(self.prep.base, spec, self.prep.scores)
         metrics: dict[str, Any] = {"seconds_prune": time.perf_counter() - t0}
         self.clock("pruning", metrics["seconds_prune"])
-        if self.recovery.active:
+        if self.recovery.active and self.estimator != "supernet":  # a slice was trained to work as it is
             t0 = time.perf_counter()
             batches = calibration_batches(self.prep, spec.context, self.recovery, seed=self.train.seed)
             report = recover(model, self.prep.base, spec, self.prep.scores, batches, self.recovery)

@@ -176,6 +176,10 @@ class Search:
         from nas.recovery import RecoverySettings
 
         self.recovery = RecoverySettings.from_cfg(container.get("prune"))
+        from nas.supernet import SupernetSettings
+
+        self.supernet_settings = SupernetSettings.from_cfg(container.get("supernet"))
+        self.supernet: Any = None
         self.final_settings = final_train_settings(container)
         self.evaluator: Any = None  # nas.evaluate.Evaluator, built once the base is ready
         self.max_length = int(container.get("max_length", 128))
@@ -232,9 +236,11 @@ class Search:
         self.timer = PairedTimer.for_prepared(self.prep, self.latency, max_length=self.max_length)
         from nas.evaluate import Evaluator
 
+        if self.settings.estimator == "supernet":
+            self.supernet = self._train_supernet()
         self.evaluator = Evaluator(prep=self.prep, timer=self.timer, train=self.train_settings, recovery=self.recovery,
                                    estimator=self.settings.estimator, max_latency_ms=self.settings.max_latency_ms,
-                                   clock=self.clock.add, teacher_cache=self.teacher_cache)
+                                   clock=self.clock.add, teacher_cache=self.teacher_cache, supernet=self.supernet)
         self.base_metrics = self._base_metrics()
         self._say(
             f"base {self.prep.shape.num_layers}L/{self.prep.shape.num_heads}H/{self.prep.shape.ffn_size}F/"
@@ -244,6 +250,21 @@ class Search:
         )
         self._say(f"latency: {self.latency.describe()}; every trial is timed in alternating rounds with the base "
                   f"(mean {self.timer.sample.mean_tokens(self.timer.base_cap):.1f} tokens per timed input)")
+
+    def _train_supernet(self) -> Any:
+        """The elastic-trained supernet (nas.supernet): trained once per base, task, space and recipe,
+        cached; a killed training resumes from its checkpoint; other workers wait for it."""
+        from nas.supernet import cached_supernet
+
+        t0 = time.perf_counter()
+        s = self.supernet_settings
+        net, info = cached_supernet(self.prep, self.space, s)
+        seconds = time.perf_counter() - t0
+        self.clock.add("supernet", seconds)
+        how = "cached" if info.get("cached") else (f"trained {s.steps} steps" + (
+            f" (resumed at step {info['resumed_from']})" if info.get("resumed_from") else ""))
+        self._say(f"supernet: {how} in {seconds:.0f}s; every trial is cut from it, not trained")
+        return net
 
     def _task_lengths(self) -> dict[str, Any]:
         """The task's token lengths, printed once: whether a context cut can pay on this data."""

@@ -413,3 +413,48 @@ def test_settings_from_the_config_and_one_line_refusals():
         assert "\n" not in str(err.value)
     with pytest.raises(ValueError, match="allowed: largest, base, none"):
         SupernetSettings.from_cfg({"distill": "teacher"})
+
+
+# ---- the supernet estimator in the search -----------------------------------------------------------
+
+
+def test_a_three_trial_supernet_search_runs_end_to_end(tmp_path, monkeypatch):
+    """search.estimator=supernet: the supernet is trained once (cached), every trial is cut from it
+    without fine-tuning, and its accuracy is the slice's."""
+    import time
+
+    import nas.evaluate
+    from test_search import make_cfg, tiny_env  # noqa: F401
+
+    from nas.search import run_search
+
+    env = tiny_env.__wrapped__(_Factory(tmp_path))
+    fits: list[int] = []
+    monkeypatch.setattr(nas.evaluate.Evaluator, "fit", lambda self, *a, **k: fits.append(1))
+    t0 = time.perf_counter()
+    cfg = make_cfg(env, "search.estimator=supernet", "supernet.steps=3", "supernet.checkpoint_every=0",
+                   "search.n_trials=3", "search.sampler=random")
+    study, search = run_search(cfg, tmp_path / "run")
+    assert time.perf_counter() - t0 < 120
+    assert fits == []  # no trial fine-tunes
+    done = [t for t in study.trials if t.state.name == "COMPLETE" and "repeat_of" not in t.user_attrs]
+    assert len(done) == 3
+    from nas.spec import SubnetSpec
+    from nas.train import accuracy
+
+    for t in done:
+        spec = SubnetSpec.from_dict(t.user_attrs["spec"])
+        sliced = search.supernet.slice(spec)
+        loader = search.prep.loader("validation", spec.context, batch_size=64, shuffle=False)
+        assert t.user_attrs["val_accuracy"] == pytest.approx(accuracy(sliced, loader))
+    assert list((env["cache"] / "supernet").glob("*/")) != []  # cached for the next run and other workers
+
+
+class _Factory:
+    def __init__(self, root):
+        self.root = root
+
+    def mktemp(self, name):
+        path = self.root / name
+        path.mkdir()
+        return path
