@@ -7,6 +7,7 @@ from __future__ import annotations
 import torch
 import yaml
 import pytest
+import pandas as pd
 from safetensors.torch import load_file
 
 from nas.prune import kept_units, prune_model
@@ -121,30 +122,54 @@ def fits(monkeypatch) -> Calls:
     return calls
 
 
-def test_final_stage_trains_exactly_k_and_export_uses_their_weights(tiny_env, fits, tmp_path):
+def test_final_stage_trains_exactly_k_and_export_uses_their_weights(tiny_env, fits, tmp_path, monkeypatch):
+    """4 trials, K=2: exactly 2 final trainings, of the chosen members; best.yaml and nas.export take
+    their weights and accuracies."""
+    import nas.report
     from nas.export import main as export_main
-    from nas.report import choose_final, pareto_frame
+    from nas.report import pareto_frame
     from nas.search import run_search
 
     from omegaconf import OmegaConf
 
+    # On this tiny task every shape ties on accuracy and the front has one member: let the chooser
+    # see every completed trial as eligible (all keep their weights), so K, not the front, limits it.
+    real_choose = nas.report.choose_final
+    seen: list[list[int]] = []
+
+    import nas.search
+
+    def choose_all(front, k):  # every completed trial as a front member, accuracy rising with its number
+        numbers = sorted(t.number for t in searches[0].study.trials if t.state.name == "COMPLETE")
+        rows = pd.DataFrame({"number": numbers, "val_accuracy": [0.5 + 0.01 * n for n in numbers], "is_base": False})
+        seen.append(real_choose(rows, k))
+        return seen[-1]
+
+    searches: list = []
+    real_init = nas.search.Search.__init__
+    monkeypatch.setattr(nas.search.Search, "__init__", lambda self, *a, **kw: (searches.append(self), real_init(self, *a, **kw))[1])
+    monkeypatch.setattr(nas.report, "choose_final", choose_all)
+    monkeypatch.setattr(nas.search.Search, "_drop_dominated_models", lambda self, study: None)
     run_dir = tmp_path / "run"
     cfg = make_cfg(tiny_env, *FINAL, "train.distill=hidden")
     study, search = run_search(cfg, run_dir)
     (run_dir / ".hydra").mkdir()
     OmegaConf.save(cfg, run_dir / ".hydra" / "config.yaml")  # what the command line's Hydra writes
-    chosen = choose_final(pareto_frame(study, None, cost="latency_ratio"), 2)
-    assert len(chosen) == min(2, len(study.best_trials))
-    assert fits.count(3) == len(chosen)  # one final training per chosen member, nothing else
+    chosen = seen[-1]
+    assert len(chosen) == 2
+    assert fits.count(3) == 2  # one final training per chosen member, nothing else
     final = study.user_attrs["final"]
     assert sorted(int(n) for n in final) == sorted(chosen)
     assert sorted(p.name for p in (run_dir / "models").glob("final_*")) == sorted(f"final_{n}.safetensors" for n in chosen)
     for n, result in final.items():
         assert 0.0 <= result["val_accuracy"] <= 1.0 and 0.0 <= result["test_accuracy"] <= 1.0
         assert result["steps"] == 3
-    front = pareto_frame(study, None, cost="latency_ratio")
-    trained = front[front["final_val_accuracy"].notna()]
+    from nas.report import trials_frame
+
+    rows = trials_frame(study)
+    trained = rows[rows["final_val_accuracy"].notna()]
     assert sorted(int(n) for n in trained["number"]) == sorted(chosen)
+    assert (pd.read_csv(run_dir / "pareto.csv")["final_val_accuracy"].notna()).any()
 
     best = yaml.safe_load((run_dir / "best.yaml").read_text())
     assert best["trial"] in chosen and best["weights"] == f"models/final_{best['trial']}.safetensors"
