@@ -102,7 +102,7 @@ class BaseRecipe:
     `max_steps` when set), validated every `eval_every` steps; `patience` validations without
     improvement stop it; the best validation checkpoint is the base."""
 
-    max_epochs: float = 3.0
+    max_epochs: float = 2.0
     max_steps: int | None = None
     eval_every: int = 100
     patience: int = 3
