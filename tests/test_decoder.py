@@ -214,3 +214,29 @@ def test_decoder_importance_scores():
     # a head whose output projection is zero has no influence on the loss: Fisher exactly 0
     _zero_heads(model, 0, [3])
     assert compute_scores(model, batches).heads[0, 3] == 0
+
+
+def test_spaces_sample_valid_grouped_specs():
+    import optuna
+
+    from nas.space import SearchSpace, available_spaces
+
+    smollm2 = BaseShape(num_layers=30, num_heads=9, head_size=64, hidden_size=576, ffn_size=1536,
+                        max_positions=8192, num_kv_heads=3)
+    encoder = BaseShape(num_layers=6, num_heads=12, head_size=32, hidden_size=384, ffn_size=1536, max_positions=512)
+    import yaml
+    from nas.space import SPACES_DIR
+
+    triple = SearchSpace.from_cfg(yaml.safe_load((SPACES_DIR / "triple.yaml").read_text()))
+    choices = triple.resolve(smollm2, max_length=128).choices()
+    assert choices["heads"] == [1, 2, 3] and choices["groups"] == [1, 2, 3]  # query heads per group, groups
+    assert "groups" not in triple.resolve(encoder, max_length=128).choices()  # encoders: heads decide
+    for name in available_spaces():
+        space = SearchSpace.from_cfg(yaml.safe_load((SPACES_DIR / f"{name}.yaml").read_text()))
+        for shape in (smollm2, SHAPE):
+            resolved = space.resolve(shape, max_length=64)
+            study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=0))
+            for i in range(10):
+                spec = resolved.suggest(study.ask(), shape, random_scores(shape, seed=i))
+                spec.validate(shape)
+                assert all(h % g == 0 and h // g <= shape.group_size for h, g in zip(spec.heads, spec.kv_heads))
