@@ -369,7 +369,7 @@ def run_storage_url(cfg: Any, run_dir: Path) -> str:
 def rebuild_trial_model(cfg: Any, run_dir: Path, number: int, spec: Any, num_labels: int, label_names: Any) -> Any:
     """The pruned, fine-tuned model of a trial: base architecture cut to `spec`, trial weights loaded.
     Which units were kept does not matter here: the saved weights replace them all."""
-    from safetensors.torch import load_file
+    from safetensors.torch import load_model
 
     from nas.models import load_base_model
     from nas.prune import prune_model
@@ -377,9 +377,14 @@ def rebuild_trial_model(cfg: Any, run_dir: Path, number: int, spec: Any, num_lab
     path = run_dir / "models" / f"trial_{number}.safetensors"
     if not path.is_file():
         raise ValueError(f"trial {number}'s weights are not in {path.parent} (only Pareto members keep weights)")
-    base = load_base_model(cfg.model.name_or_path, num_labels=num_labels, label_names=label_names)
+    if num_labels == 0:  # a language-modelling study (nas.lm): the causal LM
+        from nas.lm import load_causal_lm
+
+        base = load_causal_lm(cfg.model.name_or_path)
+    else:
+        base = load_base_model(cfg.model.name_or_path, num_labels=num_labels, label_names=label_names)
     model = prune_model(base, spec)
-    model.load_state_dict(load_file(str(path)))
+    load_model(model, str(path))  # a tied matrix was stored once
     return model.eval()
 
 

@@ -91,9 +91,15 @@ def _lightning_module_class() -> type:
 
         def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
             out = self.model(**_model_inputs(batch))
-            loss = nn.functional.cross_entropy(out.logits.float(), batch["labels"])
             w = self.settings.distill_weight
-            if self.teacher is not None and w > 0:
+            if out.logits.dim() == 3:  # a causal LM (nas.lm): next-token loss, KL on next-token distributions
+                from nas.lm import lm_loss
+
+                loss = lm_loss(out.logits, batch, teacher=self.teacher, distill_weight=w,
+                               temperature=self.settings.temperature)
+            else:
+                loss = nn.functional.cross_entropy(out.logits.float(), batch["labels"])
+            if self.teacher is not None and w > 0 and out.logits.dim() == 2:
                 t = self.settings.temperature
                 soft = nn.functional.log_softmax(self._teacher_logits(batch) / t, dim=-1)
                 kd = nn.functional.kl_div(
