@@ -118,6 +118,13 @@ def save_hf_folder(model: Any, tokenizer: Any, out: str | Path, *, context: int)
     """Save an HF folder that loads outside this project. Returns {'remote_code': bool}."""
     from safetensors.torch import save_file
 
+    from nas.decoder import is_decoder
+
+    if is_decoder(model):  # Llama family (nas.lmexport)
+        from nas.lmexport import save_decoder_folder
+
+        return save_decoder_folder(model, tokenizer, out, context=context)
+
     from nas.arch import arch_for
 
     out = Path(out)
@@ -169,19 +176,24 @@ def export_onnx(model: Any, path: str | Path, *, max_seq: int) -> None:
     for noisy in ("torch.onnx", "onnx_ir", "onnxscript"):
         logging.getLogger(noisy).setLevel(logging.ERROR)
     model = model.eval()
+    use_cache = getattr(model.config, "use_cache", False)
+    model.config.use_cache = False  # a decoder's forward without its KV cache: logits are the only output
     ids = torch.randint(1000 if model.config.vocab_size > 1000 else 1, model.config.vocab_size, (2, min(8, max_seq)))
     mask = torch.ones_like(ids)
     batch = torch.export.Dim("batch", min=1, max=4096)
     seq = torch.export.Dim("seq", min=1, max=max_seq)
-    with warnings.catch_warnings():  # the exporter's deprecation chatter, not the caller's warnings
-        warnings.filterwarnings("ignore", module=r"torch\.onnx.*")
-        warnings.filterwarnings("ignore", message=".*axis name.*will not be used.*")
-        warnings.filterwarnings("ignore", message=".*LeafSpec.*", category=FutureWarning)
-        program = torch.onnx.export(
-            model, (), kwargs={"input_ids": ids, "attention_mask": mask}, dynamo=True, verbose=False,
-            dynamic_shapes={"input_ids": {0: batch, 1: seq}, "attention_mask": {0: batch, 1: seq}},
-            input_names=["input_ids", "attention_mask"], output_names=["logits"],
-        )
+    try:
+        with warnings.catch_warnings():  # the exporter's deprecation chatter, not the caller's warnings
+            warnings.filterwarnings("ignore", module=r"torch\.onnx.*")
+            warnings.filterwarnings("ignore", message=".*axis name.*will not be used.*")
+            warnings.filterwarnings("ignore", message=".*LeafSpec.*", category=FutureWarning)
+            program = torch.onnx.export(
+                model, (), kwargs={"input_ids": ids, "attention_mask": mask}, dynamo=True, verbose=False,
+                dynamic_shapes={"input_ids": {0: batch, 1: seq}, "attention_mask": {0: batch, 1: seq}},
+                input_names=["input_ids", "attention_mask"], output_names=["logits"],
+            )
+    finally:
+        model.config.use_cache = use_cache
     program.save(str(path))
 
 
@@ -258,6 +270,12 @@ def export_all(model: Any, tokenizer: Any, spec: Any, out: str | Path, *, metric
     else:
         (out / "model.onnx").unlink(missing_ok=True)  # never leave an older export's ONNX beside new weights
     write_readme(out, spec=spec, metrics=metrics, source=source, remote=info["remote_code"], onnx=onnx)
+    from nas.decoder import is_decoder
+
+    if is_decoder(model):
+        from nas.lmexport import fix_readme
+
+        fix_readme(out, model)
     return info
 
 

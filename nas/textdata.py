@@ -40,7 +40,7 @@ _DEFAULTS: dict[str, Any] = {
     "split": {"validation": 0.1, "test": 0.1},
     "max_train_samples": None,  # documents
     "max_eval_samples": None,  # documents
-    "max_eval_tokens": 16384,  # tokens of a split that perplexity is measured on
+    "max_eval_tokens": 4096,  # tokens of a split that perplexity is measured on
 }
 
 
@@ -48,7 +48,7 @@ _DEFAULTS: dict[str, Any] = {
 class TextTask(TaskData):
     """Documents (``text`` column, no labels) split three ways, for causal language modelling."""
 
-    max_eval_tokens: int = 16384
+    max_eval_tokens: int = 4096
     is_lm: bool = True
 
 

@@ -240,3 +240,57 @@ def test_spaces_sample_valid_grouped_specs():
                 spec = resolved.suggest(study.ask(), shape, random_scores(shape, seed=i))
                 spec.validate(shape)
                 assert all(h % g == 0 and h // g <= shape.group_size for h, g in zip(spec.heads, spec.kv_heads))
+
+
+# ---- export: HF folder in a fresh process, ONNX ----------------------------------------------------
+
+RELOAD = r"""
+import sys, json, torch
+from transformers import AutoModelForCausalLM
+folder, remote = sys.argv[1], sys.argv[2] == "1"
+model = AutoModelForCausalLM.from_pretrained(folder, trust_remote_code=remote).eval()
+ids = torch.tensor(json.loads(sys.argv[3]))
+with torch.no_grad():
+    logits = model(input_ids=ids).logits
+    gen = model.generate(ids[:1], max_new_tokens=5, do_sample=False, pad_token_id=0)
+print(json.dumps({"logits": logits.tolist(), "gen": gen.tolist(), "class": type(model).__name__}))
+"""
+
+
+@pytest.mark.parametrize("name", ["uniform", "per_layer"])
+def test_hf_folder_reloads_in_a_fresh_process_and_onnx(name, tmp_path):
+    import json
+    import subprocess
+    import sys
+
+    import numpy as np
+    import onnxruntime as ort
+    from transformers import PreTrainedTokenizerFast
+    from tokenizers import Tokenizer, models
+
+    from nas.export import export_all
+
+    spec = {"uniform": SubnetSpec.uniform(layers=(0, 2), heads=2, kv_heads=1, ffn=24, hidden=40, context=32),
+            "per_layer": AXIS_SPECS["all"]}[name]
+    pruned = prune_model(tiny_llama(), spec, random_scores(SHAPE))
+    vocab = {"<pad>": 0, "<unk>": 1, "</s>": 2, **{f"w{i}": i + 3 for i in range(V - 3)}}
+    tok = PreTrainedTokenizerFast(tokenizer_object=Tokenizer(models.WordLevel(vocab, unk_token="<unk>")),
+                                  pad_token="<pad>", unk_token="<unk>", eos_token="</s>")
+    export_all(pruned, tok, spec, tmp_path, metrics={"val_perplexity": 10.0}, source={"model": "tiny"}, onnx=True)
+    remote = name == "per_layer"
+    assert (tmp_path / "modeling_nas_llama.py").is_file() == remote
+    assert "AutoModelForCausalLM" in (tmp_path / "README.md").read_text()
+    x = ids(length=9)
+    run = subprocess.run([sys.executable, "-c", RELOAD, str(tmp_path), "1" if remote else "0", json.dumps(x.tolist())],
+                         capture_output=True, text=True, timeout=300)
+    assert run.returncode == 0, run.stderr[-2000:]
+    got = json.loads(run.stdout.strip().splitlines()[-1])
+    with torch.no_grad():
+        want = pruned(input_ids=x).logits
+        gen = pruned.generate(x[:1], max_new_tokens=5, do_sample=False, pad_token_id=0)
+    torch.testing.assert_close(torch.tensor(got["logits"]), want, atol=1e-4, rtol=0)
+    assert got["gen"] == gen.tolist()
+    assert got["class"] == ("NasLlamaForCausalLM" if remote else "LlamaForCausalLM")
+    session = ort.InferenceSession(str(tmp_path / "model.onnx"), providers=["CPUExecutionProvider"])
+    onnx_logits = session.run(None, {"input_ids": x.numpy(), "attention_mask": np.ones_like(x.numpy())})[0]
+    np.testing.assert_allclose(onnx_logits, want.numpy(), atol=1e-4, rtol=0)

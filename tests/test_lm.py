@@ -190,3 +190,34 @@ def test_lm_task_refusals(lm_env):
     cfg.model.name_or_path = None  # the embedded MiniLM: an encoder
     with pytest.raises(ValueError, match="needs a decoder LM; model_type='bert'"):
         run_search(cfg, lm_env["root"] / "r2")
+
+
+def test_generation_latency_is_paired_and_refuses_what_it_cannot_time(lm_env):
+    from types import SimpleNamespace
+
+    from transformers import AutoModelForCausalLM
+
+    from nas.latency import LatencySettings, PairedTimer
+    from nas.prune import prune_model
+    from nas.spec import BaseShape
+    from nas.textdata import load_text_task
+
+    base = AutoModelForCausalLM.from_pretrained(lm_env["model"]).eval()
+    task = load_text_task({"kind": "text", "path": str(lm_env["texts"])})
+    shape = BaseShape.from_config(base.config)
+    prep = SimpleNamespace(base=base, task=task, tokenizer=make_tokenizer(), shape=shape)
+    settings = LatencySettings(sample_size=2, warmup=1, new_tokens=4)
+    timer = PairedTimer.for_prepared(prep, settings, max_length=32)
+    assert timer.settings.generation == "decode"  # auto on a language-modelling task
+    assert "decode of 4 tokens with the KV cache" in timer.settings.describe()
+    assert timer.caps(32) == (28, 28)  # the prompt leaves room for the generated tokens
+    small = prune_model(base, SubnetSpec(layers=(0,), heads=(2,), kv_heads=(1,), ffn=(16,), hidden=32, context=32))
+    m = timer.measure(small, context=32)
+    assert m["speedup"] > 0 and m["latency_ms"] > 0 and len(timer.base_rounds) == settings.rounds
+    with pytest.raises(ValueError, match="latency.generation=decode needs a language-modelling task"):
+        PairedTimer.for_prepared(SimpleNamespace(**{**vars(prep), "task": SimpleNamespace()}),
+                                 LatencySettings(generation="decode"), max_length=32)
+    with pytest.raises(ValueError, match="set latency.runtime=torch"):
+        PairedTimer.for_prepared(prep, LatencySettings(generation="generate", runtime="onnxruntime"), max_length=32)
+    with pytest.raises(ValueError, match="latency.generation='beam' is not known; allowed: auto, prefill, decode"):
+        LatencySettings(generation="beam").validate()
