@@ -86,11 +86,13 @@ def choose(front: Any, *, pick: str = "knee", trial: int | None = None, max_late
         budgets = " and ".join(f"{k}={v:g}" for k, v in (("max_latency_ms", max_latency_ms),
                                                           ("min_accuracy", min_accuracy)) if v is not None)
         raise ValueError(f"no Pareto trial meets {budgets}; closest: {names}")
+    # the quality: accuracy, or perplexity (lower is better) for a language-modelling study (nas.lm)
+    q = "val_perplexity" if "val_perplexity" in ok and ok["val_perplexity"].notna().any() else "val_accuracy"
     if pick == "max_accuracy":
-        return ok.sort_values(["val_accuracy", cost], ascending=[False, True]).iloc[0]
+        return ok.sort_values([q, cost], ascending=[q == "val_accuracy", True]).iloc[0]
     if pick == "min_latency":
-        return ok.sort_values(["latency_ms", "val_accuracy"], ascending=[True, False]).iloc[0]
-    k = knee_index(ok.assign(is_base=False), cost=cost)
+        return ok.sort_values(["latency_ms", q], ascending=[True, q == "val_accuracy"]).iloc[0]
+    k = knee_index(ok.assign(is_base=False), acc=q, cost=cost)
     if k is None:
         raise ValueError(f"no Pareto trial has both val_accuracy and {cost}; pick another rule")
     return ok.loc[k]
@@ -464,7 +466,8 @@ def _export(console: Any, args: Mapping[str, Any], run_dir: Path, cfg: Any, stud
     model = rebuild_trial_model(cfg, run_dir, number, spec, num_labels, label_names or None)
     tokenizer = load_tokenizer(cfg.model.name_or_path)
     out = Path(args.get("out") or run_dir / "export" / f"trial_{number}").resolve()
-    metrics = {k: row[k] for k in ("val_accuracy", "test_accuracy", "params", "flops", "size_mb")
+    metrics = {k: row[k] for k in ("val_accuracy", "test_accuracy", "val_perplexity", "test_perplexity", "params",
+                                   "flops", "size_mb")
                if k in row and row[k] == row[k] and row[k] is not None}
     source = {"model": cfg.model.name_or_path or "embedded:all-MiniLM-L6-v2", "trial": number,
               "space": study.user_attrs.get("space"), "run_dir": str(run_dir), "pick": args["pick"],
@@ -474,9 +477,16 @@ def _export(console: Any, args: Mapping[str, Any], run_dir: Path, cfg: Any, stud
     # Latency of the export vs the base: paired rounds in this process, on the task's inputs, in
     # each runtime (the base's weights do not change its speed, so the pretrained one stands in).
     settings = args["latency_settings"]
-    base = load_base_model(cfg.model.name_or_path, num_labels=num_labels)
-    task = load_task(cfg.data) if settings.inputs == "real" else None
-    runtimes = ("torch", "onnxruntime") if args["onnx"] else ("torch",)
+    lm = num_labels == 0  # a language-modelling study (nas.lm): the causal LM, generation latency in torch
+    if lm:
+        from nas.lm import load_causal_lm
+
+        base = load_causal_lm(cfg.model.name_or_path)
+    else:
+        base = load_base_model(cfg.model.name_or_path, num_labels=num_labels)
+    task = load_task(cfg.data) if settings.inputs == "real" or lm else None
+    runtimes = ("torch", "onnxruntime") if args["onnx"] and settings.generation in ("auto", "prefill") and not lm \
+        else ("torch",)
     measured = measure_runtimes(model, context=spec.context, base=base, task=task, tokenizer=tokenizer,
                                 settings=settings, max_length=int(cfg.get("max_length", 128)), runtimes=runtimes)
     for runtime, m in measured.items():

@@ -50,7 +50,7 @@ def run_final(cfg: Any, arch_path: str | Path, out_dir: str | Path, *, overrides
     from nas.pipeline import prepare
     from nas.prune import prune_model
     from nas.spec import SubnetSpec
-    from nas.train import TrainSettings, accuracy, finetune
+    from nas.train import TrainSettings, finetune
 
     arch_file = load_arch(arch_path)
     spec = SubnetSpec.from_dict(arch_file["arch"])
@@ -68,19 +68,25 @@ def run_final(cfg: Any, arch_path: str | Path, out_dir: str | Path, *, overrides
     teacher = prep.base if settings.distill_weight > 0 else None
     result = finetune(model, loader, settings, teacher=teacher)
     ev = int(settings.eval_batch_size)
+    from nas.lm import evaluate
+
+    lm = bool(getattr(prep.task, "is_lm", False))  # a language-modelling task: perplexity (nas.lm)
+    q, val = evaluate(model, prep.loader("validation", spec.context, batch_size=ev, shuffle=False), lm=lm)
     metrics: dict[str, Any] = {
-        "val_accuracy": accuracy(model, prep.loader("validation", spec.context, batch_size=ev, shuffle=False)),
-        "test_accuracy": accuracy(model, prep.loader("test", spec.context, batch_size=ev, shuffle=False)),
+        f"val_{q}": val,
+        f"test_{q}": evaluate(model, prep.loader("test", spec.context, batch_size=ev, shuffle=False), lm=lm)[1],
     }
     from nas.export import latency_settings
 
     lat = latency_settings(cfg, {})
     runtimes = ("torch", "onnxruntime") if cfg.final.onnx or lat.runtime == "onnxruntime" else ("torch",)
+    if lm and lat.generation not in ("prefill",):
+        runtimes = ("torch",)  # decode with the KV cache is timed in torch
     measured = measure_runtimes(model, context=spec.context, base=prep.base, task=prep.task, tokenizer=prep.tokenizer,
                                 settings=lat, max_length=int(cfg.max_length), runtimes=runtimes)
     metrics.update(**flat_latency_metrics(measured), **model_size(model))
-    metrics["base_val_accuracy"] = prep.base_info["validation_accuracy"]
-    metrics["base_test_accuracy"] = prep.base_info["test_accuracy"]
+    metrics[f"base_val_{q}"] = prep.base_info[f"validation_{q}"]
+    metrics[f"base_test_{q}"] = prep.base_info[f"test_{q}"]
     metrics["final_steps"] = settings.max_steps
     metrics["train_seconds"] = result["seconds"]
     from omegaconf import OmegaConf
@@ -89,8 +95,8 @@ def run_final(cfg: Any, arch_path: str | Path, out_dir: str | Path, *, overrides
               "cfg": OmegaConf.to_container(cfg, resolve=False)}
     export_all(model, prep.tokenizer, spec, out_dir, metrics=metrics, source=source, onnx=bool(cfg.final.onnx))
     console.print(
-        f"{spec.describe()}: val acc {metrics['val_accuracy']:.4f}, test acc {metrics['test_accuracy']:.4f} "
-        f"(base {metrics['base_test_accuracy']:.4f}); exported to {out_dir} [{time.perf_counter() - t0:.0f}s]",
+        f"{spec.describe()}: val {q} {metrics[f'val_{q}']:.4f}, test {q} {metrics[f'test_{q}']:.4f} "
+        f"(base {metrics[f'base_test_{q}']:.4f}); exported to {out_dir} [{time.perf_counter() - t0:.0f}s]",
         highlight=False,
     )
     for runtime, m in measured.items():

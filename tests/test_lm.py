@@ -221,3 +221,24 @@ def test_generation_latency_is_paired_and_refuses_what_it_cannot_time(lm_env):
         PairedTimer.for_prepared(prep, LatencySettings(generation="generate", runtime="onnxruntime"), max_length=32)
     with pytest.raises(ValueError, match="latency.generation='beam' is not known; allowed: auto, prefill, decode"):
         LatencySettings(generation="beam").validate()
+
+
+def test_final_training_of_an_lm_shape(lm_env, tmp_path):
+    """`nas.train +arch=...` on a language-modelling shape: fine-tuned, perplexity, exported folder that loads."""
+    import yaml
+    from omegaconf import OmegaConf
+    from rich.console import Console
+    from transformers import AutoModelForCausalLM
+
+    from nas.final import run_final
+
+    cfg = lm_cfg(lm_env, "final.max_steps=2", "final.onnx=false")
+    spec = SubnetSpec.uniform(layers=(0, 2), heads=2, kv_heads=1, ffn=16, hidden=32, context=32)
+    arch = tmp_path / "config.yaml"
+    arch.write_text(yaml.safe_dump({"arch": spec.to_dict(), "config": OmegaConf.to_container(cfg, resolve=True)}))
+    out = tmp_path / "model"
+    metrics = run_final(cfg, arch, out, overrides=[], console=Console(quiet=True))
+    assert metrics["val_perplexity"] > 1 and metrics["test_perplexity"] > 1 and metrics["base_val_perplexity"] > 1
+    assert "speedup_torch" in metrics and "onnxruntime" not in str(metrics.get("latency_definition"))
+    model = AutoModelForCausalLM.from_pretrained(out).eval()
+    assert model.config.num_hidden_layers == 2 and model.config.num_key_value_heads == 1
