@@ -228,7 +228,7 @@ class Search:
             f"test {quality_text(self.base_metrics, 'test')}, latency {self.base_metrics['latency_ms']:.2f} ms per input "
             f"(prepared in {time.perf_counter() - t0:.0f}s)"
         )
-        self._say(f"latency: {self.latency.describe()}; every trial is timed in alternating rounds with the base "
+        self._say(f"latency: {self.timer.settings.describe()}; every trial is timed in alternating rounds with the base "
                   f"(mean {self.timer.sample.mean_tokens(self.timer.base_cap):.1f} tokens per timed input)")
 
     def _task_lengths(self) -> dict[str, Any]:
@@ -699,7 +699,7 @@ def _main() -> None:
             sys.exit(2)
         out = search.write(study)
         front_table(out["front"], console)
-        console.print(f"latency: {search.latency.describe()}; base {search.base_metrics['latency_ms']:.2f} ms per input "
+        console.print(f"latency: {search.timer.settings.describe()}; base {search.base_metrics['latency_ms']:.2f} ms per input "
                       f"(median of its {len(search.timer.base_rounds)} rounds)", highlight=False)
         phases = ", ".join(f"{k} {v:.0f}s" for k, v in search.clock.seconds.items())
         console.print(f"time per phase: {phases}; total {time.perf_counter() - t0:.0f}s", highlight=False)
