@@ -89,9 +89,9 @@ def choose(front: Any, *, pick: str = "knee", trial: int | None = None, max_late
     # the quality: accuracy, or perplexity (lower is better) for a language-modelling study (nas.lm)
     q = "val_perplexity" if "val_perplexity" in ok and ok["val_perplexity"].notna().any() else "val_accuracy"
     if pick == "max_accuracy":
-        return ok.sort_values([q, cost], ascending=[q == "val_accuracy", True]).iloc[0]
+        return ok.sort_values([q, cost], ascending=[q == "val_perplexity", True]).iloc[0]
     if pick == "min_latency":
-        return ok.sort_values(["latency_ms", q], ascending=[True, q == "val_accuracy"]).iloc[0]
+        return ok.sort_values(["latency_ms", q], ascending=[True, q == "val_perplexity"]).iloc[0]
     k = knee_index(ok.assign(is_base=False), acc=q, cost=cost)
     if k is None:
         raise ValueError(f"no Pareto trial has both val_accuracy and {cost}; pick another rule")
