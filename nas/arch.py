@@ -203,7 +203,10 @@ ARCHES: dict[str, Arch] = {"bert": BERT, "roberta": ROBERTA, "xlm-roberta": ROBE
 def arch_for_config(config: Any) -> Arch:
     model_type = getattr(config, "model_type", None)
     if model_type not in ARCHES:
-        raise ValueError(f"model_type={model_type!r} is not supported; supported families: {sorted(ARCHES)}")
+        from nas.decoder import DECODER_TYPES
+
+        raise ValueError(f"model_type={model_type!r} is not supported; supported families: "
+                         f"{sorted(ARCHES)} (encoders), {list(DECODER_TYPES)} (decoders)")
     return ARCHES[model_type]
 
 

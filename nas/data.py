@@ -136,6 +136,10 @@ def imdb_path() -> pathlib.Path:
 def check_source(cfg: Mapping[str, Any]) -> None:
     """The cheap checks of a data config, before anything is read: settings, and that the file
     (or the local dataset folder, or the embedded corpus) is there and readable."""
+    from nas.textdata import check_text_source, is_lm_data
+
+    if is_lm_data(cfg):  # plain text for language modelling (nas.textdata)
+        return check_text_source(cfg)
     s = _settings(cfg)
     if s["kind"] == "rotten_tomatoes":
         rotten_tomatoes_path()
@@ -151,6 +155,10 @@ def check_source(cfg: Mapping[str, Any]) -> None:
 
 def load_task(cfg: Mapping[str, Any]) -> TaskData:
     """Load the task described by a ``data`` config (Mapping or OmegaConf DictConfig)."""
+    from nas.textdata import is_lm_data, load_text_task
+
+    if is_lm_data(cfg):  # plain text for language modelling (nas.textdata)
+        return load_text_task(cfg)
     settings = _settings(cfg)
     kind = settings["kind"]
     if kind == "rotten_tomatoes":

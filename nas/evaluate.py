@@ -35,6 +35,7 @@ class Evaluator:
     clock: Callable[[str, float], None] = lambda phase, s: None
     teacher_cache: dict[bytes, Any] = field(default_factory=dict)
     supernet: Any = None  # nas.supernet.Supernet, for estimator=supernet
+    lm: bool = False  # a language-modelling task: the quality is perplexity (nas.lm)
 
     def __post_init__(self) -> None:
         if self.estimator not in ESTIMATORS:
@@ -54,7 +55,10 @@ class Evaluator:
             model = prune_model(self.prep.base, spec, self.prep.scores)
         metrics: dict[str, Any] = {"seconds_prune": time.perf_counter() - t0}
         self.clock("pruning", metrics["seconds_prune"])
-        if self.recovery.active and self.estimator != "supernet":  # a slice was trained to work as it is
+        from nas.recovery import applies_to
+
+        # a supernet slice was trained to work as it is; decoders have no recovery (yet)
+        if self.recovery.active and self.estimator != "supernet" and applies_to(self.prep.base):
             t0 = time.perf_counter()
             batches = calibration_batches(self.prep, spec.context, self.recovery, seed=self.train.seed)
             report = recover(model, self.prep.base, spec, self.prep.scores, batches, self.recovery)
@@ -86,7 +90,8 @@ class Evaluator:
             if result["losses"]:
                 metrics["final_loss"] = float(sum(result["losses"][-5:]) / len(result["losses"][-5:]))
         t0 = time.perf_counter()
-        metrics["val_accuracy"] = self.accuracy(model, spec, "validation")
+        quality, value = self.quality_of(model, spec, "validation")
+        metrics[f"val_{quality}"] = value
         metrics["seconds_eval"] = time.perf_counter() - t0
         self.clock("evaluation", metrics["seconds_eval"])
         return metrics
@@ -111,14 +116,22 @@ class Evaluator:
         from nas.train import finetune
 
         loader = self.prep.loader("train", spec.context, batch_size=settings.batch_size, shuffle=True, seed=settings.seed)
-        teacher = self.prep.base if settings.distill_weight > 0 or settings.distill != "logits" else None
+        from nas.recovery import applies_to
+
+        hidden = settings.distill == "hidden" and applies_to(self.prep.base)  # encoders' layers only
+        teacher = self.prep.base if settings.distill_weight > 0 or hidden else None
         return finetune(model, loader, settings, teacher=teacher, teacher_cache=self.teacher_cache,
-                        hidden_map=self.hidden_map(spec) if settings.distill == "hidden" else None)
+                        hidden_map=self.hidden_map(spec) if hidden else None)
+
+    def quality_of(self, model: Any, spec: Any, split: str) -> tuple[str, float]:
+        """("accuracy", value), or ("perplexity", value) on a language-modelling task."""
+        from nas.lm import evaluate
+
+        loader = self.prep.loader(split, spec.context, batch_size=self.train.eval_batch_size, shuffle=False)
+        return evaluate(model, loader, lm=self.lm)
 
     def accuracy(self, model: Any, spec: Any, split: str) -> float:
-        from nas.train import accuracy
-
-        return accuracy(model, self.prep.loader(split, spec.context, batch_size=self.train.eval_batch_size, shuffle=False))
+        return self.quality_of(model, spec, split)[1]
 
     def hidden_map(self, spec: Any) -> Any:
         from nas.prune import kept_units

@@ -91,11 +91,13 @@ def choose(front: Any, *, pick: str = "knee", trial: int | None = None, max_late
         budgets = " and ".join(f"{k}={v:g}" for k, v in (("max_latency_ms", max_latency_ms),
                                                           ("min_accuracy", min_accuracy)) if v is not None)
         raise ValueError(f"no Pareto trial meets {budgets}; closest: {names}")
+    # the quality: accuracy, or perplexity (lower is better) for a language-modelling study (nas.lm)
+    q = "val_perplexity" if "val_perplexity" in ok and ok["val_perplexity"].notna().any() else "val_accuracy"
     if pick == "max_accuracy":
-        return ok.sort_values(["val_accuracy", cost], ascending=[False, True]).iloc[0]
+        return ok.sort_values([q, cost], ascending=[q == "val_perplexity", True]).iloc[0]
     if pick == "min_latency":
-        return ok.sort_values(["latency_ms", "val_accuracy"], ascending=[True, False]).iloc[0]
-    k = knee_index(ok.assign(is_base=False), cost=cost)
+        return ok.sort_values(["latency_ms", q], ascending=[True, q == "val_perplexity"]).iloc[0]
+    k = knee_index(ok.assign(is_base=False), acc=q, cost=cost)
     if k is None:
         raise ValueError(f"no Pareto trial has both val_accuracy and {cost}; pick another rule")
     return ok.loc[k]
@@ -122,6 +124,13 @@ def fits_stock(model: Any) -> bool:
 def save_hf_folder(model: Any, tokenizer: Any, out: str | Path, *, context: int) -> dict[str, Any]:
     """Save an HF folder that loads outside this project. Returns {'remote_code': bool}."""
     from safetensors.torch import save_file
+
+    from nas.decoder import is_decoder
+
+    if is_decoder(model):  # Llama family (nas.lmexport)
+        from nas.lmexport import save_decoder_folder
+
+        return save_decoder_folder(model, tokenizer, out, context=context)
 
     from nas.arch import arch_for
 
@@ -174,19 +183,24 @@ def export_onnx(model: Any, path: str | Path, *, max_seq: int) -> None:
     for noisy in ("torch.onnx", "onnx_ir", "onnxscript"):
         logging.getLogger(noisy).setLevel(logging.ERROR)
     model = model.eval()
+    use_cache = getattr(model.config, "use_cache", False)
+    model.config.use_cache = False  # a decoder's forward without its KV cache: logits are the only output
     ids = torch.randint(1000 if model.config.vocab_size > 1000 else 1, model.config.vocab_size, (2, min(8, max_seq)))
     mask = torch.ones_like(ids)
     batch = torch.export.Dim("batch", min=1, max=4096)
     seq = torch.export.Dim("seq", min=1, max=max_seq)
-    with warnings.catch_warnings():  # the exporter's deprecation chatter, not the caller's warnings
-        warnings.filterwarnings("ignore", module=r"torch\.onnx.*")
-        warnings.filterwarnings("ignore", message=".*axis name.*will not be used.*")
-        warnings.filterwarnings("ignore", message=".*LeafSpec.*", category=FutureWarning)
-        program = torch.onnx.export(
-            model, (), kwargs={"input_ids": ids, "attention_mask": mask}, dynamo=True, verbose=False,
-            dynamic_shapes={"input_ids": {0: batch, 1: seq}, "attention_mask": {0: batch, 1: seq}},
-            input_names=["input_ids", "attention_mask"], output_names=["logits"],
-        )
+    try:
+        with warnings.catch_warnings():  # the exporter's deprecation chatter, not the caller's warnings
+            warnings.filterwarnings("ignore", module=r"torch\.onnx.*")
+            warnings.filterwarnings("ignore", message=".*axis name.*will not be used.*")
+            warnings.filterwarnings("ignore", message=".*LeafSpec.*", category=FutureWarning)
+            program = torch.onnx.export(
+                model, (), kwargs={"input_ids": ids, "attention_mask": mask}, dynamo=True, verbose=False,
+                dynamic_shapes={"input_ids": {0: batch, 1: seq}, "attention_mask": {0: batch, 1: seq}},
+                input_names=["input_ids", "attention_mask"], output_names=["logits"],
+            )
+    finally:
+        model.config.use_cache = use_cache
     program.save(str(path))
 
 
@@ -263,6 +277,12 @@ def export_all(model: Any, tokenizer: Any, spec: Any, out: str | Path, *, metric
     else:
         (out / "model.onnx").unlink(missing_ok=True)  # never leave an older export's ONNX beside new weights
     write_readme(out, spec=spec, metrics=metrics, source=source, remote=info["remote_code"], onnx=onnx)
+    from nas.decoder import is_decoder
+
+    if is_decoder(model):
+        from nas.lmexport import fix_readme
+
+        fix_readme(out, model)
     return info
 
 
@@ -381,7 +401,7 @@ def rebuild_trial_model(cfg: Any, run_dir: Path, number: int, spec: Any, num_lab
     """The pruned, fine-tuned model of a trial: base architecture cut to `spec`, its weights loaded
     (the final stage's when they exist). Which units were kept does not matter here: the saved
     weights replace them all."""
-    from safetensors.torch import load_file
+    from safetensors.torch import load_model
 
     from nas.models import load_base_model
     from nas.prune import prune_model
@@ -389,9 +409,14 @@ def rebuild_trial_model(cfg: Any, run_dir: Path, number: int, spec: Any, num_lab
     path = trial_weights(run_dir, number)
     if not path.is_file():
         raise ValueError(f"trial {number}'s weights are not in {path.parent} (only Pareto members keep weights)")
-    base = load_base_model(cfg.model.name_or_path, num_labels=num_labels, label_names=label_names)
+    if num_labels == 0:  # a language-modelling study (nas.lm): the causal LM
+        from nas.lm import load_causal_lm
+
+        base = load_causal_lm(cfg.model.name_or_path)
+    else:
+        base = load_base_model(cfg.model.name_or_path, num_labels=num_labels, label_names=label_names)
     model = prune_model(base, spec)
-    model.load_state_dict(load_file(str(path)))
+    load_model(model, str(path))  # a tied matrix was stored once
     return model.eval()
 
 
@@ -453,7 +478,8 @@ def _export(console: Any, args: Mapping[str, Any], run_dir: Path, cfg: Any, stud
     model = rebuild_trial_model(cfg, run_dir, number, spec, num_labels, label_names or None)
     tokenizer = load_tokenizer(cfg.model.name_or_path)
     out = Path(args.get("out") or run_dir / "export" / f"trial_{number}").resolve()
-    metrics = {k: row[k] for k in ("val_accuracy", "test_accuracy", "params", "flops", "size_mb")
+    metrics = {k: row[k] for k in ("val_accuracy", "test_accuracy", "val_perplexity", "test_perplexity", "params",
+                                   "flops", "size_mb")
                if k in row and row[k] == row[k] and row[k] is not None}
     final = trial_weights(run_dir, number).name.startswith("final_")
     if final:  # the final stage's weights and accuracies
@@ -468,9 +494,16 @@ def _export(console: Any, args: Mapping[str, Any], run_dir: Path, cfg: Any, stud
     # Latency of the export vs the base: paired rounds in this process, on the task's inputs, in
     # each runtime (the base's weights do not change its speed, so the pretrained one stands in).
     settings = args["latency_settings"]
-    base = load_base_model(cfg.model.name_or_path, num_labels=num_labels)
-    task = load_task(cfg.data) if settings.inputs == "real" else None
-    runtimes = ("torch", "onnxruntime") if args["onnx"] else ("torch",)
+    lm = num_labels == 0  # a language-modelling study (nas.lm): the causal LM, generation latency in torch
+    if lm:
+        from nas.lm import load_causal_lm
+
+        base = load_causal_lm(cfg.model.name_or_path)
+    else:
+        base = load_base_model(cfg.model.name_or_path, num_labels=num_labels)
+    task = load_task(cfg.data) if settings.inputs == "real" or lm else None
+    runtimes = ("torch", "onnxruntime") if args["onnx"] and settings.generation in ("auto", "prefill") and not lm \
+        else ("torch",)
     measured = measure_runtimes(model, context=spec.context, base=base, task=task, tokenizer=tokenizer,
                                 settings=settings, max_length=int(cfg.get("max_length", 128)), runtimes=runtimes)
     for runtime, m in measured.items():

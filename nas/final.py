@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -50,7 +51,7 @@ def run_final(cfg: Any, arch_path: str | Path, out_dir: str | Path, *, overrides
     from nas.pipeline import prepare
     from nas.prune import prune_model
     from nas.spec import SubnetSpec
-    from nas.train import accuracy, finetune
+    from nas.train import finetune
 
     arch_file = load_arch(arch_path)
     spec = SubnetSpec.from_dict(arch_file["arch"])
@@ -70,6 +71,11 @@ def run_final(cfg: Any, arch_path: str | Path, out_dir: str | Path, *, overrides
     prep = prepare(cfg)
     spec.validate(prep.shape)
     model = prune_model(prep.base, spec, prep.scores)
+    from nas.recovery import applies_to
+
+    if not applies_to(prep.base):  # recovery and hidden-state distillation are for the encoder families
+        recovery = replace(recovery, method="none")
+        settings = replace(settings, distill="logits")
     if recovery.active:
         recover(model, prep.base, spec, prep.scores, calibration_batches(prep, spec.context, recovery), recovery)
     console.print(f"final training of {spec.describe()}: {settings.max_steps} steps (prune.recovery {recovery.method}, "
@@ -84,19 +90,25 @@ def run_final(cfg: Any, arch_path: str | Path, out_dir: str | Path, *, overrides
         hidden_map = HiddenMap(layers=tuple(spec.layers), channels=kept_units(prep.shape, spec, prep.scores).hidden)
     result = finetune(model, loader, settings, teacher=teacher, hidden_map=hidden_map)
     ev = int(settings.eval_batch_size)
+    from nas.lm import evaluate
+
+    lm = bool(getattr(prep.task, "is_lm", False))  # a language-modelling task: perplexity (nas.lm)
+    q, val = evaluate(model, prep.loader("validation", spec.context, batch_size=ev, shuffle=False), lm=lm)
     metrics: dict[str, Any] = {
-        "val_accuracy": accuracy(model, prep.loader("validation", spec.context, batch_size=ev, shuffle=False)),
-        "test_accuracy": accuracy(model, prep.loader("test", spec.context, batch_size=ev, shuffle=False)),
+        f"val_{q}": val,
+        f"test_{q}": evaluate(model, prep.loader("test", spec.context, batch_size=ev, shuffle=False), lm=lm)[1],
     }
     from nas.export import latency_settings
 
     lat = latency_settings(cfg, {})
     runtimes = ("torch", "onnxruntime") if cfg.final.onnx or lat.runtime == "onnxruntime" else ("torch",)
+    if lm and lat.generation not in ("prefill",):
+        runtimes = ("torch",)  # decode with the KV cache is timed in torch
     measured = measure_runtimes(model, context=spec.context, base=prep.base, task=prep.task, tokenizer=prep.tokenizer,
                                 settings=lat, max_length=int(cfg.max_length), runtimes=runtimes)
     metrics.update(**flat_latency_metrics(measured), **model_size(model))
-    metrics["base_val_accuracy"] = prep.base_info["validation_accuracy"]
-    metrics["base_test_accuracy"] = prep.base_info["test_accuracy"]
+    metrics[f"base_val_{q}"] = prep.base_info[f"validation_{q}"]
+    metrics[f"base_test_{q}"] = prep.base_info[f"test_{q}"]
     metrics["final_steps"] = settings.max_steps
     metrics["train_seconds"] = result["seconds"]
 
@@ -104,8 +116,8 @@ def run_final(cfg: Any, arch_path: str | Path, out_dir: str | Path, *, overrides
               "cfg": OmegaConf.to_container(cfg, resolve=False)}
     export_all(model, prep.tokenizer, spec, out_dir, metrics=metrics, source=source, onnx=bool(cfg.final.onnx))
     console.print(
-        f"{spec.describe()}: val acc {metrics['val_accuracy']:.4f}, test acc {metrics['test_accuracy']:.4f} "
-        f"(base {metrics['base_test_accuracy']:.4f}); exported to {out_dir} [{time.perf_counter() - t0:.0f}s]",
+        f"{spec.describe()}: val {q} {metrics[f'val_{q}']:.4f}, test {q} {metrics[f'test_{q}']:.4f} "
+        f"(base {metrics[f'base_test_{q}']:.4f}); exported to {out_dir} [{time.perf_counter() - t0:.0f}s]",
         highlight=False,
     )
     for runtime, m in measured.items():

@@ -96,6 +96,10 @@ def compute_scores(model: nn.Module, batches: Iterable[dict[str, torch.Tensor]],
 
     The model is put in eval mode (no dropout); its weights are not changed.
     """
+    from nas.decoder import compute_decoder_scores, is_decoder
+
+    if is_decoder(model):
+        return compute_decoder_scores(model, batches, max_batches=max_batches)
     arch = arch_for(model)
     shape = BaseShape.from_config(model.config)
     layers = arch.layers(model)

@@ -55,6 +55,8 @@ class LatencySettings:
     chunk: int = 1  # inputs (batches) run by one side before the other takes its turn
     seed: int = 0  # which texts the sample holds
     split: str = "validation"  # where the sample's texts come from (never the test split)
+    generation: str = "auto"  # causal LMs (nas.genlatency): prefill | decode | generate; auto: decode for LM tasks
+    new_tokens: int = 16  # decode / generate: greedy tokens generated per prompt
 
     @classmethod
     def from_cfg(cls, cfg: Mapping[str, Any] | None) -> LatencySettings:
@@ -84,6 +86,9 @@ class LatencySettings:
             raise ValueError(f"latency.batch_size={self.batch_size} must be <= latency.sample_size={self.sample_size}")
         if isinstance(self.warmup, bool) or not isinstance(self.warmup, int) or self.warmup < 0:
             raise ValueError(f"latency.warmup={self.warmup!r} must be an integer >= 0")
+        from nas.genlatency import check
+
+        check(self)
         if self.seq_len is not None:
             if self.inputs != "fixed":
                 raise ValueError(f"latency.seq_len={self.seq_len} applies to latency.inputs=fixed only "
@@ -95,6 +100,9 @@ class LatencySettings:
     def describe(self) -> str:
         """How every figure was taken, printed beside it."""
         what = "real inputs" if self.inputs == "real" else "fixed-length random ids"
+        if self.generation in ("decode", "generate"):
+            what = (f"{self.generation} of {self.new_tokens} tokens with the KV cache after real prompts"
+                    + ("" if self.generation == "generate" else " (ms per token)"))
         return (f"{what}, sample {self.sample_size}, batch {self.batch_size}, {self.threads} thread"
                 f"{'s' if self.threads > 1 else ''}, {self.runtime}, {self.rounds} paired rounds")
 
@@ -331,6 +339,7 @@ class PairedTimer:
     max_length: int
     max_positions: int
     base_rounds: list[float] = field(default_factory=list)
+    lm: bool = False  # a language-modelling task: generation latency (nas.genlatency)
     _base_pass: Pass | None = None
     _tmp: Any = None
 
@@ -339,13 +348,21 @@ class PairedTimer:
         """The timer of a job whose task, tokenizer and base are ready (nas.pipeline.Prepared)."""
         positions = int(prep.shape.max_positions)
         base_cap = latency_lengths(settings.seq_len, context=positions, max_length=max_length, max_positions=positions)[1]
+        from nas.genlatency import resolve_mode
+
+        lm = bool(getattr(prep.task, "is_lm", False))
+        settings = replace(settings, generation=resolve_mode(settings.generation, lm=lm, settings=settings))
         sample = InputSample.from_task(prep.task, prep.tokenizer, settings, cap=base_cap,
                                        vocab_size=int(prep.base.config.vocab_size))
-        return cls(base=prep.base, sample=sample, settings=settings, max_length=max_length, max_positions=positions)
+        return cls(base=prep.base, sample=sample, settings=settings, max_length=max_length, max_positions=positions,
+                   lm=lm)
 
     def caps(self, context: int) -> tuple[int, int]:
-        return latency_lengths(self.settings.seq_len, context=context, max_length=self.max_length,
+        from nas.genlatency import prompt_cap
+
+        caps = latency_lengths(self.settings.seq_len, context=context, max_length=self.max_length,
                                max_positions=self.max_positions)
+        return tuple(prompt_cap(c, self.settings.generation, self.settings.new_tokens) for c in caps)
 
     @property
     def base_cap(self) -> int:
@@ -358,6 +375,11 @@ class PairedTimer:
 
     def _make_pass(self, model: Any, cap: int, *, name: str) -> Pass:
         batches = self.sample.batches(cap)
+        if self.settings.generation in ("decode", "generate"):
+            from nas.genlatency import generation_pass
+
+            model.eval()
+            return generation_pass(model, batches, mode=self.settings.generation, new_tokens=self.settings.new_tokens)
         if self.settings.runtime == "torch":
             model.eval()
             return torch_pass(model, batches)

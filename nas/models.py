@@ -31,6 +31,11 @@ def resolve_model_source(name_or_path: str | None) -> str:
     """None / 'embedded' -> the embedded folder; an existing folder -> its absolute path; else a hub name."""
     if name_or_path in (None, "", "embedded", EMBEDDED_NAME):
         return str(embedded_model_path())
+    from nas.lm import gguf_source
+
+    converted = gguf_source(name_or_path)  # smollm2 or a .gguf file: its cached fp32 HF folder
+    if converted is not None:
+        return converted
     text = str(name_or_path)
     path = Path(text).expanduser()
     if path.exists():
@@ -54,7 +59,10 @@ class ModelSettings:
 def load_tokenizer(name_or_path: str | None) -> Any:
     from transformers import AutoTokenizer
 
-    return AutoTokenizer.from_pretrained(resolve_model_source(name_or_path))
+    tokenizer = AutoTokenizer.from_pretrained(resolve_model_source(name_or_path))
+    if tokenizer.pad_token is None and tokenizer.eos_token is not None:  # decoder LMs often have none
+        tokenizer.pad_token = tokenizer.eos_token
+    return tokenizer
 
 
 def load_base_model(
@@ -71,10 +79,15 @@ def load_base_model(
     from transformers.utils import logging as hf_logging
 
     from nas.arch import arch_for_config
+    from nas.decoder import is_decoder_config
 
     source = resolve_model_source(name_or_path)
     config = AutoConfig.from_pretrained(source)
-    arch_for_config(config)  # fail fast on an unsupported family, before loading weights
+    if is_decoder_config(config):  # a decoder classifies from its last real token: it must know the pad id
+        if config.pad_token_id is None:
+            config.pad_token_id = load_tokenizer(name_or_path).pad_token_id
+    else:
+        arch_for_config(config)  # fail fast on an unsupported family, before loading weights
     config.num_labels = num_labels
     if label_names:
         config.id2label = dict(enumerate(label_names))

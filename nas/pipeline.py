@@ -57,6 +57,10 @@ class Prepared:
 
         length = min(int(context), int(cfg_get(self.cfg, "max_length", 128)))
         key = (split, length)
+        if key not in self._tokenized and getattr(self.task, "is_lm", False):
+            from nas.textdata import lm_blocks  # language modelling: token blocks of the context's length
+
+            self._tokenized[key] = lm_blocks(self.task, split, self.tokenizer, block=length)
         if key not in self._tokenized:
             ds = tokenize(getattr(self.task, split), self.tokenizer, max_length=length)
             if split != "train":
@@ -69,6 +73,10 @@ class Prepared:
     def loader(self, split: str, context: int, *, batch_size: int, shuffle: bool, seed: int = 0) -> Any:
         from nas.data import make_loader
 
+        if getattr(self.task, "is_lm", False):
+            from nas.textdata import lm_loader
+
+            return lm_loader(self.tokenized(split, context), batch_size=batch_size, shuffle=shuffle, seed=seed)
         return make_loader(self.tokenized(split, context), self.tokenizer, batch_size=batch_size, shuffle=shuffle,
                            seed=seed, group_by_length=shuffle)
 
@@ -131,16 +139,20 @@ def prepare(cfg: Any, *, importance_method: str | None = None) -> Prepared:
     max_length = int(cfg_get(cfg, "max_length", 128))
     key_parts = {"model": model_fingerprint(model_name), "data": task.fingerprint}
     t0 = time.perf_counter()
-    base, tokenizer, info = finetune_base_cached(
-        model_name=model_name, task=task, settings=settings, max_length=max_length,
-        cache_dir=cache_dir, key_parts=key_parts, recipe=recipe,
-    )
+    if getattr(task, "is_lm", False):  # language modelling: the pretrained causal LM as it is (nas.lm)
+        from nas.lm import lm_base_cached
+
+        base, tokenizer, info = lm_base_cached(model_name=model_name, task=task, max_length=max_length,
+                                               cache_dir=cache_dir, key_parts=key_parts)
+    else:
+        base, tokenizer, info = finetune_base_cached(
+            model_name=model_name, task=task, settings=settings, max_length=max_length,
+            cache_dir=cache_dir, key_parts=key_parts, recipe=recipe,
+        )
     timings["base_finetune"] = time.perf_counter() - t0
     shape = BaseShape.from_config(base.config)
-    log.info(
-        "base: %s validation acc %.4f, test acc %.4f (%s)", shape,
-        info["validation_accuracy"], info["test_accuracy"], "cached" if info.get("cached") else f"{info['train_seconds']:.0f}s",
-    )
+    log.info("base: %s %s (%s)", shape, {k: v for k, v in info.items() if k.endswith(("accuracy", "perplexity"))},
+             "cached" if info.get("cached") else f"{info['train_seconds']:.0f}s")
 
     prepared = Prepared(cfg=cfg, task=task, tokenizer=tokenizer, base=base, base_info=info, shape=shape,
                         scores=None, cache_dir=cache_dir, timings=timings)

@@ -104,6 +104,10 @@ def prune_model(base: nn.Module, spec: SubnetSpec, scores: ImportanceScores | No
 
     `scores=None` keeps the first k of everything (the naive baseline). The base is untouched.
     """
+    from nas.decoder import is_decoder, prune_decoder
+
+    if is_decoder(base):  # Llama family: grouped-query attention, gated FFN, RMSNorm (nas.decoder)
+        return prune_decoder(base, spec, scores)
     arch = arch_for(base)
     shape = BaseShape.from_config(base.config)
     spec.validate(shape)

@@ -72,6 +72,14 @@ class RecoverySettings:
         return self.method != "none"
 
 
+def applies_to(model: nn.Module) -> bool:
+    """Recovery (and hidden-state distillation) know the encoder families' layers (nas.arch); decoder
+    LMs (nas.decoder) are pruned without them."""
+    from nas.arch import ARCHES
+
+    return getattr(model.config, "model_type", None) in ARCHES
+
+
 @dataclass
 class SublayerFit:
     """One sub-layer's least-squares problem, accumulated over calibration tokens.

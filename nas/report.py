@@ -16,7 +16,7 @@ import pandas as pd
 
 SHAPE_COLUMNS = ["n_layers", "heads", "ffn", "hidden", "context", "shape"]
 METRIC_COLUMNS = [
-    "val_accuracy", "test_accuracy", "latency_ms", "latency_p90_ms", "base_latency_ms", "speedup", "speedup_p10",
+    "val_accuracy", "test_accuracy", "val_perplexity", "test_perplexity", "latency_ms", "latency_p90_ms", "base_latency_ms", "speedup", "speedup_p10",
     "speedup_p90", "latency_ratio", "mean_tokens", "params", "flops", "size_mb",
 ]
 # The final stage (search.final_k): the chosen front members trained longer, from their trial weights.
@@ -31,8 +31,13 @@ COST_LABEL = {"latency_ratio": "latency / base latency (timed in pairs; lower is
 
 
 def cost_column(objectives: Sequence[str]) -> str:
-    costs = [o for o in objectives if o != "accuracy"]
+    costs = [o for o in objectives if o not in ("accuracy", "perplexity")]
     return COST_COLUMN[costs[0]] if costs else "latency_ms"
+
+
+def quality_column(objectives: Sequence[str]) -> str:
+    """The quality objective's column: val_accuracy (higher is better) or val_perplexity (lower is better)."""
+    return "val_perplexity" if objectives and objectives[0] == "perplexity" else "val_accuracy"
 
 
 def trials_frame(study: Any) -> pd.DataFrame:
@@ -40,6 +45,7 @@ def trials_frame(study: Any) -> pd.DataFrame:
     rows = []
     test = {int(k): v for k, v in (study.user_attrs.get("test_accuracy") or {}).items()}
     final = {int(k): v for k, v in (study.user_attrs.get("final") or {}).items()}
+    test_ppl = {int(k): v for k, v in (study.user_attrs.get("test_perplexity") or {}).items()}
     for t in study.get_trials(deepcopy=False):
         attrs = t.user_attrs
         row: dict[str, Any] = {"number": t.number, "state": t.state.name}
@@ -50,6 +56,8 @@ def trials_frame(study: Any) -> pd.DataFrame:
         done = final.get(t.number)
         for key in FINAL_COLUMNS:
             row[key] = done.get(key.removeprefix("final_")) if done else None
+        if row["test_perplexity"] is None:
+            row["test_perplexity"] = test_ppl.get(t.number, test_ppl.get(attrs.get("repeat_of")))
         row["repeat_of"] = attrs.get("repeat_of")
         row["infeasible"] = bool(attrs.get("infeasible", False))
         for key, value in attrs.items():
@@ -73,14 +81,15 @@ def base_row(base: Mapping[str, Any]) -> dict[str, Any]:
     return row
 
 
-def pareto_frame(study: Any, base: Mapping[str, Any] | None = None, *, cost: str = "latency_ms") -> pd.DataFrame:
+def pareto_frame(study: Any, base: Mapping[str, Any] | None = None, *, cost: str = "latency_ms",
+                 quality: str = "val_accuracy") -> pd.DataFrame:
     """The Pareto-optimal completed trials sorted by cost, plus the base as a reference row."""
     trials = trials_frame(study)
     # a repeated shape stands on the front once, as the trial that trained it
     numbers = {t.number for t in study.best_trials if "repeat_of" not in t.user_attrs} if _has_complete(study) else set()
     front = trials[trials["number"].isin(numbers)].copy()
     front["is_base"] = False
-    front = front.sort_values([cost, "val_accuracy"], ascending=[True, False])
+    front = front.sort_values([cost, quality], ascending=[True, quality != "val_perplexity"])
     if base is not None:
         front = pd.concat([front, pd.DataFrame([base_row(base)])], ignore_index=True)
     return front.reset_index(drop=True)
@@ -123,6 +132,8 @@ def knee_index(front: pd.DataFrame, *, acc: str = "val_accuracy", cost: str = "l
     if members.empty:
         return None
     a = members[acc].astype(float)
+    if acc.endswith("perplexity"):  # lower is better: 1 / perplexity is a positive higher-is-better score
+        a = 1.0 / a
     c = members[cost].astype(float)
     if len(members) < 3:
         # Too few points for a knee: the member closest to the ideal (accuracy 1, cost 0) with
@@ -158,26 +169,26 @@ def atomic_write_csv(path: str | Path, frame: pd.DataFrame) -> None:
 
 
 def plot_pareto_png(trials: pd.DataFrame, front: pd.DataFrame, path: str | Path, *, cost: str = "latency_ms",
-                    knee: int | None = None) -> None:
+                    knee: int | None = None, quality: str = "val_accuracy") -> None:
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(7, 4.5), dpi=110)
-    done = trials[(trials["state"] == "COMPLETE")].dropna(subset=["val_accuracy", cost])
-    ax.scatter(done[cost], done["val_accuracy"], s=18, color="#9aa5b1", label="trials")
+    done = trials[(trials["state"] == "COMPLETE")].dropna(subset=[quality, cost])
+    ax.scatter(done[cost], done[quality], s=18, color="#9aa5b1", label="trials")
     members = front[~front["is_base"].astype(bool)]
     if not members.empty:
-        ax.plot(members[cost], members["val_accuracy"], "-o", color="#d64545", ms=6, label="Pareto front")
+        ax.plot(members[cost], members[quality], "-o", color="#d64545", ms=6, label="Pareto front")
     base = front[front["is_base"].astype(bool)]
     if not base.empty and pd.notna(base.iloc[0][cost]):
-        ax.scatter(base[cost], base["val_accuracy"], marker="*", s=180, color="#1f6feb", label="unpruned base", zorder=5)
+        ax.scatter(base[cost], base[quality], marker="*", s=180, color="#1f6feb", label="unpruned base", zorder=5)
     if knee is not None and knee in front.index:
         k = front.loc[knee]
-        ax.scatter([k[cost]], [k["val_accuracy"]], s=140, facecolors="none", edgecolors="black", label="knee (best.yaml)")
+        ax.scatter([k[cost]], [k[quality]], s=140, facecolors="none", edgecolors="black", label="knee (best.yaml)")
     ax.set_xlabel(COST_LABEL.get(cost, cost))
-    ax.set_ylabel("validation accuracy")
+    ax.set_ylabel("validation " + quality[4:])
     ax.grid(alpha=0.3)
     ax.legend(loc="lower right", fontsize=8)
     fig.tight_layout()
@@ -188,24 +199,25 @@ def plot_pareto_png(trials: pd.DataFrame, front: pd.DataFrame, path: str | Path,
     os.replace(tmp, path)
 
 
-def plot_pareto_html(trials: pd.DataFrame, front: pd.DataFrame, path: str | Path, *, cost: str = "latency_ms") -> None:
+def plot_pareto_html(trials: pd.DataFrame, front: pd.DataFrame, path: str | Path, *, cost: str = "latency_ms",
+                     quality: str = "val_accuracy") -> None:
     import plotly.graph_objects as go
 
-    done = trials[(trials["state"] == "COMPLETE")].dropna(subset=["val_accuracy", cost])
+    done = trials[(trials["state"] == "COMPLETE")].dropna(subset=[quality, cost])
     fig = go.Figure()
-    hover = "trial %{customdata[0]}<br>%{customdata[1]}<br>acc %{y:.4f}<br>" + cost + " %{x:.4g}<extra></extra>"
-    fig.add_trace(go.Scatter(x=done[cost], y=done["val_accuracy"], mode="markers", name="trials",
+    hover = "trial %{customdata[0]}<br>%{customdata[1]}<br>" + quality[4:7] + " %{y:.4f}<br>" + cost + " %{x:.4g}<extra></extra>"
+    fig.add_trace(go.Scatter(x=done[cost], y=done[quality], mode="markers", name="trials",
                              customdata=done[["number", "shape"]].values, hovertemplate=hover,
                              marker={"color": "#9aa5b1"}))
     members = front[~front["is_base"].astype(bool)]
-    fig.add_trace(go.Scatter(x=members[cost], y=members["val_accuracy"], mode="lines+markers", name="Pareto front",
+    fig.add_trace(go.Scatter(x=members[cost], y=members[quality], mode="lines+markers", name="Pareto front",
                              customdata=members[["number", "shape"]].values, hovertemplate=hover,
                              marker={"color": "#d64545", "size": 9}))
     base = front[front["is_base"].astype(bool)]
     if not base.empty:
-        fig.add_trace(go.Scatter(x=base[cost], y=base["val_accuracy"], mode="markers", name="unpruned base",
+        fig.add_trace(go.Scatter(x=base[cost], y=base[quality], mode="markers", name="unpruned base",
                                  marker={"symbol": "star", "size": 16, "color": "#1f6feb"}))
-    fig.update_layout(xaxis_title=COST_LABEL.get(cost, cost), yaxis_title="validation accuracy", template="plotly_white")
+    fig.update_layout(xaxis_title=COST_LABEL.get(cost, cost), yaxis_title="validation " + quality[4:], template="plotly_white")
     atomic_write_text(path, fig.to_html(include_plotlyjs=True, full_html=True))
 
 
@@ -217,14 +229,16 @@ def write_reports(study: Any, run_dir: str | Path, *, base: Mapping[str, Any], o
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     cost = cost_column(objectives)
+    quality = quality_column(objectives)
     trials = trials_frame(study)
-    front = pareto_frame(study, base, cost=cost)
+    front = pareto_frame(study, base, cost=cost, quality=quality)
     atomic_write_csv(run_dir / "trials.csv", trials)
     atomic_write_csv(run_dir / "pareto.csv", front)
     finals = final_trained(front)
-    knee = knee_index(finals, acc="final_val_accuracy", cost=cost) if not finals.empty else knee_index(front, cost=cost)
-    plot_pareto_png(trials, front, run_dir / "pareto.png", cost=cost, knee=knee)
-    plot_pareto_html(trials, front, run_dir / "pareto.html", cost=cost)
+    knee = (knee_index(finals, acc="final_val_accuracy", cost=cost) if not finals.empty
+            else knee_index(front, acc=quality, cost=cost))
+    plot_pareto_png(trials, front, run_dir / "pareto.png", cost=cost, knee=knee, quality=quality)
+    plot_pareto_html(trials, front, run_dir / "pareto.html", cost=cost, quality=quality)
     best = None
     if knee is not None:
         row = front.loc[knee]

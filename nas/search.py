@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from nas.lm import quality_text  # accuracy or perplexity, as printed
 from nas.storage import open_study, storage_url  # the storage: URLs, the study, trials left RUNNING
 
 log = logging.getLogger("nas.search")
@@ -26,13 +27,14 @@ log = logging.getLogger("nas.search")
 SAMPLERS = ("nsga2", "tpe", "random")
 # This many proposals in a row of shapes already tried ends the search: the space is used up.
 MAX_CONSECUTIVE_REPEATS = 30
-OBJECTIVES = ("accuracy", "latency", "params", "flops", "size")
+OBJECTIVES = ("accuracy", "perplexity", "latency", "params", "flops", "size")
 # The latency objective is the candidate's latency relative to the base, timed in pairs: a ratio
 # stays comparable across workers, machines and a busier moment, where milliseconds do not.
-OBJECTIVE_ATTR = {"accuracy": "val_accuracy", "latency": "latency_ratio", "params": "params", "flops": "flops",
+OBJECTIVE_ATTR = {"accuracy": "val_accuracy", "perplexity": "val_perplexity", "latency": "latency_ratio", "params": "params", "flops": "flops",
                   "size": "size_mb"}
 # What makes two runs' latencies comparable: a study continued with other values is refused.
-LATENCY_DEFINITION = ("inputs", "runtime", "batch_size", "seq_len", "threads", "sample_size", "seed", "split")
+LATENCY_DEFINITION = ("inputs", "runtime", "batch_size", "seq_len", "threads", "sample_size", "seed", "split",
+                      "generation", "new_tokens")
 
 
 # ---------------------------------------------------------------------------- settings
@@ -85,10 +87,12 @@ class SearchSettings:
         bad = [o for o in self.objectives if o not in OBJECTIVES]
         if bad:
             raise ValueError(f"search.objectives has {bad[0]!r}; allowed: {', '.join(OBJECTIVES)}")
-        if not self.objectives or self.objectives[0] != "accuracy" or len(set(self.objectives)) != len(self.objectives):
+        if (not self.objectives or self.objectives[0] not in ("accuracy", "perplexity")
+                or "accuracy" in self.objectives[1:] or "perplexity" in self.objectives[1:]
+                or len(set(self.objectives)) != len(self.objectives)):
             raise ValueError(
-                f"search.objectives={list(self.objectives)} must start with 'accuracy' followed by distinct costs, "
-                "e.g. [accuracy, latency]"
+                f"search.objectives={list(self.objectives)} must start with the quality ('accuracy', or 'perplexity' "
+                "for language modelling) followed by distinct costs, e.g. [accuracy, latency]"
             )
         if self.max_latency_ms is not None and self.max_latency_ms <= 0:
             raise ValueError(f"search.max_latency_ms={self.max_latency_ms} must be > 0 or null")
@@ -111,7 +115,9 @@ class SearchSettings:
 
     @property
     def directions(self) -> list[str]:
-        return ["maximize"] + ["minimize"] * (len(self.objectives) - 1)
+        from nas.lm import QUALITY
+
+        return [QUALITY[self.objectives[0]][1]] + ["minimize"] * (len(self.objectives) - 1)
 
 
 def final_train_settings(cfg: Mapping[str, Any]) -> Any:
@@ -171,6 +177,17 @@ class Search:
         # Cheap checks first: nothing expensive starts on a bad setting.
         self.space = chosen_space(container)
         self.settings = SearchSettings.from_cfg(container.get("search", {}))
+        from dataclasses import replace
+
+        from nas.lm import quality_objective
+        from nas.textdata import is_lm_data
+
+        # A language-modelling task (plain text, nas.textdata): its quality is perplexity (nas.lm).
+        self.lm = is_lm_data(container.get("data"))
+        self.settings = replace(self.settings, objectives=quality_objective(self.settings.objectives, lm=self.lm))
+        if self.lm and self.settings.estimator == "supernet":
+            raise ValueError("search.estimator=supernet is for classification tasks; a language-modelling task "
+                             "allows: finetune, none")
         self.train_settings = TrainSettings.from_cfg(container.get("train", {}))
         self.latency = LatencySettings.from_cfg(container.get("latency"))
         from nas.recovery import RecoverySettings
@@ -218,6 +235,9 @@ class Search:
             raise ValueError(f"model.name_or_path={source!r} cannot be read: {str(e).splitlines()[0]}") from None
         # Fractions and context quantiles become sizes here (printed once the inputs are known good,
         # stored in the study).
+        from nas.lm import check_family
+
+        check_family(base_config, lm=self.lm)
         shape = BaseShape.from_config(base_config)
         lengths = None
         if self.space.needs_lengths:
@@ -240,15 +260,16 @@ class Search:
             self.supernet = self._train_supernet()
         self.evaluator = Evaluator(prep=self.prep, timer=self.timer, train=self.train_settings, recovery=self.recovery,
                                    estimator=self.settings.estimator, max_latency_ms=self.settings.max_latency_ms,
-                                   clock=self.clock.add, teacher_cache=self.teacher_cache, supernet=self.supernet)
+                                   clock=self.clock.add, teacher_cache=self.teacher_cache, supernet=self.supernet,
+                                   lm=self.lm)
         self.base_metrics = self._base_metrics()
         self._say(
             f"base {self.prep.shape.num_layers}L/{self.prep.shape.num_heads}H/{self.prep.shape.ffn_size}F/"
-            f"{self.prep.shape.hidden_size}D: val acc {self.base_metrics['val_accuracy']:.4f}, "
-            f"test acc {self.base_metrics['test_accuracy']:.4f}, latency {self.base_metrics['latency_ms']:.2f} ms per input "
+            f"{self.prep.shape.hidden_size}D: val {quality_text(self.base_metrics)}, "
+            f"test {quality_text(self.base_metrics, 'test')}, latency {self.base_metrics['latency_ms']:.2f} ms per input "
             f"(prepared in {time.perf_counter() - t0:.0f}s)"
         )
-        self._say(f"latency: {self.latency.describe()}; every trial is timed in alternating rounds with the base "
+        self._say(f"latency: {self.timer.settings.describe()}; every trial is timed in alternating rounds with the base "
                   f"(mean {self.timer.sample.mean_tokens(self.timer.base_cap):.1f} tokens per timed input)")
 
     def _train_supernet(self) -> Any:
@@ -291,8 +312,8 @@ class Search:
         info = self.prep.base_info
         return {
             **shape_attrs(spec),
-            "val_accuracy": info["validation_accuracy"],
-            "test_accuracy": info["test_accuracy"],
+            **{key.replace("validation", "val"): value for key, value in info.items()
+               if key.endswith(("_accuracy", "_perplexity"))},  # the quality: accuracy, or perplexity (nas.lm)
             "latency_ms": latency_ms,
             "base_latency_ms": latency_ms,
             "speedup": 1.0,
@@ -343,24 +364,24 @@ class Search:
         return self.run_dir / "models" / f"trial_{number}.safetensors"
 
     def _save_model(self, number: int, model: Any, *, path: Path | None = None) -> None:
-        from safetensors.torch import save_file
+        from safetensors.torch import save_model
 
         path = path or self.model_path(number)
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_name(path.name + ".tmp")
-        save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(tmp))
+        save_model(model, str(tmp))  # stores a tied matrix (a decoder's embeddings and lm_head) once
         tmp.replace(path)
 
     def load_trial_model(self, trial: Any) -> Any:
         """Rebuild a trial's fine-tuned model: prune the base to its spec, load its weights."""
-        from safetensors.torch import load_file
+        from safetensors.torch import load_model
 
         from nas.prune import prune_model
         from nas.spec import SubnetSpec
 
         spec = SubnetSpec.from_dict(trial.user_attrs["spec"])
         model = prune_model(self.prep.base, spec, self.prep.scores)
-        model.load_state_dict(load_file(str(self.model_path(trial.number))))
+        load_model(model, str(self.model_path(trial.number)))
         return model.eval()
 
     def _drop_dominated_models(self, study: Any) -> None:
@@ -564,20 +585,21 @@ class Search:
             self._recover(study)
 
     def evaluate_front_on_test(self, study: Any) -> None:
-        from nas.train import accuracy
+        from nas.lm import evaluate
 
         # A finished trial's attributes are frozen in Optuna's storage, so test accuracies live
         # in one study attribute {trial number: accuracy}; the reports merge them in.
         t0 = time.perf_counter()
-        known = {int(k): v for k, v in (study.user_attrs.get("test_accuracy") or {}).items()}
+        attr = "test_perplexity" if self.lm else "test_accuracy"
+        known = {int(k): v for k, v in (study.user_attrs.get(attr) or {}).items()}
         for trial in study.best_trials:
             if trial.number in known or not self.model_path(trial.number).is_file():
                 continue
             model = self.load_trial_model(trial)
             loader = self.prep.loader("test", trial.user_attrs["context"], batch_size=self.train_settings.eval_batch_size,
                                       shuffle=False)
-            known[trial.number] = accuracy(model, loader)
-            study.set_user_attr("test_accuracy", {str(k): v for k, v in sorted(known.items())})
+            known[trial.number] = evaluate(model, loader, lm=self.lm)[1]
+            study.set_user_attr(attr, {str(k): v for k, v in sorted(known.items())})
         self.clock.add("evaluation", time.perf_counter() - t0)
         self.write(study)
 
@@ -655,7 +677,7 @@ def trial_line(trial: Any, objectives: Sequence[str]) -> str:
         return f"{head} repeat of trial {a['repeat_of']}: not trained again, not counted"
     if trial.state.name == "COMPLETE":
         spread = f" [{a['speedup_p10']:.2f}-{a['speedup_p90']:.2f}]" if "speedup_p10" in a else ""
-        return (f"{head} acc {a['val_accuracy']:.4f}  latency {a['latency_ms']:7.2f} ms  "
+        return (f"{head} {quality_text(a)}  latency {a['latency_ms']:7.2f} ms  "
                 f"speedup {a['speedup']:.2f}x{spread}  params {a['params'] / 1e6:.1f}M")
     reason = a.get("fail_reason") or trial.system_attrs.get("fail_reason") or ""
     return f"{head} {reason}"
@@ -667,8 +689,11 @@ def front_table(front: Any, console: Any) -> None:
 
     table = Table(title="Pareto front (validation; test for members; final: after the final stage's training); "
                         "latency per input, speedup vs the base timed in alternating rounds (p10-p90 of the rounds)")
+    q = "val_perplexity" if front.get("val_perplexity") is not None and front["val_perplexity"].notna().any() \
+        else "val_accuracy"  # the quality: accuracy, or perplexity for language modelling
+    t = q.replace("val_", "test_")
     final = "final_val_accuracy" in front and front["final_val_accuracy"].notna().any()
-    cols = ["trial", "shape", "val acc", "test acc"] + (["final val", "final test"] if final else [])
+    cols = ["trial", "shape", f"val {q[4:7]}", f"test {q[4:7]}"] + (["final val", "final test"] if final else [])
     for col in cols + ["latency ms", "speedup", "p10-p90", "params M"]:
         table.add_column(col, justify="right" if col != "shape" else "left")
 
@@ -679,8 +704,8 @@ def front_table(front: Any, console: Any) -> None:
         table.add_row(
             "base" if row.get("is_base") else str(int(row["number"])),
             str(row["shape"]),
-            f"{row['val_accuracy']:.4f}",
-            num(row.get("test_accuracy")),
+            f"{row[q]:.4f}",
+            num(row.get(t)),
             *([num(row.get("final_val_accuracy")), num(row.get("final_test_accuracy"))] if final else []),
             f"{row['latency_ms']:.2f}",
             f"{row['speedup']:.2f}x",
@@ -744,7 +769,7 @@ def _main() -> None:
             sys.exit(2)
         out = search.write(study)
         front_table(out["front"], console)
-        console.print(f"latency: {search.latency.describe()}; base {search.base_metrics['latency_ms']:.2f} ms per input "
+        console.print(f"latency: {search.timer.settings.describe()}; base {search.base_metrics['latency_ms']:.2f} ms per input "
                       f"(median of its {len(search.timer.base_rounds)} rounds)", highlight=False)
         phases = ", ".join(f"{k} {v:.0f}s" for k, v in search.clock.seconds.items())
         console.print(f"time per phase: {phases}; total {time.perf_counter() - t0:.0f}s", highlight=False)

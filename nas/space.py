@@ -32,7 +32,10 @@ from typing import Any
 
 from nas.spec import BaseShape, SubnetSpec
 
-AXES = ("layers", "heads", "ffn", "hidden", "context")
+AXES = ("layers", "heads", "ffn", "hidden", "context", "groups")
+# On a decoder with grouped-query attention (nas.decoder) `heads` counts query heads per key/value
+# group (its sizes are of the base's group size) and `groups` counts whole key/value groups; an
+# encoder has no groups: there `heads` counts heads and a `groups` axis is dropped at resolve.
 SPACES_DIR = Path(__file__).resolve().parent.parent / "search_spaces"
 
 
@@ -154,6 +157,8 @@ class SearchSpace:
         (Fractions and quantiles cannot ask for more than the base has.)"""
         tops = _tops(shape)
         for axis, spec in self.axes.items():
+            if axis == "groups" and shape.num_kv_heads is None:
+                continue
             if isinstance(spec, Axis):
                 for value in spec.values:
                     if not 1 <= value <= tops[axis]:
@@ -185,13 +190,16 @@ class SearchSpace:
             "ffn": self.align,
             "hidden": math.lcm(self.align, units.hidden_multiple),
             "context": 1,
+            "groups": 1,
         }
-        if shape.num_heads % units.head_multiple:
+        if tops["heads"] % units.head_multiple:
             raise ValueError(
-                f"Units.head_multiple={units.head_multiple} does not divide the base's {shape.num_heads} heads"
+                f"Units.head_multiple={units.head_multiple} does not divide the base's {tops['heads']} heads"
             )
         axes: dict[str, Axis] = {}
         for axis, spec in self.axes.items():
+            if axis == "groups" and shape.num_kv_heads is None:
+                continue  # an encoder: every head is its own group; the heads axis decides
             top, unit = tops[axis], steps[axis]
             if isinstance(spec, Axis):
                 axes[axis] = _resolve_absolute(spec, unit, top)
@@ -232,11 +240,16 @@ class SearchSpace:
                 return tuple(chosen[i] for i in layers)
             return (axes[axis].suggest(trial, axis),) * len(layers)
 
-        heads = per_layer("heads", shape.num_heads)
+        heads = per_layer("heads", _tops(shape)["heads"])
+        kv_heads = None
+        if shape.num_kv_heads is not None:  # heads were per group: whole groups x query heads per group
+            kv_heads = per_layer("groups", shape.num_kv_heads)
+            heads = tuple(q * g for q, g in zip(heads, kv_heads, strict=True))
         ffn = per_layer("ffn", shape.ffn_size)
         hidden = axes["hidden"].suggest(trial, "hidden") if "hidden" in axes else shape.hidden_size
         context = axes["context"].suggest(trial, "context") if "context" in axes else shape.max_positions
-        return SubnetSpec(layers=layers, heads=heads, ffn=ffn, hidden=hidden, context=context).validate(shape)
+        return SubnetSpec(layers=layers, heads=heads, ffn=ffn, hidden=hidden, context=context,
+                          kv_heads=kv_heads).validate(shape)
 
 
 def task_token_lengths(cfg: Any, *, cap: int) -> Any:
@@ -253,8 +266,11 @@ def task_token_lengths(cfg: Any, *, cap: int) -> Any:
 
 
 def _tops(shape: BaseShape) -> dict[str, int]:
-    return {"layers": shape.num_layers, "heads": shape.num_heads, "ffn": shape.ffn_size,
-            "hidden": shape.hidden_size, "context": shape.max_positions}
+    """The largest size of each axis: heads per key/value group and whole groups on a GQA decoder."""
+    grouped = shape.num_kv_heads is not None
+    return {"layers": shape.num_layers, "heads": shape.group_size if grouped else shape.num_heads,
+            "ffn": shape.ffn_size, "hidden": shape.hidden_size, "context": shape.max_positions,
+            "groups": shape.num_kv_heads or shape.num_heads}
 
 
 def _snap(x: Fraction | int, unit: int, top: int) -> int:

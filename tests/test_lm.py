@@ -1,0 +1,244 @@
+"""Language modelling on plain text (nas.textdata, nas.lm) and the search end to end on a tiny
+random GQA Llama: splits by file / paragraph block, token blocks, perplexity, the distillation
+loss, and a 2-trial search whose quality objective is validation perplexity."""
+
+from __future__ import annotations
+
+import math
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from nas.config import compose
+from nas.decoder import decoder_params
+from nas.spec import SubnetSpec
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+WORDS = [f"w{i}" for i in range(60)]
+V = len(WORDS) + 3  # + <pad> <unk> </s>
+
+
+def make_tokenizer():
+    from tokenizers import Tokenizer, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    vocab = {"<pad>": 0, "<unk>": 1, "</s>": 2, **{w: i + 3 for i, w in enumerate(WORDS)}}
+    tok = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
+    tok.pre_tokenizer = pre_tokenizers.Whitespace()
+    return PreTrainedTokenizerFast(tokenizer_object=tok, pad_token="<pad>", unk_token="<unk>", eos_token="</s>")
+
+
+def write_docs(folder: Path, n: int = 10, seed: int = 0) -> None:
+    """Documents of a tiny language: each word is mostly followed by the next one (learnable)."""
+    g = torch.Generator().manual_seed(seed)
+    folder.mkdir(parents=True, exist_ok=True)
+    for d in range(n):
+        paras = []
+        for _ in range(6):
+            start = int(torch.randint(0, len(WORDS), (1,), generator=g))
+            paras.append(" ".join(WORDS[(start + k) % len(WORDS)] for k in range(40)))
+        (folder / f"doc{d:02d}.txt").write_text("\n\n".join(paras) + "\n")
+
+
+@pytest.fixture(scope="module")
+def lm_env(tmp_path_factory):
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    root = tmp_path_factory.mktemp("tiny_lm")
+    model_dir = root / "model"
+    make_tokenizer().save_pretrained(model_dir)
+    cfg = LlamaConfig(vocab_size=V, hidden_size=64, num_hidden_layers=3, num_attention_heads=4, num_key_value_heads=2,
+                      intermediate_size=48, max_position_embeddings=64, tie_word_embeddings=True, pad_token_id=0,
+                      bos_token_id=2, eos_token_id=2)
+    torch.manual_seed(0)
+    LlamaForCausalLM(cfg).save_pretrained(model_dir)
+    write_docs(root / "texts")
+    return {"root": root, "model": model_dir, "texts": root / "texts", "cache": root / "cache"}
+
+
+def test_folder_splits_by_file_and_is_seeded(lm_env):
+    from nas.textdata import load_text_task
+
+    task = load_text_task({"kind": "text", "path": str(lm_env["texts"])})
+    assert task.is_lm and task.num_labels == 0
+    sizes = task.sizes()
+    assert sizes == {"train": 8, "validation": 1, "test": 1}
+    docs = [set(getattr(task, s)["text"]) for s in ("train", "validation", "test")]
+    assert not (docs[0] & docs[1] or docs[0] & docs[2] or docs[1] & docs[2])  # no file in two splits
+    again = load_text_task({"kind": "text", "path": str(lm_env["texts"])})
+    assert again.validation["text"] == task.validation["text"] and again.fingerprint == task.fingerprint
+    other = load_text_task({"kind": "text", "path": str(lm_env["texts"]), "seed": 1})
+    assert other.fingerprint != task.fingerprint
+
+
+def test_single_file_splits_by_paragraph_blocks(lm_env):
+    from nas.textdata import load_text_task
+
+    path = lm_env["texts"] / "doc00.txt"
+    task = load_text_task({"kind": "text", "path": str(path), "block_chars": 100})
+    assert sum(task.sizes().values()) == 6  # six paragraphs of ~220 characters: one block each
+    whole = "\n\n".join(sorted(t for s in ("train", "validation", "test") for t in getattr(task, s)["text"]))
+    assert sorted(whole.split("\n\n")) == sorted(path.read_text().strip().split("\n\n"))
+
+
+def test_text_settings_are_checked(lm_env, tmp_path):
+    from nas.textdata import load_text_task
+
+    with pytest.raises(ValueError, match="data.path='/nope' does not exist"):
+        load_text_task({"kind": "text", "path": "/nope"})
+    (tmp_path / "a.csv").write_text("x")
+    with pytest.raises(ValueError, match="is not a .txt file"):
+        load_text_task({"kind": "text", "path": str(tmp_path / "a.csv")})
+    with pytest.raises(ValueError, match="data.unit='words' is not known; allowed: auto, file, paragraph"):
+        load_text_task({"kind": "text", "path": str(lm_env["texts"]), "unit": "words"})
+    (tmp_path / "one.txt").write_text("just one paragraph")
+    with pytest.raises(ValueError, match="gives 1 paragraph unit"):
+        load_text_task({"kind": "text", "path": str(tmp_path / "one.txt")})
+
+
+def test_blocks_join_documents_with_eos(lm_env):
+    from nas.textdata import lm_blocks, load_text_task
+
+    task = load_text_task({"kind": "text", "path": str(lm_env["texts"]), "max_eval_tokens": 64})
+    tok = make_tokenizer()
+    blocks = lm_blocks(task, "train", tok, block=16)
+    stream = []
+    for text in task.train["text"]:
+        stream += tok(text, add_special_tokens=False)["input_ids"] + [tok.eos_token_id]
+    n = len(stream) // 16
+    assert blocks["input_ids"].shape == (n, 16)
+    assert blocks["input_ids"].flatten().tolist() == stream[: n * 16]
+    assert lm_blocks(task, "validation", tok, block=16)["input_ids"].shape[0] == 4  # 64 tokens' worth
+
+
+def test_perplexity_and_distillation_loss(lm_env):
+    from transformers import AutoModelForCausalLM
+
+    from nas.lm import lm_loss, perplexity
+    from nas.textdata import lm_blocks, lm_loader, load_text_task
+
+    model = AutoModelForCausalLM.from_pretrained(lm_env["model"]).eval()
+    task = load_text_task({"kind": "text", "path": str(lm_env["texts"])})
+    blocks = lm_blocks(task, "validation", make_tokenizer(), block=32)
+    ppl = perplexity(model, lm_loader(blocks, batch_size=4, shuffle=False))
+    with torch.no_grad():  # HF's own loss: the mean next-token NLL over the same tokens
+        out = model(input_ids=blocks["input_ids"], labels=blocks["labels"])
+    assert ppl == pytest.approx(math.exp(float(out.loss)), rel=1e-4)
+    batch = {k: v[:4] for k, v in blocks.items()}
+    with torch.no_grad():
+        logits = model(input_ids=batch["input_ids"]).logits
+        ce = lm_loss(logits, batch, teacher=None, distill_weight=0.0, temperature=2.0)
+        kd_self = lm_loss(logits, batch, teacher=model, distill_weight=1.0, temperature=2.0)
+    assert float(kd_self) == pytest.approx(0.0, abs=1e-5)  # the unpruned model against itself
+    assert float(ce) > 0
+
+
+def lm_cfg(env, *overrides: str):
+    from omegaconf import OmegaConf, open_dict
+
+    cfg = compose([
+        "model=hf", f"model.name_or_path={env['model']}", "data=text", f"data.path={env['texts']}", "+space=triple",
+        "search.n_trials=2", "train.max_steps=3", "train.batch_size=4", "train.eval_batch_size=8",
+        f"cache_dir={env['cache']}", "max_length=32", "latency.warmup=1", "latency.sample_size=2",
+        "importance.max_batches=2", "importance.batch_size=4", *overrides,
+    ])
+    with open_dict(cfg):
+        cfg.space = OmegaConf.create({"name": "tiny", "axes": {
+            "layers": {"low": 1, "high": 3}, "heads": {"low": 1, "high": 2}, "groups": {"low": 1, "high": 2},
+            "ffn": {"choices": [16, 48]}, "hidden": {"choices": [32, 64]}, "context": {"choices": [16, 32]}}})
+    return cfg
+
+
+def test_search_end_to_end_on_perplexity(lm_env):
+    import pandas as pd
+    from transformers import AutoModelForCausalLM
+
+    from nas.prune import count_parameters
+    from nas.search import run_search
+
+    t0 = time.perf_counter()
+    run_dir = lm_env["root"] / "run"
+    study, search = run_search(lm_cfg(lm_env), run_dir)
+    seconds = time.perf_counter() - t0
+    assert search.settings.objectives == ("perplexity", "latency")  # the default [accuracy, ...] became perplexity
+    assert [d.name for d in study.directions] == ["MINIMIZE", "MINIMIZE"]
+    done = [t for t in study.trials if t.state.name == "COMPLETE" and "repeat_of" not in t.user_attrs]
+    assert len(done) == 2
+    base = AutoModelForCausalLM.from_pretrained(lm_env["model"])
+    for t in done:
+        assert t.values[0] == t.user_attrs["val_perplexity"] > 1
+        spec = SubnetSpec.from_dict(t.user_attrs["spec"])
+        assert spec.kv_heads is not None
+        assert t.user_attrs["params"] == decoder_params(spec, vocab=V, head_size=16, tied=True)
+    assert count_parameters(base) == search.base_metrics["params"]
+    assert search.base_metrics["val_perplexity"] > 1 and search.base_metrics["test_perplexity"] > 1
+    front = pd.read_csv(run_dir / "pareto.csv")
+    members = front[~front["is_base"].astype(bool)]
+    assert members["test_perplexity"].notna().all() and (run_dir / "best.yaml").is_file()
+    assert seconds < 120
+
+
+def test_lm_task_refusals(lm_env):
+    from nas.search import Search, run_search
+
+    with pytest.raises(ValueError, match="'perplexity', a language-modelling objective; this task is classification"):
+        Search(compose(["+space=triple", "search.objectives=[perplexity,latency]"]), lm_env["root"] / "r1")
+    cfg = lm_cfg(lm_env)
+    cfg.model.name_or_path = None  # the embedded MiniLM: an encoder
+    with pytest.raises(ValueError, match="needs a decoder LM; model_type='bert'"):
+        run_search(cfg, lm_env["root"] / "r2")
+
+
+def test_generation_latency_is_paired_and_refuses_what_it_cannot_time(lm_env):
+    from types import SimpleNamespace
+
+    from transformers import AutoModelForCausalLM
+
+    from nas.latency import LatencySettings, PairedTimer
+    from nas.prune import prune_model
+    from nas.spec import BaseShape
+    from nas.textdata import load_text_task
+
+    base = AutoModelForCausalLM.from_pretrained(lm_env["model"]).eval()
+    task = load_text_task({"kind": "text", "path": str(lm_env["texts"])})
+    shape = BaseShape.from_config(base.config)
+    prep = SimpleNamespace(base=base, task=task, tokenizer=make_tokenizer(), shape=shape)
+    settings = LatencySettings(sample_size=2, warmup=1, new_tokens=4)
+    timer = PairedTimer.for_prepared(prep, settings, max_length=32)
+    assert timer.settings.generation == "decode"  # auto on a language-modelling task
+    assert "decode of 4 tokens with the KV cache" in timer.settings.describe()
+    assert timer.caps(32) == (28, 28)  # the prompt leaves room for the generated tokens
+    small = prune_model(base, SubnetSpec(layers=(0,), heads=(2,), kv_heads=(1,), ffn=(16,), hidden=32, context=32))
+    m = timer.measure(small, context=32)
+    assert m["speedup"] > 0 and m["latency_ms"] > 0 and len(timer.base_rounds) == settings.rounds
+    with pytest.raises(ValueError, match="latency.generation=decode needs a language-modelling task"):
+        PairedTimer.for_prepared(SimpleNamespace(**{**vars(prep), "task": SimpleNamespace()}),
+                                 LatencySettings(generation="decode"), max_length=32)
+    with pytest.raises(ValueError, match="set latency.runtime=torch"):
+        PairedTimer.for_prepared(prep, LatencySettings(generation="generate", runtime="onnxruntime"), max_length=32)
+    with pytest.raises(ValueError, match="latency.generation='beam' is not known; allowed: auto, prefill, decode"):
+        LatencySettings(generation="beam").validate()
+
+
+def test_final_training_of_an_lm_shape(lm_env, tmp_path):
+    """`nas.train +arch=...` on a language-modelling shape: fine-tuned, perplexity, exported folder that loads."""
+    import yaml
+    from omegaconf import OmegaConf
+    from rich.console import Console
+    from transformers import AutoModelForCausalLM
+
+    from nas.final import run_final
+
+    cfg = lm_cfg(lm_env, "final.max_steps=2", "final.onnx=false")
+    spec = SubnetSpec.uniform(layers=(0, 2), heads=2, kv_heads=1, ffn=16, hidden=32, context=32)
+    arch = tmp_path / "config.yaml"
+    arch.write_text(yaml.safe_dump({"arch": spec.to_dict(), "config": OmegaConf.to_container(cfg, resolve=True)}))
+    out = tmp_path / "model"
+    metrics = run_final(cfg, arch, out, overrides=[], console=Console(quiet=True))
+    assert metrics["val_perplexity"] > 1 and metrics["test_perplexity"] > 1 and metrics["base_val_perplexity"] > 1
+    assert "speedup_torch" in metrics and "onnxruntime" not in str(metrics.get("latency_definition"))
+    model = AutoModelForCausalLM.from_pretrained(out).eval()
+    assert model.config.num_hidden_layers == 2 and model.config.num_key_value_heads == 1
