@@ -5,6 +5,12 @@ from __future__ import annotations
 import pytest
 import torch
 
+def no_final_stage(overrides) -> list[str]:
+    """search.final_k=0 unless the test asks for a final stage: the default trains the front's top-K
+    400 steps more after the trials, which the tests of other features do not need to pay for."""
+    return [] if any(str(o).startswith("search.final_k=") for o in overrides) else ["search.final_k=0"]
+
+
 # transformers' own test sizes
 TINY = dict(vocab=99, hidden=32, layers=2, heads=4, ffn=37, positions=512, labels=3)
 

@@ -94,7 +94,7 @@ def tiny_search_run(base: Path) -> Path:
     pd.DataFrame(rows).to_csv(csv, index=False)
     cfg = compose([
         "model=hf", f"model.name_or_path={model_dir}", "data=file", f"data.path={csv}", "data.split.validation=0.3", "+space=triple",
-        f"search.n_trials={N_TRIALS}", "search.sampler=random", "search.objectives=[accuracy,params]", "train.batch_size=16",
+        f"search.n_trials={N_TRIALS}", "search.final_k=0", "search.sampler=random", "search.objectives=[accuracy,params]", "train.batch_size=16",
         "train.eval_batch_size=64", "train.lr=0.003", "base.lr=0.003", "train.max_steps=30", "train.distill_weight=0", "base.max_steps=30", "base.batch_size=16", f"cache_dir={root / 'cache'}",
         "max_length=32", "latency.warmup=1", "importance.max_batches=2", "importance.batch_size=16",
     ])

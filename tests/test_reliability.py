@@ -18,6 +18,7 @@ import pandas as pd
 import pytest
 import torch
 
+from conftest import no_final_stage
 from test_search import ROOT, TINY_SPACE, make_cfg, tiny_env, trained_trials  # noqa: F401  (tiny_env is a fixture)
 
 
@@ -48,7 +49,7 @@ def cli_args(env: dict, run_dir: Path, *overrides: str, space: dict | None = TIN
         "model=hf", f"model.name_or_path={env['model']}", "data=file", f"data.path={env['csv']}",
         "train.batch_size=16", "train.eval_batch_size=64", "train.threads=1", "base.max_steps=2",
         "base.batch_size=16", f"cache_dir={env['cache']}", "max_length=32", "latency.warmup=1",
-        "importance.max_batches=2", "importance.batch_size=16", *overrides,
+        "importance.max_batches=2", "importance.batch_size=16", *no_final_stage(overrides), *overrides,
     ]
 
 

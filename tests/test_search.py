@@ -16,6 +16,7 @@ import pytest
 import torch
 import yaml
 
+from conftest import no_final_stage
 from nas.config import compose
 from nas.spec import BaseShape, SubnetSpec
 
@@ -83,7 +84,7 @@ def make_cfg(env, *overrides: str, space: dict | None = None):
         "search.n_trials=2", "train.max_steps=2", "train.batch_size=16", "train.eval_batch_size=64",
         "base.max_steps=2", "base.batch_size=16", f"cache_dir={env['cache']}", "max_length=32",
         "latency.warmup=1", "importance.max_batches=2", "importance.batch_size=16",
-        *overrides,
+        *no_final_stage(overrides), *overrides,
     ])
     with open_dict(cfg):
         cfg.space = OmegaConf.create(space or TINY_SPACE)

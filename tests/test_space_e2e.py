@@ -28,7 +28,7 @@ TRIPLE_ON_BERT5 = {
     "context": [8, 16, 32],
 }
 SHRINK = ["train.batch_size=16", "train.eval_batch_size=64", "base.max_steps=2", "base.batch_size=16", "max_length=32",
-          "latency.warmup=1", "importance.max_batches=2", "importance.batch_size=16"]
+          "latency.warmup=1", "importance.max_batches=2", "importance.batch_size=16", "search.final_k=0"]
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

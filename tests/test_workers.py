@@ -56,7 +56,7 @@ def two_workers(request, tiny_env, tmp_path_factory):
     name = "shared"
     with storage_url(kind, folder) as url:
         common = [f"search.storage={url}", f"search.study_name={name}", f"search.n_trials={N_TRIALS}",
-                  "search.sampler=random", "train.max_steps=150", f"cache_dir={cache}", "base.max_steps=4"]
+                  "search.sampler=random", "train.max_steps=150", f"cache_dir={cache}", "base.max_steps=4", "search.final_k=0"]
         procs, logs = [], []
         t0 = time.monotonic()
         for i in range(2):
