@@ -63,7 +63,7 @@ def run_final(cfg: Any, arch_path: str | Path, out_dir: str | Path, *, overrides
 
     container = OmegaConf.to_container(cfg, resolve=True)
     settings = final_train_settings(container)
-    recovery = RecoverySettings.from_cfg(container.get("prune"))
+    recovery = RecoverySettings.from_cfg(container.get("prune")).resolved("finetune")  # it trains afterwards
     from nas.checks import preflight
 
     preflight(cfg, out_dir)  # settings, files, max_length, output folder: before the base is loaded

@@ -196,6 +196,7 @@ class Search:
         from nas.supernet import SupernetSettings
 
         self.supernet_settings = SupernetSettings.from_cfg(container.get("supernet"))
+        self.recovery = self.recovery.resolved(self.settings.estimator)
         self.supernet: Any = None
         self.final_settings = final_train_settings(container)
         self.evaluator: Any = None  # nas.evaluate.Evaluator, built once the base is ready

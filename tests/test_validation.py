@@ -205,7 +205,7 @@ def test_cache_dir_under_a_file(env):
     ("search.stale_timeout=0", "search.stale_timeout=0 must be >= 1 (seconds)"),
     ("search.estimator=proxy", "search.estimator='proxy' is not known; allowed: finetune, supernet, none"),
     ("search.final_k=-1", "search.final_k=-1 must be an integer >= 0 (0: no final training)"),
-    ("prune.recovery=lsq", "prune.recovery='lsq' is not known; allowed: none, bias, rescale, both"),
+    ("prune.recovery=lsq", "prune.recovery='lsq' is not known; allowed: auto, none, bias, rescale, both"),
     ("train.distill=attention", "train.distill='attention' is not known; allowed: logits, hidden"),
     ("base.patience=-1", "base.patience=-1 must be >= 0 (0: never stop early)"),
     ("supernet.steps=-1", "supernet.steps=-1 must be >= 0"),
