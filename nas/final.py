@@ -49,16 +49,14 @@ def run_final(cfg: Any, arch_path: str | Path, out_dir: str | Path, *, overrides
     from nas.export import export_all
     from nas.latency import flat_latency_metrics, measure_runtimes, model_size, speedup_line
     from nas.pipeline import prepare
-    from nas.prune import prune_model
     from nas.spec import SubnetSpec
-    from nas.train import finetune
 
     arch_file = load_arch(arch_path)
     spec = SubnetSpec.from_dict(arch_file["arch"])
     cfg = merged_config(cfg, arch_file, overrides)
     from omegaconf import OmegaConf
 
-    from nas.recovery import RecoverySettings, calibration_batches, recover
+    from nas.recovery import RecoverySettings
     from nas.search import final_train_settings
 
     container = OmegaConf.to_container(cfg, resolve=True)
@@ -70,33 +68,23 @@ def run_final(cfg: Any, arch_path: str | Path, out_dir: str | Path, *, overrides
     t0 = time.perf_counter()
     prep = prepare(cfg)
     spec.validate(prep.shape)
-    model = prune_model(prep.base, spec, prep.scores)
+    from nas.evaluate import Evaluator
     from nas.recovery import applies_to
 
     if not applies_to(prep.base):  # recovery and hidden-state distillation are for the encoder families
         recovery = replace(recovery, method="none")
         settings = replace(settings, distill="logits")
-    if recovery.active:
-        recover(model, prep.base, spec, prep.scores, calibration_batches(prep, spec.context, recovery), recovery)
+    lm = bool(getattr(prep.task, "is_lm", False))  # a language-modelling task: perplexity (nas.lm)
+    # the search's own steps: the same cut, recovery, fine-tune and evaluation as a trial and the final stage
+    ev = Evaluator(prep=prep, timer=None, train=settings, recovery=recovery, lm=lm)
+    model, _ = ev.candidate(spec)
     console.print(f"final training of {spec.describe()}: {settings.max_steps} steps (prune.recovery {recovery.method}, "
                   f"distill {settings.distill})", highlight=False)
-    loader = prep.loader("train", spec.context, batch_size=settings.batch_size, shuffle=True, seed=settings.seed)
-    teacher = prep.base if settings.distill_weight > 0 or settings.distill == "hidden" else None
-    hidden_map = None
-    if settings.distill == "hidden":
-        from nas.prune import kept_units
-        from nas.train import HiddenMap
-
-        hidden_map = HiddenMap(layers=tuple(spec.layers), channels=kept_units(prep.shape, spec, prep.scores).hidden)
-    result = finetune(model, loader, settings, teacher=teacher, hidden_map=hidden_map)
-    ev = int(settings.eval_batch_size)
-    from nas.lm import evaluate
-
-    lm = bool(getattr(prep.task, "is_lm", False))  # a language-modelling task: perplexity (nas.lm)
-    q, val = evaluate(model, prep.loader("validation", spec.context, batch_size=ev, shuffle=False), lm=lm)
+    result = ev.fit(model, spec, settings)
+    q, val = ev.quality_of(model, spec, "validation")
     metrics: dict[str, Any] = {
         f"val_{q}": val,
-        f"test_{q}": evaluate(model, prep.loader("test", spec.context, batch_size=ev, shuffle=False), lm=lm)[1],
+        f"test_{q}": ev.quality_of(model, spec, "test")[1],
     }
     from nas.export import latency_settings
 
