@@ -52,11 +52,16 @@ def choose(front: Any, *, pick: str = "knee", trial: int | None = None, max_late
     if pick not in PICKS:
         raise ValueError(f"pick={pick!r} is not known; allowed: {', '.join(PICKS)}")
     members = front[~front["is_base"].fillna(False).astype(bool)]
-    acc = "val_accuracy"
-    if pick != "trial" and "final_val_accuracy" in members and members["final_val_accuracy"].notna().any():
-        # the final stage trained some members longer: the choice is among those, on their final accuracy
-        members = members[members["final_val_accuracy"].notna()].assign(val_accuracy=members["final_val_accuracy"])
-        acc = "final_val_accuracy"
+    perplexity = "val_perplexity" in members and members["val_perplexity"].notna().any()
+    acc = "val_perplexity" if perplexity else "val_accuracy"
+    from nas.report import final_quality
+
+    final = final_quality(members) if pick != "trial" else None
+    if final is not None:
+        # the final stage trained some members longer: the choice is among those, on their final quality
+        plain = final.removeprefix("final_")  # val_accuracy, or val_perplexity
+        members = members[members[final].notna()].assign(**{plain: members[final]})
+        acc = final
     if pick == "trial":
         if trial is None:
             raise ValueError("pick=trial needs trial=N (a trial number)")
@@ -78,14 +83,14 @@ def choose(front: Any, *, pick: str = "knee", trial: int | None = None, max_late
     if min_accuracy is not None:
         ok = ok[ok["val_accuracy"] >= min_accuracy]
     if ok.empty:
-        gap = members["val_accuracy"].astype(float) * 0.0  # relative shortfall, summed over budgets
+        gap = members["latency_ms"].astype(float) * 0.0  # relative shortfall, summed over budgets
         if max_latency_ms is not None:
             gap = gap + (members["latency_ms"] - max_latency_ms).clip(lower=0) / max_latency_ms
         if min_accuracy is not None:
             gap = gap + (min_accuracy - members["val_accuracy"]).clip(lower=0)
         closest = members.assign(gap=gap).sort_values(["gap", "latency_ms"]).head(3)
         names = "; ".join(
-            f"trial {int(r['number'])} ({acc} {r['val_accuracy']:.4f}, latency_ms {r['latency_ms']:.4g})"
+            f"trial {int(r['number'])} ({acc} {r[acc if acc in r else 'val_accuracy']:.4f}, latency_ms {r['latency_ms']:.4g})"
             for _, r in closest.iterrows()
         )
         budgets = " and ".join(f"{k}={v:g}" for k, v in (("max_latency_ms", max_latency_ms),
@@ -482,9 +487,11 @@ def _export(console: Any, args: Mapping[str, Any], run_dir: Path, cfg: Any, stud
                                    "flops", "size_mb")
                if k in row and row[k] == row[k] and row[k] is not None}
     final = trial_weights(run_dir, number).name.startswith("final_")
-    if final:  # the final stage's weights and accuracies
-        metrics.update(val_accuracy=row["final_val_accuracy"], test_accuracy=row["final_test_accuracy"],
-                       trial_val_accuracy=trial.user_attrs.get("val_accuracy"), final_steps=row["final_steps"])
+    if final:  # the final stage's weights and accuracies (perplexities for a language model)
+        q = "perplexity" if row.get("final_val_perplexity") == row.get("final_val_perplexity") \
+            and row.get("final_val_perplexity") is not None else "accuracy"
+        metrics.update({f"val_{q}": row[f"final_val_{q}"], f"test_{q}": row[f"final_test_{q}"],
+                        f"trial_val_{q}": trial.user_attrs.get(f"val_{q}"), "final_steps": row["final_steps"]})
     source = {"model": cfg.model.name_or_path or "embedded:all-MiniLM-L6-v2", "trial": number,
               "space": study.user_attrs.get("space"), "run_dir": str(run_dir), "pick": args["pick"],
               "cfg": OmegaConf.to_container(cfg, resolve=False)}

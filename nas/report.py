@@ -20,7 +20,9 @@ METRIC_COLUMNS = [
     "speedup_p90", "latency_ratio", "mean_tokens", "params", "flops", "size_mb",
 ]
 # The final stage (search.final_k): the chosen front members trained longer, from their trial weights.
-FINAL_COLUMNS = ["final_val_accuracy", "final_test_accuracy", "final_steps"]
+# A language-modelling study's final stage measures perplexity instead of accuracy.
+FINAL_COLUMNS = ["final_val_accuracy", "final_test_accuracy", "final_val_perplexity", "final_test_perplexity",
+                 "final_steps"]
 # The latency objective is the paired ratio to the base (see nas.search.OBJECTIVE_ATTR).
 COST_COLUMN = {"latency": "latency_ratio", "params": "params", "flops": "flops", "size": "size_mb"}
 
@@ -101,21 +103,33 @@ def _has_complete(study: Any) -> bool:
     return any(t.state == TrialState.COMPLETE for t in study.get_trials(deepcopy=False))
 
 
+def final_quality(front: pd.DataFrame) -> str | None:
+    """The final stage's validation column in `front` (final_val_accuracy, or final_val_perplexity for a
+    language-modelling study); None when the final stage trained nothing."""
+    for column in ("final_val_accuracy", "final_val_perplexity"):
+        if column in front and front[column].notna().any():
+            return column
+    return None
+
+
 def final_trained(front: pd.DataFrame) -> pd.DataFrame:
     """The front members the final stage trained (none: an empty frame)."""
-    if "final_val_accuracy" not in front:
+    column = final_quality(front)
+    if column is None:
         return front.iloc[0:0]
     is_base = front.get("is_base", pd.Series(False, index=front.index)).fillna(False).astype(bool)
-    return front[~is_base & front["final_val_accuracy"].notna()]
+    return front[~is_base & front[column].notna()]
 
 
-def choose_final(front: pd.DataFrame, k: int) -> list[int]:
+def choose_final(front: pd.DataFrame, k: int, *, quality: str = "val_accuracy") -> list[int]:
     """Trial numbers of the k front members the final stage trains: the front's members ranked by
-    validation accuracy, taken at evenly spaced ranks from the most accurate (k=3 of 9: ranks 0, 3, 6),
-    so the chosen ones spread over the trade-off instead of bunching at the slow end, and the
-    least accurate tail (usually far below the base) is left out."""
+    validation quality (accuracy, or perplexity: lower first), taken at evenly spaced ranks from the
+    best (k=3 of 9: ranks 0, 3, 6), so the chosen ones spread over the trade-off instead of bunching
+    at the slow end, and the worst tail (usually far below the base) is left out."""
     is_base = front.get("is_base", pd.Series(False, index=front.index)).fillna(False).astype(bool)
-    members = front[~is_base].dropna(subset=["val_accuracy"]).sort_values("val_accuracy", ascending=False)
+    if quality not in front:
+        return []
+    members = front[~is_base].dropna(subset=[quality]).sort_values(quality, ascending=quality.endswith("perplexity"))
     n = len(members)
     if k <= 0 or n == 0:
         return []
@@ -235,7 +249,7 @@ def write_reports(study: Any, run_dir: str | Path, *, base: Mapping[str, Any], o
     atomic_write_csv(run_dir / "trials.csv", trials)
     atomic_write_csv(run_dir / "pareto.csv", front)
     finals = final_trained(front)
-    knee = (knee_index(finals, acc="final_val_accuracy", cost=cost) if not finals.empty
+    knee = (knee_index(finals, acc="final_" + quality, cost=cost) if not finals.empty
             else knee_index(front, acc=quality, cost=cost))
     plot_pareto_png(trials, front, run_dir / "pareto.png", cost=cost, knee=knee, quality=quality)
     plot_pareto_html(trials, front, run_dir / "pareto.html", cost=cost, quality=quality)

@@ -56,6 +56,7 @@ class SearchSettings:
     stale_timeout: int = 3600
     estimator: str = "finetune"
     final_k: int = 0
+    time_budget: float | None = None
 
     @classmethod
     def from_cfg(cls, cfg: Mapping[str, Any]) -> SearchSettings:
@@ -75,6 +76,7 @@ class SearchSettings:
             stale_timeout=int(cfg.get("stale_timeout", 3600)),
             estimator=str(cfg.get("estimator", "finetune")),
             final_k=cfg.get("final_k", 0),
+            time_budget=_seconds_or_none(cfg.get("time_budget"), "search.time_budget"),
         )
         settings.validate()
         return settings
@@ -112,12 +114,23 @@ class SearchSettings:
             raise ValueError(f"search.final_k={self.final_k!r} must be an integer >= 0 (0: no final training)")
         if self.stale_timeout < 1:
             raise ValueError(f"search.stale_timeout={self.stale_timeout} must be >= 1 (seconds)")
+        if self.time_budget is not None and not self.time_budget > 0:
+            raise ValueError(f"search.time_budget={self.time_budget} must be > 0 (seconds) or null")
 
     @property
     def directions(self) -> list[str]:
         from nas.lm import QUALITY
 
         return [QUALITY[self.objectives[0]][1]] + ["minimize"] * (len(self.objectives) - 1)
+
+
+def _seconds_or_none(value: Any, key: str) -> float | None:
+    if value is None:
+        return None
+    try:
+        return float(value)
+    except (TypeError, ValueError):
+        raise ValueError(f"{key}={value!r} must be a number of seconds > 0, or null") from None
 
 
 def final_train_settings(cfg: Mapping[str, Any]) -> Any:
@@ -203,6 +216,7 @@ class Search:
         self.max_length = int(container.get("max_length", 128))
         self.console = console
         self.clock = PhaseClock()
+        self.started = time.perf_counter()  # search.time_budget counts from here: preparation included
         self.prep: Any = None
         self.timer: Any = None  # nas.latency.PairedTimer, built once the base is ready
         self.task_lengths: dict[str, Any] = {}
@@ -468,6 +482,10 @@ class Search:
                 study.stop()
             elif self._target_reached(study, n_finished):
                 study.stop()
+            elif self._out_of_time():
+                self._say(f"stopping: search.time_budget={self.settings.time_budget:g}s is spent "
+                          f"({n_finished(study)} finished trials); no new trial starts")
+                study.stop()
 
         def guarded(trial: Any) -> Sequence[float]:
             from nas.storage import record_worker
@@ -490,7 +508,10 @@ class Search:
                 trial.set_user_attr("fail_reason", f"{type(e).__name__}: {e}".splitlines()[0][:500])
                 raise
 
-        if remaining and not self._target_reached(study, n_finished):
+        if remaining and self._out_of_time():
+            self._say(f"search.time_budget={self.settings.time_budget:g}s was spent before the first trial "
+                      "(preparation); no trial runs")
+        elif remaining and not self._target_reached(study, n_finished):
             try:
                 if progress is not None:
                     progress[0].start()
@@ -509,6 +530,12 @@ class Search:
         self.evaluate_front_on_test(study)
         return study
 
+    def _out_of_time(self) -> bool:
+        """search.time_budget: seconds since this process began the run (preparation, supernet training
+        and trials); once spent, no new trial starts (the running one finishes; the final stage still runs)."""
+        budget = self.settings.time_budget
+        return budget is not None and time.perf_counter() - self.started >= budget
+
     # -- after the trials: the final stage ---------------------------------------------------------
     def final_path(self, number: int) -> Path:
         return self.run_dir / "models" / f"final_{number}.safetensors"
@@ -516,11 +543,13 @@ class Search:
     def final_stage(self, study: Any) -> None:
         """Train the search.final_k chosen front members longer (final.*), from their trial weights,
         and evaluate them on validation and test. Resumable: members already done are skipped."""
-        from nas.report import choose_final, cost_column, pareto_frame
+        from nas.report import choose_final, cost_column, pareto_frame, quality_column
         from nas.spec import SubnetSpec
 
-        chosen = choose_final(pareto_frame(study, None, cost=cost_column(self.settings.objectives)),
-                              self.settings.final_k)
+        quality = quality_column(self.settings.objectives)  # val_accuracy, or val_perplexity (LM)
+        front = pareto_frame(study, None, cost=cost_column(self.settings.objectives), quality=quality)
+        chosen = choose_final(front, self.settings.final_k, quality=quality)
+        q = quality.removeprefix("val_")
         if not chosen:
             return
         done = {int(n) for n in (study.user_attrs.get("final") or {})}
@@ -541,8 +570,8 @@ class Search:
             seconds = time.perf_counter() - t0
             self.clock.add("final training", seconds)
             t0 = time.perf_counter()
-            result = {"val_accuracy": self.evaluator.accuracy(model, spec, "validation"),
-                      "test_accuracy": self.evaluator.accuracy(model, spec, "test"), "steps": fs.max_steps,
+            result = {f"val_{q}": self.evaluator.accuracy(model, spec, "validation"),
+                      f"test_{q}": self.evaluator.accuracy(model, spec, "test"), "steps": fs.max_steps,
                       "seconds": round(seconds, 1)}
             self.clock.add("evaluation", time.perf_counter() - t0)
             self._save_model(number, model, path=self.final_path(number))
@@ -550,8 +579,9 @@ class Search:
             latest[str(number)] = result
             study.set_user_attr("final", latest)
             a = trial.user_attrs
-            self._say(f"final    {number:3d} {a['shape']:28s} val acc {a['val_accuracy']:.4f} -> {result['val_accuracy']:.4f}"
-                      f"  test acc {result['test_accuracy']:.4f}  speedup {a['speedup']:.2f}x  ({seconds:.0f}s)")
+            short = q[:3] if q == "accuracy" else "ppl"
+            self._say(f"final    {number:3d} {a['shape']:28s} val {short} {a[f'val_{q}']:.4f} -> {result[f'val_{q}']:.4f}"
+                      f"  test {short} {result[f'test_{q}']:.4f}  speedup {a['speedup']:.2f}x  ({seconds:.0f}s)")
             self.write(study)
 
     def _recover(self, study: Any) -> None:
@@ -693,7 +723,7 @@ def front_table(front: Any, console: Any) -> None:
     q = "val_perplexity" if front.get("val_perplexity") is not None and front["val_perplexity"].notna().any() \
         else "val_accuracy"  # the quality: accuracy, or perplexity for language modelling
     t = q.replace("val_", "test_")
-    final = "final_val_accuracy" in front and front["final_val_accuracy"].notna().any()
+    final = "final_" + q in front and front["final_" + q].notna().any()
     cols = ["trial", "shape", f"val {q[4:7]}", f"test {q[4:7]}"] + (["final val", "final test"] if final else [])
     for col in cols + ["latency ms", "speedup", "p10-p90", "params M"]:
         table.add_column(col, justify="right" if col != "shape" else "left")
@@ -707,7 +737,7 @@ def front_table(front: Any, console: Any) -> None:
             str(row["shape"]),
             f"{row[q]:.4f}",
             num(row.get(t)),
-            *([num(row.get("final_val_accuracy")), num(row.get("final_test_accuracy"))] if final else []),
+            *([num(row.get("final_" + q)), num(row.get("final_" + t))] if final else []),
             f"{row['latency_ms']:.2f}",
             f"{row['speedup']:.2f}x",
             "" if row.get("is_base") or pd.isna(row.get("speedup_p10")) else

@@ -139,14 +139,14 @@ def test_final_stage_trains_exactly_k_and_export_uses_their_weights(tiny_env, fi
 
     import nas.search
 
-    def choose_all(front, k):
+    def choose_all(front, k, quality="val_accuracy"):
         """Every completed trial eligible; the front's own members rank first (so best.yaml's knee,
         taken among final-trained front members, is one of them whichever shapes the latency noise
         puts on the front)."""
         on_front = {int(n) for n in front["number"].dropna()}
         numbers = sorted(t.number for t in searches[0].study.trials if t.state.name == "COMPLETE")
         acc = [0.9 if n in on_front else 0.5 + 0.01 * n for n in numbers]
-        seen.append(real_choose(pd.DataFrame({"number": numbers, "val_accuracy": acc, "is_base": False}), k))
+        seen.append(real_choose(pd.DataFrame({"number": numbers, "val_accuracy": acc, "is_base": False}), k, quality=quality))
         return seen[-1]
 
     searches: list = []
@@ -213,7 +213,7 @@ def test_a_run_killed_in_the_final_stage_resumes_it(tiny_env, fits, tmp_path, mo
 
     # On this tiny task every shape ties on accuracy, so the front has one member: choose the first two
     # completed trials instead, and keep their weights.
-    monkeypatch.setattr(nas.report, "choose_final", lambda front, k: [0, 1][:k])
+    monkeypatch.setattr(nas.report, "choose_final", lambda front, k, **_: [0, 1][:k])
     monkeypatch.setattr(Search, "_drop_dominated_models", lambda self, study: None)
     run_dir = tmp_path / "run"
     cfg = make_cfg(tiny_env, *FINAL)

@@ -161,7 +161,7 @@ def test_search_end_to_end_on_perplexity(lm_env):
 
     t0 = time.perf_counter()
     run_dir = lm_env["root"] / "run"
-    study, search = run_search(lm_cfg(lm_env), run_dir)
+    study, search = run_search(lm_cfg(lm_env, "final.max_steps=3"), run_dir)  # the default final_k=1
     seconds = time.perf_counter() - t0
     assert search.settings.objectives == ("perplexity", "latency")  # the default [accuracy, ...] became perplexity
     assert [d.name for d in study.directions] == ["MINIMIZE", "MINIMIZE"]
@@ -178,6 +178,19 @@ def test_search_end_to_end_on_perplexity(lm_env):
     front = pd.read_csv(run_dir / "pareto.csv")
     members = front[~front["is_base"].astype(bool)]
     assert members["test_perplexity"].notna().all() and (run_dir / "best.yaml").is_file()
+    # the final stage trains the front's lowest-perplexity member on, and reports perplexities
+    (number, result), = study.user_attrs["final"].items()
+    assert int(number) == int(members.sort_values("val_perplexity").iloc[0]["number"])
+    assert result["steps"] == 3 and result["val_perplexity"] > 1 and result["test_perplexity"] > 1
+    assert (run_dir / "models" / f"final_{number}.safetensors").is_file()
+    row = members[members["number"] == int(number)].iloc[0]
+    assert row["final_val_perplexity"] == pytest.approx(result["val_perplexity"])
+    assert row["final_test_perplexity"] == pytest.approx(result["test_perplexity"])
+    import yaml
+
+    best = yaml.safe_load((run_dir / "best.yaml").read_text())
+    assert best["trial"] == int(number) and best["weights"] == f"models/final_{number}.safetensors"
+    assert best["metrics"]["final_val_perplexity"] == pytest.approx(result["val_perplexity"])
     assert seconds < 120
 
 

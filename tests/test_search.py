@@ -304,6 +304,35 @@ def test_repeated_shapes_are_not_trained_again_and_an_exhausted_space_stops(tiny
     assert sorted(table["repeat_of"].dropna().astype(int)) == sorted(t.user_attrs["repeat_of"] for t in repeats)
 
 
+def test_time_budget_stops_new_trials_once_spent(tiny_env, finetune_calls):
+    """search.time_budget: once the run's seconds are spent no new trial starts, whatever n_trials says;
+    the trial that spent it is kept and reported. A budget spent before the first trial runs none."""
+    import nas.search
+    from nas.search import Search
+
+    run = tiny_env["root"] / "run_budget"
+    search = Search(make_cfg(tiny_env, "search.n_trials=50", "search.time_budget=3600"), run)
+    search.prepare()
+    objective = search.objective
+
+    def spend_it(trial):  # the first trial uses up the hour
+        values = objective(trial)
+        search.started -= 3600
+        return values
+
+    search.objective = spend_it
+    study = search.run()
+    finished = [t for t in study.trials if t.state.name == "COMPLETE"]
+    assert len(finished) == 1 and len(study.trials) == 1 and finetune_calls == [len(finished[0].user_attrs["spec"]["layers"])]
+    assert len(pd.read_csv(run / "trials.csv")) == 1
+
+    finetune_calls.clear()
+    late = Search(make_cfg(tiny_env, "search.n_trials=50", "search.time_budget=1e-9"), tiny_env["root"] / "run_late")
+    late.prepare()
+    assert len(late.run().trials) == 0 and finetune_calls == []
+    assert nas.search.SearchSettings.from_cfg({"time_budget": None}).time_budget is None
+
+
 # ---- the command line fails fast ----------------------------------------------------------------
 
 
@@ -354,7 +383,9 @@ def test_bad_settings_fail_before_prepare(tiny_env, tmp_path, monkeypatch):
                            ("latency.inputs=padded", r"latency\.inputs='padded' is not known; allowed: real, fixed"),
                            ("latency.rounds=1", r"latency\.rounds=1 must be >= 3"),
                            ("latency.seq_len=64", r"latency\.seq_len=64 applies to latency\.inputs=fixed only"),
-                           ("train.distill_weight=2", "distill_weight"), ("search.max_latency_ms=-1", "max_latency_ms")]:
+                           ("train.distill_weight=2", "distill_weight"), ("search.max_latency_ms=-1", "max_latency_ms"),
+                           ("search.time_budget=0", r"search\.time_budget=0\.0 must be > 0"),
+                           ("search.time_budget=soon", r"search\.time_budget='soon' must be a number of seconds")]:
         with pytest.raises(ValueError, match=word):
             Search(make_cfg(tiny_env, override), tmp_path / "bad")
     bad_space = {**TINY_SPACE, "axes": {"depth": {"low": 1, "high": 2}}}
