@@ -255,3 +255,13 @@ def test_final_training_of_an_lm_shape(lm_env, tmp_path):
     assert "speedup_torch" in metrics and "onnxruntime" not in str(metrics.get("latency_definition"))
     model = AutoModelForCausalLM.from_pretrained(out).eval()
     assert model.config.num_hidden_layers == 2 and model.config.num_key_value_heads == 1
+
+
+def test_smollm2_budget_applies_and_the_command_line_wins():
+    """model=smollm2 brings conf/budget/smollm2.yaml (short fine-tunes, a 60-step final stage sized
+    for a 135M model on 2 cores); any key on the command line overrides it; other models keep theirs."""
+    cfg = compose(["model=smollm2", "data=shakespeare"])
+    assert (cfg.train.max_steps, cfg.train.batch_size, cfg.final.max_steps, cfg.search.n_trials) == (10, 4, 60, 4)
+    assert compose(["model=smollm2", "final.max_steps=7", "train.max_steps=3"]).final.max_steps == 7
+    plain = compose([])
+    assert plain.final.max_steps == 400 and plain.train.max_steps != 10

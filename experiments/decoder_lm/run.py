@@ -21,7 +21,7 @@ HERE = Path(__file__).resolve().parent
 
 def main() -> None:
     parser = argparse.ArgumentParser()
-    parser.add_argument("--steps", type=int, default=10)
+    parser.add_argument("--steps", type=int, default=60, help="distillation fine-tune steps per shape")
     parser.add_argument("--drop", type=int, default=10, help="layers the depth-only shape removes")
     args = parser.parse_args()
 
@@ -37,6 +37,7 @@ def main() -> None:
     cfg = compose(["model=smollm2", "data=shakespeare"])
     prep = prepare(cfg)
     shape = prep.shape
+    base_rows = base_perplexity(prep)
     full = SubnetSpec.full(shape)
     n = shape.num_layers - args.drop
     depth = SubnetSpec(layers=prep.scores.top_layers(n), heads=(shape.num_heads,) * n, kv_heads=(shape.num_kv_heads,) * n,
@@ -49,7 +50,13 @@ def main() -> None:
     # the FFN width (multiple of 32) whose parameter count is closest to the depth-only shape's
     f = min(range(32, shape.ffn_size + 1, 32), key=lambda f: abs(decoder_params(
         width(f), vocab=prep.base.config.vocab_size, head_size=shape.head_size, tied=True) - target))
-    specs = {"depth-only": depth, "width-only (FFN)": width(f)}
+    def narrow(h: int) -> SubnetSpec:
+        return SubnetSpec(**{**full.__dict__, "hidden": h})
+
+    # the hidden width (multiple of 32) closest to it too: Minitron's width axis includes the embedding channels
+    h = min(range(64, shape.hidden_size + 1, 32), key=lambda h: abs(decoder_params(
+        narrow(h), vocab=prep.base.config.vocab_size, head_size=shape.head_size, tied=True) - target))
+    specs = {"depth-only": depth, "width-only (FFN)": width(f), "width-only (hidden)": narrow(h)}
     timer = PairedTimer.for_prepared(prep, LatencySettings(), max_length=int(cfg.max_length))
     settings = TrainSettings.from_cfg(cfg.train, max_steps=args.steps)
     rows = []
@@ -67,16 +74,42 @@ def main() -> None:
         row.update({k: v for k, v in timer.measure(model, context=128).items() if k.startswith(("speedup", "latency"))})
         rows.append(row)
         print(row, flush=True)
-    out = {"base": {"params": count_parameters(prep.base), **prep.base_info}, "rows": rows,
+    out = {"base": {"params": count_parameters(prep.base), **prep.base_info}, "base_perplexity": base_rows, "rows": rows,
            "latency": timer.settings.describe(), "steps": args.steps}
     (HERE / "results.json").write_text(json.dumps(out, indent=2))
-    lines = ["| shape | spec | params | val ppl pruned | val ppl after fine-tune | test ppl | decode speedup [p10-p90] |",
+    lines = ["Base perplexity by text and block length (the same tokens scored as blocks of 128 or 512):", "",
+             "| text | tokens | block | perplexity |", "|---|---|---|---|"]
+    lines += [f"| {r['text']} | {r['tokens']} | {r['block']} | {r['perplexity']:.1f} |" for r in base_rows]
+    lines += ["", f"Depth-only vs width-only at equal parameter count, {args.steps} distillation steps each:", ""]
+    lines += ["| shape | spec | params | val ppl pruned | val ppl after fine-tune | test ppl | decode speedup [p10-p90] |",
              "|---|---|---|---|---|---|---|"]
     for r in rows:
         lines.append(f"| {r['shape']} | {r['spec']} | {r['params'] / 1e6:.1f}M | {r['ppl_pruned']:.1f} | "
                      f"{r['ppl_finetuned']:.1f} | {r['test_ppl_finetuned']:.1f} | {r['speedup']:.2f}x "
                      f"[{r['speedup_p10']:.2f}-{r['speedup_p90']:.2f}] |")
     (HERE / "results.md").write_text("\n".join(lines) + f"\n\nlatency: {out['latency']}\n")
+
+
+def base_perplexity(prep) -> list[dict]:
+    """The unpruned LM's perplexity on the task's validation tokens and on Hamlet (the play of DESIGN's
+    8x512 check), each scored as blocks of 128 and of 512 tokens over the same 4096 tokens."""
+    import torch
+
+    from nas.lm import perplexity
+    from nas.textdata import _markdown_to_text, lm_blocks, lm_loader, shakespeare_folder
+
+    hamlet = _markdown_to_text(next(shakespeare_folder().rglob("hamlet.md")).read_text())
+    hamlet_ids = prep.tokenizer(hamlet, add_special_tokens=False)["input_ids"][:4096]
+    rows = []
+    for block in (128, 512):
+        val = lm_blocks(prep.task, "validation", prep.tokenizer, block=block)
+        ids = torch.tensor(hamlet_ids[: len(hamlet_ids) // block * block]).view(-1, block)
+        ham = {"input_ids": ids, "attention_mask": torch.ones_like(ids), "labels": ids.clone()}
+        for text, blocks in (("validation split (4 plays)", val), ("Hamlet (first 4096 tokens)", ham)):
+            ppl = perplexity(prep.base, lm_loader(blocks, batch_size=4, shuffle=False))
+            rows.append({"text": text, "block": block, "tokens": int(blocks["input_ids"].numel()), "perplexity": ppl})
+            print(rows[-1], flush=True)
+    return rows
 
 
 if __name__ == "__main__":
