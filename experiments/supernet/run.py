@@ -27,6 +27,7 @@ import argparse
 import csv
 import json
 import random
+import re
 import sys
 import time
 from pathlib import Path
@@ -34,7 +35,9 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent.parent
 sys.path.insert(0, str(ROOT))
-ESTIMATORS = ("none", "finetune", "supernet")
+# "none" is the base pruned to the shape; "none+rescale" adds the training-free recovery, which is
+# what search.estimator=none scores (prune.recovery=auto resolves to rescale there)
+ESTIMATORS = ("none", "none+rescale", "finetune", "supernet")
 
 
 def kendall_tau(x: list[float], y: list[float]) -> float:
@@ -76,26 +79,51 @@ def measure(args: argparse.Namespace) -> Path:
     def val_acc(model, context):
         return accuracy(model, prep.loader("validation", context, batch_size=eval_bs, shuffle=False))
 
-    t0 = time.perf_counter()
-    net, info = cached_supernet(prep, space, SupernetSettings.from_cfg(cfg.supernet))
-    supernet_s = info.get("train_seconds", 0.0) if not info.get("cached") else 0.0
-    print(f"supernet: {args.supernet_steps} steps, {'cached' if info.get('cached') else f'{time.perf_counter() - t0:.0f}s'}",
-          flush=True)
+    from nas.evaluate import Evaluator
+    from nas.recovery import RecoverySettings
 
+    def supernet() -> tuple:
+        t0 = time.perf_counter()
+        net, info = cached_supernet(prep, space, SupernetSettings.from_cfg(cfg.supernet))
+        print(f"supernet: {args.supernet_steps} steps, {'cached' if info.get('cached') else f'{time.perf_counter() - t0:.0f}s'}",
+              flush=True)
+        return net, (info.get("train_seconds", 0.0) if not info.get("cached") else 0.0)
+
+    # --supernet-first: this process trains (or loads) the supernet before its shapes; otherwise after
+    # them, so a second process started beside it measures its shapes while the first trains it.
+    net, supernet_s = supernet() if args.supernet_first else (None, 0.0)
     specs = sandwich(space, prep.shape, prep.scores, n_random=max(0, args.shapes - 2), rng=random.Random(args.seed))
     specs = list(dict.fromkeys(specs))  # repeats drawn by the sampler count once
+    lo, hi = (int(x) if x else None for x in args.take.split(":")) if args.take else (None, None)
+    specs = specs[lo:hi]
     trial = TrainSettings.from_cfg(cfg.train, max_steps=args.finetune_steps)
     final = TrainSettings.from_cfg(cfg.train, max_steps=args.final_steps, lr=float(cfg.final.lr))
+    rescaler = Evaluator(prep=prep, timer=None, train=trial, estimator="none",
+                         recovery=RecoverySettings.from_cfg(cfg.prune).resolved("none"))
     out = HERE / f"fidelity_{args.tag}.csv"
     rows = []
+
+    def save() -> None:  # rewritten after every shape: a killed run keeps what it measured
+        with out.open("w", newline="") as fh:
+            writer = csv.DictWriter(fh, fieldnames=list(rows[0]))
+            writer.writeheader()
+            writer.writerows(rows)
+
     for spec in specs:
         row = {"shape": spec.describe(), "spec": json.dumps(spec.to_dict())}
         t = time.perf_counter()
         row["none"] = val_acc(prune_model(prep.base, spec, prep.scores), spec.context)
         row["none_s"] = time.perf_counter() - t
         t = time.perf_counter()
-        _, m = evaluate_slice(net, spec, prep, batch_size=eval_bs)
-        row["supernet"], row["supernet_s"] = m["val_accuracy"], time.perf_counter() - t
+        model, _ = rescaler.candidate(spec)
+        row["none+rescale"] = val_acc(model, spec.context)
+        row["none+rescale_s"] = time.perf_counter() - t
+        if net is not None:
+            t = time.perf_counter()
+            _, m = evaluate_slice(net, spec, prep, batch_size=eval_bs)
+            row["supernet"], row["supernet_s"] = m["val_accuracy"], time.perf_counter() - t
+        else:
+            row["supernet"], row["supernet_s"] = None, None
         for name, settings in (("finetune", trial), ("final", final)):
             t = time.perf_counter()
             model = prune_model(prep.base, spec, prep.scores)
@@ -105,10 +133,15 @@ def measure(args: argparse.Namespace) -> Path:
             row[f"{name}_s"] = time.perf_counter() - t
         rows.append(row)
         print({k: (round(v, 4) if isinstance(v, float) else v) for k, v in row.items() if k != "spec"}, flush=True)
-        with out.open("w", newline="") as fh:  # rewritten after every shape: a killed run keeps what it measured
-            writer = csv.DictWriter(fh, fieldnames=list(rows[0]))
-            writer.writeheader()
-            writer.writerows(rows)
+        save()
+    if net is None:  # the slices, once this process's shapes are done (the supernet trained meanwhile)
+        net, supernet_s = supernet()
+        for row, spec in zip(rows, specs):
+            t = time.perf_counter()
+            _, m = evaluate_slice(net, spec, prep, batch_size=eval_bs)
+            row["supernet"], row["supernet_s"] = m["val_accuracy"], time.perf_counter() - t
+            print(row["shape"], "supernet", round(row["supernet"], 4), flush=True)
+        save()
     meta = {"supernet_steps": args.supernet_steps, "supernet_train_s": supernet_s, "finetune_steps": args.finetune_steps,
             "final_steps": args.final_steps, "threads": args.threads, "seed": args.seed}
     (HERE / f"fidelity_{args.tag}.json").write_text(json.dumps(meta, indent=1))
@@ -120,20 +153,30 @@ def report() -> None:
              "| run | shapes | " + " | ".join(f"tau {e}" for e in ESTIMATORS) + " | " +
              " | ".join(f"s per shape {e}" for e in ESTIMATORS) + " |",
              "|---|---|" + "---|" * (2 * len(ESTIMATORS))]
-    for path in sorted(HERE.glob("fidelity_*.csv")):
-        with path.open() as fh:
-            rows = list(csv.DictReader(fh))
+    runs: dict[str, list[Path]] = {}
+    for path in sorted(HERE.glob("fidelity_*.csv")):  # the parts of one run (tag_p0, tag_p1, ...) merge
+        runs.setdefault(re.sub(r"_p\d+$", "", path.stem), []).append(path)
+    for name, paths in runs.items():
+        rows = []
+        for path in paths:
+            with path.open() as fh:
+                rows += list(csv.DictReader(fh))
         if len(rows) < 2:
             continue
-        meta_path = path.with_suffix(".json")
+        meta_path = paths[0].with_suffix(".json")
         meta = json.loads(meta_path.read_text()) if meta_path.is_file() else {}
         final = [float(r["final"]) for r in rows]
+
+        def values(e: str) -> list[float] | None:
+            got = [r.get(e) for r in rows]
+            return [float(v) for v in got] if all(v not in (None, "") for v in got) else None
+
         # a probe without final training has no target to rank against
-        taus = ([kendall_tau([float(r[e]) for r in rows], final) for e in ESTIMATORS]
-                if meta.get("final_steps", 1) > 0 else [float("nan")] * len(ESTIMATORS))
-        secs = [sum(float(r[f"{e}_s"]) for r in rows) / len(rows) for e in ESTIMATORS]
-        lines.append(f"| {path.stem} | {len(rows)} | " + " | ".join("-" if t != t else f"{t:.3f}" for t in taus)
-                     + " | " + " | ".join(f"{s:.1f}" for s in secs) + " |")
+        taus = [kendall_tau(values(e), final) if meta.get("final_steps", 1) > 0 and values(e) else float("nan")
+                for e in ESTIMATORS]
+        secs = [sum(values(f"{e}_s")) / len(rows) if values(f"{e}_s") else float("nan") for e in ESTIMATORS]
+        lines.append(f"| {name} | {len(rows)} | " + " | ".join("-" if t != t else f"{t:.3f}" for t in taus)
+                     + " | " + " | ".join("-" if s != s else f"{s:.1f}" for s in secs) + " |")
     (HERE / "results.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
 
@@ -149,6 +192,8 @@ def main() -> None:
     ap.add_argument("--tag", default="default")
     ap.add_argument("--cache-dir", default=str(ROOT / ".cache" / "nas"))
     ap.add_argument("--report-only", action="store_true")
+    ap.add_argument("--take", default="", help="a slice of the shape list, e.g. 0:6 (to split a run over processes)")
+    ap.add_argument("--supernet-first", action="store_true", help="train / load the supernet before the shapes")
     args = ap.parse_args()
     if not args.report_only:
         measure(args)

@@ -1,0 +1,142 @@
+"""Benchmarks (b) and (c) of the supernet issue: estimators, and samplers, at the SAME wall-clock budget.
+
+Each cell is one real search (`python -m nas.search +space=triple`) with
+    search.time_budget=T     no trial starts after T seconds of the run (preparation and, for
+                             `supernet`, its training included), search.n_trials a cap far above it
+    search.final_k=K         then the same final stage for every estimator (final.*)
+    supernet.seed=SEED       each seed trains its own supernet inside its budget (a cached one would
+                             be free to the second seed and flatter the estimator)
+T defaults to the trial phase of the default run (16 trials x 60 steps on the cached base: ~540 s,
+experiments/headline). The base and importance scores are cached and shared by every cell.
+
+Score of a cell: its final-trained members on the test split, against the base's test accuracy, with
+the speedup its search measured (real validation inputs, batch 1, 1 thread, torch, paired with the base):
+    hv        hypervolume of (test accuracy, latency / base latency), reference (0.5, 1.0)
+    at_1pt    best speedup within 1.0 test point of the base (none: 1.0, the base itself)
+    at_3pt    the same within 3.0 points
+With final_k=1 the front is one trained member; K=3 spreads three over the trade-off (3x the final cost).
+
+    python experiments/supernet/equal_time.py                                     # (b): 3 estimators x 3 seeds
+    python experiments/supernet/equal_time.py --cells supernet:random             # (c) beside supernet:nsga2
+    python experiments/supernet/equal_time.py --report-only
+Cells already in runs.csv are skipped: the script resumes. Nothing else may run on the machine meanwhile
+(every trial times latency).
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+ROOT = HERE.parent.parent
+RUNS = HERE / "runs.csv"
+FIELDS = ["estimator", "sampler", "seed", "time_budget", "final_k", "wall_s", "trials", "hv", "at_1pt", "at_1pt_shape",
+          "at_3pt", "at_3pt_shape", "base_test", "finals"]
+
+
+def hypervolume(points: list[tuple[float, float]], ref_acc: float = 0.5, ref_cost: float = 1.0) -> float:
+    """2-D hypervolume of (accuracy to maximise, cost to minimise) points w.r.t. (ref_acc, ref_cost)."""
+    volume, best = 0.0, ref_acc
+    for cost, acc in sorted((c, a) for a, c in points if a > ref_acc and c < ref_cost):
+        if acc > best:
+            volume += (ref_cost - cost) * (acc - best)
+            best = acc
+    return volume
+
+
+def score(run_dir: Path) -> dict:
+    import pandas as pd
+
+    front = pd.read_csv(run_dir / "pareto.csv")
+    trials = pd.read_csv(run_dir / "trials.csv")
+    base_test = float(front[front["is_base"]].iloc[0]["test_accuracy"])
+    finals = front[~front["is_base"]].dropna(subset=["final_test_accuracy"])
+    points = [(float(r["final_test_accuracy"]), float(r["latency_ratio"])) for _, r in finals.iterrows()]
+    out: dict = {"base_test": base_test, "hv": hypervolume(points),
+                 "trials": int((trials["state"] == "COMPLETE").sum()),
+                 "finals": "; ".join(f"{r['shape']} test {r['final_test_accuracy']:.4f} {r['speedup']:.2f}x"
+                                     for _, r in finals.iterrows())}
+    for points_, key in ((1.0, "at_1pt"), (3.0, "at_3pt")):
+        ok = finals[finals["final_test_accuracy"] >= base_test - points_ / 100]
+        best = ok.sort_values("speedup", ascending=False).iloc[0] if not ok.empty else None
+        out[key] = float(best["speedup"]) if best is not None else 1.0
+        out[f"{key}_shape"] = str(best["shape"]) if best is not None else "base"
+    return out
+
+
+def done_cells() -> set[tuple[str, str, int]]:
+    if not RUNS.is_file():
+        return set()
+    with RUNS.open() as fh:
+        return {(r["estimator"], r["sampler"], int(r["seed"])) for r in csv.DictReader(fh)}
+
+
+def run_cell(estimator: str, sampler: str, seed: int, args: argparse.Namespace) -> dict:
+    run_dir = Path(args.out) / f"{estimator}_{sampler}_{seed}"
+    cmd = [sys.executable, "-m", "nas.search", "+space=triple", f"search.estimator={estimator}",
+           f"search.sampler={sampler}", f"search.seed={seed}", f"supernet.seed={seed}", "search.n_trials=2000",
+           f"search.time_budget={args.time_budget}", f"search.final_k={args.final_k}", f"hydra.run.dir={run_dir}"]
+    print(" ".join(cmd[1:]), flush=True)
+    t0 = time.perf_counter()
+    with open(run_dir.parent / f"{run_dir.name}.log", "w") as log:
+        proc = subprocess.run(cmd, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT)
+    if proc.returncode:
+        raise SystemExit(f"{run_dir.name} failed ({proc.returncode}); see {run_dir.parent / (run_dir.name + '.log')}")
+    row = {"estimator": estimator, "sampler": sampler, "seed": seed, "time_budget": args.time_budget,
+           "final_k": args.final_k, "wall_s": round(time.perf_counter() - t0), **score(run_dir)}
+    new = not RUNS.is_file()
+    with RUNS.open("a", newline="") as fh:
+        writer = csv.DictWriter(fh, fieldnames=FIELDS)
+        if new:
+            writer.writeheader()
+        writer.writerow({k: row.get(k) for k in FIELDS})
+    print({k: row[k] for k in ("estimator", "sampler", "seed", "trials", "hv", "at_1pt", "at_3pt", "wall_s")}, flush=True)
+    return row
+
+
+def report() -> None:
+    import pandas as pd
+
+    if not RUNS.is_file():
+        print("no runs yet")
+        return
+    runs = pd.read_csv(RUNS)
+    lines = ["| estimator | sampler | seeds | trials (mean) | hypervolume mean [min-max] | best speedup within 1 pt "
+             "(per seed) | within 3 pts (per seed) | wall s (mean) |", "|---|---|---|---|---|---|---|---|"]
+    for (est, sampler), g in runs.groupby(["estimator", "sampler"], sort=False):
+        lines.append(f"| {est} | {sampler} | {len(g)} | {g['trials'].mean():.0f} | {g['hv'].mean():.4f} "
+                     f"[{g['hv'].min():.4f}-{g['hv'].max():.4f}] | "
+                     + ", ".join(f"{v:.2f}x" for v in g["at_1pt"]) + " | "
+                     + ", ".join(f"{v:.2f}x" for v in g["at_3pt"]) + f" | {g['wall_s'].mean():.0f} |")
+    (HERE / "equal_time.md").write_text("\n".join(lines) + "\n")
+    print("\n".join(lines))
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--cells", nargs="+", default=["finetune:nsga2", "supernet:nsga2", "none:nsga2"],
+                    help="estimator:sampler pairs")
+    ap.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
+    ap.add_argument("--time-budget", type=float, default=540.0)
+    ap.add_argument("--final-k", type=int, default=1)
+    ap.add_argument("--out", default=str(ROOT / "outputs" / "equal_time"))
+    ap.add_argument("--report-only", action="store_true")
+    args = ap.parse_args()
+    if not args.report_only:
+        Path(args.out).mkdir(parents=True, exist_ok=True)
+        done = done_cells()
+        for seed in args.seeds:  # seed-major: a stopped run has every estimator at the same seeds
+            for cell in args.cells:
+                estimator, sampler = cell.split(":")
+                if (estimator, sampler, seed) not in done:
+                    run_cell(estimator, sampler, seed, args)
+    report()
+
+
+if __name__ == "__main__":
+    main()
