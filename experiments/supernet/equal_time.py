@@ -34,7 +34,7 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent.parent
-RUNS = HERE / "runs.csv"
+RUNS = HERE / "runs.csv"  # --runs changes it (e.g. for a smoke run)
 FIELDS = ["estimator", "sampler", "seed", "time_budget", "final_k", "wall_s", "trials", "hv", "at_1pt", "at_1pt_shape",
           "at_3pt", "at_3pt_shape", "base_test", "finals"]
 
@@ -80,7 +80,8 @@ def run_cell(estimator: str, sampler: str, seed: int, args: argparse.Namespace) 
     run_dir = Path(args.out) / f"{estimator}_{sampler}_{seed}"
     cmd = [sys.executable, "-m", "nas.search", "+space=triple", f"search.estimator={estimator}",
            f"search.sampler={sampler}", f"search.seed={seed}", f"supernet.seed={seed}", "search.n_trials=2000",
-           f"search.time_budget={args.time_budget}", f"search.final_k={args.final_k}", f"hydra.run.dir={run_dir}"]
+           f"search.time_budget={args.time_budget}", f"search.final_k={args.final_k}", f"hydra.run.dir={run_dir}",
+           *args.overrides]
     print(" ".join(cmd[1:]), flush=True)
     t0 = time.perf_counter()
     with open(run_dir.parent / f"{run_dir.name}.log", "w") as log:
@@ -118,6 +119,7 @@ def report() -> None:
 
 
 def main() -> None:
+    global RUNS
     ap = argparse.ArgumentParser()
     ap.add_argument("--cells", nargs="+", default=["finetune:nsga2", "supernet:nsga2", "none:nsga2"],
                     help="estimator:sampler pairs")
@@ -126,7 +128,9 @@ def main() -> None:
     ap.add_argument("--final-k", type=int, default=1)
     ap.add_argument("--out", default=str(ROOT / "outputs" / "equal_time"))
     ap.add_argument("--report-only", action="store_true")
-    args = ap.parse_args()
+    ap.add_argument("--runs", default=str(RUNS), help="the results table (resumed from)")
+    args, args.overrides = ap.parse_known_args()  # anything else: Hydra overrides for every cell
+    RUNS = Path(args.runs)
     if not args.report_only:
         Path(args.out).mkdir(parents=True, exist_ok=True)
         done = done_cells()

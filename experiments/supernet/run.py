@@ -148,6 +148,38 @@ def measure(args: argparse.Namespace) -> Path:
     return out
 
 
+def fill_slices(args: argparse.Namespace) -> None:
+    """--fill-slices: evaluate the cached supernet's slices for the rows of fidelity_<tag>.csv that lack
+    them (a part stopped before its slice pass); nothing else is recomputed."""
+    import torch
+
+    from nas.config import compose
+    from nas.pipeline import prepare
+    from nas.space import SearchSpace
+    from nas.spec import SubnetSpec
+    from nas.supernet import SupernetSettings, cached_supernet, evaluate_slice
+
+    torch.set_num_threads(args.threads)
+    path = HERE / f"fidelity_{args.tag}.csv"
+    with path.open() as fh:
+        rows = list(csv.DictReader(fh))
+    cfg = compose(["+space=triple", f"cache_dir={args.cache_dir}", f"supernet.steps={args.supernet_steps}"])
+    prep = prepare(cfg)
+    space = SearchSpace.from_cfg(cfg.space).resolve(prep.shape, max_length=int(cfg.max_length))
+    net, _ = cached_supernet(prep, space, SupernetSettings.from_cfg(cfg.supernet))
+    for row in rows:
+        if row.get("supernet") in (None, ""):
+            t = time.perf_counter()
+            _, m = evaluate_slice(net, SubnetSpec.from_dict(json.loads(row["spec"])), prep,
+                                  batch_size=int(cfg.train.eval_batch_size))
+            row["supernet"], row["supernet_s"] = m["val_accuracy"], time.perf_counter() - t
+            print(row["shape"], "supernet", round(m["val_accuracy"], 4), flush=True)
+    with path.open("w", newline="") as fh:
+        writer = csv.DictWriter(fh, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+
+
 def report() -> None:
     lines = ["# Proxy fidelity: Kendall's tau with the final-trained accuracy", "",
              "| run | shapes | " + " | ".join(f"tau {e}" for e in ESTIMATORS) + " | " +
@@ -192,10 +224,13 @@ def main() -> None:
     ap.add_argument("--tag", default="default")
     ap.add_argument("--cache-dir", default=str(ROOT / ".cache" / "nas"))
     ap.add_argument("--report-only", action="store_true")
+    ap.add_argument("--fill-slices", action="store_true", help="only the missing supernet slices of --tag's csv")
     ap.add_argument("--take", default="", help="a slice of the shape list, e.g. 0:6 (to split a run over processes)")
     ap.add_argument("--supernet-first", action="store_true", help="train / load the supernet before the shapes")
     args = ap.parse_args()
-    if not args.report_only:
+    if args.fill_slices:
+        fill_slices(args)
+    elif not args.report_only:
         measure(args)
     report()
 
