@@ -114,7 +114,7 @@ def report() -> None:
                      f"[{g['hv'].min():.4f}-{g['hv'].max():.4f}] | "
                      + ", ".join(f"{v:.2f}x" for v in g["at_1pt"]) + " | "
                      + ", ".join(f"{v:.2f}x" for v in g["at_3pt"]) + f" | {g['wall_s'].mean():.0f} |")
-    (HERE / "equal_time.md").write_text("\n".join(lines) + "\n")
+    RUNS.with_name("equal_time.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
 
 

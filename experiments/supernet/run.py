@@ -211,6 +211,38 @@ def report() -> None:
                      + " | " + " | ".join("-" if s != s else f"{s:.1f}" for s in secs) + " |")
     (HERE / "results.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
+    plot(runs)
+
+
+def plot(runs: dict[str, list[Path]]) -> None:
+    """fidelity.png: each estimator's accuracy against the final-trained accuracy, per shape, for the
+    largest run with a final target."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    best: list[dict] = []
+    for paths in runs.values():
+        rows = [r for path in paths for r in csv.DictReader(path.open())]
+        if len(rows) > len(best) and all(r.get("supernet") not in (None, "") for r in rows) \
+                and all(float(r["final_s"] or 0) > 0 for r in rows):
+            best = rows
+    if not best:
+        return
+    final = [float(r["final"]) for r in best]
+    fig, ax = plt.subplots(figsize=(6, 5))
+    for e, marker in zip(ESTIMATORS, "ovs^"):
+        if all(r.get(e) not in (None, "") for r in best):
+            xs = [float(r[e]) for r in best]
+            ax.scatter(xs, final, marker=marker, label=f"{e} (tau {kendall_tau(xs, final):.2f})", alpha=0.8)
+    lo = min(final + [float(r["none"]) for r in best]) - 0.01
+    ax.plot([lo, 0.87], [lo, 0.87], color="grey", lw=0.8, ls="--")
+    ax.set_xlabel("estimator's validation accuracy")
+    ax.set_ylabel(f"validation accuracy after the final recipe ({len(best)} shapes)")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(HERE / "fidelity.png", dpi=110)
 
 
 def main() -> None:
