@@ -52,15 +52,15 @@ def choose(front: Any, *, pick: str = "knee", trial: int | None = None, max_late
     if pick not in PICKS:
         raise ValueError(f"pick={pick!r} is not known; allowed: {', '.join(PICKS)}")
     members = front[~front["is_base"].fillna(False).astype(bool)]
+    # the quality: accuracy, or perplexity (lower is better) for a language-modelling study (nas.lm)
     perplexity = "val_perplexity" in members and members["val_perplexity"].notna().any()
-    acc = "val_perplexity" if perplexity else "val_accuracy"
+    q = acc = "val_perplexity" if perplexity else "val_accuracy"
     from nas.report import final_quality
 
     final = final_quality(members) if pick != "trial" else None
     if final is not None:
         # the final stage trained some members longer: the choice is among those, on their final quality
-        plain = final.removeprefix("final_")  # val_accuracy, or val_perplexity
-        members = members[members[final].notna()].assign(**{plain: members[final]})
+        members = members[members[final].notna()].assign(**{q: members[final]})
         acc = final
     if pick == "trial":
         if trial is None:
@@ -90,14 +90,12 @@ def choose(front: Any, *, pick: str = "knee", trial: int | None = None, max_late
             gap = gap + (min_accuracy - members["val_accuracy"]).clip(lower=0)
         closest = members.assign(gap=gap).sort_values(["gap", "latency_ms"]).head(3)
         names = "; ".join(
-            f"trial {int(r['number'])} ({acc} {r[acc if acc in r else 'val_accuracy']:.4f}, latency_ms {r['latency_ms']:.4g})"
+            f"trial {int(r['number'])} ({acc} {r[acc]:.4f}, latency_ms {r['latency_ms']:.4g})"
             for _, r in closest.iterrows()
         )
         budgets = " and ".join(f"{k}={v:g}" for k, v in (("max_latency_ms", max_latency_ms),
                                                           ("min_accuracy", min_accuracy)) if v is not None)
         raise ValueError(f"no Pareto trial meets {budgets}; closest: {names}")
-    # the quality: accuracy, or perplexity (lower is better) for a language-modelling study (nas.lm)
-    q = "val_perplexity" if "val_perplexity" in ok and ok["val_perplexity"].notna().any() else "val_accuracy"
     if pick == "max_accuracy":
         return ok.sort_values([q, cost], ascending=[q == "val_perplexity", True]).iloc[0]
     if pick == "min_latency":
@@ -488,8 +486,9 @@ def _export(console: Any, args: Mapping[str, Any], run_dir: Path, cfg: Any, stud
                if k in row and row[k] == row[k] and row[k] is not None}
     final = trial_weights(run_dir, number).name.startswith("final_")
     if final:  # the final stage's weights and accuracies (perplexities for a language model)
-        q = "perplexity" if row.get("final_val_perplexity") == row.get("final_val_perplexity") \
-            and row.get("final_val_perplexity") is not None else "accuracy"
+        from pandas import notna
+
+        q = "perplexity" if notna(row.get("final_val_perplexity")) else "accuracy"
         metrics.update({f"val_{q}": row[f"final_val_{q}"], f"test_{q}": row[f"final_test_{q}"],
                         f"trial_val_{q}": trial.user_attrs.get(f"val_{q}"), "final_steps": row["final_steps"]})
     source = {"model": cfg.model.name_or_path or "embedded:all-MiniLM-L6-v2", "trial": number,
