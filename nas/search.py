@@ -570,8 +570,8 @@ class Search:
             seconds = time.perf_counter() - t0
             self.clock.add("final training", seconds)
             t0 = time.perf_counter()
-            result = {f"val_{q}": self.evaluator.accuracy(model, spec, "validation"),
-                      f"test_{q}": self.evaluator.accuracy(model, spec, "test"), "steps": fs.max_steps,
+            result = {f"val_{q}": self.evaluator.quality_of(model, spec, "validation")[1],
+                      f"test_{q}": self.evaluator.quality_of(model, spec, "test")[1], "steps": fs.max_steps,
                       "seconds": round(seconds, 1)}
             self.clock.add("evaluation", time.perf_counter() - t0)
             self._save_model(number, model, path=self.final_path(number))
