@@ -97,6 +97,15 @@ class LatencySettings:
                 raise ValueError(f"latency.seq_len={self.seq_len!r} must be an integer >= 1 or null")
         return self
 
+    @property
+    def unit(self) -> str:
+        """What one latency figure is: a forward pass per input, or a decoded token, or a whole generation."""
+        if self.generation == "decode":
+            return "ms per token"
+        if self.generation == "generate":
+            return f"ms per prompt + {self.new_tokens} tokens"
+        return "ms per input"
+
     def describe(self) -> str:
         """How every figure was taken, printed beside it."""
         what = "real inputs" if self.inputs == "real" else "fixed-length random ids"
@@ -456,7 +465,8 @@ def measure_runtimes(model: Any, *, context: int, base: Any, task: Any, tokenize
             raise ValueError(f"runtime {runtime!r} is not known; allowed: {', '.join(RUNTIMES)}")
         timer = PairedTimer.for_prepared(prep, replace(settings, runtime=runtime), max_length=max_length)
         try:
-            out[runtime] = {**timer.measure(model, context=context), "definition": timer.settings.describe()}
+            out[runtime] = {**timer.measure(model, context=context), "definition": timer.settings.describe(),
+                            "unit": timer.settings.unit}
         finally:
             timer.close()
     return out
@@ -476,8 +486,9 @@ def flat_latency_metrics(measured: Mapping[str, Mapping[str, Any]]) -> dict[str,
 
 
 def speedup_line(runtime: str, m: Mapping[str, Any]) -> str:
-    """One printed line per runtime: candidate vs base per input, the speedup and its spread, how taken."""
-    return (f"{runtime:12s}: {m['latency_ms']:.2f} ms vs base {m['base_latency_ms']:.2f} ms per input -> "
+    """One printed line per runtime: candidate vs base per input (per token when decoding), the speedup and
+    its spread, how taken."""
+    return (f"{runtime:12s}: {m['latency_ms']:.2f} ms vs base {m['base_latency_ms']:.2f} {m.get('unit', 'ms per input')} -> "
             f"{m['speedup']:.2f}x (p10-p90 {m['speedup_p10']:.2f}-{m['speedup_p90']:.2f}; {m['definition']}; "
             f"mean {m['mean_tokens']:.1f} tokens)")
 

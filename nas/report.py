@@ -28,7 +28,7 @@ COST_COLUMN = {"latency": "latency_ratio", "params": "params", "flops": "flops",
 
 
 COST_LABEL = {"latency_ratio": "latency / base latency (timed in pairs; lower is faster)",
-              "latency_ms": "latency (ms per input, median)", "params": "parameters", "flops": "FLOPs per input",
+              "latency_ms": "latency (median ms per input; per token for a decoding LM)", "params": "parameters", "flops": "FLOPs per input",
               "size_mb": "size (MB)"}
 
 
@@ -40,6 +40,19 @@ def cost_column(objectives: Sequence[str]) -> str:
 def quality_column(objectives: Sequence[str]) -> str:
     """The quality objective's column: val_accuracy (higher is better) or val_perplexity (lower is better)."""
     return "val_perplexity" if objectives and objectives[0] == "perplexity" else "val_accuracy"
+
+
+def hypervolume(points: Sequence[tuple[float, float]], ref_quality: float = 0.5, ref_cost: float = 1.0) -> float:
+    """Area dominated by (quality to maximise, cost to minimise) points and bounded by the reference
+    (ref_quality, ref_cost): the score the benchmarks compare fronts by (cost: latency / base latency).
+    Points at or beyond the reference add nothing; dominated points add nothing."""
+    volume, best = 0.0, ref_quality
+    # sweep from the cheapest: a dearer point adds area only with the quality it gains over the cheaper ones
+    for cost, quality in sorted((c, q) for q, c in points if q > ref_quality and c < ref_cost):
+        if quality > best:
+            volume += (ref_cost - cost) * (quality - best)
+            best = quality
+    return volume
 
 
 def trials_frame(study: Any) -> pd.DataFrame:

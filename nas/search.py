@@ -281,7 +281,7 @@ class Search:
         self._say(
             f"base {self.prep.shape.num_layers}L/{self.prep.shape.num_heads}H/{self.prep.shape.ffn_size}F/"
             f"{self.prep.shape.hidden_size}D: val {quality_text(self.base_metrics)}, "
-            f"test {quality_text(self.base_metrics, 'test')}, latency {self.base_metrics['latency_ms']:.2f} ms per input "
+            f"test {quality_text(self.base_metrics, 'test')}, latency {self.base_metrics['latency_ms']:.2f} {self.timer.settings.unit} "
             f"(prepared in {time.perf_counter() - t0:.0f}s)"
         )
         self._say(f"latency: {self.timer.settings.describe()}; every trial is timed in alternating rounds with the base "
@@ -714,15 +714,14 @@ def trial_line(trial: Any, objectives: Sequence[str]) -> str:
     return f"{head} {reason}"
 
 
-def front_table(front: Any, console: Any) -> None:
+def front_table(front: Any, console: Any, *, quality: str = "val_accuracy") -> None:
+    """The front, printed: `quality` is the study's quality column (quality_column(objectives))."""
     import pandas as pd
     from rich.table import Table
 
     table = Table(title="Pareto front (validation; test for members; final: after the final stage's training); "
                         "latency per input, speedup vs the base timed in alternating rounds (p10-p90 of the rounds)")
-    q = "val_perplexity" if front.get("val_perplexity") is not None and front["val_perplexity"].notna().any() \
-        else "val_accuracy"  # the quality: accuracy, or perplexity for language modelling
-    t = q.replace("val_", "test_")
+    q, t = quality, quality.replace("val_", "test_")
     final = "final_" + q in front and front["final_" + q].notna().any()
     cols = ["trial", "shape", f"val {q[4:7]}", f"test {q[4:7]}"] + (["final val", "final test"] if final else [])
     for col in cols + ["latency ms", "speedup", "p10-p90", "params M"]:
@@ -773,6 +772,7 @@ def _main() -> None:
     from nas.checks import cli_prelude
     from nas.config import CONF_DIR
     from nas.masking import protect_run
+    from nas.report import quality_column
     from nas.space import available_spaces
 
     real_storage = cli_prelude(sys.argv)  # a password on the command line never reaches Hydra's files
@@ -799,8 +799,8 @@ def _main() -> None:
             console.print(f"[red]error:[/red] {e}", highlight=False)
             sys.exit(2)
         out = search.write(study)
-        front_table(out["front"], console)
-        console.print(f"latency: {search.timer.settings.describe()}; base {search.base_metrics['latency_ms']:.2f} ms per input "
+        front_table(out["front"], console, quality=quality_column(search.settings.objectives))
+        console.print(f"latency: {search.timer.settings.describe()}; base {search.base_metrics['latency_ms']:.2f} {search.timer.settings.unit} "
                       f"(median of its {len(search.timer.base_rounds)} rounds)", highlight=False)
         phases = ", ".join(f"{k} {v:.0f}s" for k, v in search.clock.seconds.items())
         console.print(f"time per phase: {phases}; total {time.perf_counter() - t0:.0f}s", highlight=False)

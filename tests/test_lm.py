@@ -223,6 +223,9 @@ def test_generation_latency_is_paired_and_refuses_what_it_cannot_time(lm_env):
     timer = PairedTimer.for_prepared(prep, settings, max_length=32)
     assert timer.settings.generation == "decode"  # auto on a language-modelling task
     assert "decode of 4 tokens with the KV cache" in timer.settings.describe()
+    assert timer.settings.unit == "ms per token"  # what the printed base latency is per, not "per input"
+    assert LatencySettings(generation="generate", new_tokens=4).unit == "ms per prompt + 4 tokens"
+    assert LatencySettings().unit == "ms per input"
     assert timer.caps(32) == (28, 28)  # the prompt leaves room for the generated tokens
     small = prune_model(base, SubnetSpec(layers=(0,), heads=(2,), kv_heads=(1,), ffn=(16,), hidden=32, context=32))
     m = timer.measure(small, context=32)

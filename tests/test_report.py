@@ -10,7 +10,7 @@ import pytest
 import yaml
 from optuna.trial import TrialState, create_trial
 
-from nas.report import knee_index, pareto_frame, trials_frame, write_reports
+from nas.report import hypervolume, knee_index, pareto_frame, trials_frame, write_reports
 from nas.search import shape_attrs
 from nas.spec import BaseShape, SubnetSpec
 
@@ -315,3 +315,15 @@ def test_write_reports_with_params_objective(tmp_path):
     assert list(members["number"].astype(int)) == [0, 1, 2]  # sorted by params, 3 dominated by 1
     assert out["best"]["trial"] == 1
     assert math.isclose(out["best"]["metrics"]["params"], 4e6)
+
+
+def test_hypervolume_is_the_area_the_front_dominates_up_to_the_reference():
+    # one point: the rectangle between it and the reference (0.5, 1.0)
+    assert hypervolume([(0.8, 0.5)]) == pytest.approx(0.5 * 0.3)
+    # two front members: the union of their rectangles (a staircase), not the sum
+    assert hypervolume([(0.8, 0.5), (0.7, 0.2)]) == pytest.approx(0.8 * 0.2 + 0.5 * 0.1)
+    # a dominated point and points beyond the reference add nothing; order does not matter
+    assert hypervolume([(0.7, 0.2), (0.65, 0.6), (0.8, 0.5), (0.9, 1.2), (0.4, 0.1)]) == pytest.approx(0.21)
+    assert hypervolume([]) == 0.0
+    # another reference: the near-base score of experiments/search_quality
+    assert hypervolume([(0.8, 0.5)], ref_quality=0.78, ref_cost=0.9) == pytest.approx(0.4 * 0.02)

@@ -52,15 +52,9 @@ NEAR_BASE = 0.03  # second score: reference accuracy 3 points under the base's v
 
 
 def hypervolume(points: list[tuple[float, float]], ref_acc: float = REF_ACC, ref_cost: float = REF_COST) -> float:
-    """2-D hypervolume of (accuracy to maximise, cost to minimise) points w.r.t. (ref_acc, ref_cost)."""
-    pts = sorted((c, a) for a, c in points if a > ref_acc and c < ref_cost)
-    volume, best_acc = 0.0, ref_acc
-    # sweep from the cheapest: a dearer point adds area only with the accuracy it gains
-    for cost, acc in pts:
-        if acc > best_acc:
-            volume += (ref_cost - cost) * (acc - best_acc)
-            best_acc = acc
-    return volume
+    from nas.report import hypervolume as area
+
+    return area(points, ref_acc, ref_cost)
 
 
 def run_one(variant: str, seed: int, trials: int, steps: int) -> dict:

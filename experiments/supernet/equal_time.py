@@ -39,18 +39,10 @@ FIELDS = ["estimator", "sampler", "seed", "time_budget", "final_k", "wall_s", "t
           "at_3pt", "at_3pt_shape", "base_test", "finals", "distinct", "search_hv", "n_trials"]
 
 
-def hypervolume(points: list[tuple[float, float]], ref_acc: float = 0.5, ref_cost: float = 1.0) -> float:
-    """2-D hypervolume of (accuracy to maximise, cost to minimise) points w.r.t. (ref_acc, ref_cost)."""
-    volume, best = 0.0, ref_acc
-    for cost, acc in sorted((c, a) for a, c in points if a > ref_acc and c < ref_cost):
-        if acc > best:
-            volume += (ref_cost - cost) * (acc - best)
-            best = acc
-    return volume
-
-
 def score(run_dir: Path) -> dict:
     import pandas as pd
+
+    from nas.report import hypervolume
 
     front = pd.read_csv(run_dir / "pareto.csv")
     trials = pd.read_csv(run_dir / "trials.csv")
