@@ -111,7 +111,7 @@ class LatencySettings:
         what = "real inputs" if self.inputs == "real" else "fixed-length random ids"
         if self.generation in ("decode", "generate"):
             what = (f"{self.generation} of {self.new_tokens} tokens with the KV cache after real prompts"
-                    + ("" if self.generation == "generate" else " (ms per token)"))
+                    + ("" if self.generation == "generate" else f" ({self.unit})"))
         return (f"{what}, sample {self.sample_size}, batch {self.batch_size}, {self.threads} thread"
                 f"{'s' if self.threads > 1 else ''}, {self.runtime}, {self.rounds} paired rounds")
 

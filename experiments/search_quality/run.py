@@ -33,6 +33,8 @@ import sys
 import tempfile
 from pathlib import Path
 
+from nas.report import hypervolume
+
 HERE = Path(__file__).resolve().parent
 TRIALS_DIR = HERE / "trials"  # every run's trials.csv
 ROOT = HERE.parent.parent
@@ -49,12 +51,6 @@ VARIANTS = {
 }
 REF_ACC, REF_COST = 0.5, 1.0
 NEAR_BASE = 0.03  # second score: reference accuracy 3 points under the base's validation accuracy
-
-
-def hypervolume(points: list[tuple[float, float]], ref_acc: float = REF_ACC, ref_cost: float = REF_COST) -> float:
-    from nas.report import hypervolume as area
-
-    return area(points, ref_acc, ref_cost)
 
 
 def run_one(variant: str, seed: int, trials: int, steps: int) -> dict:
@@ -77,7 +73,7 @@ def run_one(variant: str, seed: int, trials: int, steps: int) -> dict:
     near = done[done["val_accuracy"] >= base["val_accuracy"] - NEAR_BASE]
     return {
         "variant": variant, "seed": seed, "trials": trials, "steps": steps,
-        "hypervolume": hypervolume(pts), "front_size": len(members),
+        "hypervolume": hypervolume(pts, REF_ACC, REF_COST), "front_size": len(members),
         "best_val_acc": float(done["val_accuracy"].max()),
         "max_speedup_within_3pt_val": float(near["speedup"].max()) if len(near) else 0.0,
         "base_val_acc": float(base["val_accuracy"]),
@@ -128,7 +124,7 @@ def near_base_hypervolume(row) -> float:
     if not isinstance(row.get("points"), str):
         return float("nan")
     # divided by the band's height: 0 = nothing faster within the band, 1 = free at the base's accuracy
-    return hypervolume(parse_points(row["points"]), ref_acc=float(row["base_val_acc"]) - NEAR_BASE) / NEAR_BASE
+    return hypervolume(parse_points(row["points"]), float(row["base_val_acc"]) - NEAR_BASE, REF_COST) / NEAR_BASE
 
 
 SHAPE_KEY = ["n_layers", "heads", "ffn", "hidden", "context"]
@@ -178,7 +174,7 @@ def rescore(runs, retimed):
             real = [speed[tuple(r[k] for k in SHAPE_KEY)] for _, r in done.iterrows()]
             pts = [(float(a), 1.0 / s) for a, s in zip(done["val_accuracy"], real)]
             near = [s for a, s in zip(done["val_accuracy"], real) if a >= row["base_val_acc"] - NEAR_BASE]
-            new = {"hypervolume_real": hypervolume(pts), "speedup_3pt_real": max(near) if near else 0.0,
+            new = {"hypervolume_real": hypervolume(pts, REF_ACC, REF_COST), "speedup_3pt_real": max(near) if near else 0.0,
                    "points_real": ";".join(f"{a:.5f}:{c:.5f}" for a, c in pts)}
         out.append(new)
     return runs.assign(**pd.DataFrame(out, index=runs.index))
@@ -225,7 +221,7 @@ def plot(runs) -> None:
     fig, ax = plt.subplots(figsize=(5.5, 3.8))
     for variant, group in curves[curves["trials"] == longest].groupby("variant"):
         # the hypervolume after each trial, in trial order
-        rows = [np.array([hypervolume(pts[: k + 1]) for k in range(len(pts))])
+        rows = [np.array([hypervolume(pts[: k + 1], REF_ACC, REF_COST) for k in range(len(pts))])
                 for pts in map(parse_points, group["points"])]
         width = min(len(r) for r in rows)
         mean = np.mean([r[:width] for r in rows], axis=0)
