@@ -239,9 +239,9 @@ def lm_base_cached(*, model_name: str | None, task: Any, max_length: int, cache_
         lock.acquire()
     try:
         if path is not None and path.is_file():
-            return model, tokenizer, {**json.loads(path.read_text()), "cached": True}
+            return model, tokenizer, {**json.loads(path.read_text()), "cached": True, "key": key}
         t0 = time.perf_counter()
-        info: dict[str, Any] = {"steps": 0, "train_seconds": 0.0, "cached": False}
+        info: dict[str, Any] = {"steps": 0, "train_seconds": 0.0, "cached": False, "key": key}
         for split in ("validation", "test"):
             blocks = lm_blocks(task, split, tokenizer, block=max_length)
             info[f"{split}_perplexity"] = perplexity(model, lm_loader(blocks, batch_size=eval_batch_size,

@@ -165,8 +165,8 @@ def prepare(cfg: Any, *, importance_method: str | None = None) -> Prepared:
         lambda: prepared.loader("train", max_length, batch_size=imp_batch, shuffle=True, seed=seed),
         method=method,
         cache_dir=cache_dir,
-        key_parts={**key_parts, "base_steps": info.get("steps", settings.max_steps), "base_recipe": repr(recipe), "base_lr": settings.lr, "seed": seed,
-                   "batch_size": imp_batch, "max_length": max_length},
+        # the base's own cache key: scores follow the base's weights, whatever setting changed them
+        key_parts={**key_parts, "base": info["key"], "seed": seed, "batch_size": imp_batch, "max_length": max_length},
         max_batches=int(cfg_get(cfg, "importance.max_batches", 16)),
     )
     timings["importance"] = time.perf_counter() - t0

@@ -17,6 +17,10 @@ from torch import nn
 
 log = logging.getLogger(__name__)
 BASE_VERSION = 3  # bump when the base fine-tune recipe changes: old cache entries are then ignored
+# The TrainSettings fields the base's weights depend on. The rest (threads, evaluation batch size,
+# distillation settings, the per-trial step count) only concern trials: changing them must not
+# fine-tune the base again (9 minutes on the default task).
+BASE_KEY_FIELDS = ("batch_size", "lr", "weight_decay", "warmup_ratio", "seed")
 
 
 @dataclass(frozen=True)
@@ -361,6 +365,17 @@ def accuracy(model: nn.Module, loader: Any) -> float:
     return float((logits.argmax(-1) == labels).float().mean())
 
 
+def base_cache_key(settings: TrainSettings, recipe: BaseRecipe, *, max_length: int,
+                   key_parts: Mapping[str, Any]) -> str:
+    """What the fine-tuned base depends on: model, data, tokenisation cap, recipe and the optimiser
+    settings in BASE_KEY_FIELDS. Runs that differ only in trial settings share one cached base."""
+    from nas.importance import cache_key
+
+    optimiser = {name: getattr(settings, name) for name in BASE_KEY_FIELDS}
+    return cache_key(what="base", version=BASE_VERSION, settings=optimiser, recipe=asdict(recipe),
+                     max_length=max_length, **dict(key_parts))
+
+
 def finetune_base_cached(
     *,
     model_name: str | None,
@@ -381,13 +396,11 @@ def finetune_base_cached(
     from transformers import AutoModelForSequenceClassification
 
     from nas.data import make_loader, sorted_by_length, tokenize
-    from nas.importance import cache_key
     from nas.models import load_base_model, load_tokenizer
 
     recipe = recipe or BaseRecipe()
     tokenizer = load_tokenizer(model_name)
-    key = cache_key(what="base", version=BASE_VERSION, settings=asdict(settings), recipe=asdict(recipe),
-                    max_length=max_length, **dict(key_parts))
+    key = base_cache_key(settings, recipe, max_length=max_length, key_parts=key_parts)
     folder = Path(cache_dir) / "base" / key if cache_dir is not None else None
     lock = FileLock(str(folder) + ".lock") if folder is not None else None
     if folder is not None:
@@ -402,7 +415,7 @@ def finetune_base_cached(
         if folder is not None and (folder / "info.json").is_file():
             model = AutoModelForSequenceClassification.from_pretrained(folder, attn_implementation="sdpa").eval()
             info = json.loads((folder / "info.json").read_text())
-            info["cached"] = True
+            info.update(cached=True, key=key)
             log.info("base model: cached fine-tune %s", folder)
             return model, tokenizer, info
         model = load_base_model(model_name, num_labels=task.num_labels, label_names=task.label_names, seed=settings.seed)
@@ -433,6 +446,7 @@ def finetune_base_cached(
             "steps_per_epoch": len(loader),
             "curve": monitor.curve if monitor else [],
             "cached": False,
+            "key": key,
         }
         if folder is not None:
             import shutil

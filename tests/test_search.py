@@ -242,6 +242,35 @@ def test_search_continues_and_reuses_the_cached_base(tiny_env, first_run, finetu
     assert len(study.trials) == n_before and finetune_calls == []
 
 
+def test_trial_settings_reuse_the_cached_base_and_its_scores(tiny_env, tmp_path, finetune_calls):
+    """The base depends on its recipe and optimiser, not on how trials train: a run that changes only
+    trial settings (threads, steps, distillation, evaluation batch) must not fine-tune it again; one
+    that changes what the base trains with gets a new base, and importance scores of that base."""
+    from nas.pipeline import prepare
+
+    cache = tmp_path / "cache"
+
+    def cached_files():
+        return sorted((cache / "base").glob("*/info.json")), sorted((cache / "importance").glob("*.pt"))
+
+    first = prepare(make_cfg(tiny_env, f"cache_dir={cache}"))
+    assert first.base_info["cached"] is False and len(finetune_calls) == 1
+    made = cached_files()
+    assert [len(files) for files in made] == [1, 1]
+
+    again = prepare(make_cfg(tiny_env, f"cache_dir={cache}", "train.threads=1", "train.max_steps=7",
+                             "train.distill=hidden", "train.hidden_weight=2", "train.temperature=3",
+                             "train.distill_weight=0.9", "train.eval_batch_size=8"))
+    assert again.base_info["cached"] is True and again.base_info["key"] == first.base_info["key"]
+    assert len(finetune_calls) == 1 and cached_files() == made
+    assert torch.equal(again.scores.heads, first.scores.heads)
+
+    other = prepare(make_cfg(tiny_env, f"cache_dir={cache}", "train.weight_decay=0.3"))
+    assert other.base_info["cached"] is False and other.base_info["key"] != first.base_info["key"]
+    assert len(finetune_calls) == 2
+    assert [len(files) for files in cached_files()] == [2, 2]  # the new base got its own scores
+
+
 def test_same_seed_same_shapes_in_separate_runs(tiny_env, first_run):
     from nas.search import run_search
 
