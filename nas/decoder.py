@@ -29,7 +29,6 @@ Importance (higher = kept first), as for encoders (nas.importance):
 from __future__ import annotations
 
 import copy
-from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any
 
 import torch
@@ -38,7 +37,7 @@ from torch import nn
 from nas.spec import BaseShape, SubnetSpec
 
 if TYPE_CHECKING:
-    from nas.importance import ImportanceScores
+    from nas.importance import ImportanceScores, MaskSites
 
 DECODER_TYPES = ("llama", "qwen2", "mistral")
 
@@ -241,81 +240,13 @@ def decoder_params(spec: SubnetSpec, *, vocab: int, head_size: int, tied: bool, 
 # ---------------------------------------------------------------------------- importance
 
 
-def compute_decoder_scores(model: nn.Module, batches: Iterable[dict[str, torch.Tensor]], *,
-                           max_batches: int = 16) -> ImportanceScores:
-    """Fisher / block-influence scores of a decoder from a few batches (labels: next tokens or classes)."""
-    from nas.importance import ImportanceScores
+def decoder_mask_sites(model: nn.Module) -> MaskSites:
+    """Where nas.importance.compute_scores puts its masks in a decoder (see the module docstring)."""
+    from nas.importance import MaskSites
 
-    shape = decoder_base_shape(model.config)
     body = backbone(model)
-    layers = body.layers
-    device = next(model.parameters()).device
-    was_training = model.training
-    model.eval()
-    n_layers, hd = len(layers), shape.head_size
-    head_fisher = torch.zeros(n_layers, shape.num_heads, dtype=torch.float64)
-    ffn_fisher = torch.zeros(n_layers, shape.ffn_size, dtype=torch.float64)
-    hidden_fisher = torch.zeros(shape.hidden_size, dtype=torch.float64)
-    influence = torch.zeros(n_layers, dtype=torch.float64)
-    state: dict[str, Any] = {}
-    handles = []
-
-    def unit_mask(key: str, units: int, size: int):
-        def hook(module: nn.Module, args: tuple[torch.Tensor, ...]):
-            x = args[0]  # (B, T, units * size)
-            mask = torch.ones(x.shape[0], units, device=x.device, dtype=x.dtype, requires_grad=True)
-            state[key] = mask
-            return (x * mask.repeat_interleave(size, dim=1)[:, None, :],) + tuple(args[1:])  # (B, 1, units*size)
-
-        return hook
-
-    def residual_mask(module: nn.Module, args: Any, out: torch.Tensor) -> torch.Tensor:
-        return out * state["hidden"][:, None, :]  # (B, T, D) * (B, 1, D)
-
-    def influence_hook(idx: int):
-        def hook(module: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any], out: Any) -> None:
-            x_in = (args[0] if args else kwargs["hidden_states"]).detach()
-            x_out = (out[0] if isinstance(out, tuple) else out).detach()
-            cos = nn.functional.cosine_similarity(x_in.float(), x_out.float(), dim=-1)  # (B, T)
-            influence[idx] += ((1 - cos).clamp_min(0).double() * state["tokens"]).sum().cpu()
-
-        return hook
-
-    for i, layer in enumerate(layers):
-        handles.append(layer.self_attn.o_proj.register_forward_pre_hook(unit_mask(f"head{i}", shape.num_heads, hd)))
-        handles.append(layer.mlp.down_proj.register_forward_pre_hook(unit_mask(f"ffn{i}", shape.ffn_size, 1)))
-        handles.append(layer.self_attn.o_proj.register_forward_hook(residual_mask))
-        handles.append(layer.mlp.down_proj.register_forward_hook(residual_mask))
-        handles.append(layer.register_forward_hook(influence_hook(i), with_kwargs=True))
-    handles.append(body.embed_tokens.register_forward_hook(residual_mask))
-    tokens_seen = 0
-    try:
-        for b, batch in enumerate(batches):
-            if b >= max_batches:
-                break
-            batch = {k: v.to(device) for k, v in batch.items()}
-            attn = batch.get("attention_mask")
-            if attn is None:
-                attn = torch.ones_like(batch["input_ids"])
-            state["tokens"] = attn.double()
-            state["hidden"] = torch.ones(attn.shape[0], shape.hidden_size, device=device, requires_grad=True)
-            tokens_seen += int(attn.sum())
-            model.zero_grad(set_to_none=True)
-            with torch.enable_grad():
-                out = model(**batch)
-                masks = [state[f"head{i}"] for i in range(n_layers)] + [state[f"ffn{i}"] for i in range(n_layers)]
-                # HF's loss is a mean: scaled to a per-example sum, as for encoders.
-                grads = torch.autograd.grad(out.loss * attn.shape[0], [*masks, state["hidden"]])
-            for i in range(n_layers):
-                head_fisher[i] += (grads[i].double() ** 2).sum(0).cpu()
-                ffn_fisher[i] += (grads[n_layers + i].double() ** 2).sum(0).cpu()
-            hidden_fisher += (grads[-1].double() ** 2).sum(0).cpu()
-    finally:
-        for h in handles:
-            h.remove()
-        model.zero_grad(set_to_none=True)
-        model.train(was_training)
-    if tokens_seen == 0:
-        raise ValueError("compute_decoder_scores got no batches; pass at least one batch with labels")
-    return ImportanceScores(layers=(influence / tokens_seen).float(), heads=head_fisher.float(),
-                            ffn=ffn_fisher.float(), hidden=hidden_fisher.float(), method="fisher")
+    layers = list(body.layers)
+    return MaskSites(layers=layers, heads_in=[layer.self_attn.o_proj for layer in layers],
+                     ffn_in=[layer.mlp.down_proj for layer in layers],
+                     residual_out=[body.embed_tokens,
+                                   *(m for layer in layers for m in (layer.self_attn.o_proj, layer.mlp.down_proj))])

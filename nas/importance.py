@@ -18,7 +18,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -91,62 +91,83 @@ def naive_scores(shape: BaseShape) -> ImportanceScores:
     )
 
 
+@dataclass(frozen=True)
+class MaskSites:
+    """Where compute_scores puts its masks in one model family.
+
+    heads_in / ffn_in: per layer, the module whose input holds the heads side by side (attention
+    output projection) / the FFN neurons (FFN output projection); a mask on each unit multiplies
+    that input. residual_out: the modules whose outputs carry the residual stream's channels (an
+    encoder's LayerNorms; a pre-norm decoder's embedding, o_proj and down_proj, where the stream
+    is written): one mask per channel, shared by all of them, acts as removing the channel
+    everywhere. layers: the blocks whose input and output give block influence.
+    """
+
+    layers: Sequence[nn.Module]
+    heads_in: Sequence[nn.Module]
+    ffn_in: Sequence[nn.Module]
+    residual_out: Sequence[nn.Module]
+
+
+def encoder_mask_sites(model: nn.Module) -> MaskSites:
+    arch = arch_for(model)
+    layers = list(arch.layers(model))
+    parts = [arch.layer_parts(layer) for layer in layers]
+    return MaskSites(layers=layers, heads_in=[p.o for p in parts], ffn_in=[p.ffn_out for p in parts],
+                     residual_out=[arch.embeddings(model).norm, *(n for p in parts for n in (p.attn_norm, p.ffn_norm))])
+
+
 def compute_scores(model: nn.Module, batches: Iterable[dict[str, torch.Tensor]], *, max_batches: int = 16) -> ImportanceScores:
-    """Fisher / activation / block-influence scores from a few labelled batches.
+    """Fisher / block-influence scores from a few labelled batches (encoders and decoders alike;
+    a decoder's labels are its next tokens or its classes).
 
     The model is put in eval mode (no dropout); its weights are not changed.
     """
-    from nas.decoder import compute_decoder_scores, is_decoder
+    from nas.decoder import decoder_mask_sites, is_decoder
 
-    if is_decoder(model):
-        return compute_decoder_scores(model, batches, max_batches=max_batches)
-    arch = arch_for(model)
+    sites = decoder_mask_sites(model) if is_decoder(model) else encoder_mask_sites(model)
     shape = BaseShape.from_config(model.config)
-    layers = arch.layers(model)
+    n_layers = len(sites.layers)
     device = next(model.parameters()).device
     was_training = model.training
     model.eval()
 
-    head_fisher = torch.zeros(shape.num_layers, shape.num_heads, dtype=torch.float64)
-    ffn_fisher = torch.zeros(shape.num_layers, shape.ffn_size, dtype=torch.float64)
+    # Accumulated on the CPU in float64, whatever device the model is on.
+    head_fisher = torch.zeros(n_layers, shape.num_heads, dtype=torch.float64)
+    ffn_fisher = torch.zeros(n_layers, shape.ffn_size, dtype=torch.float64)
     hidden_fisher = torch.zeros(shape.hidden_size, dtype=torch.float64)
-    influence = torch.zeros(shape.num_layers, dtype=torch.float64)
+    influence = torch.zeros(n_layers, dtype=torch.float64)
     tokens_seen = 0
-
     state: dict[str, Any] = {}
     handles = []
 
-    def mask_hook(kind: str, idx: int, units: int, unit_size: int):
+    def unit_mask(key: str, units: int, unit_size: int):
         def hook(module: nn.Module, args: tuple[torch.Tensor, ...]):
             x = args[0]  # (B, T, units * unit_size)
             mask = torch.ones(x.shape[0], units, device=x.device, dtype=x.dtype, requires_grad=True)
-            state[f"{kind}{idx}"] = mask
+            state[key] = mask
             scale = mask.repeat_interleave(unit_size, dim=1)[:, None, :]  # (B, 1, units*unit_size)
             return (x * scale,) + tuple(args[1:])
 
         return hook
 
-    def norm_hook(module: nn.Module, args: tuple[torch.Tensor, ...], out: torch.Tensor) -> torch.Tensor:
-        return out * state["hidden_mask"][:, None, :]  # (B, T, D) * (B, 1, D)
+    def residual_mask(module: nn.Module, args: Any, out: torch.Tensor) -> torch.Tensor:
+        return out * state["hidden"][:, None, :]  # (B, T, D) * (B, 1, D)
 
-    def layer_hook(idx: int):
-        def hook(module: nn.Module, args: tuple[Any, ...], out: Any) -> None:
-            x_in = args[0].detach()
+    def influence_hook(idx: int):
+        def hook(module: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any], out: Any) -> None:
+            x_in = (args[0] if args else kwargs["hidden_states"]).detach()
             x_out = (out[0] if isinstance(out, tuple) else out).detach()
-            cos = nn.functional.cosine_similarity(x_in, x_out, dim=-1)  # (B, T)
-            keep = state["token_mask"][..., 0]
-            state["influence"][idx] += ((1 - cos).clamp_min(0).double() * keep).sum()
+            cos = nn.functional.cosine_similarity(x_in.float(), x_out.float(), dim=-1)  # (B, T)
+            influence[idx] += ((1 - cos).clamp_min(0).double() * state["tokens"]).sum().cpu()
 
         return hook
 
-    for i, layer in enumerate(layers):
-        parts = arch.layer_parts(layer)
-        handles.append(parts.o.register_forward_pre_hook(mask_hook("head", i, shape.num_heads, shape.head_size)))
-        handles.append(parts.ffn_out.register_forward_pre_hook(mask_hook("ffn", i, shape.ffn_size, 1)))
-        handles.append(parts.attn_norm.register_forward_hook(norm_hook))
-        handles.append(parts.ffn_norm.register_forward_hook(norm_hook))
-        handles.append(layer.register_forward_hook(layer_hook(i)))
-    handles.append(arch.embeddings(model).norm.register_forward_hook(norm_hook))
+    for i in range(n_layers):
+        handles.append(sites.heads_in[i].register_forward_pre_hook(unit_mask(f"head{i}", shape.num_heads, shape.head_size)))
+        handles.append(sites.ffn_in[i].register_forward_pre_hook(unit_mask(f"ffn{i}", shape.ffn_size, 1)))
+        handles.append(sites.layers[i].register_forward_hook(influence_hook(i), with_kwargs=True))
+    handles.extend(module.register_forward_hook(residual_mask) for module in sites.residual_out)
 
     try:
         for b, batch in enumerate(batches):
@@ -156,22 +177,20 @@ def compute_scores(model: nn.Module, batches: Iterable[dict[str, torch.Tensor]],
             attn = batch.get("attention_mask")
             if attn is None:
                 attn = torch.ones_like(batch["input_ids"])
-            state["token_mask"] = attn[..., None].double()
-            state["hidden_mask"] = torch.ones(attn.shape[0], shape.hidden_size, device=device, requires_grad=True)
-            state["influence"] = influence
+            state["tokens"] = attn.double()  # (B, T): real tokens count for block influence
+            state["hidden"] = torch.ones(attn.shape[0], shape.hidden_size, device=device, requires_grad=True)
             tokens_seen += int(attn.sum())
             model.zero_grad(set_to_none=True)
             with torch.enable_grad():
                 out = model(**batch)
-                masks = [state[f"head{i}"] for i in range(len(layers))] + [state[f"ffn{i}"] for i in range(len(layers))]
-                masks.append(state["hidden_mask"])
+                masks = [state[f"head{i}"] for i in range(n_layers)] + [state[f"ffn{i}"] for i in range(n_layers)]
                 # HF's loss is a batch mean: scale back to a per-example sum so Fisher terms do not
                 # depend on how examples were grouped into batches.
-                grads = torch.autograd.grad(out.loss * batch["input_ids"].shape[0], masks)
-            for i in range(len(layers)):
-                head_fisher[i] += (grads[i].double() ** 2).sum(0)  # sum over examples of squared per-example grads
-                ffn_fisher[i] += (grads[len(layers) + i].double() ** 2).sum(0)
-            hidden_fisher += (grads[-1].double() ** 2).sum(0)
+                grads = torch.autograd.grad(out.loss * attn.shape[0], [*masks, state["hidden"]])
+            for i in range(n_layers):  # sums over examples of squared per-example gradients
+                head_fisher[i] += (grads[i].double() ** 2).sum(0).cpu()
+                ffn_fisher[i] += (grads[n_layers + i].double() ** 2).sum(0).cpu()
+            hidden_fisher += (grads[-1].double() ** 2).sum(0).cpu()
     finally:
         for h in handles:
             h.remove()
