@@ -422,11 +422,6 @@ def _load_imdb(s: dict[str, Any]) -> tuple[pd.DataFrame, tuple[str, ...], dict[s
     return out, IMDB_LABELS, source, f"imdb ({path})"
 
 
-def _load_file(s: dict[str, Any]) -> tuple[pd.DataFrame, tuple[str, ...], dict[str, Any], str]:
-    import pandas as pd
-
-
-
 def _check_file(s: dict[str, Any]) -> tuple[pathlib.Path, str, bool]:
     """(path, format suffix, compressed?) of data.path once it is known to be a readable table."""
     path = pathlib.Path(s["path"]).expanduser()

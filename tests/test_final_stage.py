@@ -127,7 +127,6 @@ def test_final_stage_trains_exactly_k_and_export_uses_their_weights(tiny_env, fi
     their weights and accuracies."""
     import nas.report
     from nas.export import main as export_main
-    from nas.report import pareto_frame
     from nas.search import run_search
 
     from omegaconf import OmegaConf

@@ -3,7 +3,6 @@ reproducibility, infeasible shapes, and the command line's fast failures."""
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
 import subprocess
@@ -142,7 +141,7 @@ def finetune_calls(monkeypatch) -> list[int]:
 def test_two_trial_search_end_to_end(first_run):
     from optuna.trial import TrialState
 
-    study, search, run = first_run["study"], first_run["search"], first_run["run_dir"]
+    study, search = first_run["study"], first_run["search"]
     assert search.prep.shape == TINY_SHAPE
     assert len(study.trials) == 2
     assert all(t.state == TrialState.COMPLETE for t in study.trials)

@@ -10,7 +10,6 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
-import torch
 
 from test_reliability import cli_args, cli_env
 from test_search import TINY_SPACE, make_cfg, tiny_env  # noqa: F401  (tiny_env is a fixture)
