@@ -434,7 +434,8 @@ def finetune_base_cached(
         result = finetune(model, loader, settings, monitor=monitor)
         t0 = time.perf_counter()
         info = {
-            "validation_accuracy": accuracy(model, val_loader),
+            # the restored best checkpoint's own validation: measured by the monitor, not again
+            "validation_accuracy": monitor.best_accuracy if monitor and monitor.curve else accuracy(model, val_loader),
             "test_accuracy": accuracy(model, make_loader(test, tokenizer, batch_size=settings.eval_batch_size, shuffle=False)),
             "train_seconds": result["seconds"],
             "eval_seconds": time.perf_counter() - t0,

@@ -254,6 +254,13 @@ def test_trial_settings_reuse_the_cached_base_and_its_scores(tiny_env, tmp_path,
 
     first = prepare(make_cfg(tiny_env, f"cache_dir={cache}"))
     assert first.base_info["cached"] is False and len(finetune_calls) == 1
+    # its validation accuracy (taken from the monitor, not measured twice) is the restored weights'
+    from nas.data import make_loader, sorted_by_length, tokenize
+    from nas.train import accuracy
+
+    val = sorted_by_length(tokenize(first.task.validation, first.tokenizer, max_length=32))
+    assert first.base_info["validation_accuracy"] == accuracy(first.base, make_loader(val, first.tokenizer,
+                                                                                     batch_size=64, shuffle=False))
     made = cached_files()
     assert [len(files) for files in made] == [1, 1]
 
