@@ -52,6 +52,10 @@ CHECKPOINT = "checkpoint.pt"
 
 # ---------------------------------------------------------------------------- settings
 
+# Settings that change how the training runs, not what it computes (a resumed run ends where an
+# uninterrupted one does): a search that changes only these reuses the cached supernet.
+NOT_RECIPE = ("threads", "checkpoint_every")
+
 
 @dataclass(frozen=True)
 class SupernetSettings:
@@ -508,10 +512,11 @@ def supernet_key(base: nn.Module, scores: Any, space: Any, settings: SupernetSet
     from nas.importance import cache_key
 
     score_tensors = {} if scores is None else {k: v for k, v in scores.to_dict().items() if k != "method"}
+    recipe = {k: v for k, v in asdict(settings).items() if k not in NOT_RECIPE}
     return cache_key(
         what="supernet", version=SUPERNET_VERSION, base=tensor_digest(base.state_dict()),
         scores=tensor_digest(score_tensors), space={"choices": space.choices(), "per_layer": space.per_layer},
-        settings=asdict(settings), **extra,
+        settings=recipe, **extra,
     )
 
 

@@ -330,6 +330,14 @@ def test_a_training_killed_midway_resumes_from_its_checkpoint_and_ends_like_an_u
     assert ainfo["cached"] is True and seen == [3, 4, 5]
     for p1, p2 in zip(straight.model.state_dict().values(), again.model.state_dict().values(), strict=True):
         assert torch.equal(p1, p2)
+    # how it runs (threads, checkpoints) is not part of the recipe: still the cached supernet
+    _, tinfo = run_cached(tiny_data, tmp_path / "b", replace_settings(RESUME, threads=1, checkpoint_every=0),
+                          on_step=lambda s, r: seen.append(-s))
+    assert tinfo["cached"] is True and seen == [3, 4, 5]
+    # what it computes is: another learning rate trains a supernet of its own
+    _, linfo = run_cached(tiny_data, tmp_path / "b", replace_settings(RESUME, lr=2e-3, steps=1))
+    assert linfo["cached"] is False
+    assert len([p for p in (tmp_path / "b" / "supernet").iterdir() if p.is_dir()]) == 2
 
 
 def test_a_second_worker_waits_for_the_first_instead_of_training(tiny_data, tmp_path):
