@@ -52,8 +52,9 @@ CHECKPOINT = "checkpoint.pt"
 
 # ---------------------------------------------------------------------------- settings
 
-# Settings that change how the training runs, not what it computes (a resumed run ends where an
-# uninterrupted one does): a search that changes only these reuses the cached supernet.
+# Settings that change how the training runs, not the recipe it follows (a resumed run ends where an
+# uninterrupted one does; another thread count changes float rounding only): a search that changes
+# only these reuses the cached supernet.
 NOT_RECIPE = ("threads", "checkpoint_every")
 
 
