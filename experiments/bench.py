@@ -1,5 +1,5 @@
 """Shared by the benchmark scripts: the embedded model and a task, shapes from report rows,
-paired timers (nas.latency's one definition), and the old fixed-length rule for comparison.
+paired timers (nas.cost.latency's one definition), and the old fixed-length rule for comparison.
 
 Weights do not change a model's speed, so latency benchmarks time the pretrained MiniLM with
 a fresh head, pruned keep-first-k, against itself unpruned.
@@ -14,6 +14,8 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+from nas.models.registry import base_shape
+
 ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
@@ -23,9 +25,9 @@ def parts(data: Mapping[str, Any] | None = None) -> tuple[Any, Any, Any]:
     """(base model, task, tokenizer) for the embedded MiniLM on a task (default: Rotten Tomatoes)."""
     import torch
 
-    from nas.data import load_task
-    from nas.models import load_base_model, load_tokenizer
-    from nas.pipeline import quiet_libraries
+    from nas.data.tasks import load_task
+    from nas.models.loading import load_base_model, load_tokenizer
+    from nas.util import quiet_libraries
 
     quiet_libraries()
     torch.manual_seed(0)
@@ -37,18 +39,17 @@ def timer(base: Any, task: Any, tokenizer: Any, *, max_length: int, **settings: 
     """A PairedTimer with these latency settings (the rest at the project's defaults)."""
     from types import SimpleNamespace
 
-    from nas.latency import LatencySettings, PairedTimer
-    from nas.spec import BaseShape
+    from nas.cost.latency import LatencySettings, PairedTimer
 
-    prep = SimpleNamespace(base=base, task=task, tokenizer=tokenizer, shape=BaseShape.from_config(base.config))
+    prep = SimpleNamespace(base=base, task=task, tokenizer=tokenizer, shape=base_shape(base.config))
     return PairedTimer.for_prepared(prep, LatencySettings(**settings).validate(), max_length=max_length)
 
 
 def uniform_spec(base: Any, *, layers: int | None = None, heads: int | None = None, ffn: int | None = None,
                  hidden: int | None = None, context: int | None = None) -> Any:
-    from nas.spec import BaseShape, SubnetSpec
+    from nas.spec import SubnetSpec
 
-    shape = BaseShape.from_config(base.config)
+    shape = base_shape(base.config)
     return SubnetSpec.uniform(
         layers=tuple(range(layers or shape.num_layers)), heads=heads or shape.num_heads, ffn=ffn or shape.ffn_size,
         hidden=hidden or shape.hidden_size, context=context or shape.max_positions,
@@ -62,7 +63,7 @@ def spec_from_row(base: Any, row: Mapping[str, Any]) -> Any:
 
 
 def pruned(base: Any, spec: Any) -> Any:
-    from nas.prune import prune_model
+    from nas.cut.prune import prune_model
 
     return prune_model(base, spec).eval()
 
@@ -72,7 +73,7 @@ def old_rule_ms(model: Any, *, seq_len: int, runs: int = 20, warmup: int = 5, th
     each model timed on its own (the base once per run)."""
     import torch
 
-    from nas.latency import num_threads
+    from nas.cost.latency import num_threads
 
     vocab = int(model.config.vocab_size)
     g = torch.Generator().manual_seed(0)

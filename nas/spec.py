@@ -15,6 +15,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import yaml
+
 
 class SpecError(ValueError):
     """A SubnetSpec that does not fit its base model."""
@@ -30,7 +32,7 @@ class BaseShape:
     hidden_size: int
     ffn_size: int
     max_positions: int
-    # Decoders with grouped-query attention (nas.decoder): key/value heads, each shared by
+    # Decoders with grouped-query attention (nas.models.decoder): key/value heads, each shared by
     # num_heads // num_kv_heads query heads. None for encoders (every head has its own K/V).
     num_kv_heads: int | None = None
 
@@ -38,15 +40,6 @@ class BaseShape:
     def group_size(self) -> int:
         """Query heads per key/value group (1 for encoders)."""
         return 1 if self.num_kv_heads is None else self.num_heads // self.num_kv_heads
-
-    @classmethod
-    def from_config(cls, config: Any) -> BaseShape:
-        from nas.arch import arch_for_config
-        from nas.decoder import decoder_base_shape, is_decoder_config
-
-        if is_decoder_config(config):
-            return decoder_base_shape(config)
-        return arch_for_config(config).base_shape(config)
 
 
 @dataclass(frozen=True)
@@ -166,14 +159,10 @@ class SubnetSpec:
         return cls(**{k: (list(v) if isinstance(v, (list, tuple)) else v) for k, v in data.items()})
 
     def to_yaml(self) -> str:
-        import yaml
-
         return yaml.safe_dump(self.to_dict(), sort_keys=False, default_flow_style=None)
 
     @classmethod
     def from_yaml(cls, text: str) -> SubnetSpec:
-        import yaml
-
         data = yaml.safe_load(text)
         if not isinstance(data, Mapping):
             raise SpecError(f"SubnetSpec YAML must be a mapping, got {type(data).__name__}")

@@ -1,471 +1,138 @@
-"""Fine-tuning with Lightning (optionally distilling from the unpruned model) and evaluation."""
+"""`python -m nas.train +arch=PATH/config.yaml`: the final training of a chosen shape.
+
+Re-prunes the fine-tuned base to the exported shape, fine-tunes it with a longer budget
+(`final.max_steps`, distilling from the base), evaluates on validation and test, and exports
+it like `nas.export` does. Model, data and pruning settings come from the arch file's run
+config; command-line overrides win over them.
+"""
 
 from __future__ import annotations
 
-import json
-import logging
-import math
-import os
+import sys
 import time
-from collections.abc import Mapping
-from dataclasses import asdict, dataclass, field, fields, replace
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-import torch
-from torch import nn
+import hydra
+import yaml
+from hydra.core.hydra_config import HydraConfig
+from omegaconf import OmegaConf, open_dict
+from rich.console import Console
+from rich.markup import escape
 
-log = logging.getLogger(__name__)
-BASE_VERSION = 3  # bump when the base fine-tune recipe changes: old cache entries are then ignored
-# The TrainSettings fields the base's weights depend on. The rest (threads, evaluation batch size,
-# distillation settings, the per-trial step count) only concern trials: changing them must not
-# fine-tune the base again (6.6 minutes on the default task).
-BASE_KEY_FIELDS = ("batch_size", "lr", "weight_decay", "warmup_ratio", "seed")
+from nas.config import CONF_DIR
+from nas.cost.latency import flat_latency_metrics, latency_settings, measure_runtimes, model_size, speedup_line
+from nas.cut.recovery import RecoverySettings
+from nas.deploy.bundle import export_all
+from nas.models.registry import family_for
+from nas.redact import protect_run
+from nas.spec import SubnetSpec
+from nas.study.preflight import cli_prelude, preflight
+from nas.study.prepare import prepare
+from nas.study.settings import final_train_settings
+from nas.study.trial import Evaluator
 
-
-@dataclass(frozen=True)
-class TrainSettings:
-    max_steps: int = 60
-    batch_size: int = 32
-    lr: float = 1e-4
-    weight_decay: float = 0.01
-    warmup_ratio: float = 0.1
-    distill_weight: float = 0.5
-    temperature: float = 2.0
-    eval_batch_size: int = 64
-    seed: int = 0
-    threads: int = 0  # 0: leave torch's default
-    distill: str = "logits"  # logits: KL on the teacher's logits | hidden: also the kept layers' hidden states
-    hidden_weight: float = 1.0  # weight of the hidden-state term (distill=hidden)
-
-    @classmethod
-    def from_cfg(cls, cfg: Mapping[str, Any], **overrides: Any) -> TrainSettings:
-        names = {f.name for f in fields(cls)}
-        values = {k: cfg[k] for k in names if k in cfg}
-        values.update(overrides)
-        settings = cls(**values)
-        settings.validate()
-        return settings
-
-    def validate(self) -> None:
-        if self.max_steps < 0:
-            raise ValueError(f"train.max_steps={self.max_steps} must be >= 0")
-        if self.batch_size < 1 or self.eval_batch_size < 1:
-            raise ValueError(f"train.batch_size={self.batch_size} / eval_batch_size={self.eval_batch_size} must be >= 1")
-        if not 0.0 <= self.distill_weight <= 1.0:
-            raise ValueError(f"train.distill_weight={self.distill_weight} is out of range; allowed 0..1")
-        if self.temperature <= 0:
-            raise ValueError(f"train.temperature={self.temperature} must be > 0")
-        if self.lr <= 0:
-            raise ValueError(f"train.lr={self.lr} must be > 0")
-        if self.distill not in DISTILL:
-            raise ValueError(f"train.distill={self.distill!r} is not known; allowed: {', '.join(DISTILL)}")
-        if not self.hidden_weight >= 0:
-            raise ValueError(f"train.hidden_weight={self.hidden_weight} must be >= 0")
+RUN_KEYS = ("model", "data", "max_length", "base", "importance", "cache_dir", "latency")
 
 
-DISTILL = ("logits", "hidden")
+def load_arch(path: str | Path) -> dict[str, Any]:
+    path = Path(str(path)).expanduser()
+    if not path.is_file():
+        raise ValueError(f"arch={str(path)!r} does not exist; give the config.yaml written by nas.export")
+    data = yaml.safe_load(path.read_text())
+    if not isinstance(data, dict) or "arch" not in data:
+        raise ValueError(f"arch={str(path)!r} has no 'arch' section; give the config.yaml written by nas.export")
+    return data
 
 
-@dataclass(frozen=True)
-class HiddenMap:
-    """Where a pruned student's hidden states come from in its teacher: student layer i is teacher
-    layer layers[i]; its channels are the teacher's `channels` (the kept hidden channels: the fixed
-    projection from the teacher's width to the student's)."""
-
-    layers: tuple[int, ...]
-    channels: torch.Tensor
-
-    def pairs(self) -> list[tuple[int, int]]:
-        """(student, teacher) indices into output_hidden_states: 0 is the embeddings' output."""
-        return [(0, 0)] + [(i + 1, b + 1) for i, b in enumerate(self.layers)]
-
-
-def hidden_loss(student: tuple[torch.Tensor, ...], teacher: tuple[torch.Tensor, ...], hidden_map: HiddenMap,
-                mask: torch.Tensor | None) -> torch.Tensor:
-    """Mean squared error between each kept layer's hidden states and its teacher layer's (at the
-    kept channels), over real tokens, averaged over the layer pairs."""
-    channels = hidden_map.channels.to(student[0].device)
-    total = student[0].new_zeros((), dtype=torch.float32)
-    pairs = hidden_map.pairs()
-    for si, ti in pairs:
-        s = student[si].float()
-        t = teacher[ti].float().index_select(-1, channels)
-        err = (s - t).pow(2).mean(-1)  # (batch, seq)
-        if mask is not None:
-            m = mask.to(err.dtype)
-            total = total + (err * m).sum() / m.sum().clamp_min(1)
-        else:
-            total = total + err.mean()
-    return total / len(pairs)
+def merged_config(cfg: Any, arch_file: dict[str, Any], overrides: list[str]) -> Any:
+    """The run's model/data/pruning settings from the arch file, then the command line's overrides."""
+    run_cfg = arch_file.get("config") or {}
+    merged = OmegaConf.create(OmegaConf.to_container(cfg, resolve=False))
+    with open_dict(merged):
+        for key in RUN_KEYS:
+            if key in run_cfg:
+                merged[key] = run_cfg[key]
+        user = [o.lstrip("+~") for o in overrides if not o.lstrip("+").startswith("arch=")]
+        if user:
+            merged = OmegaConf.merge(merged, OmegaConf.from_dotlist(user))
+    return merged
 
 
-@dataclass(frozen=True)
-class BaseRecipe:
-    """How long the unpruned base trains: `max_epochs` passes over the training split (or exactly
-    `max_steps` when set), validated every `eval_every` steps; `patience` validations without
-    improvement stop it; the best validation checkpoint is the base."""
+def run_final(cfg: Any, arch_path: str | Path, out_dir: str | Path, *, overrides: list[str], console: Any) -> dict[str, Any]:
+    arch_file = load_arch(arch_path)
+    spec = SubnetSpec.from_dict(arch_file["arch"])
+    cfg = merged_config(cfg, arch_file, overrides)
+    container = OmegaConf.to_container(cfg, resolve=True)
+    settings = final_train_settings(container)
+    recovery = RecoverySettings.from_cfg(container.get("prune")).resolved("finetune")  # it trains afterwards
 
-    max_epochs: float = 2.0
-    max_steps: int | None = None
-    eval_every: int = 100
-    patience: int = 3
+    preflight(cfg, out_dir)  # settings, files, max_length, output folder: before the base is loaded
+    t0 = time.perf_counter()
+    prep = prepare(cfg)
+    spec.validate(prep.shape)
 
-    @classmethod
-    def from_cfg(cls, cfg: Mapping[str, Any]) -> BaseRecipe:
-        steps = cfg.get("max_steps")
-        recipe = cls(
-            max_epochs=float(cfg.get("max_epochs", cls.max_epochs)),
-            max_steps=None if steps is None else int(steps),
-            eval_every=int(cfg.get("eval_every", cls.eval_every)),
-            patience=int(cfg.get("patience", cls.patience)),
-        )
-        recipe.validate()
-        return recipe
+    if not family_for(prep.base).recovery:  # recovery and hidden-state distillation are for the encoder families
+        recovery = replace(recovery, method="none")
+        settings = replace(settings, distill="logits")
+    lm = bool(getattr(prep.task, "is_lm", False))  # a language-modelling task: perplexity (nas.quality.lm)
+    # the search's own steps: the same cut, recovery, fine-tune and evaluation as a trial and the final stage
+    ev = Evaluator(prep=prep, timer=None, train=settings, recovery=recovery, lm=lm)
+    model, _ = ev.candidate(spec)
+    console.print(f"final training of {spec.describe()}: {settings.max_steps} steps (prune.recovery {recovery.method}, "
+                  f"distill {settings.distill})", highlight=False)
+    result = ev.fit(model, spec, settings)
+    q, val = ev.quality_of(model, spec, "validation")
+    metrics: dict[str, Any] = {
+        f"val_{q}": val,
+        f"test_{q}": ev.quality_of(model, spec, "test")[1],
+    }
 
-    def validate(self) -> None:
-        if self.max_steps is None and not self.max_epochs > 0:
-            raise ValueError(f"base.max_epochs={self.max_epochs} must be > 0 (or set base.max_steps)")
-        if self.max_steps is not None and self.max_steps < 0:
-            raise ValueError(f"base.max_steps={self.max_steps} must be >= 0 or null (null: base.max_epochs decides)")
-        if self.eval_every < 1:
-            raise ValueError(f"base.eval_every={self.eval_every} must be >= 1 (steps)")
-        if self.patience < 0:
-            raise ValueError(f"base.patience={self.patience} must be >= 0 (0: never stop early)")
+    lat = latency_settings(cfg, {})
+    runtimes = ("torch", "onnxruntime") if cfg.final.onnx or lat.runtime == "onnxruntime" else ("torch",)
+    if lm and lat.generation not in ("prefill",):
+        runtimes = ("torch",)  # decode with the KV cache is timed in torch
+    measured = measure_runtimes(model, context=spec.context, base=prep.base, task=prep.task, tokenizer=prep.tokenizer,
+                                settings=lat, max_length=int(cfg.max_length), runtimes=runtimes)
+    metrics.update(**flat_latency_metrics(measured), **model_size(model))
+    metrics[f"base_val_{q}"] = prep.base_info[f"validation_{q}"]
+    metrics[f"base_test_{q}"] = prep.base_info[f"test_{q}"]
+    metrics["final_steps"] = settings.max_steps
+    metrics["train_seconds"] = result["seconds"]
 
-    def steps(self, batches_per_epoch: int) -> int:
-        if self.max_steps is not None:
-            return self.max_steps
-        return max(1, math.ceil(self.max_epochs * batches_per_epoch))
-
-
-@dataclass
-class Monitor:
-    """Validation during training: accuracy every `every` steps (and at the last step); the best
-    weights are kept and restored at the end; `patience` evaluations without improvement stop it
-    (0: never stop early). `extra` loaders are evaluated beside it and recorded only (benchmarks'
-    curves): they never choose anything."""
-
-    loader: Any
-    every: int
-    patience: int = 0
-    extra: Mapping[str, Any] = field(default_factory=dict)
-    curve: list[dict[str, float]] = field(default_factory=list)
-    best_step: int = 0
-    best_accuracy: float = -1.0
-    stopped_early: bool = False
-
-    def __post_init__(self) -> None:
-        if self.every < 1:
-            raise ValueError(f"eval_every={self.every} must be >= 1 (steps)")
-        if self.patience < 0:
-            raise ValueError(f"patience={self.patience} must be >= 0 (0: never stop early)")
-
-    def callback(self, model: nn.Module, max_steps: int) -> Any:
-        import lightning as L
-
-        monitor = self
-
-        class _Callback(L.Callback):
-            best_state: dict[str, torch.Tensor] | None = None
-            bad = 0
-
-            def on_train_batch_end(self, trainer: Any, pl_module: Any, outputs: Any, batch: Any, batch_idx: int) -> None:
-                step = trainer.global_step
-                if step % monitor.every and step < max_steps:
-                    return
-                point = {"step": step, "validation": accuracy(model, monitor.loader)}
-                for name, loader in monitor.extra.items():
-                    point[name] = accuracy(model, loader)
-                monitor.curve.append(point)
-                log.info("step %d: validation accuracy %.4f", step, point["validation"])
-                if point["validation"] > monitor.best_accuracy:
-                    monitor.best_accuracy, monitor.best_step, self.bad = point["validation"], step, 0
-                    self.best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
-                else:
-                    self.bad += 1
-                    if monitor.patience and self.bad >= monitor.patience:
-                        monitor.stopped_early = True
-                        trainer.should_stop = True
-                model.train()
-
-            def on_train_end(self, trainer: Any, pl_module: Any) -> None:
-                if self.best_state is not None:
-                    model.load_state_dict(self.best_state)
-
-        return _Callback()
-
-
-def _lightning_module_class() -> type:
-    import lightning as L
-
-    class ClassifierModule(L.LightningModule):
-        """Thin wrapper: the model is built and pruned elsewhere; this only trains it."""
-
-        def __init__(self, model: nn.Module, settings: TrainSettings, teacher: nn.Module | None = None,
-                     teacher_cache: dict[bytes, torch.Tensor] | None = None, hidden_map: HiddenMap | None = None) -> None:
-            super().__init__()
-            self.model = model
-            self.settings = settings
-            self.hidden_map = hidden_map
-            # The teacher is not a submodule: it must not be trained, saved or counted.
-            object.__setattr__(self, "teacher", teacher)
-            self.teacher_cache = teacher_cache if teacher_cache is not None else {}
-            self.losses: list[float] = []
-            self.hidden_losses: list[float] = []
-
-        def on_fit_start(self) -> None:
-            if self.teacher is not None:
-                self.teacher.to(self.device).eval()
-
-        def _teacher_logits(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
-            # Teacher logits depend only on the (truncated) token sequence: cache them by its
-            # bytes, so trials that see the same examples at the same context pay once.
-            ids = batch["input_ids"].cpu()
-            mask = batch.get("attention_mask")
-            lengths = mask.sum(-1).tolist() if mask is not None else [ids.shape[1]] * ids.shape[0]
-            keys = [ids[i, : int(n)].numpy().tobytes() for i, n in enumerate(lengths)]
-            if all(k in self.teacher_cache for k in keys):
-                return torch.stack([self.teacher_cache[k] for k in keys]).to(self.device)
-            with torch.no_grad():
-                logits = self.teacher(**_model_inputs(batch)).logits.float()
-            for k, row in zip(keys, logits.cpu()):
-                self.teacher_cache[k] = row
-            return logits
-
-        def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
-            hidden = self.teacher is not None and self.hidden_map is not None
-            out = self.model(**_model_inputs(batch), output_hidden_states=hidden)
-            w = self.settings.distill_weight
-            if out.logits.dim() == 3:  # a causal LM (nas.lm): next-token loss, KL on next-token distributions
-                from nas.lm import lm_loss
-
-                loss = lm_loss(out.logits, batch, teacher=self.teacher, distill_weight=w,
-                               temperature=self.settings.temperature)
-            else:
-                loss = nn.functional.cross_entropy(out.logits.float(), batch["labels"])
-            teacher_logits = None
-            if hidden:  # one teacher forward gives both its hidden states and its logits
-                with torch.no_grad():
-                    t_out = self.teacher(**_model_inputs(batch), output_hidden_states=True)
-                teacher_logits = t_out.logits.float()
-                h = hidden_loss(out.hidden_states, t_out.hidden_states, self.hidden_map, batch.get("attention_mask"))
-                self.hidden_losses.append(float(h.detach()))
-            if self.teacher is not None and w > 0 and out.logits.dim() == 2:
-                t = self.settings.temperature
-                logits = teacher_logits if teacher_logits is not None else self._teacher_logits(batch)
-                soft = nn.functional.log_softmax(logits / t, dim=-1)
-                kd = nn.functional.kl_div(
-                    nn.functional.log_softmax(out.logits.float() / t, dim=-1), soft, log_target=True,
-                    reduction="batchmean",
-                ) * (t * t)
-                loss = (1 - w) * loss + w * kd
-            if hidden:
-                loss = loss + self.settings.hidden_weight * h
-            if not torch.isfinite(loss):
-                raise FloatingPointError(f"non-finite training loss {loss.item()} at step {self.global_step}")
-            self.losses.append(float(loss.detach()))
-            return loss
-
-        def configure_optimizers(self) -> Any:
-            s = self.settings
-            decay, no_decay = [], []
-            for name, p in self.model.named_parameters():
-                (no_decay if p.ndim < 2 else decay).append(p)
-            opt = torch.optim.AdamW(
-                [{"params": decay, "weight_decay": s.weight_decay}, {"params": no_decay, "weight_decay": 0.0}], lr=s.lr
-            )
-            total = max(1, s.max_steps)
-            warm = max(1, int(total * s.warmup_ratio))
-
-            def schedule(step: int) -> float:
-                if step < warm:
-                    return (step + 1) / warm
-                return max(0.0, (total - step) / max(1, total - warm))
-
-            sched = torch.optim.lr_scheduler.LambdaLR(opt, schedule)
-            return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
-
-    return ClassifierModule
-
-
-def _model_inputs(batch: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    return {k: v for k, v in batch.items() if k in ("input_ids", "attention_mask", "token_type_ids")}
-
-
-def finetune(
-    model: nn.Module,
-    loader: Any,
-    settings: TrainSettings,
-    *,
-    teacher: nn.Module | None = None,
-    teacher_cache: dict[bytes, torch.Tensor] | None = None,
-    accelerator: str = "auto",
-    monitor: Monitor | None = None,
-    hidden_map: HiddenMap | None = None,
-) -> dict[str, Any]:
-    """Train `model` in place for settings.max_steps steps; returns {'losses': [...], 'seconds': s}.
-
-    With a `monitor`, validation accuracy is followed during training and the best weights are
-    what the model ends with (see Monitor)."""
-    import lightning as L
-
-    start = time.perf_counter()
-    if settings.max_steps == 0:
-        model.eval()
-        return {"losses": [], "seconds": 0.0}
-    if settings.threads:
-        torch.set_num_threads(settings.threads)
-    L.seed_everything(settings.seed, workers=True, verbose=False)
-    module = _lightning_module_class()(model, settings, teacher=teacher, teacher_cache=teacher_cache,
-                                       hidden_map=hidden_map)
-    logging.getLogger("lightning.pytorch.utilities.rank_zero").setLevel(logging.WARNING)
-    logging.getLogger("lightning.pytorch.accelerators.cuda").setLevel(logging.WARNING)
-    trainer = L.Trainer(
-        max_steps=settings.max_steps,
-        accelerator=accelerator,
-        devices=1,
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        num_sanity_val_steps=0,
-        limit_val_batches=0,
-        gradient_clip_val=1.0,
-        deterministic=False,
-        callbacks=[monitor.callback(model, settings.max_steps)] if monitor is not None else [],
+    source = {**(arch_file.get("source") or {}), "final_training": True,
+              "cfg": OmegaConf.to_container(cfg, resolve=False)}
+    export_all(model, prep.tokenizer, spec, out_dir, metrics=metrics, source=source, onnx=bool(cfg.final.onnx))
+    console.print(
+        f"{spec.describe()}: val {q} {metrics[f'val_{q}']:.4f}, test {q} {metrics[f'test_{q}']:.4f} "
+        f"(base {metrics[f'base_test_{q}']:.4f}); exported to {out_dir} [{time.perf_counter() - t0:.0f}s]",
+        highlight=False,
     )
-    model.train()
-    trainer.fit(module, train_dataloaders=loader)
-    model.cpu().eval()
-    if teacher is not None:
-        teacher.cpu()
-    return {"losses": module.losses, "hidden_losses": module.hidden_losses, "seconds": time.perf_counter() - start}
+    for runtime, m in measured.items():
+        console.print(speedup_line(runtime, m), highlight=False)
+    return metrics
 
 
-@torch.inference_mode()
-def predict(model: nn.Module, loader: Any) -> tuple[torch.Tensor, torch.Tensor]:
-    """(logits, labels) over a loader, in eval mode, on the model's device."""
-    was_training = model.training
-    model.eval()
-    device = next(model.parameters()).device
-    all_logits, all_labels = [], []
-    for batch in loader:
-        logits = model(**{k: v.to(device) for k, v in _model_inputs(batch).items()}).logits
-        all_logits.append(logits.float().cpu())
-        all_labels.append(batch["labels"].cpu())
-    model.train(was_training)
-    return torch.cat(all_logits), torch.cat(all_labels)
+def main() -> None:
+    real_storage = cli_prelude(sys.argv)
 
+    @hydra.main(config_path=str(CONF_DIR), config_name="config", version_base="1.3")
+    def _main(cfg: Any) -> None:
+        protect_run(cfg, HydraConfig.get().runtime.output_dir, real_storage)
+        console = Console(soft_wrap=True)
+        try:
+            arch = cfg.get("arch")
+            if not arch:
+                raise ValueError("give the shape to train: +arch=PATH/config.yaml (written by nas.export)")
+            out = Path(HydraConfig.get().runtime.output_dir) / "model"
+            run_final(cfg, arch, out, overrides=list(HydraConfig.get().overrides.task), console=console)
+        except (ValueError, FileNotFoundError) as e:
+            console.print(f"[red]error:[/red] {escape(str(e))}", highlight=False)
+            sys.exit(2)
 
-def accuracy(model: nn.Module, loader: Any) -> float:
-    logits, labels = predict(model, loader)
-    if labels.numel() == 0:
-        raise ValueError("accuracy: the evaluation split has no rows")
-    return float((logits.argmax(-1) == labels).float().mean())
-
-
-def base_cache_key(settings: TrainSettings, recipe: BaseRecipe, *, max_length: int,
-                   key_parts: Mapping[str, Any]) -> str:
-    """What the fine-tuned base depends on: model, data, tokenisation cap, recipe and the optimiser
-    settings in BASE_KEY_FIELDS. Runs that differ only in trial settings share one cached base."""
-    from nas.importance import cache_key
-
-    optimiser = {name: getattr(settings, name) for name in BASE_KEY_FIELDS}
-    return cache_key(what="base", version=BASE_VERSION, settings=optimiser, recipe=asdict(recipe),
-                     max_length=max_length, **dict(key_parts))
-
-
-def finetune_base_cached(
-    *,
-    model_name: str | None,
-    task: Any,
-    settings: TrainSettings,
-    max_length: int,
-    cache_dir: str | Path | None,
-    key_parts: Mapping[str, Any],
-    recipe: BaseRecipe | None = None,
-) -> tuple[nn.Module, Any, dict[str, Any]]:
-    """The fine-tuned unpruned base (teacher and reference), trained once and cached on disk.
-
-    `recipe` (default: BaseRecipe()) sets its length, with validation early stopping; the best
-    validation checkpoint is kept. Returns (model, tokenizer, info) where info holds validation/test
-    accuracy, the validation curve and timing.
-    """
-    from filelock import FileLock
-    from transformers import AutoModelForSequenceClassification
-
-    from nas.data import make_loader, sorted_by_length, tokenize
-    from nas.models import load_base_model, load_tokenizer
-
-    recipe = recipe or BaseRecipe()
-    tokenizer = load_tokenizer(model_name)
-    key = base_cache_key(settings, recipe, max_length=max_length, key_parts=key_parts)
-    folder = Path(cache_dir) / "base" / key if cache_dir is not None else None
-    lock = FileLock(str(folder) + ".lock") if folder is not None else None
-    if folder is not None:
-        folder.parent.mkdir(parents=True, exist_ok=True)
-        lock.acquire()
-    try:
-        if folder is not None:  # leftovers of a worker killed mid-save: nobody else holds the lock
-            import shutil
-
-            for stale in folder.parent.glob(folder.name + ".tmp*"):
-                shutil.rmtree(stale, ignore_errors=True)
-        if folder is not None and (folder / "info.json").is_file():
-            model = AutoModelForSequenceClassification.from_pretrained(folder, attn_implementation="sdpa").eval()
-            info = json.loads((folder / "info.json").read_text())
-            info.update(cached=True, key=key)
-            log.info("base model: cached fine-tune %s", folder)
-            return model, tokenizer, info
-        model = load_base_model(model_name, num_labels=task.num_labels, label_names=task.label_names, seed=settings.seed)
-        train = tokenize(task.train, tokenizer, max_length=max_length)
-        loader = make_loader(train, tokenizer, batch_size=settings.batch_size, shuffle=True, seed=settings.seed,
-                             group_by_length=True)
-        val = sorted_by_length(tokenize(task.validation, tokenizer, max_length=max_length))
-        test = sorted_by_length(tokenize(task.test, tokenizer, max_length=max_length))
-        val_loader = make_loader(val, tokenizer, batch_size=settings.eval_batch_size, shuffle=False)
-        steps = recipe.steps(len(loader))
-        settings = replace(settings, max_steps=steps)
-        monitor = Monitor(val_loader, every=recipe.eval_every, patience=recipe.patience) if steps else None
-        log.info("base model: fine-tuning %s for up to %d steps (%.1f epochs; validation every %d steps, patience %d; "
-                 "cached afterwards)", model_name or "the embedded model", steps, steps / max(1, len(loader)),
-                 recipe.eval_every, recipe.patience)
-        result = finetune(model, loader, settings, monitor=monitor)
-        t0 = time.perf_counter()
-        info = {
-            # the restored best checkpoint's own validation: measured by the monitor, not again
-            "validation_accuracy": monitor.best_accuracy if monitor and monitor.curve else accuracy(model, val_loader),
-            "test_accuracy": accuracy(model, make_loader(test, tokenizer, batch_size=settings.eval_batch_size, shuffle=False)),
-            "train_seconds": result["seconds"],
-            "eval_seconds": time.perf_counter() - t0,
-            "final_loss": float(sum(result["losses"][-10:]) / max(1, len(result["losses"][-10:]))) if result["losses"] else math.nan,
-            "steps": len(result["losses"]),
-            "max_steps": steps,
-            "best_step": monitor.best_step if monitor else 0,
-            "stopped_early": bool(monitor and monitor.stopped_early),
-            "steps_per_epoch": len(loader),
-            "curve": monitor.curve if monitor else [],
-            "cached": False,
-            "key": key,
-        }
-        if folder is not None:
-            import shutil
-
-            tmp = folder.with_name(folder.name + f".tmp{os.getpid()}")
-            model.save_pretrained(tmp)
-            (tmp / "info.json").write_text(json.dumps(info, indent=2))
-            if folder.exists():  # a partial folder from a killed run: the lock says nobody owns it
-                shutil.rmtree(folder)
-            tmp.replace(folder)
-        return model, tokenizer, info
-    finally:
-        if lock is not None:
-            lock.release()
+    _main()
 
 
 if __name__ == "__main__":
-    # `python -m nas.train +arch=PATH/config.yaml`: final training of an exported shape.
-    from nas.final import main
-
     main()

@@ -16,7 +16,9 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
-from test_export import N_TRIALS, TINY_SPACE, tiny_search_run
+
+from tiny import EXPORT_SPACE as TINY_SPACE
+from tiny import N_TRIALS, tiny_search_run
 
 HOST = "127.0.0.1"  # loopback only
 ATTRS = ("shape", "latency_ms", "speedup", "params", "flops", "val_accuracy")

@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 
-from nas import data as nd
+from nas.data import tasks as nd
 
 CONF = pathlib.Path(__file__).resolve().parents[1] / "conf" / "data"
 RT = {"kind": "rotten_tomatoes", "seed": 0, "split": {"validation": 0.1, "test": 0.1}}
@@ -485,6 +485,6 @@ def test_importing_nas_data_is_cheap() -> None:
     import subprocess
     import sys
 
-    code = "import sys, nas.data; print(sorted(m for m in ('datasets','pandas','torch','transformers') if m in sys.modules))"
+    code = "import sys, nas.data.tasks; print(sorted(m for m in ('datasets','pandas','torch','transformers') if m in sys.modules))"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"

@@ -1,4 +1,4 @@
-"""Decoder LMs (nas.decoder) on a tiny random Llama with grouped-query attention: keep-everything
+"""Decoder LMs (nas.models.decoder) on a tiny random Llama with grouped-query attention: keep-everything
 is exact, parameter counts follow the spec in closed form, a removed key/value group takes its
 query heads and nothing else with it, the KV cache of a pruned model agrees with a no-cache forward."""
 
@@ -7,9 +7,11 @@ from __future__ import annotations
 import pytest
 import torch
 
-from nas.decoder import decoder_base_shape, decoder_params, select_heads
-from nas.importance import ImportanceScores, naive_scores
-from nas.prune import count_parameters, prune_model
+import tiny
+from nas.cut.importance import ImportanceScores, naive_scores
+from nas.cut.prune import count_parameters, prune_model
+from nas.models.decoder import decoder_base_shape, decoder_params, select_heads
+from nas.models.registry import base_shape
 from nas.spec import BaseShape, SpecError, SubnetSpec
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -18,21 +20,7 @@ V, D, H, KV, A, F, P, L = 99, 64, 4, 2, 16, 48, 128, 4  # vocab, hidden, query h
 
 
 def tiny_llama(*, tied: bool = True, labels: int | None = None, seed: int = 0, layers: int = L):
-    from transformers import LlamaConfig, LlamaForCausalLM, LlamaForSequenceClassification
-
-    cfg = LlamaConfig(vocab_size=V, hidden_size=D, num_hidden_layers=layers, num_attention_heads=H,
-                      num_key_value_heads=KV, intermediate_size=F, max_position_embeddings=P,
-                      tie_word_embeddings=tied, pad_token_id=0, bos_token_id=1, eos_token_id=2)
-    torch.manual_seed(seed)
-    if labels is not None:
-        cfg.num_labels = labels
-        return LlamaForSequenceClassification(cfg).eval()
-    model = LlamaForCausalLM(cfg).eval()
-    with torch.no_grad():  # random RMSNorm gains: a channel slip would show
-        for name, p in model.named_parameters():
-            if name.endswith("norm.weight"):
-                p.uniform_(0.5, 1.5)
-    return model
+    return tiny.llama(tied=tied, labels=labels, seed=seed, layers=layers)
 
 
 def ids(batch: int = 2, length: int = 12, seed: int = 1) -> torch.Tensor:
@@ -64,7 +52,7 @@ AXIS_SPECS = {
 
 def test_base_shape_reads_groups():
     model = tiny_llama()
-    assert decoder_base_shape(model.config) == SHAPE == BaseShape.from_config(model.config)
+    assert decoder_base_shape(model.config) == SHAPE == base_shape(model.config)
     assert SHAPE.group_size == 2
     assert FULL.kv_heads == (2,) * L and FULL.describe() == "L4 H4/G2 F48 D64 C128"
 
@@ -201,7 +189,7 @@ def test_spec_round_trip_keeps_groups_and_encoder_dicts_unchanged():
 
 
 def test_decoder_importance_scores():
-    from nas.importance import compute_scores
+    from nas.cut.importance import compute_scores
 
     model = tiny_llama()
     x = ids(batch=4, length=16)
@@ -219,13 +207,14 @@ def test_decoder_importance_scores():
 def test_spaces_sample_valid_grouped_specs():
     import optuna
 
-    from nas.space import SearchSpace, available_spaces
+    from nas.study.space import SearchSpace, available_spaces
 
     smollm2 = BaseShape(num_layers=30, num_heads=9, head_size=64, hidden_size=576, ffn_size=1536,
                         max_positions=8192, num_kv_heads=3)
     encoder = BaseShape(num_layers=6, num_heads=12, head_size=32, hidden_size=384, ffn_size=1536, max_positions=512)
     import yaml
-    from nas.space import SPACES_DIR
+
+    from nas.study.space import SPACES_DIR
 
     triple = SearchSpace.from_cfg(yaml.safe_load((SPACES_DIR / "triple.yaml").read_text()))
     choices = triple.resolve(smollm2, max_length=128).choices()
@@ -265,10 +254,10 @@ def test_hf_folder_reloads_in_a_fresh_process_and_onnx(name, tmp_path):
 
     import numpy as np
     import onnxruntime as ort
-    from transformers import PreTrainedTokenizerFast
     from tokenizers import Tokenizer, models
+    from transformers import PreTrainedTokenizerFast
 
-    from nas.export import export_all
+    from nas.deploy.bundle import export_all
 
     spec = {"uniform": SubnetSpec.uniform(layers=(0, 2), heads=2, kv_heads=1, ffn=24, hidden=40, context=32),
             "per_layer": AXIS_SPECS["all"]}[name]

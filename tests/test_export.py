@@ -19,7 +19,10 @@ import pytest
 import torch
 import yaml
 
+from nas.models.registry import base_shape
 from nas.spec import SubnetSpec
+from tiny import EXPORT_SPACE, N_TRIALS, tiny_search_run
+from tiny import write_tokenizer as write_tiny_tokenizer
 
 ROOT = Path(__file__).resolve().parent.parent
 PYTHON = sys.executable  # the environment running the tests, wherever it lives (not <repo>/.venv)
@@ -27,84 +30,7 @@ VOCAB = 99
 ATOL = 1e-4
 
 pytestmark = pytest.mark.usefixtures("one_thread")
-
-
-# ---- shared builders (test_dashboard.py reuses the search run) -----------------------------------
-
-
-def write_tiny_tokenizer(folder: Path) -> None:
-    """A 99-word WordPiece tokenizer (ids 0-4 special, then w0..w93) saved as an HF tokenizer."""
-    from transformers import BertTokenizerFast
-
-    folder.mkdir(parents=True, exist_ok=True)
-    vocab = folder / "vocab.txt"
-    vocab.write_text("\n".join(["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *(f"w{i}" for i in range(VOCAB - 5))]) + "\n")
-    tokenizer = BertTokenizerFast(vocab=str(vocab))
-    assert len(tokenizer) == VOCAB
-    tokenizer.save_pretrained(folder)
-
-
-TINY_SPACE = {
-    "name": "tiny_export",
-    "per_layer": True,  # per-layer heads / FFN: the exported folder needs modeling_nas.py
-    "align": 8,
-    "axes": {
-        "layers": {"low": 1, "high": 2},
-        "heads": {"low": 1, "high": 4},
-        "ffn": {"choices": [8, 16, 37]},
-        "hidden": {"choices": [16, 32]},
-        "context": {"choices": [16, 32, 64]},
-    },
-}
-N_TRIALS = 3
-
-
-def tiny_search_run(base: Path) -> Path:
-    """A finished 3-trial search on a tiny random BERT and a tiny CSV task, with the run folder
-    the CLI would write (.hydra/config.yaml included). Built once per test session under `base`."""
-    run_dir = base / "tiny_search" / "run"
-    if (run_dir / ".done").is_file():
-        return run_dir
-    from omegaconf import OmegaConf, open_dict
-    from transformers import BertConfig, BertForSequenceClassification
-
-    from nas.config import compose
-    from nas.search import run_search
-
-    root = base / "tiny_search"
-    model_dir = root / "model"
-    write_tiny_tokenizer(model_dir)
-    config = BertConfig(vocab_size=VOCAB, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
-                        intermediate_size=37, max_position_embeddings=64, type_vocab_size=2, num_labels=2,
-                        pad_token_id=0)
-    torch.manual_seed(0)
-    BertForSequenceClassification(config).save_pretrained(model_dir)
-    g = torch.Generator().manual_seed(0)
-    words = [f"w{i}" for i in range(VOCAB - 5)]
-    pools = (words[: len(words) // 2], words[len(words) // 2 :])
-    rows = []
-    for i in range(160):  # each word comes from its label's pool with probability 0.7: learnable, not trivial
-        label = i % 2
-        n = int(torch.randint(4, 12, (1,), generator=g))
-        own = (torch.rand(n, generator=g) < 0.7).tolist()
-        picks = torch.randint(0, len(pools[0]), (n,), generator=g).tolist()
-        text = " ".join(pools[label if o else 1 - label][j] for o, j in zip(own, picks))
-        rows.append({"text": text, "label": ["neg", "pos"][label]})
-    csv = root / "reviews.csv"
-    pd.DataFrame(rows).to_csv(csv, index=False)
-    cfg = compose([
-        "model=hf", f"model.name_or_path={model_dir}", "data=file", f"data.path={csv}", "data.split.validation=0.3", "+space=triple",
-        f"search.n_trials={N_TRIALS}", "search.final_k=0", "search.sampler=random", "search.objectives=[accuracy,params]", "train.batch_size=16",
-        "train.eval_batch_size=64", "train.lr=0.003", "base.lr=0.003", "train.max_steps=30", "train.distill_weight=0", "base.max_steps=30", "base.batch_size=16", f"cache_dir={root / 'cache'}",
-        "max_length=32", "latency.warmup=1", "importance.max_batches=2", "importance.batch_size=16",
-    ])
-    with open_dict(cfg):
-        cfg.space = OmegaConf.create(TINY_SPACE)
-    run_search(cfg, run_dir)
-    (run_dir / ".hydra").mkdir(exist_ok=True)
-    OmegaConf.save(cfg, run_dir / ".hydra" / "config.yaml")  # what `python -m nas.search` writes
-    (run_dir / ".done").write_text("ok\n")
-    return run_dir
+TINY_SPACE = EXPORT_SPACE
 
 
 def cli_env() -> dict[str, str]:
@@ -115,10 +41,9 @@ def cli_env() -> dict[str, str]:
 
 def random_scores(model, seed: int):
     """Importance scores in random order, so pruning keeps scattered heads / neurons / channels."""
-    from nas.importance import ImportanceScores
-    from nas.spec import BaseShape
+    from nas.cut.importance import ImportanceScores
 
-    shape = BaseShape.from_config(model.config)
+    shape = base_shape(model.config)
     g = torch.Generator().manual_seed(seed)
     return ImportanceScores(
         layers=torch.rand(shape.num_layers, generator=g), heads=torch.rand(shape.num_layers, shape.num_heads, generator=g),
@@ -240,8 +165,9 @@ def exports(request, tmp_path_factory, tiny_bert, tiny_roberta, tiny_distilbert,
     search runs here; then `python -m nas.export` (cli_export) runs while the MiniLM goes to ONNX."""
     from transformers import AutoTokenizer
 
-    from nas.export import export_all, export_onnx, save_hf_folder
-    from nas.prune import prune_model
+    from nas.cut.prune import prune_model
+    from nas.deploy.bundle import export_all, save_hf_folder
+    from nas.deploy.onnx import export_onnx
 
     root = tmp_path_factory.mktemp("exports")
     write_tiny_tokenizer(root / "tokenizer")
@@ -345,7 +271,7 @@ def test_hf_folder_round_trip_gives_the_pruned_logits(exports, name):
         assert (config["num_attention_heads"], config["hidden_size"], config["intermediate_size"]) == (2, 16, 16)
     else:
         assert case["info"] == {"remote_code": True}
-        assert (folder / "modeling_nas.py").read_text() == (ROOT / "nas" / "hf_remote" / "modeling_nas.py").read_text()
+        assert (folder / "modeling_nas.py").read_text() == (ROOT / "nas" / "models" / "hf_remote" / "modeling_nas.py").read_text()
         model_cls = got["model_class"]
         assert config["auto_map"] == {"AutoConfig": f"modeling_nas.{got['config_class']}",
                                       "AutoModelForSequenceClassification": f"modeling_nas.{model_cls}"}
@@ -358,7 +284,7 @@ def test_hf_folder_round_trip_gives_the_pruned_logits(exports, name):
 def test_modeling_nas_is_self_contained():
     import ast
 
-    tree = ast.parse((ROOT / "nas" / "hf_remote" / "modeling_nas.py").read_text())
+    tree = ast.parse((ROOT / "nas" / "models" / "hf_remote" / "modeling_nas.py").read_text())
     roots = set()
     for node in ast.walk(tree):
         if isinstance(node, ast.Import):
@@ -431,7 +357,7 @@ def exported_trial(text: str) -> int:
 def knee_export(search_run, cli_export):
     """The finished background `python -m nas.export run_dir=...` and the trial model it exported,
     rebuilt here from the run folder."""
-    from nas.export import load_run, rebuild_trial_model
+    from nas.study.runs import load_run, rebuild_trial_model
 
     proc = cli_export.result()
     assert proc.returncode == 0, proc.stdout + proc.stderr
@@ -495,7 +421,8 @@ def test_cli_export_of_the_knee(search_run, front, knee_export):
 
 @pytest.mark.parametrize("pick", ["max_accuracy", "min_latency", "trial"])
 def test_cli_picks_the_right_trial(search_run, front, pick, tmp_path, capsys):
-    from nas.export import load_run, main
+    from nas.export import main
+    from nas.study.runs import load_run
 
     members = front[~front["is_base"].astype(bool)]
     if pick == "max_accuracy":

@@ -19,9 +19,8 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 @pytest.fixture(scope="module")
 def exported_arch(tmp_path_factory):
     """A finished tiny search (shared with test_export) and its knee exported without ONNX."""
-    from test_export import tiny_search_run
-
     from nas.export import main as export_main
+    from tiny import tiny_search_run
 
     run_dir = tiny_search_run(tmp_path_factory.getbasetemp())
     out = tmp_path_factory.mktemp("final_export") / "knee"
@@ -33,7 +32,7 @@ def test_final_training_reprunes_trains_longer_and_exports(exported_arch, tmp_pa
     from rich.console import Console
 
     from nas.config import compose
-    from nas.final import run_final
+    from nas.train import run_final
 
     run_dir, arch = exported_arch
     arch_data = yaml.safe_load(arch.read_text())

@@ -4,16 +4,18 @@ is exact where nothing was cut, the search's final stage trains exactly the K ch
 
 from __future__ import annotations
 
+import pandas as pd
+import pytest
 import torch
 import yaml
-import pytest
-import pandas as pd
 from safetensors.torch import load_file
 
-from nas.prune import kept_units, prune_model
-from nas.spec import BaseShape, SubnetSpec
-from nas.train import HiddenMap, hidden_loss
-from test_search import make_cfg, tiny_env  # noqa: F401  (the tiny model and task fixture)
+from nas.cut.prune import prune_model
+from nas.models.registry import base_shape
+from nas.models.slicing import kept_units
+from nas.quality.finetune import HiddenMap, hidden_loss
+from nas.spec import SubnetSpec
+from tiny import make_cfg
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -29,7 +31,7 @@ def hidden_states(model, batch):
 def test_hidden_loss_of_the_unpruned_model_against_itself_is_zero(tiny_bert, padded_batch):
     base = tiny_bert(layers=3)
     batch = padded_batch(pad_id=0)
-    shape = BaseShape.from_config(base.config)
+    shape = base_shape(base.config)
     full = SubnetSpec.full(shape)
     same = prune_model(base, full, None)
     hmap = HiddenMap(layers=full.layers, channels=kept_units(shape, full, None).hidden)
@@ -42,7 +44,7 @@ def test_hidden_loss_pairs_kept_layers_with_their_teacher_layers(tiny_bert, padd
     the kept channels, over real tokens only."""
     base = tiny_bert(layers=3)
     batch = padded_batch(pad_id=0)
-    shape = BaseShape.from_config(base.config)
+    shape = base_shape(base.config)
     spec = SubnetSpec.uniform(layers=(0, 2), heads=4, ffn=37, hidden=20, context=512).validate(shape)
     student = prune_model(base, spec, None)
     hmap = HiddenMap(layers=spec.layers, channels=kept_units(shape, spec, None).hidden)
@@ -58,9 +60,10 @@ def test_hidden_loss_pairs_kept_layers_with_their_teacher_layers(tiny_bert, padd
 
 
 def test_monitor_restores_the_best_validation_checkpoint(tiny_env):
-    from nas.data import load_task, make_loader, tokenize
-    from nas.models import load_base_model, load_tokenizer
-    from nas.train import Monitor, TrainSettings, accuracy, finetune
+    from nas.data.tasks import load_task, make_loader, tokenize
+    from nas.models.loading import load_base_model, load_tokenizer
+    from nas.quality.finetune import Monitor, TrainSettings, finetune
+    from nas.quality.metrics import accuracy
 
     task = load_task({"kind": "file", "path": str(tiny_env["csv"])})
     tok = load_tokenizer(str(tiny_env["model"]))
@@ -79,7 +82,7 @@ def test_monitor_restores_the_best_validation_checkpoint(tiny_env):
 
 
 def test_base_recipe_length_and_refusals():
-    from nas.train import BaseRecipe
+    from nas.quality.finetune import BaseRecipe
 
     assert BaseRecipe(max_epochs=2.5).steps(40) == 100
     assert BaseRecipe(max_steps=7, max_epochs=9).steps(40) == 7
@@ -107,10 +110,10 @@ class Calls(list):
 @pytest.fixture
 def fits(monkeypatch) -> Calls:
     """The step count of every Evaluator.fit in this process (trial fine-tunes: 2, final: 3)."""
-    import nas.evaluate
+    import nas.study.trial
 
     calls = Calls()
-    real = nas.evaluate.Evaluator.fit
+    real = nas.study.trial.Evaluator.fit
 
     def counting(self, model, spec, settings):
         calls.append(settings.max_steps)
@@ -118,25 +121,25 @@ def fits(monkeypatch) -> Calls:
             raise KeyboardInterrupt("killed in the final stage")
         return real(self, model, spec, settings)
 
-    monkeypatch.setattr(nas.evaluate.Evaluator, "fit", counting)
+    monkeypatch.setattr(nas.study.trial.Evaluator, "fit", counting)
     return calls
 
 
 def test_final_stage_trains_exactly_k_and_export_uses_their_weights(tiny_env, fits, tmp_path, monkeypatch):
     """4 trials, K=2: exactly 2 final trainings, of the chosen members; best.yaml and nas.export take
     their weights and accuracies."""
-    import nas.report
-    from nas.export import main as export_main
-    from nas.search import run_search
-
     from omegaconf import OmegaConf
+
+    import nas.study.final
+    import nas.study.search
+    from nas.export import main as export_main
+    from nas.study.search import run_search
+    from nas.study.weights import RunWeights
 
     # On this tiny task every shape ties on accuracy and the front has one member: let the chooser
     # see every completed trial as eligible (all keep their weights), so K, not the front, limits it.
-    real_choose = nas.report.choose_final
+    real_choose = nas.study.final.choose_final
     seen: list[list[int]] = []
-
-    import nas.search
 
     def choose_all(front, k, quality="val_accuracy"):
         """Every completed trial eligible; the front's own members rank first (so best.yaml's knee,
@@ -149,10 +152,10 @@ def test_final_stage_trains_exactly_k_and_export_uses_their_weights(tiny_env, fi
         return seen[-1]
 
     searches: list = []
-    real_init = nas.search.Search.__init__
-    monkeypatch.setattr(nas.search.Search, "__init__", lambda self, *a, **kw: (searches.append(self), real_init(self, *a, **kw))[1])
-    monkeypatch.setattr(nas.report, "choose_final", choose_all)
-    monkeypatch.setattr(nas.search.Search, "_drop_dominated_models", lambda self, study: None)
+    real_init = nas.study.search.Search.__init__
+    monkeypatch.setattr(nas.study.search.Search, "__init__", lambda self, *a, **kw: (searches.append(self), real_init(self, *a, **kw))[1])
+    monkeypatch.setattr(nas.study.final, "choose_final", choose_all)
+    monkeypatch.setattr(RunWeights, "drop_dominated", lambda self, study: None)
     run_dir = tmp_path / "run"
     cfg = make_cfg(tiny_env, *FINAL, "train.distill=hidden")
     study, search = run_search(cfg, run_dir)
@@ -167,7 +170,7 @@ def test_final_stage_trains_exactly_k_and_export_uses_their_weights(tiny_env, fi
     for n, result in final.items():
         assert 0.0 <= result["val_accuracy"] <= 1.0 and 0.0 <= result["test_accuracy"] <= 1.0
         assert result["steps"] == 3
-    from nas.report import trials_frame
+    from nas.study.report import trials_frame
 
     rows = trials_frame(study)
     trained = rows[rows["final_val_accuracy"].notna()]
@@ -194,7 +197,7 @@ def test_final_stage_trains_exactly_k_and_export_uses_their_weights(tiny_env, fi
 def test_choose_final_spreads_over_the_front_from_the_most_accurate():
     import pandas as pd
 
-    from nas.report import choose_final
+    from nas.study.report import choose_final
 
     front = pd.DataFrame({"number": range(9), "val_accuracy": [0.70 + 0.01 * i for i in range(9)], "is_base": False})
     front = pd.concat([front, pd.DataFrame([{"number": None, "val_accuracy": 0.99, "is_base": True}])])
@@ -207,13 +210,14 @@ def test_choose_final_spreads_over_the_front_from_the_most_accurate():
 def test_a_run_killed_in_the_final_stage_resumes_it(tiny_env, fits, tmp_path, monkeypatch):
     """Two members chosen; the run dies in the second one's training. Run again: the trials are not
     trained again, the first member is not trained again, the second is."""
-    import nas.report
-    from nas.search import Search, run_search
+    import nas.study.final
+    from nas.study.search import run_search
+    from nas.study.weights import RunWeights
 
     # On this tiny task every shape ties on accuracy, so the front has one member: choose the first two
     # completed trials instead, and keep their weights.
-    monkeypatch.setattr(nas.report, "choose_final", lambda front, k, **_: [0, 1][:k])
-    monkeypatch.setattr(Search, "_drop_dominated_models", lambda self, study: None)
+    monkeypatch.setattr(nas.study.final, "choose_final", lambda front, k, **_: [0, 1][:k])
+    monkeypatch.setattr(RunWeights, "drop_dominated", lambda self, study: None)
     run_dir = tmp_path / "run"
     cfg = make_cfg(tiny_env, *FINAL)
     fits.fail(6)  # 4 trial fine-tunes (2 steps each), then the first final (3 steps), then the second: killed
@@ -234,7 +238,7 @@ def test_a_run_killed_in_the_final_stage_resumes_it(tiny_env, fits, tmp_path, mo
 
 
 def test_search_with_recovery_and_no_training(tiny_env, fits, tmp_path):
-    from nas.search import run_search
+    from nas.study.search import run_search
 
     study, _ = run_search(make_cfg(tiny_env, "search.estimator=none", "prune.recovery=both", "search.n_trials=3",
                                    "search.sampler=random"), tmp_path / "run")

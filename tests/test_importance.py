@@ -7,10 +7,11 @@ import copy
 import pytest
 import torch
 
-import nas.importance as importance
-from nas.arch import arch_for
-from nas.importance import ImportanceScores, cached_scores, compute_scores, naive_scores
-from nas.prune import prune_model
+import nas.cut.importance as importance
+from nas.cut.importance import ImportanceScores, cached_scores, compute_scores, naive_scores
+from nas.cut.prune import prune_model
+from nas.models.encoder import arch_for
+from nas.models.registry import base_shape
 from nas.spec import BaseShape, SubnetSpec
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -73,7 +74,7 @@ def test_other_families_score_and_silent_head_is_zero(family, tiny_roberta, tiny
     with torch.no_grad():
         parts.o.weight[:, 0:A] = 0.0  # layer 3, head 0
     s = compute_scores(model, [batch])
-    s.check_fits(BaseShape.from_config(model.config))
+    s.check_fits(base_shape(model.config))
     for name in ("layers", "heads", "ffn", "hidden"):
         t = getattr(s, name)
         assert torch.isfinite(t).all() and (t >= 0).all() and t.unique().numel() > 1, name
@@ -312,7 +313,7 @@ def test_naive_method_needs_no_data(tmp_path, base):
         raise AssertionError("naive scores must not read data")
 
     s = cached_scores(base, no_data, method="naive", cache_dir=tmp_path, key_parts={})
-    assert_scores_equal(s, naive_scores(BaseShape.from_config(base.config)))
+    assert_scores_equal(s, naive_scores(base_shape(base.config)))
     assert not (tmp_path / "importance").exists()
 
 
@@ -338,7 +339,7 @@ def test_minilm_scores(minilm, minilm_tokenizer):
     for name in ("layers", "heads", "ffn", "hidden"):
         t = getattr(s, name)
         assert torch.isfinite(t).all() and (t >= 0).all() and t.unique().numel() > 1, name
-    s.check_fits(BaseShape.from_config(minilm.config))
+    s.check_fits(base_shape(minilm.config))
     for k, v in before.items():
         assert torch.equal(minilm.state_dict()[k], v)
     assert_scores_equal(compute_scores(minilm, [batch]), s)

@@ -10,7 +10,8 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-from nas.latency import (
+import tiny
+from nas.cost.latency import (
     InputSample,
     LatencySettings,
     PairedRounds,
@@ -19,7 +20,8 @@ from nas.latency import (
     flops_per_input,
     paired_rounds,
 )
-from nas.spec import BaseShape, SubnetSpec
+from nas.models.registry import base_shape
+from nas.spec import SubnetSpec
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -30,7 +32,7 @@ MAX_LENGTH = 64
 def task():
     """The embedded Rotten Tomatoes task (real review texts)."""
     from nas.config import compose
-    from nas.data import load_task
+    from nas.data.tasks import load_task
 
     return load_task(compose([])["data"])
 
@@ -38,24 +40,19 @@ def task():
 @pytest.fixture(scope="module")
 def base():
     """A tiny random BERT with MiniLM's vocabulary, so the real tokenizer's ids fit it."""
-    from transformers import BertConfig, BertForSequenceClassification
-
-    cfg = BertConfig(vocab_size=30522, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
-                     intermediate_size=37, max_position_embeddings=512, num_labels=2, pad_token_id=0)
-    torch.manual_seed(0)
-    return BertForSequenceClassification(cfg).eval()
+    return tiny.bert(vocab=30522, labels=2, types=2)
 
 
 def make_timer(base, task, tokenizer, **settings) -> PairedTimer:
     s = LatencySettings(**settings).validate()
-    prep = SimpleNamespace(base=base, task=task, tokenizer=tokenizer, shape=BaseShape.from_config(base.config))
+    prep = SimpleNamespace(base=base, task=task, tokenizer=tokenizer, shape=base_shape(base.config))
     return PairedTimer.for_prepared(prep, s, max_length=MAX_LENGTH)
 
 
 def candidate(base, *, context: int):
-    from nas.prune import prune_model
+    from nas.cut.prune import prune_model
 
-    shape = BaseShape.from_config(base.config)
+    shape = base_shape(base.config)
     return prune_model(base, SubnetSpec(layers=(0,), heads=(2,), ffn=(16,), hidden=32, context=context).validate(shape),
                        None)
 
@@ -186,7 +183,7 @@ def test_batches_pad_consecutive_inputs_to_the_longest(base, task, minilm_tokeni
 def test_sample_is_seeded_and_stratified_by_length(task, minilm_tokenizer):
     import numpy as np
 
-    from nas.data import token_lengths
+    from nas.data.tasks import token_lengths
 
     s = LatencySettings(sample_size=16, seed=3).validate()
     a = InputSample.from_task(task, minilm_tokenizer, s, cap=MAX_LENGTH)
@@ -228,25 +225,24 @@ def test_flops_per_input_equal_direct_counts_over_the_sample(base, task, minilm_
 
 
 def test_onnxruntime_times_exported_models_and_exports_the_base_once(base, task, minilm_tokenizer, monkeypatch):
-    import nas.export
-    import nas.latency
+    import nas.cost.latency
 
     exported: list[int] = []
-    real_export = nas.export.export_onnx
+    real_export = nas.cost.latency.export_onnx
 
     def counting_export(model, path, *, max_seq):
         exported.append(max_seq)
         return real_export(model, path, max_seq=max_seq)
 
     fed: list[list[tuple[int, ...]]] = []  # per session built: the input shapes it is fed
-    real_pass = nas.latency.onnx_pass
+    real_pass = nas.cost.latency.onnx_pass
 
     def recording_pass(session, batches):
         fed.append([tuple(b["input_ids"].shape) for b in batches])
         return real_pass(session, batches)
 
-    monkeypatch.setattr(nas.export, "export_onnx", counting_export)
-    monkeypatch.setattr(nas.latency, "onnx_pass", recording_pass)
+    monkeypatch.setattr(nas.cost.latency, "export_onnx", counting_export)
+    monkeypatch.setattr(nas.cost.latency, "onnx_pass", recording_pass)
     timer = make_timer(base, task, minilm_tokenizer, runtime="onnxruntime", sample_size=4, rounds=3, warmup=1)
     try:
         for context in (16, 32):

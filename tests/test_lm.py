@@ -1,4 +1,4 @@
-"""Language modelling on plain text (nas.textdata, nas.lm) and the search end to end on a tiny
+"""Language modelling on plain text (nas.data.text, nas.quality.lm) and the search end to end on a tiny
 random GQA Llama: splits by file / paragraph block, token blocks, perplexity, the distillation
 loss, and a 2-trial search whose quality objective is validation perplexity."""
 
@@ -11,8 +11,10 @@ from pathlib import Path
 import pytest
 import torch
 
+import tiny
 from nas.config import compose
-from nas.decoder import decoder_params
+from nas.models.decoder import decoder_params
+from nas.models.registry import base_shape
 from nas.spec import SubnetSpec
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -45,22 +47,16 @@ def write_docs(folder: Path, n: int = 10, seed: int = 0) -> None:
 
 @pytest.fixture(scope="module")
 def lm_env(tmp_path_factory):
-    from transformers import LlamaConfig, LlamaForCausalLM
-
     root = tmp_path_factory.mktemp("tiny_lm")
     model_dir = root / "model"
     make_tokenizer().save_pretrained(model_dir)
-    cfg = LlamaConfig(vocab_size=V, hidden_size=64, num_hidden_layers=3, num_attention_heads=4, num_key_value_heads=2,
-                      intermediate_size=48, max_position_embeddings=64, tie_word_embeddings=True, pad_token_id=0,
-                      bos_token_id=2, eos_token_id=2)
-    torch.manual_seed(0)
-    LlamaForCausalLM(cfg).save_pretrained(model_dir)
+    tiny.llama(vocab=V, layers=3, positions=64, bos=2, random_norms=False).save_pretrained(model_dir)
     write_docs(root / "texts")
     return {"root": root, "model": model_dir, "texts": root / "texts", "cache": root / "cache"}
 
 
 def test_folder_splits_by_file_and_is_seeded(lm_env):
-    from nas.textdata import load_text_task
+    from nas.data.text import load_text_task
 
     task = load_text_task({"kind": "text", "path": str(lm_env["texts"])})
     assert task.is_lm and task.num_labels == 0
@@ -75,7 +71,7 @@ def test_folder_splits_by_file_and_is_seeded(lm_env):
 
 
 def test_single_file_splits_by_paragraph_blocks(lm_env):
-    from nas.textdata import load_text_task
+    from nas.data.text import load_text_task
 
     path = lm_env["texts"] / "doc00.txt"
     task = load_text_task({"kind": "text", "path": str(path), "block_chars": 100})
@@ -85,7 +81,7 @@ def test_single_file_splits_by_paragraph_blocks(lm_env):
 
 
 def test_text_settings_are_checked(lm_env, tmp_path):
-    from nas.textdata import load_text_task
+    from nas.data.text import load_text_task
 
     with pytest.raises(ValueError, match="data.path='/nope' does not exist"):
         load_text_task({"kind": "text", "path": "/nope"})
@@ -100,7 +96,7 @@ def test_text_settings_are_checked(lm_env, tmp_path):
 
 
 def test_blocks_join_documents_with_eos(lm_env):
-    from nas.textdata import lm_blocks, load_text_task
+    from nas.data.text import lm_blocks, load_text_task
 
     task = load_text_task({"kind": "text", "path": str(lm_env["texts"]), "max_eval_tokens": 64})
     tok = make_tokenizer()
@@ -117,8 +113,9 @@ def test_blocks_join_documents_with_eos(lm_env):
 def test_perplexity_and_distillation_loss(lm_env):
     from transformers import AutoModelForCausalLM
 
-    from nas.lm import lm_loss, perplexity
-    from nas.textdata import lm_blocks, lm_loader, load_text_task
+    from nas.data.text import lm_blocks, lm_loader, load_text_task
+    from nas.quality.lm import lm_loss
+    from nas.quality.metrics import perplexity
 
     model = AutoModelForCausalLM.from_pretrained(lm_env["model"]).eval()
     task = load_text_task({"kind": "text", "path": str(lm_env["texts"])})
@@ -156,8 +153,8 @@ def test_search_end_to_end_on_perplexity(lm_env):
     import pandas as pd
     from transformers import AutoModelForCausalLM
 
-    from nas.prune import count_parameters
-    from nas.search import run_search
+    from nas.cut.prune import count_parameters
+    from nas.study.search import run_search
 
     t0 = time.perf_counter()
     run_dir = lm_env["root"] / "run"
@@ -195,7 +192,7 @@ def test_search_end_to_end_on_perplexity(lm_env):
 
 
 def test_lm_task_refusals(lm_env):
-    from nas.search import Search, run_search
+    from nas.study.search import Search, run_search
 
     with pytest.raises(ValueError, match="'perplexity', a language-modelling objective; this task is classification"):
         Search(compose(["+space=triple", "search.objectives=[perplexity,latency]"]), lm_env["root"] / "r1")
@@ -210,14 +207,13 @@ def test_generation_latency_is_paired_and_refuses_what_it_cannot_time(lm_env):
 
     from transformers import AutoModelForCausalLM
 
-    from nas.latency import LatencySettings, PairedTimer
-    from nas.prune import prune_model
-    from nas.spec import BaseShape
-    from nas.textdata import load_text_task
+    from nas.cost.latency import LatencySettings, PairedTimer
+    from nas.cut.prune import prune_model
+    from nas.data.text import load_text_task
 
     base = AutoModelForCausalLM.from_pretrained(lm_env["model"]).eval()
     task = load_text_task({"kind": "text", "path": str(lm_env["texts"])})
-    shape = BaseShape.from_config(base.config)
+    shape = base_shape(base.config)
     prep = SimpleNamespace(base=base, task=task, tokenizer=make_tokenizer(), shape=shape)
     settings = LatencySettings(sample_size=2, warmup=1, new_tokens=4)
     timer = PairedTimer.for_prepared(prep, settings, max_length=32)
@@ -246,7 +242,7 @@ def test_final_training_of_an_lm_shape(lm_env, tmp_path):
     from rich.console import Console
     from transformers import AutoModelForCausalLM
 
-    from nas.final import run_final
+    from nas.train import run_final
 
     cfg = lm_cfg(lm_env, "final.max_steps=2", "final.onnx=false")
     spec = SubnetSpec.uniform(layers=(0, 2), heads=2, kv_heads=1, ffn=16, hidden=32, context=32)

@@ -9,9 +9,11 @@ import copy
 import pytest
 import torch
 
-from nas.arch import arch_for
-from nas.importance import ImportanceScores, naive_scores
-from nas.prune import count_parameters, keep_top, prune_model
+from nas.cut.importance import ImportanceScores, naive_scores
+from nas.cut.prune import count_parameters, prune_model
+from nas.models.encoder import arch_for
+from nas.models.registry import base_shape
+from nas.models.slicing import keep_top
 from nas.spec import BaseShape, SpecError, SubnetSpec
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -138,7 +140,7 @@ def test_full_spec_reproduces_tiny_model(family, tiny_bert, tiny_roberta, tiny_d
     base = {"bert": tiny_bert, "roberta": tiny_roberta, "distilbert": tiny_distilbert}[family]()
     pad = base.config.pad_token_id
     batch = padded_batch(pad_id=pad)
-    shape = BaseShape.from_config(base.config)
+    shape = base_shape(base.config)
     pruned = prune_model(base, SubnetSpec.full(shape))
     assert pruned is not base
     assert_same_state(snapshot(pruned), snapshot(base))
@@ -146,12 +148,12 @@ def test_full_spec_reproduces_tiny_model(family, tiny_bert, tiny_roberta, tiny_d
     torch.testing.assert_close(logits(pruned, batch), logits(base, batch), atol=1e-5, rtol=0)
     one = {k: v[:1] for k, v in batch.items()}
     torch.testing.assert_close(logits(pruned, one), logits(base, one), atol=1e-5, rtol=0)
-    assert BaseShape.from_config(pruned.config) == shape
+    assert base_shape(pruned.config) == shape
 
 
 def test_full_spec_reproduces_minilm(minilm, minilm_batch):
     assert (minilm_batch["attention_mask"] == 0).any()
-    shape = BaseShape.from_config(minilm.config)
+    shape = base_shape(minilm.config)
     assert shape == BaseShape(
         num_layers=6, num_heads=12, head_size=32, hidden_size=384, ffn_size=1536, max_positions=512
     )
@@ -165,15 +167,15 @@ def test_full_spec_reproduces_minilm(minilm, minilm_batch):
 
 def test_formula_matches_unpruned_models(bert4, tiny_roberta, tiny_distilbert, minilm):
     """The formulas themselves are right: they count the unpruned models exactly."""
-    full4 = SubnetSpec.full(BaseShape.from_config(bert4.config))
+    full4 = SubnetSpec.full(base_shape(bert4.config))
     assert n_params(bert4) == bert_params(full4, vocab=V, types=BERT_TYPES, labels=C, a=A)
     rob = tiny_roberta()
-    rob_full = SubnetSpec.full(BaseShape.from_config(rob.config))
+    rob_full = SubnetSpec.full(base_shape(rob.config))
     assert n_params(rob) == roberta_params(rob_full, vocab=V, types=1, labels=C, a=A)
     dis = tiny_distilbert()
-    dis_full = SubnetSpec.full(BaseShape.from_config(dis.config))
+    dis_full = SubnetSpec.full(base_shape(dis.config))
     assert n_params(dis) == distilbert_params(dis_full, vocab=V, labels=C, a=A)
-    full = SubnetSpec.full(BaseShape.from_config(minilm.config))
+    full = SubnetSpec.full(base_shape(minilm.config))
     assert n_params(minilm) == bert_params(full, vocab=30522, types=2, labels=2, a=32)
     assert count_parameters(minilm) == n_params(minilm)
 
@@ -246,7 +248,7 @@ def test_roberta_axis_shapes_and_param_count(axis, tiny_roberta, padded_batch):
     check_layer_shapes(pruned, spec, A)
     assert tuple(pruned.roberta.embeddings.position_embeddings.weight.shape) == (spec.context + 2, spec.hidden)
     assert pruned.config.max_position_embeddings == spec.context + 2
-    assert BaseShape.from_config(pruned.config).max_positions == spec.context
+    assert base_shape(pruned.config).max_positions == spec.context
     assert tuple(pruned.classifier.dense.weight.shape) == (spec.hidden, spec.hidden)
     assert tuple(pruned.classifier.out_proj.weight.shape) == (C, spec.hidden)
     # the longest input that fits: context real tokens (positions 2 .. context+1)
@@ -294,7 +296,7 @@ def test_context_longer_than_kept_positions_fails(bert4, padded_batch):
 
 
 def test_heads_and_ffn_follow_scores_per_base_layer(bert4):
-    shape = BaseShape.from_config(bert4.config)
+    shape = base_shape(bert4.config)
     scores = hand_scores(shape)
     spec = SubnetSpec(layers=(1, 3), heads=(2, 1), ffn=(5, 30), hidden=32, context=512)
     pruned = prune_model(bert4, spec, scores)
@@ -321,7 +323,7 @@ def test_heads_and_ffn_follow_scores_per_base_layer(bert4):
 
 
 def test_head_rows_kept_in_original_order(bert4):
-    shape = BaseShape.from_config(bert4.config)
+    shape = base_shape(bert4.config)
     s = naive_scores(shape)
     # layer 0: head 3 scores highest, then head 0: keep [0, 3] in that (original) order
     heads = s.heads.clone()
@@ -336,7 +338,7 @@ def test_head_rows_kept_in_original_order(bert4):
 
 
 def test_all_axes_follow_scores(bert4):
-    shape = BaseShape.from_config(bert4.config)
+    shape = base_shape(bert4.config)
     scores = hand_scores(shape)
     spec = AXIS_SPECS["all"]
     pruned = prune_model(bert4, spec, scores)
@@ -374,7 +376,7 @@ def test_all_axes_follow_scores(bert4):
 
 def test_roberta_head_follows_hidden_scores(tiny_roberta):
     base = tiny_roberta(layers=4)
-    scores = hand_scores(BaseShape.from_config(base.config))
+    scores = hand_scores(base_shape(base.config))
     spec = AXIS_SPECS["all"]
     pruned = prune_model(base, spec, scores)
     hid = top_sorted(scores.hidden, spec.hidden)
@@ -386,7 +388,7 @@ def test_roberta_head_follows_hidden_scores(tiny_roberta):
 
 
 def test_naive_scores_keep_first_k(bert4):
-    shape = BaseShape.from_config(bert4.config)
+    shape = base_shape(bert4.config)
     spec = AXIS_SPECS["all"]
     with_naive = prune_model(bert4, spec, naive_scores(shape))
     with_none = prune_model(bert4, spec, None)
@@ -405,7 +407,7 @@ def test_naive_scores_keep_first_k(bert4):
 
 def test_equal_scores_keep_first_k(bert4):
     """All-equal scores behave like naive: ties keep the lowest indices."""
-    shape = BaseShape.from_config(bert4.config)
+    shape = base_shape(bert4.config)
     L = shape.num_layers
     flat = ImportanceScores(
         layers=torch.ones(L),
@@ -423,7 +425,7 @@ def test_base_model_is_not_modified(bert4, padded_batch):
     before = snapshot(bert4)
     config_before = bert4.config.to_dict()
     out_before = logits(bert4, batch)
-    scores = hand_scores(BaseShape.from_config(bert4.config))
+    scores = hand_scores(base_shape(bert4.config))
     pruned = prune_model(bert4, AXIS_SPECS["all"], scores)
     assert_same_state(snapshot(bert4), before)
     assert bert4.config.to_dict() == config_before
@@ -440,7 +442,7 @@ def test_base_model_is_not_modified(bert4, padded_batch):
 def test_full_spec_copy_does_not_share_weights(tiny_bert):
     base = tiny_bert()
     before = snapshot(base)
-    pruned = prune_model(base, SubnetSpec.full(BaseShape.from_config(base.config)))
+    pruned = prune_model(base, SubnetSpec.full(base_shape(base.config)))
     with torch.no_grad():
         for p in pruned.parameters():
             p.mul_(0.0)
@@ -448,7 +450,7 @@ def test_full_spec_copy_does_not_share_weights(tiny_bert):
 
 
 def test_prune_rejects_bad_spec_and_mismatched_scores(bert4):
-    shape = BaseShape.from_config(bert4.config)
+    shape = base_shape(bert4.config)
     with pytest.raises(SpecError, match=r"SubnetSpec\.heads\[0\]=5 is out of range; allowed 1\.\.4"):
         prune_model(bert4, SubnetSpec(layers=(0,), heads=(5,), ffn=(3,), hidden=32, context=16))
     good = naive_scores(shape)
@@ -481,7 +483,7 @@ def zeroed_copy(base: torch.nn.Module, spec: SubnetSpec, scores: ImportanceScore
 @pytest.mark.parametrize("what", ["heads", "ffn", "both"])
 def test_pruning_equals_zeroing(family, what, tiny_bert, tiny_roberta, tiny_distilbert, padded_batch):
     base = {"bert": tiny_bert, "roberta": tiny_roberta, "distilbert": tiny_distilbert}[family](layers=4)
-    shape = BaseShape.from_config(base.config)
+    shape = base_shape(base.config)
     scores = hand_scores(shape, seed=11)
     heads = (1, 4, 2, 3) if what in ("heads", "both") else (4,) * 4
     ffn = (37, 1, 20, 8) if what in ("ffn", "both") else (37,) * 4
@@ -496,7 +498,7 @@ def test_pruning_equals_zeroing(family, what, tiny_bert, tiny_roberta, tiny_dist
 
 
 def test_pruning_equals_zeroing_minilm(minilm, minilm_batch):
-    shape = BaseShape.from_config(minilm.config)
+    shape = base_shape(minilm.config)
     scores = hand_scores(shape, seed=3)
     L = shape.num_layers
     spec = SubnetSpec(
@@ -511,7 +513,7 @@ def test_pruning_equals_zeroing_minilm(minilm, minilm_batch):
 def test_context_pruning_is_exact_for_short_inputs(family, tiny_bert, tiny_roberta, tiny_distilbert, padded_batch):
     """Dropping positions past the context changes nothing for inputs that fit in it."""
     base = {"bert": tiny_bert, "roberta": tiny_roberta, "distilbert": tiny_distilbert}[family]()
-    spec = SubnetSpec.full(BaseShape.from_config(base.config))
+    spec = SubnetSpec.full(base_shape(base.config))
     spec = SubnetSpec(layers=spec.layers, heads=spec.heads, ffn=spec.ffn, hidden=spec.hidden, context=12)
     batch = padded_batch(pad_id=base.config.pad_token_id, length=12)
     pruned = prune_model(base, spec)

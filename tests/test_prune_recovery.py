@@ -1,4 +1,4 @@
-"""Training-free recovery after pruning (nas.recovery): keep-everything is untouched, the closed-form
+"""Training-free recovery after pruning (nas.cut.recovery): keep-everything is untouched, the closed-form
 fits lower each pruned sub-layer's reconstruction error on its calibration inputs, and the errors
 the fit reports are the errors the corrected model really has."""
 
@@ -9,11 +9,12 @@ import copy
 import pytest
 import torch
 
-from nas.arch import arch_for
-from nas.importance import naive_scores
-from nas.prune import prune_model
-from nas.recovery import RecoverySettings, _accumulate, _teacher_pass, recover
-from nas.spec import BaseShape, SubnetSpec
+from nas.cut.importance import naive_scores
+from nas.cut.prune import prune_model
+from nas.cut.recovery import RecoverySettings, _accumulate, _teacher_pass, recover
+from nas.models.encoder import arch_for
+from nas.models.registry import base_shape
+from nas.spec import SubnetSpec
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -21,9 +22,9 @@ CUT = SubnetSpec(layers=(0, 1, 2), heads=(2, 3, 1), ffn=(12, 20, 9), hidden=24, 
 
 
 def batches(n: int = 4, *, pad_id: int = 0, seed: int = 3) -> list[dict[str, torch.Tensor]]:
-    from conftest import _padded_batch
+    from tiny import padded_batch
 
-    return [_padded_batch(pad_id=pad_id, batch=8, length=12, seed=seed + i) for i in range(n)]
+    return [padded_batch(pad_id=pad_id, batch=8, length=12, seed=seed + i) for i in range(n)]
 
 
 def logits(model, batch):
@@ -35,7 +36,7 @@ def logits(model, batch):
 @pytest.mark.parametrize("method", ["bias", "rescale", "both"])
 def test_keep_everything_leaves_logits_equal(family, method, tiny_bert, tiny_roberta, tiny_distilbert):
     base = {"bert": tiny_bert, "roberta": tiny_roberta, "distilbert": tiny_distilbert}[family](layers=3)
-    shape = BaseShape.from_config(base.config)
+    shape = base_shape(base.config)
     pad = base.config.pad_token_id
     model = prune_model(base, SubnetSpec.full(shape), None)
     report = recover(model, base, SubnetSpec.full(shape), None, batches(pad_id=pad), RecoverySettings(method=method))
@@ -49,7 +50,7 @@ def test_context_cut_alone_changes_nothing_on_short_inputs(method, tiny_bert):
     """Cutting only positions leaves every layer's output as it was on inputs within the context:
     the fits must find scales of 1 and no bias shift."""
     base = tiny_bert(layers=3)
-    shape = BaseShape.from_config(base.config)
+    shape = base_shape(base.config)
     spec = SubnetSpec.uniform(layers=(0, 1, 2), heads=4, ffn=37, hidden=32, context=16).validate(shape)
     model = prune_model(base, spec, None)
     recover(model, base, spec, None, batches(), RecoverySettings(method=method, ridge=0.0))
@@ -72,10 +73,10 @@ def test_every_sublayer_error_drops(method, tiny_bert):
 def sublayer_error(model, base, spec, calib, layer: int, sub: str) -> float:
     """The pruned sub-layer's squared error against the unpruned model's pre-norm sums, measured
     directly on the model as it is (nothing from the fit)."""
-    from nas.prune import kept_units
+    from nas.models.slicing import kept_units
 
     arch = arch_for(base)
-    shape = BaseShape.from_config(base.config)
+    shape = base_shape(base.config)
     kept = kept_units(shape, spec, None)
     removed = torch.tensor([i for i in range(shape.hidden_size) if i not in set(kept.hidden.tolist())], dtype=torch.long)
     teacher_parts = [arch.layer_parts(arch.layers(base)[b]) for b in spec.layers]
@@ -104,7 +105,7 @@ def test_rescaled_layer_error_is_what_the_fit_reports_and_below_unrescaled(tiny_
 def test_scores_choose_what_is_corrected(tiny_bert):
     """With importance scores the kept units differ from keep-first-k; recovery follows them."""
     base = tiny_bert(layers=3)
-    shape = BaseShape.from_config(base.config)
+    shape = base_shape(base.config)
     g = torch.Generator().manual_seed(0)
     scores = naive_scores(shape)
     scores = type(scores)(layers=scores.layers, heads=torch.rand(3, 4, generator=g), ffn=torch.rand(3, 37, generator=g),

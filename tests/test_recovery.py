@@ -22,10 +22,9 @@ import time
 from pathlib import Path
 
 import pytest
-
 from pg import postgres_url_or_skip
-from test_reliability import cli_args, cli_env, load, tmp_leftovers
-from test_search import TINY_SPACE, tiny_env  # noqa: F401  (tiny_env is a fixture)
+
+from tiny import cli_args, cli_env, load, tmp_leftovers
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -47,7 +46,7 @@ def study(request, tmp_path):
     """A fresh two-objective study on each storage kind, with heartbeat where the storage has one."""
     import optuna
 
-    from nas.storage import dispose, make_storage
+    from nas.study.storage import dispose, make_storage
 
     kind = request.param
     name = f"recovery_{tmp_path.name}"
@@ -66,7 +65,7 @@ def study(request, tmp_path):
 
 def dead_process() -> dict:
     """The record of a worker that ran on this machine and is gone (a real, reaped process)."""
-    from nas.storage import process_start, this_worker
+    from nas.study.storage import process_start, this_worker
 
     proc = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
     try:
@@ -84,7 +83,7 @@ def add_running(study, number_hint: str, *, worker: dict | None, started_ago: fl
     from optuna.distributions import IntDistribution
     from optuna.trial import TrialState
 
-    from nas.storage import WORKER_ATTR
+    from nas.study.storage import WORKER_ATTR
 
     template = optuna.create_trial(state=TrialState.RUNNING, params={"layers": len(number_hint)},
                                    distributions={"layers": IntDistribution(1, 20)},
@@ -101,7 +100,7 @@ def by_case(study) -> dict:
 
 
 def recover(study, *, grace_period: int = GRACE, **kw):
-    from nas.storage import recover_stale_trials
+    from nas.study.storage import recover_stale_trials
 
     heartbeat = study.kind != "journal"
     return recover_stale_trials(study, heartbeat=heartbeat, grace_period=grace_period, stale_timeout=TIMEOUT, **kw)
@@ -110,7 +109,7 @@ def recover(study, *, grace_period: int = GRACE, **kw):
 def test_dead_and_live_workers(study):
     from optuna.trial import TrialState
 
-    from nas.storage import WORKER_ATTR, process_start, this_worker
+    from nas.study.storage import WORKER_ATTR, process_start, this_worker
 
     live_child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
     try:
@@ -178,7 +177,7 @@ def test_heartbeat_decides_for_other_machines(study):
     its age, and dead once the heartbeat is older than search.grace_period."""
     from optuna.trial import TrialState
 
-    from nas.storage import this_worker
+    from nas.study.storage import this_worker
 
     if study.kind == "journal":
         pytest.skip("the journal file has no heartbeat (its rule is the start time, tested above)")
@@ -201,7 +200,7 @@ def test_retries_are_bounded(study):
     """A shape whose worker dies every time is queued again at most MAX_RETRY times."""
     from optuna.trial import TrialState
 
-    from nas.storage import MAX_RETRY
+    from nas.study.storage import MAX_RETRY
 
     add_running(study, "crashy", worker=dead_process())
     for attempt in range(MAX_RETRY + 1):
@@ -213,7 +212,7 @@ def test_retries_are_bounded(study):
             assert retry.system_attrs["failed_trial"] == 0
             # the retry is picked up by a worker that dies too
             study._storage.set_trial_state_values(retry._trial_id, TrialState.RUNNING)
-            from nas.storage import WORKER_ATTR
+            from nas.study.storage import WORKER_ATTR
 
             study._storage.set_trial_system_attr(retry._trial_id, WORKER_ATTR, dead_process())
         else:
@@ -227,7 +226,7 @@ def test_two_workers_recovering_at_once_queue_each_shape_once(study):
     import optuna
     from optuna.trial import TrialState
 
-    from nas.storage import dispose, make_storage
+    from nas.study.storage import dispose, make_storage
 
     for i in range(4):
         add_running(study, "x" * (i + 1), worker=dead_process())
@@ -259,7 +258,7 @@ def test_two_workers_recovering_at_once_queue_each_shape_once(study):
 def test_fail_if_running_is_a_compare_and_set(study):
     from optuna.trial import TrialState
 
-    from nas.storage import fail_if_running
+    from nas.study.storage import fail_if_running
 
     trial_id = add_running(study, "cas", worker=dead_process())
     assert fail_if_running(study._storage, trial_id) is True
@@ -273,8 +272,8 @@ def test_fail_if_running_is_a_compare_and_set(study):
 OPEN_STUDY = """
 import sys, time
 from pathlib import Path
-from nas.search import SearchSettings
-from nas.storage import dispose, open_study
+from nas.study.settings import SearchSettings
+from nas.study.storage import dispose, open_study
 settings = SearchSettings.from_cfg({"storage": sys.argv[1], "study_name": "together", "sampler": "random"})
 while time.time() < float(sys.argv[2]):
     pass
@@ -306,7 +305,7 @@ def running_with_shape(url: str, name: str):
     """The RUNNING trials that have sampled their shape, read with a plain storage."""
     from optuna.trial import TrialState
 
-    from nas.storage import dispose, make_storage
+    from nas.study.storage import dispose, make_storage
 
     storage = make_storage(url)
     try:

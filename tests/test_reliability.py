@@ -10,61 +10,18 @@ import os
 import signal
 import sqlite3
 import subprocess
-import sys
 import time
-from pathlib import Path
 
 import pandas as pd
 import pytest
 import torch
 
-from conftest import no_final_stage
-from test_search import ROOT, TINY_SPACE, make_cfg, tiny_env, trained_trials  # noqa: F401  (tiny_env is a fixture)
-
+from tiny import TINY_SPACE, cli_args, cli_env, load, make_cfg, tmp_leftovers, trained_trials
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 # ---- the tiny setting on the command line ---------------------------------------------------------
-
-
-def space_overrides(space: dict = TINY_SPACE) -> list[str]:
-    """Command-line overrides that turn `+space=triple` into `space` (the CLI only knows packaged spaces)."""
-    out = ["+space=triple", f"space.name={space['name']}", f"space.align={space.get('align', 1)}",
-           f"space.per_layer={str(space.get('per_layer', False)).lower()}"]
-    for axis in ("layers", "heads", "ffn", "hidden", "context"):
-        out.append(f"~space.axes.{axis}")
-    for axis, raw in space["axes"].items():
-        inner = ",".join(f"{k}:[{','.join(map(str, v))}]" if isinstance(v, list) else f"{k}:{v}"
-                         for k, v in raw.items())
-        out.append(f"+space.axes.{axis}={{{inner}}}")
-    return out
-
-
-def cli_args(env: dict, run_dir: Path, *overrides: str, space: dict | None = TINY_SPACE) -> list[str]:
-    """`python -m nas.search` on the tiny model and CSV; one torch thread (the box has 2 busy cores).
-    space=None leaves `+space=...` to the overrides."""
-    return [
-        sys.executable, "-m", "nas.search", f"hydra.run.dir={run_dir}", *(space_overrides(space) if space else []),
-        "model=hf", f"model.name_or_path={env['model']}", "data=file", f"data.path={env['csv']}",
-        "train.batch_size=16", "train.eval_batch_size=64", "train.threads=1", "base.max_steps=2",
-        "base.batch_size=16", f"cache_dir={env['cache']}", "max_length=32", "latency.warmup=1",
-        "importance.max_batches=2", "importance.batch_size=16", *no_final_stage(overrides), *overrides,
-    ]
-
-
-def cli_env() -> dict[str, str]:
-    return {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
-
-
-def tmp_leftovers(folder: Path) -> list[str]:
-    return sorted(str(p.relative_to(folder)) for p in folder.rglob("*") if ".tmp" in p.name)
-
-
-def load(url: str, name: str):
-    import optuna
-
-    return optuna.load_study(study_name=name, storage=url)
 
 
 # ---- 1. kill -9 during a trial, then resume ---------------------------------------------------------
@@ -183,11 +140,11 @@ def test_killed_worker_is_resumed(tiny_env, tmp_path):
 
 
 def faulty_finetune(monkeypatch, *, fail_on: set[int] | None, fault: str = "runtime") -> list[int]:
-    """Patch nas.train.finetune (looked up there by the objective): trial calls in `fail_on`
+    """Patch the trial's fine-tune (nas.study.trial.finetune): trial calls in `fail_on`
     (1-based; None = every one) fail. The base fine-tune (no teacher_cache) is left alone."""
-    import nas.train
+    import nas.study.trial
 
-    real = nas.train.finetune
+    real = nas.study.trial.finetune
     calls: list[int] = []
 
     def patched(model, loader, settings, **kwargs):
@@ -202,7 +159,7 @@ def faulty_finetune(monkeypatch, *, fail_on: set[int] | None, fault: str = "runt
                     p.fill_(float("nan"))
         return real(model, loader, settings, **kwargs)
 
-    monkeypatch.setattr(nas.train, "finetune", patched)
+    monkeypatch.setattr(nas.study.trial, "finetune", patched)
     return calls
 
 
@@ -211,7 +168,7 @@ def faulty_finetune(monkeypatch, *, fail_on: set[int] | None, fault: str = "runt
 def test_failing_trial_is_contained(tiny_env, tmp_path, monkeypatch, fault, reason):
     from optuna.trial import TrialState
 
-    from nas.search import run_search
+    from nas.study.search import run_search
 
     calls = faulty_finetune(monkeypatch, fail_on={2}, fault=fault)
     run = tmp_path / "run"
@@ -224,7 +181,7 @@ def test_failing_trial_is_contained(tiny_env, tmp_path, monkeypatch, fault, reas
     assert failed.user_attrs["fail_reason"].startswith(reason), failed.user_attrs["fail_reason"]
     assert "\n" not in failed.user_attrs["fail_reason"]
     assert "spec" in failed.user_attrs and "val_accuracy" not in failed.user_attrs
-    assert search._consecutive_failures == 0
+    assert search.loop.consecutive_failures == 0
 
     trials = pd.read_csv(run / "trials.csv")
     assert list(trials["state"]) == [s.name for s in states]
@@ -244,7 +201,7 @@ def test_failing_trial_is_contained(tiny_env, tmp_path, monkeypatch, fault, reas
 def test_consecutive_failures_stop_the_search(tiny_env, tmp_path, monkeypatch):
     from optuna.trial import TrialState
 
-    from nas.search import run_search
+    from nas.study.search import run_search
 
     calls = faulty_finetune(monkeypatch, fail_on=None)
     run = tmp_path / "run"
@@ -280,7 +237,7 @@ def test_cli_consecutive_failures_exit_with_one_line(tiny_env, tmp_path):
 
 
 def test_same_seed_same_trials_and_accuracies(tiny_env, tmp_path):
-    from nas.search import run_search
+    from nas.study.search import run_search
 
     def summary(run: str) -> list[tuple]:
         study, _ = run_search(make_cfg(tiny_env, "search.n_trials=3", "train.max_steps=6", "search.seed=3"),
@@ -300,7 +257,7 @@ def test_same_seed_same_trials_and_accuracies(tiny_env, tmp_path):
 def test_resumed_search_samples_new_shapes(tiny_env, tmp_path, sampler):
     """Continuing a study must not restart the sampler's random stream: the new trials would
     re-evaluate the shapes of the first ones, in the same order."""
-    from nas.search import run_search
+    from nas.study.search import run_search
 
     run = tmp_path / "run"
     first, _ = run_search(make_cfg(tiny_env, "search.n_trials=2", f"search.sampler={sampler}", "train.max_steps=2"), run)

@@ -10,9 +10,9 @@ import pytest
 import yaml
 from optuna.trial import TrialState, create_trial
 
-from nas.report import hypervolume, knee_index, pareto_frame, trials_frame, write_reports
-from nas.search import shape_attrs
 from nas.spec import BaseShape, SubnetSpec
+from nas.study.console import shape_attrs
+from nas.study.report import hypervolume, knee_index, pareto_frame, trials_frame, write_reports
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 

@@ -15,79 +15,11 @@ import pytest
 import torch
 import yaml
 
-from conftest import no_final_stage
-from nas.config import compose
-from nas.spec import BaseShape, SubnetSpec
-
-ROOT = Path(__file__).resolve().parent.parent
-TINY_SHAPE = BaseShape(num_layers=2, num_heads=4, head_size=8, hidden_size=32, ffn_size=37, max_positions=64)
-VOCAB, TYPES, LABELS = 99, 2, 2
-TINY_SPACE = {
-    "name": "tiny",
-    "per_layer": False,
-    "align": 8,
-    "axes": {
-        "layers": {"low": 1, "high": 2},
-        "heads": {"low": 1, "high": 4},
-        "ffn": {"choices": [8, 16, 37]},
-        "hidden": {"choices": [16, 32]},
-        "context": {"choices": [16, 32, 64]},
-    },
-}
-
-
-# ---- the tiny model, data and config -----------------------------------------------------------
-
+from nas.spec import SubnetSpec
+from tiny import ROOT, TINY_SHAPE, TINY_SPACE, make_cfg, trained_trials
 
 pytestmark = pytest.mark.usefixtures("one_thread")
-
-
-@pytest.fixture(scope="module")
-def tiny_env(tmp_path_factory):
-    from transformers import BertConfig, BertForSequenceClassification, BertTokenizerFast
-
-    root = tmp_path_factory.mktemp("tiny_search")
-    words = [f"w{i}" for i in range(VOCAB - 5)]
-    model_dir = root / "model"
-    model_dir.mkdir()
-    (root / "vocab.txt").write_text("\n".join(["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *words]) + "\n")
-    tokenizer = BertTokenizerFast(vocab=str(root / "vocab.txt"))
-    assert len(tokenizer) == VOCAB
-    tokenizer.save_pretrained(model_dir)
-    config = BertConfig(vocab_size=VOCAB, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
-                        intermediate_size=37, max_position_embeddings=64, type_vocab_size=TYPES, num_labels=LABELS,
-                        pad_token_id=0)
-    torch.manual_seed(0)
-    BertForSequenceClassification(config).save_pretrained(model_dir)
-
-    g = torch.Generator().manual_seed(0)
-    half = len(words) // 2
-    rows = []
-    for i in range(60):
-        label = i % 2
-        pool = words[:half] if label == 0 else words[half:]
-        n = int(torch.randint(4, 12, (1,), generator=g))
-        picks = torch.randint(0, len(pool), (n,), generator=g).tolist()
-        rows.append({"text": " ".join(pool[j] for j in picks), "label": ["neg", "pos"][label]})
-    csv = root / "reviews.csv"
-    pd.DataFrame(rows).to_csv(csv, index=False)
-    cache = root / "cache"
-    return {"root": root, "model": model_dir, "csv": csv, "cache": cache}
-
-
-def make_cfg(env, *overrides: str, space: dict | None = None):
-    from omegaconf import OmegaConf, open_dict
-
-    cfg = compose([
-        "model=hf", f"model.name_or_path={env['model']}", "data=file", f"data.path={env['csv']}", "+space=triple",
-        "search.n_trials=2", "train.max_steps=2", "train.batch_size=16", "train.eval_batch_size=64",
-        "base.max_steps=2", "base.batch_size=16", f"cache_dir={env['cache']}", "max_length=32",
-        "latency.warmup=1", "importance.max_batches=2", "importance.batch_size=16",
-        *no_final_stage(overrides), *overrides,
-    ])
-    with open_dict(cfg):
-        cfg.space = OmegaConf.create(space or TINY_SPACE)
-    return cfg
+VOCAB, TYPES, LABELS = 99, 2, 2
 
 
 def bert_params(spec: SubnetSpec) -> int:
@@ -100,18 +32,13 @@ def bert_params(spec: SubnetSpec) -> int:
     return total + (d * d + d) + (d * LABELS + LABELS)  # pooler, classifier
 
 
-def trained_trials(study) -> list:
-    """The trials that trained their shape (a repeated proposal reuses an earlier result)."""
-    return [t for t in study.trials if "repeat_of" not in t.user_attrs]
-
-
 def finished_specs(study) -> list[dict]:
     return [t.user_attrs["spec"] for t in sorted(study.trials, key=lambda t: t.number)]
 
 
 @pytest.fixture(scope="module")
 def first_run(tiny_env):
-    from nas.search import run_search
+    from nas.study.search import run_search
 
     run_dir = tiny_env["root"] / "run1"
     t0 = time.perf_counter()
@@ -121,17 +48,20 @@ def first_run(tiny_env):
 
 @pytest.fixture
 def finetune_calls(monkeypatch) -> list[int]:
-    """Counts fine-tunes in this process: one entry (the model's layer count) per call."""
-    import nas.train
+    """Counts fine-tunes in this process, the base's and the trials': one entry (the model's layer count)
+    per call (nas.quality.finetune's own name for the base, nas.study.trial's for a trial)."""
+    import nas.quality.finetune
+    import nas.study.trial
 
     calls: list[int] = []
-    real = nas.train.finetune
+    real = nas.quality.finetune.finetune
 
     def counting(model, *args, **kwargs):
         calls.append(model.config.num_hidden_layers)
         return real(model, *args, **kwargs)
 
-    monkeypatch.setattr(nas.train, "finetune", counting)
+    monkeypatch.setattr(nas.quality.finetune, "finetune", counting)
+    monkeypatch.setattr(nas.study.trial, "finetune", counting)
     return calls
 
 
@@ -211,7 +141,7 @@ def test_reports_of_the_search(first_run):
 
 
 def test_search_continues_and_reuses_the_cached_base(tiny_env, first_run, finetune_calls):
-    from nas.search import run_search
+    from nas.study.search import run_search
 
     run = tiny_env["root"] / "run1_continued"
     shutil.copytree(first_run["run_dir"], run)
@@ -245,7 +175,7 @@ def test_trial_settings_reuse_the_cached_base_and_its_scores(tiny_env, tmp_path,
     """The base depends on its recipe and optimiser, not on how trials train: a run that changes only
     trial settings (threads, steps, distillation, evaluation batch) must not fine-tune it again; one
     that changes what the base trains with gets a new base, and importance scores of that base."""
-    from nas.pipeline import prepare
+    from nas.study.prepare import prepare
 
     cache = tmp_path / "cache"
 
@@ -255,8 +185,8 @@ def test_trial_settings_reuse_the_cached_base_and_its_scores(tiny_env, tmp_path,
     first = prepare(make_cfg(tiny_env, f"cache_dir={cache}"))
     assert first.base_info["cached"] is False and len(finetune_calls) == 1
     # its validation accuracy (taken from the monitor, not measured twice) is the restored weights'
-    from nas.data import make_loader, sorted_by_length, tokenize
-    from nas.train import accuracy
+    from nas.data.tasks import make_loader, sorted_by_length, tokenize
+    from nas.quality.metrics import accuracy
 
     val = sorted_by_length(tokenize(first.task.validation, first.tokenizer, max_length=32))
     assert first.base_info["validation_accuracy"] == accuracy(first.base, make_loader(val, first.tokenizer,
@@ -278,7 +208,7 @@ def test_trial_settings_reuse_the_cached_base_and_its_scores(tiny_env, tmp_path,
 
 
 def test_same_seed_same_shapes_in_separate_runs(tiny_env, first_run):
-    from nas.search import run_search
+    from nas.study.search import run_search
 
     study, _ = run_search(make_cfg(tiny_env), tiny_env["root"] / "run_same_seed")
     assert finished_specs(study) == finished_specs(first_run["study"])
@@ -289,7 +219,7 @@ def test_same_seed_same_shapes_in_separate_runs(tiny_env, first_run):
 def test_too_slow_shape_is_pruned_without_finetuning(tiny_env):
     from optuna.trial import TrialState
 
-    from nas.search import run_search
+    from nas.study.search import run_search
 
     run = tiny_env["root"] / "run_infeasible"
     study, _ = run_search(make_cfg(tiny_env, "search.n_trials=1", "search.max_latency_ms=1e-6"), run)
@@ -309,10 +239,10 @@ def test_too_slow_shape_is_pruned_without_finetuning(tiny_env):
 def test_repeated_shapes_are_not_trained_again_and_an_exhausted_space_stops(tiny_env, monkeypatch, finetune_calls):
     """A 2-shape space asked for 3 trials: each shape trains once, repeats reuse the results and
     do not count, and the search stops after MAX_CONSECUTIVE_REPEATS repeats in a row."""
-    import nas.search
-    from nas.search import run_search
+    import nas.study.loop
+    from nas.study.search import run_search
 
-    monkeypatch.setattr(nas.search, "MAX_CONSECUTIVE_REPEATS", 4)
+    monkeypatch.setattr(nas.study.loop, "MAX_CONSECUTIVE_REPEATS", 4)
     space = {"name": "two_depths", "per_layer": False, "axes": {"layers": {"low": 1, "high": 2}}}
     run = tiny_env["root"] / "run_repeats"
     study, _ = run_search(make_cfg(tiny_env, "search.n_trials=3", "search.sampler=random", space=space), run)
@@ -342,20 +272,20 @@ def test_repeated_shapes_are_not_trained_again_and_an_exhausted_space_stops(tiny
 def test_time_budget_stops_new_trials_once_spent(tiny_env, finetune_calls):
     """search.time_budget: once the run's seconds are spent no new trial starts, whatever n_trials says;
     the trial that spent it is kept and reported. A budget spent before the first trial runs none."""
-    import nas.search
-    from nas.search import Search
+    from nas.study.search import Search
+    from nas.study.settings import SearchSettings
 
     run = tiny_env["root"] / "run_budget"
     search = Search(make_cfg(tiny_env, "search.n_trials=50", "search.time_budget=3600"), run)
     search.prepare()
-    objective = search.objective
+    evaluate = search.evaluate_trial
 
-    def spend_it(trial):  # the first trial uses up the hour
-        values = objective(trial)
+    def spend_it(trial, spec):  # the first trial uses up the hour
+        values = evaluate(trial, spec)
         search.started -= 3600
         return values
 
-    search.objective = spend_it
+    search.evaluate_trial = spend_it
     study = search.run()
     finished = [t for t in study.trials if t.state.name == "COMPLETE"]
     assert len(finished) == 1 and len(study.trials) == 1 and finetune_calls == [len(finished[0].user_attrs["spec"]["layers"])]
@@ -365,7 +295,7 @@ def test_time_budget_stops_new_trials_once_spent(tiny_env, finetune_calls):
     late = Search(make_cfg(tiny_env, "search.n_trials=50", "search.time_budget=1e-9"), tiny_env["root"] / "run_late")
     late.prepare()
     assert len(late.run().trials) == 0 and finetune_calls == []
-    assert nas.search.SearchSettings.from_cfg({"time_budget": None}).time_budget is None
+    assert SearchSettings.from_cfg({"time_budget": None}).time_budget is None
 
 
 # ---- the command line fails fast ----------------------------------------------------------------
@@ -380,7 +310,7 @@ def run_cli(tmp_path: Path, *args: str) -> tuple[subprocess.CompletedProcess, fl
 
 
 def test_cli_without_space_lists_the_spaces(tmp_path):
-    from nas.space import available_spaces
+    from nas.study.space import available_spaces
 
     proc, seconds = run_cli(tmp_path)
     out = proc.stdout + proc.stderr
@@ -407,10 +337,10 @@ def test_cli_unknown_sampler_is_one_line(tmp_path):
 
 def test_bad_settings_fail_before_prepare(tiny_env, tmp_path, monkeypatch):
     """Search() validates every setting up front: nothing is loaded or trained on a typo."""
-    import nas.pipeline
-    from nas.search import Search
+    import nas.study.search
+    from nas.study.search import Search
 
-    monkeypatch.setattr(nas.pipeline, "prepare", lambda cfg: pytest.fail("prepare() ran"))
+    monkeypatch.setattr(nas.study.search, "prepare", lambda cfg: pytest.fail("prepare() ran"))
     for override, word in [("search.sampler=bogus", "bogus"), ("search.objectives=[latency,accuracy]", "objectives"),
                            ("search.n_trials=0", "n_trials"),
                            ("latency.sample_size=0", r"latency\.sample_size=0 must be an integer >= 1"),
@@ -429,7 +359,7 @@ def test_bad_settings_fail_before_prepare(tiny_env, tmp_path, monkeypatch):
 
 
 def test_space_too_big_for_the_base_fails_in_prepare(tiny_env, tmp_path):
-    from nas.search import Search
+    from nas.study.search import Search
 
     big = {**TINY_SPACE, "axes": {**TINY_SPACE["axes"], "layers": {"low": 1, "high": 6}}}
     search = Search(make_cfg(tiny_env, space=big), tmp_path / "big")

@@ -11,10 +11,9 @@ import sys
 from pathlib import Path
 
 import pytest
-
 from pg import postgres_url_or_skip
-from test_reliability import cli_args, cli_env
-from test_search import tiny_env  # noqa: F401  (tiny_env is a fixture)
+
+from tiny import cli_args, cli_env
 
 PASSWORD = "S3cretPa55word"
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -30,7 +29,7 @@ def files_holding(folder: Path, secret: str = PASSWORD) -> list[str]:
 
 
 def test_mask_hides_passwords_in_urls_and_known_secrets():
-    from nas.masking import has_password, is_masked, mask, mask_url, register, url_passwords
+    from nas.redact import has_password, is_masked, mask, mask_url, register, url_passwords
 
     url = f"postgresql+psycopg2://nas:{PASSWORD}@db:5432/nas?sslmode=require&password=Other%40123"
     assert mask_url(url) == "postgresql+psycopg2://nas:***@db:5432/nas?sslmode=require&password=***"
@@ -45,7 +44,7 @@ def test_mask_hides_passwords_in_urls_and_known_secrets():
 
 
 def test_command_line_password_is_hidden_before_hydra_reads_it():
-    from nas.masking import hide_storage_password, restore_storage
+    from nas.redact import hide_storage_password, restore_storage
 
     argv = ["nas.search", "+space=triple", f"search.storage='postgresql://nas:{PASSWORD}@db/nas'", "search.n_trials=3"]
     real = hide_storage_password(argv)
@@ -58,7 +57,7 @@ def test_command_line_password_is_hidden_before_hydra_reads_it():
 
 
 def test_scrub_rewrites_whole_files_atomically(tmp_path):
-    from nas.masking import register, scrub_folder
+    from nas.redact import register, scrub_folder
 
     register(f"postgresql://u:{PASSWORD}@h/d")
     (tmp_path / "config.yaml").write_text(f"storage: postgresql://u:{PASSWORD}@h/d\nother: 1\n")
@@ -73,7 +72,7 @@ def test_scrub_rewrites_whole_files_atomically(tmp_path):
 def test_log_records_and_streams_are_masked(tmp_path):
     import io
 
-    from nas.masking import MaskingFilter, _MaskingStream
+    from nas.redact import MaskingFilter, _MaskingStream
 
     stream = io.StringIO()
     handler = logging.StreamHandler(stream)
@@ -139,7 +138,7 @@ def test_search_and_export_with_a_password_leak_nothing(tiny_env, tmp_path):
     the database for real while the password rides along in the URL."""
     import optuna
 
-    from nas.storage import dispose, make_storage
+    from nas.study.storage import dispose, make_storage
 
     with postgres_url_or_skip() as plain:
         url = plain.replace("postgres@", f"postgres:{PASSWORD}@")

@@ -12,11 +12,22 @@ import optuna
 import pytest
 import torch
 
+import tiny
 from nas.config import CONF_DIR, compose
-from nas.importance import ImportanceScores, naive_scores
-from nas.space import (AXES, SPACES_DIR, Axis, QuantileAxis, RelativeAxis, SearchSpace, Units, available_spaces,
-                       context_cap)
+from nas.cut.importance import ImportanceScores, naive_scores
+from nas.models.registry import base_shape
 from nas.spec import BaseShape, SubnetSpec
+from nas.study.space import (
+    AXES,
+    SPACES_DIR,
+    Axis,
+    QuantileAxis,
+    RelativeAxis,
+    SearchSpace,
+    Units,
+    available_spaces,
+    context_cap,
+)
 
 MINILM = BaseShape(num_layers=6, num_heads=12, head_size=32, hidden_size=384, ffn_size=1536, max_positions=512)
 BERT_BASE = BaseShape(num_layers=12, num_heads=12, head_size=64, hidden_size=768, ffn_size=3072, max_positions=512)
@@ -320,22 +331,17 @@ def test_sampled_specs_are_valid_on_bert_base_and_bert5(spaces, name):
 
 
 def bert5_model():
-    from transformers import BertConfig, BertForSequenceClassification
-
-    torch.manual_seed(0)
-    return BertForSequenceClassification(BertConfig(
-        vocab_size=99, hidden_size=256, num_hidden_layers=5, num_attention_heads=4, intermediate_size=1000,
-        max_position_embeddings=128, type_vocab_size=2, num_labels=3, pad_token_id=0)).eval()
+    return tiny.bert(layers=5, hidden=256, ffn=1000, positions=128, labels=3, types=2)
 
 
 @pytest.mark.parametrize("family", ["bert5", "roberta", "distilbert"])
 def test_shipped_spaces_fit_other_models(family, tiny_roberta, tiny_distilbert, padded_batch, one_thread):
     """On a 5-layer BERT (4 heads of 64, hidden 256), a tiny RoBERTa and a tiny DistilBERT every shipped
     space resolves and samples valid specs, and the model really prunes to them and runs."""
-    from nas.prune import count_parameters, prune_model
+    from nas.cut.prune import count_parameters, prune_model
 
     model = {"bert5": bert5_model, "roberta": tiny_roberta, "distilbert": tiny_distilbert}[family]()
-    shape = BaseShape.from_config(model.config)
+    shape = base_shape(model.config)
     if family == "bert5":
         assert shape == BERT5
     pad_id = model.config.pad_token_id

@@ -11,11 +11,13 @@ import numpy as np
 import optuna
 import pandas as pd
 import pytest
-import torch
+from transformers import AutoConfig
 
+import tiny
 from nas.config import compose
+from nas.models.registry import base_shape
 from nas.spec import BaseShape, SubnetSpec
-from test_reliability import cli_args, cli_env
+from tiny import cli_args, cli_env
 
 BERT5 = BaseShape(num_layers=5, num_heads=4, head_size=64, hidden_size=256, ffn_size=1000, max_positions=128)
 VOCAB = 99
@@ -35,33 +37,12 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 
 @pytest.fixture(scope="module")
 def bert5(tmp_path_factory):
-    """A saved random 5-layer BERT folder with its tokenizer, and a small two-class CSV task."""
-    from transformers import BertConfig, BertForSequenceClassification, BertTokenizerFast
-
-    root = tmp_path_factory.mktemp("bert5")
-    words = [f"w{i}" for i in range(VOCAB - 5)]
-    model_dir = root / "model"
-    model_dir.mkdir()
-    (root / "vocab.txt").write_text("\n".join(["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *words]) + "\n")
-    BertTokenizerFast(vocab=str(root / "vocab.txt")).save_pretrained(model_dir)
-    config = BertConfig(vocab_size=VOCAB, hidden_size=256, num_hidden_layers=5, num_attention_heads=4,
-                        intermediate_size=1000, max_position_embeddings=128, type_vocab_size=2, num_labels=2,
-                        pad_token_id=0)
-    torch.manual_seed(0)
-    BertForSequenceClassification(config).save_pretrained(model_dir)
-    assert BaseShape.from_config(config) == BERT5
-
-    g = torch.Generator().manual_seed(0)
-    rows = []
-    for i in range(60):
-        label = i % 2
-        pool = words[: len(words) // 2] if label == 0 else words[len(words) // 2 :]
-        n = int(torch.randint(2, 30, (1,), generator=g))  # 4..31 tokens with [CLS] and [SEP]
-        picks = torch.randint(0, len(pool), (n,), generator=g).tolist()
-        rows.append({"text": " ".join(pool[j] for j in picks), "label": ["neg", "pos"][label]})
-    csv = root / "reviews.csv"
-    pd.DataFrame(rows).to_csv(csv, index=False)
-    return {"root": root, "model": model_dir, "csv": csv, "cache": root / "cache"}
+    """A saved random 5-layer BERT folder with its tokenizer, and a small two-class CSV task (4..31 tokens
+    a text with [CLS] and [SEP])."""
+    env = tiny.task_folder(tmp_path_factory.mktemp("bert5"), words=(2, 30), layers=5, hidden=256, ffn=1000,
+                           positions=128)
+    assert base_shape(AutoConfig.from_pretrained(env["model"])) == BERT5
+    return env
 
 
 def test_triple_runs_end_to_end_on_a_5_layer_bert(bert5, tmp_path):
@@ -113,9 +94,9 @@ def test_context_quantiles_resolve_from_the_task_before_the_base_fine_tune(bert5
     from omegaconf import OmegaConf, open_dict
     from transformers import AutoTokenizer
 
-    import nas.pipeline
-    from nas.data import load_task
-    from nas.search import Search
+    import nas.study.search
+    from nas.data.tasks import load_task
+    from nas.study.search import Search
 
     quantiles = [0.25, 0.5, 0.9, 1.0]
     space = {"name": "q", "axes": {"layers": {"low": 0.5, "high": 1.0}, "context": {"quantiles": quantiles}}}
@@ -130,7 +111,7 @@ def test_context_quantiles_resolve_from_the_task_before_the_base_fine_tune(bert5
         seen.append(search.space)
         raise Stop
 
-    monkeypatch.setattr(nas.pipeline, "prepare", no_prepare)
+    monkeypatch.setattr(nas.study.search, "prepare", no_prepare)
     resolved = []
     for _ in range(2):
         search = Search(cfg, tmp_path / "run")

@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 import yaml
 
+from nas.models.registry import base_shape
 from nas.spec import BaseShape, SpecError, SubnetSpec
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -27,19 +28,19 @@ def good_spec(**changes) -> SubnetSpec:
 
 
 def test_base_shape_from_bert_config(tiny_bert):
-    shape = BaseShape.from_config(tiny_bert().config)
+    shape = base_shape(tiny_bert().config)
     assert shape == BaseShape(num_layers=2, num_heads=4, head_size=8, hidden_size=32, ffn_size=37, max_positions=512)
 
 
 def test_base_shape_from_roberta_config_excludes_reserved_positions(tiny_roberta):
     # RoBERTa numbers positions from pad_token_id + 1 = 2: 514 rows hold 512 usable positions.
-    shape = BaseShape.from_config(tiny_roberta().config)
+    shape = base_shape(tiny_roberta().config)
     assert shape.max_positions == 512
     assert (shape.num_layers, shape.num_heads, shape.head_size, shape.hidden_size, shape.ffn_size) == (2, 4, 8, 32, 37)
 
 
 def test_base_shape_from_distilbert_config(tiny_distilbert):
-    shape = BaseShape.from_config(tiny_distilbert().config)
+    shape = base_shape(tiny_distilbert().config)
     assert shape == BaseShape(num_layers=2, num_heads=4, head_size=8, hidden_size=32, ffn_size=37, max_positions=512)
 
 
@@ -47,7 +48,7 @@ def test_base_shape_rejects_unknown_family():
     from transformers import GPT2Config
 
     with pytest.raises(ValueError, match=r"model_type='gpt2' is not supported.*bert.*distilbert.*roberta"):
-        BaseShape.from_config(GPT2Config())
+        base_shape(GPT2Config())
 
 
 # ---- construction --------------------------------------------------------------------------

@@ -16,13 +16,26 @@ from types import SimpleNamespace
 import pytest
 import torch
 
+import tiny
 from nas.config import compose
-from nas.importance import ImportanceScores
-from nas.prune import keep_top, prune_model
-from nas.space import SearchSpace, available_spaces
+from nas.cut.importance import ImportanceScores
+from nas.cut.prune import prune_model
+from nas.models.registry import base_shape
+from nas.models.slicing import keep_top
+from nas.quality.supernet import (
+    StepBatches,
+    Supernet,
+    SupernetSettings,
+    evaluate_slice,
+    largest_spec,
+    random_spec,
+    sandwich,
+    sandwich_losses,
+    smallest_spec,
+    train_supernet_cached,
+)
 from nas.spec import BaseShape, SubnetSpec
-from nas.supernet import (StepBatches, Supernet, SupernetSettings, evaluate_slice, largest_spec, random_spec,
-                          sandwich, sandwich_losses, smallest_spec, train_supernet_cached)
+from nas.study.space import SearchSpace, available_spaces
 
 VOCAB, TYPES, LABELS, HEAD = 99, 2, 2, 16
 SHAPE = BaseShape(num_layers=3, num_heads=6, head_size=HEAD, hidden_size=96, ffn_size=74, max_positions=64)
@@ -42,14 +55,8 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def tiny_bert(seed: int = 0):
-    from transformers import BertConfig, BertForSequenceClassification
-
-    config = BertConfig(vocab_size=VOCAB, hidden_size=SHAPE.hidden_size, num_hidden_layers=SHAPE.num_layers,
-                        num_attention_heads=SHAPE.num_heads, intermediate_size=SHAPE.ffn_size,
-                        max_position_embeddings=SHAPE.max_positions, type_vocab_size=TYPES, num_labels=LABELS,
-                        pad_token_id=0)
-    torch.manual_seed(seed)
-    return BertForSequenceClassification(config).eval()
+    return tiny.bert(layers=SHAPE.num_layers, hidden=SHAPE.hidden_size, heads=SHAPE.num_heads, ffn=SHAPE.ffn_size,
+                     positions=SHAPE.max_positions, labels=LABELS, types=TYPES, seed=seed)
 
 
 def random_scores(seed: int = 0) -> ImportanceScores:
@@ -154,7 +161,7 @@ def test_every_sampled_shape_slices_to_the_closed_form_model_and_matches_the_ela
 def test_elastic_forward_equals_the_physical_slice_in_every_family(family, tiny_bert, tiny_roberta, tiny_distilbert,
                                                                    padded_batch):
     base = {"bert": tiny_bert, "roberta": tiny_roberta, "distilbert": tiny_distilbert}[family](layers=3)
-    shape = BaseShape.from_config(base.config)
+    shape = base_shape(base.config)
     g = torch.Generator().manual_seed(5)
     scores = ImportanceScores(
         layers=torch.rand(shape.num_layers, generator=g), heads=torch.rand(shape.num_layers, shape.num_heads, generator=g),
@@ -257,21 +264,11 @@ def test_in_place_distillation_targets_the_largest_shape():
 @pytest.fixture(scope="module")
 def tiny_data(tmp_path_factory):
     import datasets
-    from transformers import BertTokenizerFast
 
-    from nas.data import tokenize
+    from nas.data.tasks import tokenize
 
-    root = tmp_path_factory.mktemp("supernet_data")
-    words = [f"w{i}" for i in range(VOCAB - 5)]
-    (root / "vocab.txt").write_text("\n".join(["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *words]) + "\n")
-    tokenizer = BertTokenizerFast(vocab=str(root / "vocab.txt"))
-    g = torch.Generator().manual_seed(0)
-    texts, labels = [], []
-    for i in range(48):
-        pool = words[: len(words) // 2] if i % 2 == 0 else words[len(words) // 2:]
-        n = int(torch.randint(4, 30, (1,), generator=g))
-        texts.append(" ".join(pool[j] for j in torch.randint(0, len(pool), (n,), generator=g).tolist()))
-        labels.append(i % 2)
+    tokenizer = tiny.write_tokenizer(tmp_path_factory.mktemp("supernet_data"))
+    texts, labels = tiny.review_texts(48, words=(4, 30))
     ds = datasets.Dataset.from_dict({"text": texts, "label": labels})
     tokenized = {}
 
@@ -378,8 +375,8 @@ def replace_settings(settings, **changes):
 
 
 def test_a_supernet_trial_is_the_accuracy_of_the_physical_slice(tiny_data):
-    from nas.data import make_loader
-    from nas.train import accuracy
+    from nas.data.tasks import make_loader
+    from nas.quality.metrics import accuracy
 
     base, scores = tiny_bert(), random_scores()
     net = Supernet(base, scores)
@@ -426,29 +423,27 @@ def test_settings_from_the_config_and_one_line_refusals():
 # ---- the supernet estimator in the search -----------------------------------------------------------
 
 
-def test_a_three_trial_supernet_search_runs_end_to_end(tmp_path, monkeypatch):
+def test_a_three_trial_supernet_search_runs_end_to_end(tiny_env, tmp_path, monkeypatch):
     """search.estimator=supernet: the supernet is trained once (cached), every trial is cut from it
     without fine-tuning, and its accuracy is the slice's."""
     import time
 
-    import nas.evaluate
-    from test_search import make_cfg, tiny_env  # noqa: F401
+    import nas.study.trial
+    from nas.study.search import run_search
 
-    from nas.search import run_search
-
-    env = tiny_env.__wrapped__(_Factory(tmp_path))
+    env = tiny_env
     fits: list[int] = []
-    monkeypatch.setattr(nas.evaluate.Evaluator, "fit", lambda self, *a, **k: fits.append(1))
+    monkeypatch.setattr(nas.study.trial.Evaluator, "fit", lambda self, *a, **k: fits.append(1))
     t0 = time.perf_counter()
-    cfg = make_cfg(env, "search.estimator=supernet", "supernet.steps=3", "supernet.checkpoint_every=0",
+    cfg = tiny.make_cfg(env, "search.estimator=supernet", "supernet.steps=3", "supernet.checkpoint_every=0",
                    "search.n_trials=3", "search.sampler=random")
     study, search = run_search(cfg, tmp_path / "run")
     assert time.perf_counter() - t0 < 120
     assert fits == []  # no trial fine-tunes
     done = [t for t in study.trials if t.state.name == "COMPLETE" and "repeat_of" not in t.user_attrs]
     assert len(done) == 3
+    from nas.quality.metrics import accuracy
     from nas.spec import SubnetSpec
-    from nas.train import accuracy
 
     for t in done:
         spec = SubnetSpec.from_dict(t.user_attrs["spec"])
@@ -458,11 +453,3 @@ def test_a_three_trial_supernet_search_runs_end_to_end(tmp_path, monkeypatch):
     assert list((env["cache"] / "supernet").glob("*/")) != []  # cached for the next run and other workers
 
 
-class _Factory:
-    def __init__(self, root):
-        self.root = root
-
-    def mktemp(self, name):
-        path = self.root / name
-        path.mkdir()
-        return path

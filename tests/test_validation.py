@@ -11,15 +11,16 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from test_reliability import cli_args, cli_env
-from test_search import TINY_SPACE, make_cfg, tiny_env  # noqa: F401  (tiny_env is a fixture)
-
+from tiny import TINY_SPACE, cli_args, cli_env, make_cfg
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 
-EXPENSIVE = {"nas.train": ("finetune_base_cached", "finetune"),
-             "nas.importance": ("cached_scores", "compute_scores")}
+# where each expensive function is called from (a module's own name for what it imported)
+EXPENSIVE = {"nas.quality.finetune": ("finetune_base_cached", "finetune"),
+             "nas.study.prepare": ("finetune_base_cached", "cached_scores"),
+             "nas.study.trial": ("finetune",),
+             "nas.cut.importance": ("cached_scores", "compute_scores")}
 
 
 @pytest.fixture
@@ -39,7 +40,7 @@ def env(tiny_env, tmp_path, monkeypatch):
 
 def refused(env: dict, *overrides: str, space: dict | None = None, run_dir: Path | None = None, **paths) -> str:
     """The one-line ValueError that Search() or Search.prepare() raises for this setting."""
-    from nas.search import Search
+    from nas.study.search import Search
 
     with pytest.raises(ValueError) as info:
         Search(make_cfg({**env, **paths}, *overrides, space=space), run_dir or env["tmp"] / "run").prepare()

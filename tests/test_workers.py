@@ -13,10 +13,9 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
-
 from pg import postgres_url_or_skip
-from test_reliability import cli_args, cli_env, tmp_leftovers
-from test_search import TINY_SPACE, tiny_env  # noqa: F401  (tiny_env is a fixture)
+
+from tiny import TINY_SPACE, cli_args, cli_env, tmp_leftovers
 
 N_TRIALS = 3
 TRIAL_LINE = re.compile(r"^trial\s+(\d+) (\w+)")
@@ -39,7 +38,7 @@ def storage_url(kind: str, folder: Path):
 
 
 def open_storage(url: str):
-    from nas.storage import make_storage
+    from nas.study.storage import make_storage
 
     return make_storage(url)  # the project's own mapping of URLs (journal:PATH included)
 

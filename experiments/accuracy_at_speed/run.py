@@ -50,9 +50,9 @@ def spec_for(prep, layers: int, heads: int, ffn: int, hidden: int):
 def evaluator(prep, cfg, method: str):
     from omegaconf import OmegaConf
 
-    from nas.evaluate import Evaluator
-    from nas.recovery import RecoverySettings
-    from nas.train import TrainSettings
+    from nas.study.trial import Evaluator
+    from nas.cut.recovery import RecoverySettings
+    from nas.quality.finetune import TrainSettings
 
     container = OmegaConf.to_container(cfg, resolve=True)
     recovery = RecoverySettings.from_cfg({**(container.get("prune") or {}), "recovery": method})
@@ -176,7 +176,7 @@ def main(argv: list[str]) -> None:
     import torch
 
     from nas.config import compose
-    from nas.pipeline import prepare
+    from nas.study.prepare import prepare
 
     ap = argparse.ArgumentParser()
     ap.add_argument("mode", choices=["recovery", "distill", "report"])

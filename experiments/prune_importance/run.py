@@ -23,11 +23,11 @@ def main(argv: list[str]) -> None:
     import torch
 
     from nas.config import compose
-    from nas.importance import naive_scores
-    from nas.pipeline import prepare
-    from nas.prune import count_parameters, prune_model
+    from nas.cut.importance import naive_scores
+    from nas.study.prepare import prepare
+    from nas.cut.prune import count_parameters, prune_model
     from nas.spec import SubnetSpec
-    from nas.train import accuracy
+    from nas.quality.metrics import accuracy
 
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     torch.set_num_threads(2)

@@ -19,7 +19,7 @@ Runs already recorded in runs.csv are skipped, so the script can be resumed.
 
     python experiments/search_quality/run.py --retime
 re-times every shape the recorded runs trained under the project's latency definition (real
-inputs, paired with the base; nas.latency) and re-scores each run with those latencies:
+inputs, paired with the base; nas.cost.latency) and re-scores each run with those latencies:
 latency depends on a shape, not on its trained weights, so no run has to be trained again.
 The runs before it were timed on random ids padded to the context, the base once per run;
 those scores stay in the tables as the labelled "fixed-length (old rule)" columns.
@@ -33,7 +33,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-from nas.report import hypervolume
+from nas.study.report import hypervolume
 
 HERE = Path(__file__).resolve().parent
 TRIALS_DIR = HERE / "trials"  # every run's trials.csv

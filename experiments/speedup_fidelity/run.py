@@ -1,7 +1,7 @@
 """Benchmark: does pruning turn FLOPs into time on a CPU, on the inputs a user serves?
 
 For a grid of shapes along each axis alone and jointly, the pruned MiniLM is timed against
-the unpruned one with nas.latency's paired rounds (batch 1, 1 thread), in torch eager and in
+the unpruned one with nas.cost.latency's paired rounds (batch 1, 1 thread), in torch eager and in
 onnxruntime, on two kinds of input:
   real : a length-stratified sample of the task's validation texts, each truncated at the
          model's context (what a user serving one text at a time sees);

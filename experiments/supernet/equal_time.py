@@ -42,7 +42,7 @@ FIELDS = ["estimator", "sampler", "seed", "time_budget", "final_k", "wall_s", "t
 def score(run_dir: Path) -> dict:
     import pandas as pd
 
-    from nas.report import hypervolume
+    from nas.study.report import hypervolume
 
     front = pd.read_csv(run_dir / "pareto.csv")
     trials = pd.read_csv(run_dir / "trials.csv")

@@ -7,10 +7,10 @@ Kendall's tau between them.
         --supernet-steps 20 --finetune-steps 10 --tag smoke                 # a few minutes: checks the pipeline
     python experiments/supernet/run.py --report-only                        # results.md from fidelity*.csv
 
-Estimators, all from the same cached base and importance scores (nas.pipeline.prepare):
+Estimators, all from the same cached base and importance scores (nas.study.prepare.prepare):
 - none: the base pruned to the shape (prune_model), no training (recovery of issue #11 not applied here);
 - finetune: the per-trial recipe (train: block; distilled from the base) from the pruned base;
-- supernet: the shape sliced out of the supernet (nas.supernet.cached_supernet, `supernet:` recipe).
+- supernet: the shape sliced out of the supernet (nas.quality.supernet.cached_supernet, `supernet:` recipe).
 "Final" is the final recipe (final.max_steps at final.lr, distilled from the base) started from
 the pruned base, the same start for every shape, so the target does not favour one estimator.
 Shapes: the largest and smallest of the space, then shapes drawn by the space's own sampler (seeded).
@@ -64,11 +64,12 @@ def measure(args: argparse.Namespace) -> Path:
     import torch
 
     from nas.config import compose
-    from nas.pipeline import prepare
-    from nas.prune import prune_model
-    from nas.space import SearchSpace
-    from nas.supernet import SupernetSettings, cached_supernet, evaluate_slice, sandwich
-    from nas.train import TrainSettings, accuracy, finetune
+    from nas.study.prepare import prepare
+    from nas.cut.prune import prune_model
+    from nas.study.space import SearchSpace
+    from nas.quality.supernet import SupernetSettings, cached_supernet, evaluate_slice, sandwich
+    from nas.quality.finetune import TrainSettings, finetune
+    from nas.quality.metrics import accuracy
 
     torch.set_num_threads(args.threads)
     cfg = compose(["+space=triple", f"cache_dir={args.cache_dir}", f"supernet.steps={args.supernet_steps}"])
@@ -79,8 +80,8 @@ def measure(args: argparse.Namespace) -> Path:
     def val_acc(model, context):
         return accuracy(model, prep.loader("validation", context, batch_size=eval_bs, shuffle=False))
 
-    from nas.evaluate import Evaluator
-    from nas.recovery import RecoverySettings
+    from nas.study.trial import Evaluator
+    from nas.cut.recovery import RecoverySettings
 
     def supernet() -> tuple:
         t0 = time.perf_counter()
@@ -154,10 +155,10 @@ def fill_slices(args: argparse.Namespace) -> None:
     import torch
 
     from nas.config import compose
-    from nas.pipeline import prepare
-    from nas.space import SearchSpace
+    from nas.study.prepare import prepare
+    from nas.study.space import SearchSpace
     from nas.spec import SubnetSpec
-    from nas.supernet import SupernetSettings, cached_supernet, evaluate_slice
+    from nas.quality.supernet import SupernetSettings, cached_supernet, evaluate_slice
 
     torch.set_num_threads(args.threads)
     path = HERE / f"fidelity_{args.tag}.csv"

@@ -3,7 +3,7 @@ the elastic (training) forward equals the physically sliced model on real review
 
     python experiments/supernet/step_cost.py [--steps 4] [--threads 1] [--cache-dir .cache/nas]
 
-Uses the cached fine-tuned base and importance scores (nas.pipeline.prepare, the `triple` space).
+Uses the cached fine-tuned base and importance scores (nas.study.prepare.prepare, the `triple` space).
 Per step: the sandwich (largest, smallest, 2 random shapes of the space) forward + backward on one
 batch of 32 at a context drawn from the space, then the same batch through the full model
 alone (forward + backward), so the ratio says what elastic training costs per step compared with
@@ -35,9 +35,10 @@ def main() -> None:
     import torch
 
     from nas.config import compose
-    from nas.pipeline import prepare
-    from nas.space import SearchSpace
-    from nas.supernet import StepBatches, Supernet, SupernetSettings, sandwich, sandwich_losses, step_rng, training_contexts
+    from nas.study.prepare import prepare
+    from nas.study.space import SearchSpace
+    from nas.quality.supernet import (StepBatches, Supernet, SupernetSettings, sandwich, sandwich_losses, step_rng,
+                                      training_contexts)
 
     torch.set_num_threads(args.threads)
     cfg = compose(["+space=triple", f"cache_dir={args.cache_dir}"])

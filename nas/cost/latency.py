@@ -1,0 +1,540 @@
+"""Measured cost of a model: latency timed in pairs with the base, FLOPs per input, size.
+
+One definition of latency and speedup for the whole project (search, export, final
+training, benchmarks), owned by `PairedTimer`:
+
+- inputs: `real` (default) times a fixed, seeded sample of the task's own texts (never the
+  test split), each tokenized exactly as the model sees it, truncated at its context;
+  `fixed` times random token ids padded to the full context (the old rule, for comparing
+  with papers that pad to a fixed length).
+- batch 1 runs one input per forward, no padding; batch B > 1 groups consecutive inputs of
+  the sample and pads them to the longest of the group, as a server without bucketing would.
+- a round runs the whole sample once on each side, alternating base and candidate on every
+  input (base x1, candidate x1, base x2, candidate x2, ...; the side that goes first flips
+  each round), in the same process, so a slower or busier machine moves both alike. Measured
+  here: passes of the whole sample alternated as blocks (~150 ms apart) gave ratios 0.80-1.37
+  for a shape doing identical work; alternating per input, 0.99-1.03. Per round, the ratio of
+  the two sides' totals; the speedup is the median over rounds, with p10 / p90 beside it. The
+  time per input is a side's total divided by the sample size. The cost of alternating: the
+  base's forward evicts a small candidate's weights from cache, so small models read up to
+  ~10% slower than they run alone (the figure errs low, never high); `chunk` > 1 alternates
+  in groups of that many inputs (less of that bias, more noise).
+- runtime: `torch` (eager) or `onnxruntime` (the model exported to ONNX, timed with an
+  InferenceSession at the same thread count). Speedups differ by runtime: it is named with
+  every figure.
+"""
+
+from __future__ import annotations
+
+import statistics
+import tempfile
+import time
+from collections.abc import Callable, Mapping, Sequence
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass, field, replace
+from fractions import Fraction
+from pathlib import Path
+from types import SimpleNamespace
+from typing import Any
+
+import numpy as np
+import torch
+from omegaconf import OmegaConf
+from torch.utils.flop_counter import FlopCounterMode
+
+from nas.cost.generation import check, generation_pass, prompt_cap, resolve_mode
+from nas.data.tasks import token_lengths
+from nas.deploy.onnx import export_onnx
+from nas.models.registry import base_shape
+
+INPUT_MODES = ("real", "fixed")
+RUNTIMES = ("torch", "onnxruntime")
+SAMPLE_SPLITS = ("validation", "train")
+MAX_POOL = 5000  # texts whose lengths are read to stratify the sample
+
+
+@dataclass(frozen=True)
+class LatencySettings:
+    inputs: str = "real"  # real | fixed
+    runtime: str = "torch"  # torch | onnxruntime
+    batch_size: int = 1
+    seq_len: int | None = None  # fixed inputs only: None times each model at its own context (capped at max_length)
+    threads: int = 1
+    sample_size: int = 8  # inputs per pass, stratified by length
+    rounds: int = 3  # paired (base, candidate) passes per measurement
+    warmup: int = 2  # untimed forwards of each side first
+    chunk: int = 1  # inputs (batches) run by one side before the other takes its turn
+    seed: int = 0  # which texts the sample holds
+    split: str = "validation"  # where the sample's texts come from (never the test split)
+    generation: str = "auto"  # causal LMs (nas.cost.generation): prefill | decode | generate; auto: decode for LM tasks
+    new_tokens: int = 16  # decode / generate: greedy tokens generated per prompt
+
+    @classmethod
+    def from_cfg(cls, cfg: Mapping[str, Any] | None) -> LatencySettings:
+        """From the `latency:` config block; an unknown key is refused (a typo would be silently ignored)."""
+        raw = dict(cfg or {})
+        known = {f for f in cls.__dataclass_fields__}
+        unknown = sorted(set(raw) - known)
+        if unknown:
+            raise ValueError(f"latency.{unknown[0]} is not a setting; allowed: {', '.join(sorted(known))}")
+        return cls(**raw).validate()
+
+    def validate(self) -> LatencySettings:
+        if self.inputs not in INPUT_MODES:
+            raise ValueError(f"latency.inputs={self.inputs!r} is not known; allowed: {', '.join(INPUT_MODES)}")
+        if self.runtime not in RUNTIMES:
+            raise ValueError(f"latency.runtime={self.runtime!r} is not known; allowed: {', '.join(RUNTIMES)}")
+        if self.split not in SAMPLE_SPLITS:
+            raise ValueError(f"latency.split={self.split!r} is not allowed; use one of: {', '.join(SAMPLE_SPLITS)} "
+                             "(the test split stays unseen)")
+        for name in ("batch_size", "threads", "sample_size", "rounds", "chunk"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ValueError(f"latency.{name}={value!r} must be an integer >= 1")
+        if self.rounds < 3:
+            raise ValueError(f"latency.rounds={self.rounds} must be >= 3 (the speedup is a median of paired rounds)")
+        if self.batch_size > self.sample_size:
+            raise ValueError(f"latency.batch_size={self.batch_size} must be <= latency.sample_size={self.sample_size}")
+        if isinstance(self.warmup, bool) or not isinstance(self.warmup, int) or self.warmup < 0:
+            raise ValueError(f"latency.warmup={self.warmup!r} must be an integer >= 0")
+
+        check(self)
+        if self.seq_len is not None:
+            if self.inputs != "fixed":
+                raise ValueError(f"latency.seq_len={self.seq_len} applies to latency.inputs=fixed only "
+                                 "(real inputs have their own lengths); set it to null")
+            if isinstance(self.seq_len, bool) or not isinstance(self.seq_len, int) or self.seq_len < 1:
+                raise ValueError(f"latency.seq_len={self.seq_len!r} must be an integer >= 1 or null")
+        return self
+
+    @property
+    def unit(self) -> str:
+        """What one latency figure is: a forward pass per input, or a decoded token, or a whole generation."""
+        if self.generation == "decode":
+            return "ms per token"
+        if self.generation == "generate":
+            return f"ms per prompt + {self.new_tokens} tokens"
+        return "ms per input"
+
+    def describe(self) -> str:
+        """How every figure was taken, printed beside it."""
+        what = "real inputs" if self.inputs == "real" else "fixed-length random ids"
+        if self.generation in ("decode", "generate"):
+            what = (f"{self.generation} of {self.new_tokens} tokens with the KV cache after real prompts"
+                    + ("" if self.generation == "generate" else f" ({self.unit})"))
+        return (f"{what}, sample {self.sample_size}, batch {self.batch_size}, {self.threads} thread"
+                f"{'s' if self.threads > 1 else ''}, {self.runtime}, {self.rounds} paired rounds")
+
+
+def latency_lengths(seq_len: int | None, *, context: int, max_length: int, max_positions: int) -> tuple[int, int]:
+    """(candidate's, base's) token cap: the candidate at its context, the base at max_length.
+
+    With fixed inputs this is also the padded length; `seq_len` forces one length for both.
+    """
+    model_seq = min(seq_len or context, context, max_length)
+    base_seq = min(seq_len or max_length, max_length, max_positions)
+    return model_seq, base_seq
+
+
+@contextmanager
+def num_threads(n: int):
+    before = torch.get_num_threads()
+    torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
+# ---------------------------------------------------------------------------- the inputs
+
+
+class InputSample:
+    """The inputs every model is timed on: the task's own texts (real) or random ids (fixed).
+
+    `batches(cap)` gives the exact arrays a model with token cap `cap` receives, memoised:
+    a list of {input_ids, attention_mask} int64 arrays, one per forward.
+    """
+
+    def __init__(self, settings: LatencySettings, *, tokenizer: Any, texts: Sequence[str] | None = None,
+                 vocab_size: int | None = None) -> None:
+        if settings.inputs == "real":
+            if not texts:
+                raise ValueError(f"latency.inputs=real needs texts from the task's {settings.split} split; it has none")
+            self.texts: tuple[str, ...] | None = tuple(texts)
+        else:
+            self.texts = None
+        self.settings = settings
+        self.tokenizer = tokenizer
+        self.vocab_size = int(vocab_size or len(tokenizer))
+        self._cache: dict[int, list[dict[str, Any]]] = {}
+
+    @classmethod
+    def from_task(cls, task: Any, tokenizer: Any, settings: LatencySettings, *, cap: int,
+                  vocab_size: int | None = None) -> InputSample:
+        """`settings.sample_size` texts of the task's `settings.split` split, stratified by length.
+
+        Latency depends on an input's length, not its words, so the texts are sorted by token
+        length (at the base's cap) and split into sample_size equal-count strata; one text is
+        drawn from each (seeded). A small sample then has the split's length distribution; the
+        order is shuffled (seeded) so batches of B > 1 mix lengths as a server's would.
+        """
+
+        if settings.inputs == "fixed":
+            return cls(settings, tokenizer=tokenizer, vocab_size=vocab_size)
+        ds = getattr(task, settings.split, None)
+        if ds is None or len(ds) == 0:
+            raise ValueError(f"latency.split={settings.split!r}: the task's {settings.split} split is empty")
+        rng = np.random.default_rng(settings.seed)
+        pool = rng.permutation(len(ds))[:MAX_POOL]  # random order: ties in length are broken at random
+        texts = ds.select(sorted(pool.tolist()))["text"]
+        texts = [texts[i] for i in np.argsort(np.argsort(pool))]  # back to the permuted order
+
+        lengths = token_lengths(texts, tokenizer, cap=cap)
+        by_length = np.argsort(lengths, kind="stable")
+        n = min(settings.sample_size, len(texts))
+        picked = [int(rng.choice(stratum)) for stratum in np.array_split(by_length, n)]
+        picked = [picked[i] for i in rng.permutation(n)]
+        return cls(settings, tokenizer=tokenizer, texts=[texts[i] for i in picked], vocab_size=vocab_size)
+
+    def __len__(self) -> int:
+        return len(self.texts) if self.texts is not None else self.settings.sample_size
+
+    def batches(self, cap: int) -> list[dict[str, Any]]:
+        cap = int(cap)
+        if cap not in self._cache:
+            b = self.settings.batch_size
+            if self.texts is None:
+                rng = np.random.default_rng(self.settings.seed)
+                low = min(1000, self.vocab_size - 1)
+                rows = [rng.integers(low, self.vocab_size, size=cap, dtype=np.int64).tolist() for _ in range(len(self))]
+            else:
+                rows = self.tokenizer(list(self.texts), truncation=True, max_length=cap)["input_ids"]
+            pad = self.tokenizer.pad_token_id if getattr(self.tokenizer, "pad_token_id", None) is not None else 0
+            out = []
+            for start in range(0, len(rows), b):
+                group = rows[start:start + b]
+                width = max(len(r) for r in group)
+                ids = np.full((len(group), width), pad, dtype=np.int64)
+                mask = np.zeros((len(group), width), dtype=np.int64)
+                for i, r in enumerate(group):
+                    ids[i, :len(r)] = r
+                    mask[i, :len(r)] = 1
+                out.append({"input_ids": ids, "attention_mask": mask})
+            self._cache[cap] = out
+        return self._cache[cap]
+
+    def mean_tokens(self, cap: int) -> float:
+        """Real tokens per input at this cap (padding excluded), from the memoised batches."""
+        return float(sum(int(b["attention_mask"].sum()) for b in self.batches(cap)) / len(self))
+
+
+# ---------------------------------------------------------------------------- runtimes
+
+# A side of the comparison: run(start, stop) runs the sample's batches start..stop-1 and returns their wall time in seconds.
+Pass = Callable[[int, int], float]
+
+
+def torch_pass(model: Any, batches: Sequence[Mapping[str, Any]]) -> Pass:
+    device = next(model.parameters()).device
+    feeds = [{k: torch.from_numpy(v).to(device) for k, v in b.items()} for b in batches]
+    cuda = device.type == "cuda"
+
+    @torch.inference_mode()
+    def run(start: int, stop: int) -> float:
+        if cuda:
+            torch.cuda.synchronize()
+        t0 = time.perf_counter()
+        for feed in feeds[start:stop]:
+            model(**feed)
+        if cuda:
+            torch.cuda.synchronize()
+        return time.perf_counter() - t0
+
+    return run
+
+
+def onnx_session(path: str | Path, *, threads: int) -> Any:
+    import onnxruntime as ort  # heavy: only where ONNX models are timed
+
+    opts = ort.SessionOptions()
+    opts.intra_op_num_threads = threads
+    opts.inter_op_num_threads = 1
+    return ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
+
+
+def onnx_pass(session: Any, batches: Sequence[Mapping[str, Any]]) -> Pass:
+    wanted = {i.name for i in session.get_inputs()}
+    feeds = [{k: v for k, v in b.items() if k in wanted} for b in batches]
+
+    def run(start: int, stop: int) -> float:
+        t0 = time.perf_counter()
+        for feed in feeds[start:stop]:
+            session.run(None, feed)
+        return time.perf_counter() - t0
+
+    return run
+
+
+# ---------------------------------------------------------------------------- paired timing
+
+
+@dataclass(frozen=True)
+class PairedRounds:
+    """Per-input milliseconds of the base and the candidate, one value per alternating round."""
+
+    base_ms: tuple[float, ...]
+    model_ms: tuple[float, ...]
+
+    @property
+    def ratios(self) -> list[float]:
+        return sorted(b / m for b, m in zip(self.base_ms, self.model_ms))
+
+    def summary(self) -> dict[str, float]:
+        ratios = self.ratios
+        return {
+            "latency_ms": statistics.median(self.model_ms),
+            "latency_p90_ms": _quantile(sorted(self.model_ms), 0.9),
+            "base_latency_ms": statistics.median(self.base_ms),
+            "speedup": statistics.median(ratios),
+            "speedup_p10": _quantile(ratios, 0.1),
+            "speedup_p90": _quantile(ratios, 0.9),
+            "latency_ratio": 1.0 / statistics.median(ratios),
+        }
+
+
+def _quantile(sorted_values: Sequence[float], q: float) -> float:
+    """Linear-interpolated quantile of an ascending list."""
+    if len(sorted_values) == 1:
+        return float(sorted_values[0])
+    pos = q * (len(sorted_values) - 1)
+    lo = int(pos)
+    hi = min(lo + 1, len(sorted_values) - 1)
+    return float(sorted_values[lo] + (sorted_values[hi] - sorted_values[lo]) * (pos - lo))
+
+
+def paired_rounds(base: Pass, model: Pass, *, n_batches: int, n_inputs: int, rounds: int, warmup: int = 2,
+                  chunk: int = 1) -> PairedRounds:
+    """`warmup` untimed batches of each side, then `rounds` rounds over the sample alternating the
+    two sides every `chunk` batches (the side that goes first flips each round)."""
+    if warmup:
+        base(0, min(warmup, n_batches))
+        model(0, min(warmup, n_batches))
+    base_ms, model_ms = [], []
+    for r in range(rounds):
+        b = m = 0.0
+        for start in range(0, n_batches, chunk):
+            stop = min(start + chunk, n_batches)
+            if r % 2 == 0:
+                b += base(start, stop)
+                m += model(start, stop)
+            else:
+                m += model(start, stop)
+                b += base(start, stop)
+        base_ms.append(b * 1000.0 / n_inputs)
+        model_ms.append(m * 1000.0 / n_inputs)
+    return PairedRounds(tuple(base_ms), tuple(model_ms))
+
+
+@dataclass
+class PairedTimer:
+    """Times candidates against the base, in one process, on one input sample, in one runtime.
+
+    Build one per job; `measure(model, context=...)` gives the candidate's metrics. Every base
+    round of the job is kept: `base_latency_ms()` is their median (the base's figure in reports).
+    """
+
+    base: Any
+    sample: InputSample
+    settings: LatencySettings
+    max_length: int
+    max_positions: int
+    base_rounds: list[float] = field(default_factory=list)
+    lm: bool = False  # a language-modelling task: generation latency (nas.cost.generation)
+    _base_pass: Pass | None = None
+    _tmp: Any = None
+
+    @classmethod
+    def for_prepared(cls, prep: Any, settings: LatencySettings, *, max_length: int) -> PairedTimer:
+        """The timer of a job whose task, tokenizer and base are ready (nas.study.prepare.Prepared)."""
+        positions = int(prep.shape.max_positions)
+        base_cap = latency_lengths(settings.seq_len, context=positions, max_length=max_length, max_positions=positions)[1]
+
+        lm = bool(getattr(prep.task, "is_lm", False))
+        settings = replace(settings, generation=resolve_mode(settings.generation, lm=lm, settings=settings))
+        sample = InputSample.from_task(prep.task, prep.tokenizer, settings, cap=base_cap,
+                                       vocab_size=int(prep.base.config.vocab_size))
+        return cls(base=prep.base, sample=sample, settings=settings, max_length=max_length, max_positions=positions,
+                   lm=lm)
+
+    def caps(self, context: int) -> tuple[int, int]:
+        caps = latency_lengths(self.settings.seq_len, context=context, max_length=self.max_length,
+                               max_positions=self.max_positions)
+        return tuple(prompt_cap(c, self.settings.generation, self.settings.new_tokens) for c in caps)
+
+    @property
+    def base_cap(self) -> int:
+        return self.caps(self.max_positions)[1]
+
+    def _workdir(self) -> Path:
+        if self._tmp is None:
+            self._tmp = tempfile.TemporaryDirectory(prefix="nas_latency_")
+        return Path(self._tmp.name)
+
+    def _make_pass(self, model: Any, cap: int, *, name: str) -> Pass:
+        batches = self.sample.batches(cap)
+        if self.settings.generation in ("decode", "generate"):
+            model.eval()
+            return generation_pass(model, batches, mode=self.settings.generation, new_tokens=self.settings.new_tokens)
+        if self.settings.runtime == "torch":
+            model.eval()
+            return torch_pass(model, batches)
+
+        path = self._workdir() / f"{name}.onnx"
+        export_onnx(model, path, max_seq=cap)
+        return onnx_pass(onnx_session(path, threads=self.settings.threads), batches)
+
+    def base_pass(self) -> Pass:
+        if self._base_pass is None:
+            self._base_pass = self._make_pass(self.base, self.base_cap, name="base")
+        return self._base_pass
+
+    def measure(self, model: Any, *, context: int, name: str = "candidate") -> dict[str, Any]:
+        """Paired rounds of the base and `model` (a pruned copy, context `context`); metrics + how taken."""
+        cap = self.caps(context)[0]
+        was_training = model.training
+        with num_threads(self.settings.threads):
+            t0 = time.perf_counter()
+            candidate = self._make_pass(model, cap, name=name)
+            prepare_s = time.perf_counter() - t0
+            rounds = paired_rounds(self.base_pass(), candidate, n_batches=len(self.sample.batches(cap)),
+                                   n_inputs=len(self.sample), rounds=self.settings.rounds,
+                                   warmup=self.settings.warmup, chunk=self.settings.chunk)
+        model.train(was_training)
+        self.base_rounds.extend(rounds.base_ms)
+        return {**rounds.summary(), "mean_tokens": self.sample.mean_tokens(cap), "latency_cap": cap,
+                "seconds_runtime_prepare": prepare_s}
+
+    def base_latency_ms(self) -> float:
+        """The base's per-input latency: the median of all its rounds so far (measured on demand)."""
+        if not self.base_rounds:
+            with num_threads(self.settings.threads):
+                run = self.base_pass()
+                n = len(self.sample.batches(self.base_cap))
+                if self.settings.warmup:
+                    run(0, min(self.settings.warmup, n))
+                self.base_rounds.extend(run(0, n) * 1000.0 / len(self.sample) for _ in range(self.settings.rounds))
+        return statistics.median(self.base_rounds)
+
+    def flops(self, model: Any, *, context: int | None = None) -> float:
+        """Mean forward FLOPs per input over the sample at this model's cap (padding included)."""
+        cap = self.caps(context)[0] if context is not None else self.base_cap
+        return flops_per_input(model, self.sample.batches(cap))
+
+    def record(self) -> dict[str, Any]:
+        """The settings and the sample, as stored in the study and written beside results."""
+        return {**asdict(self.settings), "max_length": self.max_length,
+                "mean_tokens_base": round(self.sample.mean_tokens(self.base_cap), 2)}
+
+    def close(self) -> None:
+        if self._tmp is not None:
+            self._tmp.cleanup()
+            self._tmp = None
+
+
+def measure_runtimes(model: Any, *, context: int, base: Any, task: Any, tokenizer: Any, settings: LatencySettings,
+                     max_length: int, runtimes: Sequence[str] | None = None) -> dict[str, dict[str, Any]]:
+    """`model` against `base` in each runtime (default: settings.runtime), each with its own paired rounds.
+
+    What nas.export, nas.train's final report and the benchmarks print and write: the flat
+    keys `latency_ms_<runtime>`, `base_latency_ms_<runtime>`, `speedup_<runtime>` and the p10 / p90
+    of the rounds, plus `latency_definition` (how they were taken).
+    """
+
+    prep = SimpleNamespace(base=base, task=task, tokenizer=tokenizer, shape=base_shape(base.config))
+    out: dict[str, dict[str, Any]] = {}
+    for runtime in runtimes or (settings.runtime,):
+        if runtime not in RUNTIMES:
+            raise ValueError(f"runtime {runtime!r} is not known; allowed: {', '.join(RUNTIMES)}")
+        timer = PairedTimer.for_prepared(prep, replace(settings, runtime=runtime), max_length=max_length)
+        try:
+            out[runtime] = {**timer.measure(model, context=context), "definition": timer.settings.describe(),
+                            "unit": timer.settings.unit}
+        finally:
+            timer.close()
+    return out
+
+
+def flat_latency_metrics(measured: Mapping[str, Mapping[str, Any]]) -> dict[str, Any]:
+    """measure_runtimes' result as the flat keys written to config.yaml, READMEs and results files."""
+    flat: dict[str, Any] = {}
+    for runtime, m in measured.items():
+        for key in ("latency_ms", "base_latency_ms", "speedup", "speedup_p10", "speedup_p90"):
+            flat[f"{key}_{runtime}"] = float(m[key])
+    first = next(iter(measured.values()), None)
+    if first is not None:
+        flat["mean_tokens"] = round(float(first["mean_tokens"]), 2)
+        flat["latency_definition"] = first["definition"].replace(f", {next(iter(measured))}", "")
+    return flat
+
+
+def speedup_line(runtime: str, m: Mapping[str, Any]) -> str:
+    """One printed line per runtime: candidate vs base per input (per token when decoding), the speedup and
+    its spread, how taken."""
+    return (f"{runtime:12s}: {m['latency_ms']:.2f} ms vs base {m['base_latency_ms']:.2f} {m.get('unit', 'ms per input')} -> "
+            f"{m['speedup']:.2f}x (p10-p90 {m['speedup_p10']:.2f}-{m['speedup_p90']:.2f}; {m['definition']}; "
+            f"mean {m['mean_tokens']:.1f} tokens)")
+
+
+# ---------------------------------------------------------------------------- FLOPs and size
+
+
+def _flops_at(model: Any, length: int) -> int:
+    device = next(model.parameters()).device
+    vocab = int(model.config.vocab_size)
+    ids = torch.full((1, length), min(1000, vocab - 1), dtype=torch.long, device=device)
+    counter = FlopCounterMode(display=False)
+    with torch.inference_mode(), counter:
+        model(input_ids=ids, attention_mask=torch.ones_like(ids))
+    return int(counter.get_total_flops())
+
+
+def flops_curve(model: Any) -> Callable[[int], int]:
+    """FLOPs of one input of length L, exactly: a transformer's matmul FLOPs are a quadratic in L
+    (linear layers ~ L, attention scores ~ L^2), so three counts fix the curve."""
+    points = [(n, _flops_at(model, n)) for n in (1, 2, 3)]
+
+    def at(length: int) -> int:
+        total = Fraction(0)
+        for i, (xi, yi) in enumerate(points):  # Lagrange interpolation, exact in rationals
+            term = Fraction(yi)
+            for j, (xj, _) in enumerate(points):
+                if j != i:
+                    term *= Fraction(length - xj, xi - xj)
+            total += term
+        return int(total)
+
+    return at
+
+
+def flops_per_input(model: Any, batches: Sequence[Mapping[str, Any]]) -> float:
+    """Mean FLOPs per input over these batches, each batch costing (rows x its padded width)."""
+    curve = flops_curve(model)
+    n = sum(int(b["input_ids"].shape[0]) for b in batches)
+    return sum(int(b["input_ids"].shape[0]) * curve(int(b["input_ids"].shape[1])) for b in batches) / n
+
+
+def model_size(model: Any) -> dict[str, Any]:
+    params = sum(p.numel() for p in model.parameters())
+    size = sum(p.numel() * p.element_size() for p in model.parameters())
+    size += sum(b.numel() * b.element_size() for b in model.buffers())
+    return {"params": int(params), "size_mb": size / 1e6}
+
+
+def latency_settings(cfg: Any, overrides: Mapping[str, Any]) -> Any:
+    """The run's latency settings (how its search timed trials), with the command line's latency.* on top."""
+
+    run = OmegaConf.to_container(cfg.latency, resolve=True) if "latency" in cfg else {}
+    # runs made before latency.inputs existed were timed on fixed-length ids: keep only keys still known
+    run = {k: v for k, v in run.items() if k in LatencySettings.__dataclass_fields__}
+    return LatencySettings.from_cfg({**run, **overrides})

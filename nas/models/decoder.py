@@ -1,0 +1,316 @@
+"""The decoder family: Llama-architecture LMs (Llama, Qwen2, Mistral): shape, physical pruning,
+importance mask sites and export.
+
+The five axes on a pre-norm decoder with grouped-query attention (GQA) and a gated FFN:
+
+| axis    | sliced                                                                              |
+|---------|-------------------------------------------------------------------------------------|
+| depth   | model.layers; each kept attention's layer_idx (its KV-cache slot) renumbered         |
+| heads   | whole key/value groups (K/V rows) and query heads per group (Q rows, o_proj columns) |
+| ffn     | gate_proj and up_proj rows, down_proj columns (together)                             |
+| hidden  | embed_tokens columns (and the tied lm_head), every projection's hidden side, every   |
+|         | RMSNorm weight, the classification `score` head                                      |
+| context | max_position_embeddings (rotary positions are computed, there is no table to cut)    |
+
+GQA stays valid: query head j of the base reads key/value head j // group_size. A pruned layer
+keeps `kv_heads` whole groups and the same number q of query heads in each, ordered group by
+group, so HF's `repeat_kv` (query head i reads kv head i // q) pairs them as in the base.
+Removing a key/value group removes its query heads and nothing else.
+
+Importance (higher = kept first), as for encoders (nas.cut.importance):
+- query heads, FFN neurons: Fisher information of a mask on each head's slice of o_proj's
+  input / each neuron at down_proj's input;
+- key/value groups: the sum of their query heads' Fisher scores;
+- hidden channels: Fisher information of one mask per residual channel, applied where the
+  residual stream is written (the embedding output and every o_proj / down_proj output),
+  which is what removing a channel everywhere does in a pre-norm model;
+- layers: block influence 1 - cos(layer input, layer output) (ShortGPT).
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import shutil
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors.torch import save_file
+from torch import nn
+
+from nas.models.family import Family, MaskSites
+from nas.models.slicing import head_rows, keep_top, select_units, shrink_embedding, shrink_linear, shrink_norm
+from nas.spec import BaseShape, SubnetSpec
+
+DECODER_TYPES = ("llama", "qwen2", "mistral")
+
+
+def is_decoder_config(config: Any) -> bool:
+    return getattr(config, "model_type", None) in DECODER_TYPES
+
+
+def is_decoder(model: nn.Module) -> bool:
+    return is_decoder_config(getattr(model, "config", None))
+
+
+def head_dim(config: Any) -> int:
+    return int(getattr(config, "nas_head_size", None) or getattr(config, "head_dim", None)
+               or config.hidden_size // config.num_attention_heads)
+
+
+def decoder_base_shape(config: Any) -> BaseShape:
+    heads = int(config.num_attention_heads)
+    kv = int(getattr(config, "num_key_value_heads", None) or heads)
+    if heads % kv:
+        raise ValueError(f"num_attention_heads={heads} is not a multiple of num_key_value_heads={kv}")
+    return BaseShape(
+        num_layers=int(config.num_hidden_layers),
+        num_heads=heads,
+        head_size=head_dim(config),
+        hidden_size=int(config.hidden_size),
+        ffn_size=int(config.intermediate_size),
+        max_positions=int(config.max_position_embeddings),
+        num_kv_heads=kv,
+    )
+
+
+def backbone(model: nn.Module) -> nn.Module:
+    """The LlamaModel inside a *ForCausalLM / *ForSequenceClassification (or the model itself)."""
+    return model.model if hasattr(model, "model") and hasattr(model.model, "layers") else model
+
+
+def head_linears(model: nn.Module) -> list[nn.Linear]:
+    """Task heads reading the hidden state: lm_head (causal LM) or score (sequence classification)."""
+    return [m for m in (getattr(model, "lm_head", None), getattr(model, "score", None)) if isinstance(m, nn.Linear)]
+
+
+def is_tied(model: nn.Module) -> bool:
+    head = getattr(model, "lm_head", None)
+    return head is not None and head.weight is backbone(model).embed_tokens.weight
+
+
+# ---------------------------------------------------------------------------- which units to keep
+
+
+def group_scores(head_scores: torch.Tensor, group_size: int) -> torch.Tensor:
+    """(H,) query-head scores -> (H / group_size,) key/value-group scores: the sum over each group."""
+    return head_scores.reshape(-1, group_size).sum(-1)  # (G * q,) -> (G, q) -> (G,)
+
+
+def select_heads(head_scores: torch.Tensor | None, *, kv_heads: int, heads: int, shape: BaseShape
+                 ) -> tuple[torch.Tensor, torch.Tensor]:
+    """(kept key/value groups, kept query heads ordered group by group) of one layer.
+
+    Groups are ranked by their summed query-head scores; within each kept group the top
+    heads // kv_heads query heads are kept. No scores: the first groups, the first heads of each.
+    """
+
+    group, q = shape.group_size, heads // kv_heads
+    n_kv = shape.num_kv_heads or shape.num_heads
+    if head_scores is None:
+        kv_idx = torch.arange(kv_heads)
+        within = [torch.arange(q)] * kv_heads
+    else:
+        kv_idx = keep_top(group_scores(head_scores, group), kv_heads) if kv_heads < n_kv else torch.arange(n_kv)
+        within = [keep_top(head_scores[g * group:(g + 1) * group], q) if q < group else torch.arange(group)
+                  for g in kv_idx.tolist()]
+    q_idx = torch.cat([g * group + w for g, w in zip(kv_idx.tolist(), within, strict=True)])
+    return kv_idx, q_idx
+
+
+# ---------------------------------------------------------------------------- pruning
+
+
+def prune_decoder(base: nn.Module, spec: SubnetSpec, scores: Any = None) -> nn.Module:
+    """A new decoder cut down to `spec` (the base is untouched); `scores=None` keeps the first k."""
+
+    shape = decoder_base_shape(base.config)
+    spec.validate(shape)
+    if scores is not None:
+        scores.check_fits(shape)
+    tied = is_tied(base)
+    model = copy.deepcopy(base)
+    body = backbone(model)
+    hd = shape.head_size
+    hidden_idx = select_units(scores, "hidden", None, spec.hidden, shape.hidden_size)
+    assert spec.kv_heads is not None  # validate() requires it on a decoder
+
+    body.layers = nn.ModuleList([body.layers[i] for i in spec.layers])
+    for new_pos, (old, heads, kv, ffn) in enumerate(zip(spec.layers, spec.heads, spec.kv_heads, spec.ffn,
+                                                         strict=True)):
+        layer = body.layers[new_pos]
+        att, mlp = layer.self_attn, layer.mlp
+        kv_idx, q_idx = select_heads(None if scores is None else scores.heads[old], kv_heads=kv, heads=heads,
+                                     shape=shape)
+        q_rows, kv_rows = head_rows(q_idx, hd), head_rows(kv_idx, hd)
+        shrink_linear(att.q_proj, out_idx=q_rows, in_idx=hidden_idx)
+        shrink_linear(att.k_proj, out_idx=kv_rows, in_idx=hidden_idx)
+        shrink_linear(att.v_proj, out_idx=kv_rows, in_idx=hidden_idx)
+        shrink_linear(att.o_proj, out_idx=hidden_idx, in_idx=q_rows)
+        att.num_key_value_groups = heads // kv
+        att.head_dim = hd
+        att.layer_idx = new_pos  # its slot in the KV cache
+        ffn_idx = select_units(scores, "ffn", old, ffn, shape.ffn_size)
+        shrink_linear(mlp.gate_proj, out_idx=ffn_idx, in_idx=hidden_idx)
+        shrink_linear(mlp.up_proj, out_idx=ffn_idx, in_idx=hidden_idx)
+        shrink_linear(mlp.down_proj, out_idx=hidden_idx, in_idx=ffn_idx)
+        shrink_norm(layer.input_layernorm, hidden_idx)
+        shrink_norm(layer.post_attention_layernorm, hidden_idx)
+
+    shrink_embedding(body.embed_tokens, cols=hidden_idx)
+    shrink_norm(body.norm, hidden_idx)
+    for head in head_linears(model):
+        if tied and head is model.lm_head:
+            head.weight = body.embed_tokens.weight  # stays tied: one matrix, as in the base
+            head.in_features = spec.hidden
+        else:
+            shrink_linear(head, in_idx=hidden_idx)
+    update_config(model.config, spec, shape)
+    rotary = getattr(body, "rotary_emb", None)
+    if rotary is not None and hasattr(rotary, "max_seq_len_cached"):
+        rotary.max_seq_len_cached = spec.context
+    return model
+
+
+def update_config(config: Any, spec: SubnetSpec, base: BaseShape) -> None:
+    """Config attributes follow the weights. A uniform shape is a stock config (with head_dim
+    given explicitly, as hidden / heads no longer holds); per-layer counts live in nas_* keys."""
+    assert spec.kv_heads is not None
+    layer_types = getattr(config, "layer_types", None)
+    if isinstance(layer_types, list) and len(layer_types) == base.num_layers:
+        config.layer_types = [layer_types[i] for i in spec.layers]
+    config.num_hidden_layers = len(spec.layers)
+    config.hidden_size = spec.hidden
+    config.num_attention_heads = max(spec.heads)
+    config.num_key_value_heads = max(spec.kv_heads)
+    config.intermediate_size = max(spec.ffn)
+    config.head_dim = base.head_size
+    config.max_position_embeddings = spec.context
+    config.nas_head_size = base.head_size
+    config.nas_heads = list(spec.heads)
+    config.nas_kv_heads = list(spec.kv_heads)
+    config.nas_ffn = list(spec.ffn)
+    config.nas_spec = spec.to_dict()
+    config.nas_base_shape = {
+        "num_layers": base.num_layers, "num_heads": base.num_heads, "head_size": base.head_size,
+        "hidden_size": base.hidden_size, "ffn_size": base.ffn_size, "max_positions": base.max_positions,
+        "num_kv_heads": base.num_kv_heads,
+    }
+
+
+def is_uniform(config: Any) -> bool:
+    """True when every layer has the config's head, group and FFN counts: a stock config loads it."""
+    heads, kv, ffn = (getattr(config, k, None) for k in ("nas_heads", "nas_kv_heads", "nas_ffn"))
+    if heads is None:
+        return True
+    return (set(heads) == {config.num_attention_heads} and set(kv) == {config.num_key_value_heads}
+            and set(ffn) == {config.intermediate_size})
+
+
+# ---------------------------------------------------------------------------- closed forms
+
+
+def decoder_params(spec: SubnetSpec, *, vocab: int, head_size: int, tied: bool, labels: int | None = None,
+                   qkv_bias: bool = False) -> int:
+    """Parameters of a Llama-family model of this shape, in closed form (no biases but Qwen2's q/k/v)."""
+    assert spec.kv_heads is not None
+    d, a = spec.hidden, head_size
+    total = vocab * d + d  # embeddings + final RMSNorm
+    for h, g, f in zip(spec.heads, spec.kv_heads, spec.ffn, strict=True):
+        total += d * h * a + 2 * d * g * a + h * a * d  # q, k, v, o
+        if qkv_bias:
+            total += h * a + 2 * g * a
+        total += 3 * d * f  # gate, up, down
+        total += 2 * d  # two RMSNorms
+    if labels is not None:
+        total += d * labels  # score (no bias)
+    elif not tied:
+        total += d * vocab  # lm_head
+    return total
+
+
+# ---------------------------------------------------------------------------- importance
+
+
+def decoder_mask_sites(model: nn.Module) -> MaskSites:
+    """Where nas.cut.importance.compute_scores puts its masks in a decoder (see the module docstring)."""
+
+    body = backbone(model)
+    layers = list(body.layers)
+    return MaskSites(layers=layers, heads_in=[layer.self_attn.o_proj for layer in layers],
+                     ffn_in=[layer.mlp.down_proj for layer in layers],
+                     residual_out=[body.embed_tokens,
+                                   *(m for layer in layers for m in (layer.self_attn.o_proj, layer.mlp.down_proj))])
+
+
+REMOTE_CODE = Path(__file__).resolve().parent / "hf_remote" / "modeling_nas_llama.py"
+
+
+def auto_class(model: Any) -> str:
+    return "AutoModelForSequenceClassification" if hasattr(model, "score") else "AutoModelForCausalLM"
+
+
+def save_decoder_folder(model: Any, tokenizer: Any, out: str | Path, *, context: int) -> dict[str, Any]:
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    cfg = model.config.to_dict()
+    for key in ("nas_spec", "nas_base_shape"):
+        cfg.pop(key, None)
+    remote = not is_uniform(model.config)
+    if remote:
+        if cfg.get("model_type") != "llama":
+            raise ValueError(f"per-layer shapes of model_type={cfg.get('model_type')!r} cannot be exported yet; "
+                             "search with a uniform space (per_layer: false) or a Llama model")
+        cls = "NasLlamaForSequenceClassification" if hasattr(model, "score") else "NasLlamaForCausalLM"
+        cfg.update(architectures=[cls], auto_map={"AutoConfig": "modeling_nas_llama.NasLlamaConfig",
+                                                  auto_class(model): f"modeling_nas_llama.{cls}"})
+        shutil.copyfile(REMOTE_CODE, out / "modeling_nas_llama.py")
+    else:
+        for key in ("nas_heads", "nas_kv_heads", "nas_ffn", "nas_head_size", "auto_map"):
+            cfg.pop(key, None)
+        cfg["architectures"] = [type(model).__name__]
+        (out / "modeling_nas_llama.py").unlink(missing_ok=True)
+    cfg.pop("transformers_version", None)
+    (out / "config.json").write_text(json.dumps(cfg, indent=2, sort_keys=True) + "\n")
+    state = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()
+             if not (k == "lm_head.weight" and is_tied(model))}
+    save_file(state, str(out / "model.safetensors"), metadata={"format": "pt"})
+    tokenizer.save_pretrained(out)
+    tok_path = out / "tokenizer_config.json"
+    tok_cfg = json.loads(tok_path.read_text()) if tok_path.is_file() else {}
+    tok_cfg["model_max_length"] = int(context)
+    tok_cfg.pop("auto_map", None)
+    tok_path.write_text(json.dumps(tok_cfg, indent=2, sort_keys=True) + "\n")
+    return {"remote_code": remote}
+
+
+class DecoderFamily(Family):
+    name = "decoder"
+    model_types = DECODER_TYPES
+    causal_lm = True
+    recovery = False  # nas.cut.recovery and hidden-state distillation know the encoders' layers only
+
+    def base_shape(self, config: Any) -> BaseShape:
+        return decoder_base_shape(config)
+
+    def prune(self, base: nn.Module, spec: SubnetSpec, scores: Any = None) -> nn.Module:
+        return prune_decoder(base, spec, scores)
+
+    def mask_sites(self, model: nn.Module) -> MaskSites:
+        return decoder_mask_sites(model)
+
+    def classifier_config(self, config: Any, pad_token_id: Any) -> None:
+        # a decoder classifies from its last real token: it must know the pad id
+        if config.pad_token_id is None:
+            config.pad_token_id = pad_token_id()
+
+    def save_folder(self, model: nn.Module, tokenizer: Any, out: Path, *, context: int) -> dict[str, Any]:
+        return save_decoder_folder(model, tokenizer, out, context=context)
+
+    def loads_with(self, model: nn.Module) -> tuple[str, str, str]:
+        return (auto_class(model), "modeling_nas_llama.py",
+                "every layer has its own query heads, key/value groups and FFN width")
+
+
+DECODER = DecoderFamily()

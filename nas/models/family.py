@@ -1,0 +1,82 @@
+"""What a model family is: the one interface the generic stages ask instead of testing which family
+a model belongs to.
+
+A family says, in one place, for every model type it covers:
+- where the layers, heads, key/value groups, FFN neurons and hidden channels live, as the base's
+  dimensions (`base_shape`);
+- how to cut a base to a SubnetSpec, physically (`prune`);
+- where importance masks go (`mask_sites`, read by nas.cut.importance);
+- which training-free recovery and hidden-state distillation apply (`recovery`: the closed-form
+  corrections of nas.cut.recovery and train.distill=hidden know its layers);
+- whether it is a causal LM that can model text (`causal_lm`);
+- how to make it a classifier (`classifier_config`) and how to export it as an HF folder that loads
+  outside this project (`save_folder`, `loads_with`).
+
+Families live in nas.models.encoder (BERT, RoBERTa, DistilBERT) and nas.models.decoder (Llama,
+Qwen2, Mistral); nas.models.registry finds the family of a model. A new family is a new module with
+a Family subclass, added to the registry's list.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from torch import nn
+
+from nas.spec import BaseShape, SubnetSpec
+
+
+@dataclass(frozen=True)
+class MaskSites:
+    """Where compute_scores puts its masks in one model family.
+
+    heads_in / ffn_in: per layer, the module whose input holds the heads side by side (attention
+    output projection) / the FFN neurons (FFN output projection); a mask on each unit multiplies
+    that input. residual_out: the modules whose outputs carry the residual stream's channels (an
+    encoder's LayerNorms; a pre-norm decoder's embedding, o_proj and down_proj, where the stream
+    is written): one mask per channel, shared by all of them, acts as removing the channel
+    everywhere. layers: the blocks whose input and output give block influence.
+    """
+
+    layers: Sequence[nn.Module]
+    heads_in: Sequence[nn.Module]
+    ffn_in: Sequence[nn.Module]
+    residual_out: Sequence[nn.Module]
+
+
+class Family:
+    """The interface; every method is answered by each family module."""
+
+    name: str = ""
+    model_types: tuple[str, ...] = ()
+    causal_lm: bool = False  # can model text (a language-modelling task needs one)
+    recovery: bool = False  # nas.cut.recovery and train.distill=hidden know its layers
+
+    def covers(self, config: Any) -> bool:
+        return getattr(config, "model_type", None) in self.model_types
+
+    def base_shape(self, config: Any) -> BaseShape:
+        """The dimensions of an (unpruned or pruned) model of this family that bound every spec."""
+        raise NotImplementedError
+
+    def prune(self, base: nn.Module, spec: SubnetSpec, scores: Any = None) -> nn.Module:
+        """A new model cut down to `spec` (the base is untouched), keeping the units `scores`
+        (nas.cut.importance.ImportanceScores) rank highest; None keeps the first k of everything."""
+        raise NotImplementedError
+
+    def mask_sites(self, model: nn.Module) -> MaskSites:
+        raise NotImplementedError
+
+    def classifier_config(self, config: Any, pad_token_id: Callable[[], int | None]) -> None:
+        """Make `config` fit a sequence-classification head of this family (in place)."""
+
+    def save_folder(self, model: nn.Module, tokenizer: Any, out: Path, *, context: int) -> dict[str, Any]:
+        """An HF folder that loads outside this project; returns {'remote_code': bool}."""
+        raise NotImplementedError
+
+    def loads_with(self, model: nn.Module) -> tuple[str, str]:
+        """(transformers Auto class, the custom modeling file a non-stock shape ships) for the README."""
+        raise NotImplementedError

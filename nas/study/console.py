@@ -1,0 +1,72 @@
+"""What a run prints: one line per trial, the front as a table, the dashboard hint."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+from rich.table import Table
+
+from nas.quality.metrics import quality_text
+from nas.redact import ENV_VAR, has_password
+
+
+def shape_attrs(spec: Any) -> dict[str, Any]:
+    return {
+        "n_layers": len(spec.layers),
+        "heads": round(sum(spec.heads) / len(spec.heads), 2),
+        "ffn": round(sum(spec.ffn) / len(spec.ffn), 1),
+        "hidden": spec.hidden,
+        "context": spec.context,
+        "shape": spec.describe(),
+    }
+
+
+def trial_line(trial: Any, objectives: Sequence[str]) -> str:
+    a = trial.user_attrs
+    head = f"trial {trial.number:3d} {trial.state.name:8s} {a.get('shape', '?'):28s}"
+    if "repeat_of" in a:
+        return f"{head} repeat of trial {a['repeat_of']}: not trained again, not counted"
+    if trial.state.name == "COMPLETE":
+        spread = f" [{a['speedup_p10']:.2f}-{a['speedup_p90']:.2f}]" if "speedup_p10" in a else ""
+        return (f"{head} {quality_text(a)}  latency {a['latency_ms']:7.2f} ms  "
+                f"speedup {a['speedup']:.2f}x{spread}  params {a['params'] / 1e6:.1f}M")
+    reason = a.get("fail_reason") or trial.system_attrs.get("fail_reason") or ""
+    return f"{head} {reason}"
+
+
+def front_table(front: Any, console: Any, *, quality: str = "val_accuracy") -> None:
+    """The front, printed: `quality` is the study's quality column (quality_column(objectives))."""
+    import pandas as pd  # heavy: only when the table is printed
+
+    table = Table(title="Pareto front (validation; test for members; final: after the final stage's training); "
+                        "latency per input, speedup vs the base timed in alternating rounds (p10-p90 of the rounds)")
+    q, t = quality, quality.replace("val_", "test_")
+    final = "final_" + q in front and front["final_" + q].notna().any()
+    cols = ["trial", "shape", f"val {q[4:7]}", f"test {q[4:7]}"] + (["final val", "final test"] if final else [])
+    for col in cols + ["latency ms", "speedup", "p10-p90", "params M"]:
+        table.add_column(col, justify="right" if col != "shape" else "left")
+
+    def num(value: Any) -> str:
+        return "" if value is None or value != value else f"{value:.4f}"
+
+    for _, row in front.iterrows():
+        table.add_row(
+            "base" if row.get("is_base") else str(int(row["number"])),
+            str(row["shape"]),
+            f"{row[q]:.4f}",
+            num(row.get(t)),
+            *([num(row.get("final_" + q)), num(row.get("final_" + t))] if final else []),
+            f"{row['latency_ms']:.2f}",
+            f"{row['speedup']:.2f}x",
+            "" if row.get("is_base") or pd.isna(row.get("speedup_p10")) else
+            f"{row['speedup_p10']:.2f}-{row['speedup_p90']:.2f}",
+            f"{row['params'] / 1e6:.1f}",
+        )
+    console.print(table)
+
+
+def dashboard_url(url: str) -> str:
+    """The storage as the dashboard hint shows it: a URL with a password by its variable, never in clear."""
+
+    return f'"${ENV_VAR}"' if has_password(url) else url

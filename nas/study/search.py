@@ -1,0 +1,272 @@
+"""One search run, start to end: settings -> the prepared base -> the study loop -> final stage ->
+test evaluation -> reports.
+
+`Search` holds what the run needs (settings, the prepared base, the latency timer, the trial
+evaluator) and wires the pieces together; each piece lives in its own module:
+
+    nas.study.prepare   task, fine-tuned base, importance scores (cached)
+    nas.study.trial     one trial: spec -> candidate -> cost -> quality
+    nas.study.loop      sampling, repeats, dead workers, stopping, reports after each trial
+    nas.study.final     the final stage and the front's test evaluation
+    nas.study.report    trials.csv, pareto.csv / .png / .html, best.yaml
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+import optuna
+from omegaconf import OmegaConf
+
+from nas.cost.latency import LatencySettings, PairedTimer, model_size
+from nas.cut.recovery import RecoverySettings
+from nas.data.tasks import length_summary, split_token_lengths
+from nas.data.text import is_lm_data
+from nas.models.loading import check_family, read_config
+from nas.models.registry import base_shape
+from nas.quality.finetune import TrainSettings
+from nas.quality.metrics import quality_objective, quality_text
+from nas.quality.supernet import SupernetSettings, cached_supernet
+from nas.spec import SubnetSpec
+from nas.study.console import shape_attrs
+from nas.study.final import evaluate_front_on_test, final_stage
+from nas.study.loop import StudyLoop
+from nas.study.preflight import preflight, writable_folder
+from nas.study.prepare import prepare
+from nas.study.report import write_reports
+from nas.study.settings import LATENCY_DEFINITION, OBJECTIVE_ATTR, SearchSettings, chosen_space, final_train_settings
+from nas.study.space import context_cap, task_token_lengths
+from nas.study.storage import open_study, storage_url
+from nas.study.trial import Evaluator, Infeasible
+from nas.study.weights import RunWeights
+
+log = logging.getLogger("nas.search")
+
+
+@dataclass
+class PhaseClock:
+    seconds: dict[str, float] = field(default_factory=dict)
+
+    def add(self, phase: str, s: float) -> None:
+        self.seconds[phase] = self.seconds.get(phase, 0.0) + s
+
+
+class Search:
+    """Owns the prepared base, the study and the per-trial evaluation."""
+
+    def __init__(self, cfg: Any, run_dir: str | Path, *, console: Any = None) -> None:
+        self.cfg = cfg
+        self.run_dir = writable_folder(run_dir, "hydra.run.dir")
+        container = OmegaConf.to_container(cfg, resolve=True) if OmegaConf.is_config(cfg) else dict(cfg)
+        # Cheap checks first: nothing expensive starts on a bad setting.
+        self.space = chosen_space(container)
+        self.settings = SearchSettings.from_cfg(container.get("search", {}))
+        # A language-modelling task (plain text, nas.data.text): its quality is perplexity (nas.quality.lm).
+        self.lm = is_lm_data(container.get("data"))
+        self.settings = replace(self.settings, objectives=quality_objective(self.settings.objectives, lm=self.lm))
+        if self.lm and self.settings.estimator == "supernet":
+            raise ValueError("search.estimator=supernet is for classification tasks; a language-modelling task "
+                             "allows: finetune, none")
+        self.train_settings = TrainSettings.from_cfg(container.get("train", {}))
+        self.latency = LatencySettings.from_cfg(container.get("latency"))
+        self.recovery = RecoverySettings.from_cfg(container.get("prune")).resolved(self.settings.estimator)
+        self.supernet_settings = SupernetSettings.from_cfg(container.get("supernet"))
+        self.supernet: Any = None
+        self.final_settings = final_train_settings(container)
+        self.evaluator: Evaluator | None = None  # built once the base is ready
+        self.max_length = int(container.get("max_length", 128))
+        self.console = console
+        self.clock = PhaseClock()
+        self.started = time.perf_counter()  # search.time_budget counts from here: preparation included
+        self.prep: Any = None
+        self.weights: RunWeights | None = None  # the run's model files, once the base is ready
+        self.timer: PairedTimer | None = None  # built once the base is ready
+        self.task_lengths: dict[str, Any] = {}
+        self.base_metrics: dict[str, Any] = {}
+        self.teacher_cache: dict[bytes, Any] = {}
+        self.study: Any = None  # opened by prepare's checks, before any expensive work
+        self.loop: StudyLoop | None = None  # the study loop of the last run()
+
+    # -- phase 1 -------------------------------------------------------------------------
+    def prepare(self) -> None:
+        # Settings, files, max_length and the storage (the study is opened here), before any expensive work.
+        self.study = preflight(self.cfg, self.run_dir, settings=self.settings)
+        # The space must fit the base model: checked on its config, before any training.
+        base_config = read_config(self.cfg["model"]["name_or_path"])
+        # Fractions and context quantiles become sizes here (printed once the inputs are known good,
+        # stored in the study).
+        check_family(base_config, lm=self.lm)
+        shape = base_shape(base_config)
+        lengths = None
+        if self.space.needs_lengths:
+            lengths = task_token_lengths(self.cfg, cap=context_cap(shape, self.max_length))
+        self.space = self.space.resolve(shape, max_length=self.max_length, lengths=lengths)
+        t0 = time.perf_counter()
+        self.prep = prepare(self.cfg)
+        self.space.validate(self.prep.shape)
+        self._say(f"space {self.space.name} on {shape.num_layers}L/{shape.num_heads}H/{shape.ffn_size}F/"
+                  f"{shape.hidden_size}D: {self.space.describe()}")
+        for phase, s in self.prep.timings.items():
+            self.clock.add(phase, s)
+        self.task_lengths = self._task_lengths()
+        self.timer = PairedTimer.for_prepared(self.prep, self.latency, max_length=self.max_length)
+        if self.settings.estimator == "supernet":
+            self.supernet = self._train_supernet()
+        self.evaluator = Evaluator(prep=self.prep, timer=self.timer, train=self.train_settings, recovery=self.recovery,
+                                   estimator=self.settings.estimator, max_latency_ms=self.settings.max_latency_ms,
+                                   clock=self.clock.add, teacher_cache=self.teacher_cache, supernet=self.supernet,
+                                   lm=self.lm)
+        self.weights = RunWeights(self.run_dir, self.prep.base, self.prep.scores)
+        self.base_metrics = self._base_metrics()
+        self._say(
+            f"base {self.prep.shape.num_layers}L/{self.prep.shape.num_heads}H/{self.prep.shape.ffn_size}F/"
+            f"{self.prep.shape.hidden_size}D: val {quality_text(self.base_metrics)}, "
+            f"test {quality_text(self.base_metrics, 'test')}, latency {self.base_metrics['latency_ms']:.2f} {self.timer.settings.unit} "
+            f"(prepared in {time.perf_counter() - t0:.0f}s)"
+        )
+        self._say(f"latency: {self.timer.settings.describe()}; every trial is timed in alternating rounds with the base "
+                  f"(mean {self.timer.sample.mean_tokens(self.timer.base_cap):.1f} tokens per timed input)")
+
+    def _train_supernet(self) -> Any:
+        """The elastic-trained supernet (nas.quality.supernet): trained once per base, task, space and
+        recipe, cached; a killed training resumes from its checkpoint; other workers wait for it."""
+        t0 = time.perf_counter()
+        s = self.supernet_settings
+        net, info = cached_supernet(self.prep, self.space, s)
+        seconds = time.perf_counter() - t0
+        self.clock.add("supernet", seconds)
+        how = "cached" if info.get("cached") else (f"trained {s.steps} steps" + (
+            f" (resumed at step {info['resumed_from']})" if info.get("resumed_from") else ""))
+        self._say(f"supernet: {how} in {seconds:.0f}s; every trial is cut from it, not trained")
+        return net
+
+    def _task_lengths(self) -> dict[str, Any]:
+        """The task's token lengths, printed once: whether a context cut can pay on this data."""
+        cap = min(self.max_length, self.prep.shape.max_positions)
+        contexts = [c for c in self.space.axes["context"].values if c < cap] if "context" in self.space.axes else []
+        summary = length_summary(split_token_lengths(self.prep.task.train, self.prep.tokenizer, cap=cap), contexts)
+        longer = ", ".join(f"> {c}: {share:.1%}" for c, share in summary["longer_than"].items())
+        self._say(f"task token lengths (train, {summary['n']} texts, capped at {cap}): mean {summary['mean']:.1f}, "
+                  f"p50 {summary['p50']:.0f}, p95 {summary['p95']:.0f}, max {summary['max']}"
+                  + (f"; longer than the space's contexts {longer}" if longer else ""))
+        return summary
+
+    def _base_metrics(self) -> dict[str, Any]:
+        base = self.prep.base
+        spec = SubnetSpec.full(self.prep.shape)
+        t0 = time.perf_counter()
+        latency_ms = self.timer.base_latency_ms()
+        self.clock.add("latency", time.perf_counter() - t0)
+        info = self.prep.base_info
+        return {
+            **shape_attrs(spec),
+            **{key.replace("validation", "val"): value for key, value in info.items()
+               if key.endswith(("_accuracy", "_perplexity"))},  # the quality: accuracy, or perplexity
+            "latency_ms": latency_ms,
+            "base_latency_ms": latency_ms,
+            "speedup": 1.0,
+            "latency_ratio": 1.0,
+            "mean_tokens": self.timer.sample.mean_tokens(self.timer.base_cap),
+            "flops": self.timer.flops(base),
+            **model_size(base),
+        }
+
+    # -- one trial ------------------------------------------------------------------------
+    def propose(self, trial: Any) -> SubnetSpec:
+        return self.space.suggest(trial, self.prep.shape, self.prep.scores)
+
+    def evaluate_trial(self, trial: Any, spec: SubnetSpec) -> Sequence[float]:
+        """Hand the shape to the evaluator (nas.study.trial), keep its weights, return the objectives."""
+        try:
+            model = self.evaluator.evaluate(spec, record=trial.set_user_attr, name=f"trial_{trial.number}")
+        except Infeasible as e:
+            raise optuna.TrialPruned(str(e)) from None
+        self.weights.save(model, self.weights.trial_path(trial.number))
+        del model
+        attrs = {**trial.user_attrs}
+        return [attrs[OBJECTIVE_ATTR[o]] for o in self.settings.objectives]
+
+    # -- the run ----------------------------------------------------------------------------
+    def run(self) -> Any:
+        study = self.study if self.study is not None else open_study(self.settings, self.run_dir)
+        self._check_latency_definition(study)
+        study.set_user_attr("latency", self.timer.record())
+        study.set_user_attr("task_lengths", self.task_lengths)
+        study.set_metric_names([OBJECTIVE_ATTR[o] for o in self.settings.objectives])
+        study.set_user_attr("base", self.base_metrics)
+        study.set_user_attr("objectives", list(self.settings.objectives))
+        study.set_user_attr("space", self.space.name)
+        study.set_user_attr("space_choices", self.space.choices())  # sizes, as resolved on this base
+        study.set_user_attr("label_names", list(self.prep.task.label_names))
+        study.set_user_attr("num_labels", int(self.prep.task.num_labels))
+        self.weights.drop_partial()  # what a killed worker left
+
+        def after_each(study: Any) -> None:
+            self.weights.drop_dominated(study)
+            self.write(study)
+
+        self.loop = StudyLoop(settings=self.settings, storage_url=storage_url(self.settings, self.run_dir),
+                              propose=self.propose, evaluate=self.evaluate_trial, after_each=after_each,
+                              out_of_time=self._out_of_time, say=self._say, console=self.console)
+        self.loop.run(study)
+        self.weights.drop_dominated(study)  # the front as it ends, other workers' last trials included
+        final_stage(study, weights=self.weights, evaluator=self.evaluator, objectives=self.settings.objectives,
+                    final_k=self.settings.final_k, recipe=self.final_settings, say=self._say, clock=self.clock.add,
+                    write=self.write)
+        evaluate_front_on_test(study, weights=self.weights, prep=self.prep, lm=self.lm,
+                               batch_size=self.train_settings.eval_batch_size, clock=self.clock.add)
+        self.write(study)
+        return study
+
+    def _out_of_time(self) -> bool:
+        """search.time_budget: seconds since this process began the run (preparation, supernet training
+        and trials); once spent, no new trial starts (the running one finishes; the final stage still runs)."""
+        budget = self.settings.time_budget
+        return budget is not None and time.perf_counter() - self.started >= budget
+
+    def _check_latency_definition(self, study: Any) -> None:
+        """A study continued (or joined) with another latency definition would mix incomparable figures."""
+        before = study.user_attrs.get("latency")
+        if not before:
+            return
+        now = self.timer.record()
+        for key in LATENCY_DEFINITION:
+            if key in before and before[key] != now[key]:
+                raise ValueError(
+                    f"latency.{key}={now[key]!r} differs from the study's {before[key]!r} (study "
+                    f"{self.settings.study_name!r}): its latencies would not be comparable; use the same setting "
+                    "or another search.study_name"
+                )
+
+    def write(self, study: Any) -> dict[str, Any]:
+        if self.timer is not None and self.timer.base_rounds:
+            # the base's figure is the median of all its rounds so far, taken beside the trials
+            self.base_metrics["latency_ms"] = self.base_metrics["base_latency_ms"] = self.timer.base_latency_ms()
+            study.set_user_attr("base", self.base_metrics)
+        return write_reports(
+            study, self.run_dir, base=self.base_metrics, objectives=self.settings.objectives,
+            best_extra={"model": str(self.cfg["model"]["name_or_path"] or "embedded:all-MiniLM-L6-v2"),
+                        "data": self.prep.task.fingerprint, "space": self.space.name},
+        )
+
+    def _say(self, text: str) -> None:
+        if self.console is not None:
+            self.console.print(text, highlight=False)
+        else:
+            log.info(text)
+
+
+def run_search(cfg: Any, run_dir: str | Path, *, console: Any = None) -> tuple[Any, Search]:
+    search = Search(cfg, run_dir, console=console)
+    try:
+        search.prepare()
+        study = search.run()
+    finally:
+        if search.timer is not None:
+            search.timer.close()
+    return study, search

@@ -1,0 +1,136 @@
+"""One trial, read straight down: spec -> candidate -> cost -> quality -> metrics.
+
+    candidate  prune the base to the spec (nas.cut.prune), then the training-free recovery (nas.cut.recovery)
+    cost       real-input latency paired with the base (nas.cost.latency), FLOPs, parameters, size
+    quality    the estimator: `finetune` (brief distilled fine-tune), `supernet` (the candidate is cut
+               from the elastic-trained supernet instead of the base: no training) or `none` (accuracy
+               as pruned and recovered: the zero-cost proxy); each then measures validation accuracy
+
+The study loop (sampling, repeats, stopping, reports) lives in nas.search and calls
+`Evaluator.evaluate`; the final training of the front (nas.final_stage) reuses `train_longer`.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from nas.cost.latency import model_size
+from nas.cut.prune import prune_model
+from nas.cut.recovery import calibration_batches, recover
+from nas.models.registry import family_for
+from nas.models.slicing import kept_units
+from nas.quality.finetune import HiddenMap, finetune
+from nas.quality.metrics import evaluate
+
+ESTIMATORS = ("finetune", "supernet", "none")
+
+
+class Infeasible(Exception):
+    """The candidate breaks a constraint (e.g. search.max_latency_ms): recorded, not trained."""
+
+
+@dataclass
+class Evaluator:
+    prep: Any  # nas.study.prepare.Prepared
+    timer: Any  # nas.cost.latency.PairedTimer
+    train: Any  # nas.quality.finetune.TrainSettings of a trial's fine-tune
+    recovery: Any  # nas.cut.recovery.RecoverySettings
+    estimator: str = "finetune"
+    max_latency_ms: float | None = None
+    clock: Callable[[str, float], None] = lambda phase, s: None
+    teacher_cache: dict[bytes, Any] = field(default_factory=dict)
+    supernet: Any = None  # nas.quality.supernet.Supernet, for estimator=supernet
+    lm: bool = False  # a language-modelling task: the quality is perplexity (nas.quality.lm)
+
+    def __post_init__(self) -> None:
+        if self.estimator not in ESTIMATORS:
+            raise ValueError(f"search.estimator={self.estimator!r} is not known; allowed: {', '.join(ESTIMATORS)}")
+        if self.estimator == "supernet" and self.supernet is None:
+            raise ValueError("search.estimator=supernet needs the trained supernet (nas.quality.supernet.cached_supernet)")
+
+    # -- the four steps ---------------------------------------------------------------------------
+    def candidate(self, spec: Any) -> tuple[Any, dict[str, Any]]:
+        t0 = time.perf_counter()
+        if self.estimator == "supernet":  # the same physical cut, of the elastic-trained weights
+            model = self.supernet.slice(spec)
+        else:
+            model = prune_model(self.prep.base, spec, self.prep.scores)
+        metrics: dict[str, Any] = {"seconds_prune": time.perf_counter() - t0}
+        self.clock("pruning", metrics["seconds_prune"])
+
+        # a supernet slice was trained to work as it is; decoders have no recovery (yet)
+        if self.recovery.active and self.estimator != "supernet" and family_for(self.prep.base).recovery:
+            t0 = time.perf_counter()
+            batches = calibration_batches(self.prep, spec.context, self.recovery, seed=self.train.seed)
+            report = recover(model, self.prep.base, spec, self.prep.scores, batches, self.recovery)
+            metrics["recovery_error_ratio"] = report.ratio()
+            metrics["seconds_recovery"] = time.perf_counter() - t0
+            self.clock("recovery", metrics["seconds_recovery"])
+        return model, metrics
+
+    def cost(self, model: Any, spec: Any, *, name: str = "candidate") -> dict[str, Any]:
+        t0 = time.perf_counter()
+        lat = self.timer.measure(model, context=spec.context, name=name)
+        metrics = {**lat, "flops": self.timer.flops(model, context=spec.context), **model_size(model)}
+        metrics["seconds_latency"] = time.perf_counter() - t0
+        self.clock("latency", metrics["seconds_latency"])
+        if self.max_latency_ms is not None and lat["latency_ms"] > self.max_latency_ms:
+            metrics["infeasible"] = True
+            metrics["fail_reason"] = f"latency {lat['latency_ms']:.2f} ms > search.max_latency_ms={self.max_latency_ms}"
+        return metrics
+
+    def quality(self, model: Any, spec: Any) -> dict[str, Any]:
+        metrics: dict[str, Any] = {}
+        if self.estimator == "finetune":
+            t0 = time.perf_counter()
+            result = self.fit(model, spec, self.train)
+            metrics["seconds_finetune"] = time.perf_counter() - t0
+            self.clock("fine-tuning", metrics["seconds_finetune"])
+            if result["losses"]:
+                metrics["final_loss"] = float(sum(result["losses"][-5:]) / len(result["losses"][-5:]))
+        t0 = time.perf_counter()
+        quality, value = self.quality_of(model, spec, "validation")
+        metrics[f"val_{quality}"] = value
+        metrics["seconds_eval"] = time.perf_counter() - t0
+        self.clock("evaluation", metrics["seconds_eval"])
+        return metrics
+
+    def evaluate(self, spec: Any, *, record: Callable[[str, Any], None], name: str = "candidate") -> Any:
+        """Every step in order; each metric is handed to `record` as soon as it is known (a killed
+        trial keeps what it measured). Returns the trained model; raises Infeasible."""
+        model, metrics = self.candidate(spec)
+        for key, value in metrics.items():
+            record(key, value)
+        cost = self.cost(model, spec, name=name)
+        for key, value in cost.items():
+            record(key, value)
+        if cost.get("infeasible"):
+            raise Infeasible(cost["fail_reason"])
+        for key, value in self.quality(model, spec).items():
+            record(key, value)
+        return model
+
+    # -- shared by the steps and the final stage ---------------------------------------------------
+    def fit(self, model: Any, spec: Any, settings: Any) -> dict[str, Any]:
+        loader = self.prep.loader("train", spec.context, batch_size=settings.batch_size, shuffle=True, seed=settings.seed)
+
+        hidden = settings.distill == "hidden" and family_for(self.prep.base).recovery  # encoders' layers only
+        teacher = self.prep.base if settings.distill_weight > 0 or hidden else None
+        return finetune(model, loader, settings, teacher=teacher, teacher_cache=self.teacher_cache,
+                        hidden_map=self.hidden_map(spec) if hidden else None)
+
+    def quality_of(self, model: Any, spec: Any, split: str) -> tuple[str, float]:
+        """("accuracy", value), or ("perplexity", value) on a language-modelling task."""
+
+        loader = self.prep.loader(split, spec.context, batch_size=self.train.eval_batch_size, shuffle=False)
+        return evaluate(model, loader, lm=self.lm)
+
+    def accuracy(self, model: Any, spec: Any, split: str) -> float:
+        return self.quality_of(model, spec, split)[1]
+
+    def hidden_map(self, spec: Any) -> Any:
+        kept = kept_units(self.prep.shape, spec, self.prep.scores)
+        return HiddenMap(layers=tuple(spec.layers), channels=kept.hidden)
