@@ -1,20 +1,147 @@
-"""Composing the Hydra config outside `@hydra.main` (benchmarks, tests, notebooks, and the commands'
-own checks before Hydra runs them), and Hydra's composition errors said in one line."""
+"""The config's types, composing it outside `@hydra.main` (benchmarks, tests, notebooks, and the
+commands' own checks before Hydra runs them), and Hydra's composition errors said in one line.
+
+Every fixed node of conf/config.yaml has a structured config here (registered in Hydra's ConfigStore
+as schema/NODE, listed first in the defaults): Hydra refuses an unknown key or a value of the wrong
+type before any code runs. The values live in the YAML files; ranges, choices and combinations are
+checked by each stage's own settings class (one-line ValueErrors naming the allowed values)."""
 
 from __future__ import annotations
 
 import re
+import sys
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, List, Optional  # noqa: UP035  (OmegaConf reads these annotations)
 
 from hydra import compose as hydra_compose
 from hydra import initialize_config_dir
+from hydra.core.config_store import ConfigStore
 from hydra.core.global_hydra import GlobalHydra
 from hydra.errors import HydraException
+from omegaconf import MISSING
 from omegaconf.errors import OmegaConfBaseException
 
 CONF_DIR = Path(__file__).resolve().parent.parent / "conf"
+
+# Types only: every value comes from the YAML files (MISSING here), so a default is written once.
+# ruff: noqa: UP045 (Optional[...] below: OmegaConf reads the annotations)
+
+
+@dataclass
+class ModelSchema:
+    name_or_path: Optional[str] = MISSING
+    attn_implementation: str = MISSING
+
+
+@dataclass
+class BaseSchema:
+    max_epochs: int = MISSING
+    max_steps: Optional[int] = MISSING
+    eval_every: int = MISSING
+    patience: int = MISSING
+    lr: float = MISSING
+    batch_size: int = MISSING
+
+
+@dataclass
+class ImportanceSchema:
+    method: str = MISSING
+    max_batches: int = MISSING
+    batch_size: int = MISSING
+
+
+@dataclass
+class PruneSchema:
+    recovery: str = MISSING
+    calibration: int = MISSING
+    calibration_batch_size: int = MISSING
+    ridge: float = MISSING
+
+
+@dataclass
+class SupernetSchema:
+    steps: int = MISSING
+    lr: float = MISSING
+    batch_size: int = MISSING
+    random_subnets: int = MISSING
+    distill: str = MISSING
+    distill_weight: float = MISSING
+    temperature: float = MISSING
+    weight_decay: float = MISSING
+    warmup_ratio: float = MISSING
+    random_contexts: bool = MISSING
+    checkpoint_every: int = MISSING
+    seed: int = MISSING
+    threads: int = MISSING
+
+
+@dataclass
+class LatencySchema:
+    inputs: str = MISSING
+    runtime: str = MISSING
+    batch_size: int = MISSING
+    seq_len: Optional[int] = MISSING
+    threads: int = MISSING
+    sample_size: int = MISSING
+    rounds: int = MISSING
+    warmup: int = MISSING
+    chunk: int = MISSING
+    seed: int = MISSING
+    split: str = MISSING
+    generation: str = MISSING
+    new_tokens: int = MISSING
+
+
+@dataclass
+class FinalSchema:
+    max_steps: int = MISSING
+    lr: float = MISSING
+    distill: Optional[str] = MISSING
+    onnx: bool = MISSING
+
+
+@dataclass
+class TrainSchema:
+    max_steps: int = MISSING
+    batch_size: int = MISSING
+    lr: float = MISSING
+    weight_decay: float = MISSING
+    warmup_ratio: float = MISSING
+    distill_weight: float = MISSING
+    temperature: float = MISSING
+    distill: str = MISSING
+    hidden_weight: float = MISSING
+    eval_batch_size: int = MISSING
+    seed: int = MISSING
+    threads: int = MISSING
+
+
+@dataclass
+class SearchSchema:
+    n_trials: int = MISSING
+    time_budget: Optional[float] = MISSING
+    seed: int = MISSING
+    sampler: str = MISSING
+    population_size: int = MISSING
+    storage: Optional[str] = MISSING
+    study_name: str = MISSING
+    objectives: List[str] = MISSING
+    estimator: str = MISSING
+    final_k: int = MISSING
+    max_latency_ms: Optional[float] = MISSING
+    max_consecutive_failures: int = MISSING
+    heartbeat_interval: int = MISSING
+    grace_period: int = MISSING
+    stale_timeout: int = MISSING
+
+
+SCHEMAS = {"model": ModelSchema, "base": BaseSchema, "importance": ImportanceSchema, "prune": PruneSchema,
+           "supernet": SupernetSchema, "latency": LatencySchema, "final": FinalSchema, "train": TrainSchema,
+           "search": SearchSchema}
+for _node, _schema in SCHEMAS.items():
+    ConfigStore.instance().store(group="schema", name=_node, node=_schema, package=_node)
 
 
 def compose(overrides: Sequence[str] = (), *, config_name: str = "config") -> Any:
@@ -31,7 +158,25 @@ def compose_or_refuse(overrides: Sequence[str], *, config_name: str) -> Any:
     try:
         return compose(overrides, config_name=config_name)
     except (HydraException, OmegaConfBaseException) as e:
-        raise ValueError(one_line(e, overrides)) from None
+        message = one_line(e, overrides)
+        node = message.partition(".")[0]
+        if "is not a setting" in message and node in SCHEMAS:
+            message += f"; allowed: {', '.join(f'{node}.{k}' for k in SCHEMAS[node].__dataclass_fields__)}"
+        raise ValueError(message) from None
+
+
+def refuse_bad_overrides(argv: Sequence[str], *, config_name: str = "config") -> None:
+    """For a command line: a wrong key or type is one line on stderr and exit code 2, before Hydra
+    (whose own message spans several lines) or any work starts. Sweeps and Hydra's flags (-m, --help,
+    --cfg, ...) are left to Hydra."""
+    overrides = list(argv[1:])
+    if any(arg.startswith("-") for arg in overrides):
+        return
+    try:
+        compose_or_refuse(overrides, config_name=config_name)
+    except ValueError as e:
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(2)
 
 
 def one_line(error: BaseException, overrides: Sequence[str]) -> str:

@@ -21,7 +21,7 @@ from hydra.core.hydra_config import HydraConfig
 from rich.console import Console
 from rich.markup import escape
 
-from nas.config import CONF_DIR
+from nas.config import CONF_DIR, refuse_bad_overrides
 from nas.redact import protect_run
 from nas.study.console import dashboard_url, front_table
 from nas.study.preflight import cli_prelude
@@ -42,6 +42,7 @@ def main() -> None:
             print(f"error: space={value!r} is not known; available spaces: {', '.join(available_spaces())}",
                   file=sys.stderr)
             sys.exit(2)
+    refuse_bad_overrides(sys.argv)  # a wrong key or type: one line, before Hydra says it in ten
 
     @hydra.main(config_path=str(CONF_DIR), config_name="config", version_base="1.3")
     def search(cfg: Any) -> None:

@@ -21,7 +21,7 @@ from omegaconf import OmegaConf, open_dict
 from rich.console import Console
 from rich.markup import escape
 
-from nas.config import CONF_DIR
+from nas.config import CONF_DIR, refuse_bad_overrides
 from nas.cost.latency import flat_latency_metrics, latency_settings, measure_runtimes, model_size, speedup_line
 from nas.cut.recovery import RecoverySettings
 from nas.deploy.bundle import export_all
@@ -116,6 +116,7 @@ def run_final(cfg: Any, arch_path: str | Path, out_dir: str | Path, *, overrides
 
 def main() -> None:
     real_storage = cli_prelude(sys.argv)
+    refuse_bad_overrides(sys.argv)  # a wrong key or type: one line, before Hydra says it in ten
 
     @hydra.main(config_path=str(CONF_DIR), config_name="config", version_base="1.3")
     def _main(cfg: Any) -> None:

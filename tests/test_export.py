@@ -491,6 +491,22 @@ def test_cli_failures_are_one_line_naming_the_value(search_run, front, tmp_path)
     assert not (search_run / "export" / "trial_99").exists()
 
 
+def test_export_is_a_hydra_app(tmp_path):
+    """The same --help and override grammar as nas.search; its settings are typed (conf/export.yaml) and
+    Hydra leaves no files of its own beside an export."""
+    proc = subprocess.run([PYTHON, "-m", "nas.export", "--help"], cwd=tmp_path, env=cli_env(), capture_output=True,
+                          text=True, timeout=120, stdin=subprocess.DEVNULL)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    for line in ("run_dir: ???", "pick: null", "onnx: true", "  sample_size: null"):
+        assert line in proc.stdout.splitlines(), proc.stdout
+    bad = subprocess.run([PYTHON, "-m", "nas.export", "run_dir=x", "latency.rounds=many"], cwd=tmp_path, env=cli_env(),
+                         capture_output=True, text=True, timeout=120, stdin=subprocess.DEVNULL)
+    lines = [line for line in (bad.stdout + bad.stderr).splitlines() if line.strip()]
+    assert bad.returncode == 2 and lines == [
+        "error: latency.rounds='many': Value 'many' of type 'str' could not be converted to Integer"], lines
+    assert list(tmp_path.iterdir()) == []
+
+
 def test_parse_args_rejects_contradictions():
     from nas.export import parse_args
 

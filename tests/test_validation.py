@@ -298,6 +298,13 @@ CLI_CASES = {
                         "error: search.storage='postgresql://nas:***@127.0.0.1:1/nas': cannot connect to the database "
                         "at host 127.0.0.1, port 1: connection to server at \"127.0.0.1\", port 1 failed: Connection "
                         "refused; Is the server running on that host and accepting TCP/IP connections?"]),
+    "wrong_type": (["train.max_steps=abc"],
+                   "error: train.max_steps='abc': Value 'abc' of type 'str' could not be converted to Integer"),
+    "unknown_key": (["latency.thread=1"],
+                    "error: latency.thread=1 is not a setting (Key 'thread' not in 'LatencySchema'); allowed: "
+                    "latency.inputs, latency.runtime, latency.batch_size, latency.seq_len, latency.threads, "
+                    "latency.sample_size, latency.rounds, latency.warmup, latency.chunk, latency.seed, latency.split, "
+                    "latency.generation, latency.new_tokens"),
     "run_dir_under_a_file": (["hydra.run.dir={tmp}/afile/run"],
                              "error: hydra.run.dir='{tmp}/afile/run' cannot be a folder: '{tmp}/afile' is a file; "
                              "give a folder path"),

@@ -17,7 +17,7 @@ from typing import Any
 import pandas as pd
 import torch
 
-from nas.config import compose
+from nas.config import compose, compose_or_refuse
 from nas.spec import BaseShape
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -225,16 +225,17 @@ def no_final_stage(overrides: Any) -> list[str]:
 
 
 def make_cfg(env: dict, *overrides: str, space: dict | None = None) -> Any:
-    """The composed config of a tiny search on `env` (task_folder's) with `space` (TINY_SPACE)."""
+    """The composed config of a tiny search on `env` (task_folder's) with `space` (TINY_SPACE); a wrong key
+    or type is the one-line ValueError the command line prints."""
     from omegaconf import OmegaConf, open_dict
 
-    cfg = compose([
+    cfg = compose_or_refuse([
         "model=hf", f"model.name_or_path={env['model']}", "data=file", f"data.path={env['csv']}", "+space=triple",
         "search.n_trials=2", "train.max_steps=2", "train.batch_size=16", "train.eval_batch_size=64",
         "base.max_steps=2", "base.batch_size=16", f"cache_dir={env['cache']}", "max_length=32",
         "latency.warmup=1", "importance.max_batches=2", "importance.batch_size=16",
         *no_final_stage(overrides), *overrides,
-    ])
+    ], config_name="config")
     with open_dict(cfg):
         cfg.space = OmegaConf.create(space or TINY_SPACE)
     return cfg

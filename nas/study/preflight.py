@@ -15,7 +15,7 @@ from typing import Any
 
 from nas.cut.importance import METHODS
 from nas.data.tasks import check_source
-from nas.models.loading import resolve_model_source
+from nas.models.loading import read_config
 from nas.models.registry import base_shape
 from nas.redact import PASSWORD_WARNING, guard_output, hide_storage_password, mask
 from nas.study.prepare import base_recipe, base_train_settings
@@ -68,14 +68,8 @@ def _int_setting(cfg: Any, key: str, default: int, *, low: int) -> int:
 
 def check_model_and_length(cfg: Any) -> Any:
     """The base model's config (read cheaply, no weights) and max_length against its positions."""
-    from transformers import AutoConfig  # heavy (~6 s cold): only where a model is loaded
-
     name = _get(cfg, "model.name_or_path")
-    source = resolve_model_source(name)
-    try:
-        config = AutoConfig.from_pretrained(source)
-    except OSError as e:
-        raise ValueError(f"model.name_or_path={source!r} cannot be read: {str(e).splitlines()[0]}") from None
+    config = read_config(name)
     shape = base_shape(config)
     max_length = _get(cfg, "max_length", 128)
     if isinstance(max_length, bool) or not isinstance(max_length, int) or max_length < 2:

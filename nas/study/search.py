@@ -79,7 +79,9 @@ class Search:
         self.supernet: Any = None
         self.final_settings = final_train_settings(container)
         self.evaluator: Evaluator | None = None  # built once the base is ready
-        self.max_length = int(container.get("max_length", 128))
+        self.max_length = container.get("max_length", 128)
+        if isinstance(self.max_length, bool) or not isinstance(self.max_length, int):
+            raise ValueError(f"max_length={self.max_length!r} must be an integer (tokens)")
         self.console = console
         self.clock = PhaseClock()
         self.started = time.perf_counter()  # search.time_budget counts from here: preparation included
