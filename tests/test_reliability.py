@@ -53,6 +53,7 @@ def test_killed_worker_is_resumed(tiny_env, tmp_path):
         # Kill once a trial is COMPLETE and the next one is RUNNING with its shape sampled and its first
         # heartbeat written: Optuna writes it from a thread, and a trial killed before that write has
         # no heartbeat, so no worker could ever see it as stale.
+
         def has_heartbeat(trial_id: int) -> bool:
             with contextlib.closing(sqlite3.connect(tmp_path / "study.db")) as db:
                 return db.execute("SELECT 1 FROM trial_heartbeats WHERE trial_id = ?", (trial_id,)).fetchone() is not None

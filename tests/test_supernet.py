@@ -451,5 +451,3 @@ def test_a_three_trial_supernet_search_runs_end_to_end(tiny_env, tmp_path, monke
         loader = search.prep.loader("validation", spec.context, batch_size=64, shuffle=False)
         assert t.user_attrs["val_accuracy"] == pytest.approx(accuracy(sliced, loader))
     assert list((env["cache"] / "supernet").glob("*/")) != []  # cached for the next run and other workers
-
-

@@ -390,7 +390,6 @@ def prune_encoder(base: nn.Module, spec: SubnetSpec, scores: Any = None) -> nn.M
     return model
 
 
-
 class EncoderFamily(Family):
     name = "encoder"
     model_types = tuple(ARCHES)

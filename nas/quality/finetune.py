@@ -435,4 +435,3 @@ def finetune_base_cached(
     finally:
         if lock is not None:
             lock.release()
-

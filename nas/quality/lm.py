@@ -36,7 +36,6 @@ from nas.util import cache_key
 log = logging.getLogger(__name__)
 
 
-
 # ---------------------------------------------------------------------------- GGUF bases
 
 

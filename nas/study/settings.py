@@ -14,17 +14,11 @@ from nas.study.space import SearchSpace, available_spaces
 from nas.study.trial import ESTIMATORS
 
 SAMPLERS = ("nsga2", "tpe", "random")
-
-
 OBJECTIVES = ("accuracy", "perplexity", "latency", "params", "flops", "size")
-
-
 # The latency objective is the candidate's latency relative to the base, timed in pairs: a ratio
 # stays comparable across workers, machines and a busier moment, where milliseconds do not.
 OBJECTIVE_ATTR = {"accuracy": "val_accuracy", "perplexity": "val_perplexity", "latency": "latency_ratio", "params": "params", "flops": "flops",
                   "size": "size_mb"}
-
-
 # What makes two runs' latencies comparable: a study continued with other values is refused.
 LATENCY_DEFINITION = ("inputs", "runtime", "batch_size", "seq_len", "threads", "sample_size", "seed", "split",
                       "generation", "new_tokens")
