@@ -141,8 +141,8 @@ def read_config(name_or_path: str | None) -> Any:
 
 
 def load_causal_lm(name_or_path: str | None) -> nn.Module:
-    from transformers import AutoConfig, AutoModelForCausalLM  # heavy (~6 s cold): only where a model is loaded
+    from transformers import AutoModelForCausalLM  # heavy (~6 s cold): only where a model is loaded
 
-    source = resolve_model_source(name_or_path)
-    check_family(AutoConfig.from_pretrained(source), lm=True)  # before the weights are read
-    return AutoModelForCausalLM.from_pretrained(source, dtype=torch.float32, attn_implementation="sdpa").eval()
+    check_family(read_config(name_or_path), lm=True)  # before the weights are read
+    return AutoModelForCausalLM.from_pretrained(resolve_model_source(name_or_path), dtype=torch.float32,
+                                                attn_implementation="sdpa").eval()
