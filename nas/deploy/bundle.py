@@ -18,9 +18,7 @@ def save_hf_folder(model: Any, tokenizer: Any, out: str | Path, *, context: int)
     """An HF folder that loads outside this project, written by the model's family (config.json,
     model.safetensors, tokenizer truncating at `context`, custom code where the stock class cannot
     hold the shape). Returns {'remote_code': bool}."""
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
-    return family_for(model).save_folder(model, tokenizer, out, context=context)
+    return family_for(model).save_folder(model, tokenizer, Path(out), context=context)
 
 
 def write_readme(out: Path, *, spec: Any, metrics: Mapping[str, Any], source: Mapping[str, Any], remote: bool,

@@ -14,6 +14,7 @@ from nas.cut.prune import prune_model
 from nas.models.loading import load_base_model, load_causal_lm
 from nas.redact import ENV_VAR, is_masked, mask_url
 from nas.study.storage import check_reachable, make_storage
+from nas.study.weights import final_path, trial_path
 
 
 def load_run(run_dir: str | Path) -> tuple[Any, Any]:
@@ -59,8 +60,8 @@ def run_storage_url(cfg: Any, run_dir: Path) -> str:
 
 def trial_weights(run_dir: Path, number: int) -> Path:
     """A trial's weights: the final stage's when it trained this trial, else the trial's own."""
-    final = run_dir / "models" / f"final_{number}.safetensors"
-    return final if final.is_file() else run_dir / "models" / f"trial_{number}.safetensors"
+    final = final_path(run_dir, number)
+    return final if final.is_file() else trial_path(run_dir, number)
 
 
 def rebuild_trial_model(cfg: Any, run_dir: Path, number: int, spec: Any, num_labels: int, label_names: Any) -> Any:

@@ -18,6 +18,16 @@ from nas.cut.prune import prune_model
 from nas.spec import SubnetSpec
 
 
+def trial_path(run_dir: Path, number: int) -> Path:
+    """Where trial `number`'s own weights are kept (while it is on the front)."""
+    return run_dir / "models" / f"trial_{number}.safetensors"
+
+
+def final_path(run_dir: Path, number: int) -> Path:
+    """Where the final stage keeps member `number`'s weights."""
+    return run_dir / "models" / f"final_{number}.safetensors"
+
+
 @dataclass(frozen=True)
 class RunWeights:
     run_dir: Path
@@ -25,10 +35,10 @@ class RunWeights:
     scores: Any  # its importance scores (which units each cut keeps)
 
     def trial_path(self, number: int) -> Path:
-        return self.run_dir / "models" / f"trial_{number}.safetensors"
+        return trial_path(self.run_dir, number)
 
     def final_path(self, number: int) -> Path:
-        return self.run_dir / "models" / f"final_{number}.safetensors"
+        return final_path(self.run_dir, number)
 
     def save(self, model: Any, path: Path) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
