@@ -92,6 +92,13 @@ class LatencySchema:
     split: str = MISSING
     generation: str = MISSING
     new_tokens: int = MISSING
+    precision: str = MISSING
+    quantization: str = MISSING
+    activations: str = MISSING
+    per_channel: bool = MISSING
+    keep_fp32: List[str] = MISSING
+    calibration: int = MISSING
+    model: str = MISSING
 
 
 @dataclass

@@ -400,7 +400,7 @@ def test_cli_export_of_the_knee(search_run, front, knee_export):
     # latency of the export vs the base, in torch and onnxruntime, each printed with how it was taken
     for runtime in ("torch", "onnxruntime"):
         m = re.search(rf"^{runtime}\s*: ([\d.]+) ms vs base ([\d.]+) ms per input -> ([\d.]+)x "
-                      rf"\(p10-p90 ([\d.]+)-([\d.]+); real inputs, sample 8, batch 1, 1 thread, {runtime}, ",
+                      rf"\(p10-p90 ([\d.]+)-([\d.]+); real inputs, sample 8, batch 1, 1 thread, {runtime} fp32, ",
                       proc.stdout, re.M)
         assert m, proc.stdout
         ms, base_ms, speedup, p10, p90 = (float(v) for v in m.groups())

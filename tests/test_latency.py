@@ -230,9 +230,9 @@ def test_onnxruntime_times_exported_models_and_exports_the_base_once(base, task,
     exported: list[int] = []
     real_export = nas.cost.latency.export_onnx
 
-    def counting_export(model, path, *, max_seq):
+    def counting_export(model, path, *, max_seq, fast=False):
         exported.append(max_seq)
-        return real_export(model, path, max_seq=max_seq)
+        return real_export(model, path, max_seq=max_seq, fast=fast)
 
     fed: list[list[tuple[int, ...]]] = []  # per session built: the input shapes it is fed
     real_pass = nas.cost.latency.onnx_pass

@@ -210,9 +210,20 @@ def test_cache_dir_under_a_file(env):
     ("base.patience=-1", "base.patience=-1 must be >= 0 (0: never stop early)"),
     ("supernet.steps=-1", "supernet.steps=-1 must be >= 0"),
     ("supernet.distill=teacher", "supernet.distill='teacher' is not known; allowed: largest, base, none"),
+    ("latency.precision=int4", "latency.precision='int4' is not known; allowed: fp32, int8, auto"),
+    ("latency.runtime=tvm", "latency.runtime='tvm' is not known; allowed: torch, onnxruntime, auto"),
+    ("latency.precision=int8", "latency.precision=int8 has no path in torch eager here; use "
+     "latency.runtime=onnxruntime (onnxruntime's int8 kernels) or latency.precision=fp32"),
+    ("latency.runtime=onnxruntime latency.precision=int8 latency.activations=int8",
+     "latency.activations=int8 is not supported by onnxruntime's dynamic quantization (uint8 activations only); "
+     "use latency.activations=uint8 or latency.quantization=static"),
+    ("latency.runtime=onnxruntime latency.precision=int8 latency.keep_fp32=[clasifier]",
+     "latency.keep_fp32 pattern 'clasifier' matches no Linear module of the model; module paths look like: "
+     "bert.encoder.layer.0.attention.self.query, bert.encoder.layer.0.attention.self.key, "
+     "bert.encoder.layer.0.attention.self.value, classifier"),
 ])
 def test_other_cheap_settings(env, override, expected):
-    assert refused(env, override) == expected
+    assert refused(env, *override.split()) == expected
 
 
 def test_database_unreachable(env):
@@ -304,7 +315,8 @@ CLI_CASES = {
                     "error: latency.thread=1 is not a setting (Key 'thread' not in 'LatencySchema'); allowed: "
                     "latency.inputs, latency.runtime, latency.batch_size, latency.seq_len, latency.threads, "
                     "latency.sample_size, latency.rounds, latency.warmup, latency.chunk, latency.seed, latency.split, "
-                    "latency.generation, latency.new_tokens"),
+                    "latency.generation, latency.new_tokens, latency.precision, latency.quantization, "
+                    "latency.activations, latency.per_channel, latency.keep_fp32, latency.calibration, latency.model"),
     "run_dir_under_a_file": (["hydra.run.dir={tmp}/afile/run"],
                              "error: hydra.run.dir='{tmp}/afile/run' cannot be a folder: '{tmp}/afile' is a file; "
                              "give a folder path"),

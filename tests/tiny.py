@@ -224,6 +224,11 @@ def no_final_stage(overrides: Any) -> list[str]:
     return [] if any(str(o).startswith("search.final_k=") for o in overrides) else ["search.final_k=0"]
 
 
+# Tiny searches time in torch fp32, measured: the default (onnxruntime int8 with the latency table,
+# nas.cost.table) is exercised by the tests that name it (test_quantize.py, test_table.py).
+TINY_LATENCY = ("latency.runtime=torch", "latency.precision=fp32", "latency.model=measured")
+
+
 def make_cfg(env: dict, *overrides: str, space: dict | None = None) -> Any:
     """The composed config of a tiny search on `env` (task_folder's) with `space` (TINY_SPACE); a wrong key
     or type is the one-line ValueError the command line prints."""
@@ -233,7 +238,7 @@ def make_cfg(env: dict, *overrides: str, space: dict | None = None) -> Any:
         "model=hf", f"model.name_or_path={env['model']}", "data=file", f"data.path={env['csv']}", "+space=triple",
         "search.n_trials=2", "train.max_steps=2", "train.batch_size=16", "train.eval_batch_size=64",
         "base.max_steps=2", "base.batch_size=16", f"cache_dir={env['cache']}", "max_length=32",
-        "latency.warmup=1", "importance.max_batches=2", "importance.batch_size=16",
+        "latency.warmup=1", "importance.max_batches=2", "importance.batch_size=16", *TINY_LATENCY,
         *no_final_stage(overrides), *overrides,
     ], config_name="config")
     with open_dict(cfg):
@@ -262,7 +267,7 @@ def cli_args(env: dict, run_dir: Path, *overrides: str, space: dict | None = TIN
         "model=hf", f"model.name_or_path={env['model']}", "data=file", f"data.path={env['csv']}",
         "train.batch_size=16", "train.eval_batch_size=64", "train.threads=1", "base.max_steps=2",
         "base.batch_size=16", f"cache_dir={env['cache']}", "max_length=32", "latency.warmup=1",
-        "importance.max_batches=2", "importance.batch_size=16", *no_final_stage(overrides), *overrides,
+        "importance.max_batches=2", "importance.batch_size=16", *TINY_LATENCY, *no_final_stage(overrides), *overrides,
     ]
 
 

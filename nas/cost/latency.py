@@ -20,8 +20,13 @@ training, benchmarks), owned by `PairedTimer`:
   ~10% slower than they run alone (the figure errs low, never high); `chunk` > 1 alternates
   in groups of that many inputs (less of that bias, more noise).
 - runtime: `torch` (eager) or `onnxruntime` (the model exported to ONNX, timed with an
-  InferenceSession at the same thread count). Speedups differ by runtime: it is named with
-  every figure.
+  InferenceSession at the same thread count); precision: `fp32`, or `int8` (onnxruntime only: the
+  exported model quantized by nas.deploy.quantize). Speedups differ by runtime and precision: both
+  are named with every figure, and so is the baseline (`BASELINES`): the base in torch fp32, in the
+  same runtime at fp32, or in the same runtime and precision (what quantization alone gives).
+- model: `measured` times every candidate as above; `table` predicts its latency from a lookup
+  table of per-layer timings calibrated on this machine (nas.cost.table), in microseconds. Final
+  members, exports and benchmarks are always measured.
 """
 
 from __future__ import annotations
@@ -44,11 +49,19 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from nas.cost.generation import check, generation_pass, prompt_cap, resolve_mode
 from nas.data.tasks import token_lengths
-from nas.deploy.onnx import export_onnx
+from nas.deploy.onnx import export_onnx, onnx_session
+from nas.deploy.quantize import PRECISIONS, QuantSettings, quantize_onnx
 from nas.models.registry import base_shape
 
 INPUT_MODES = ("real", "fixed")
 RUNTIMES = ("torch", "onnxruntime")
+LATENCY_MODELS = ("measured", "table")
+# The three baselines a speedup is taken over, by name (printed and stored beside every figure).
+BASELINES = {
+    "torch_fp32_base": "the unpruned base in torch fp32",
+    "runtime_fp32_base": "the unpruned base in the same runtime at fp32",
+    "quantized_base": "the unpruned base in the same runtime and precision (quantization alone)",
+}
 SAMPLE_SPLITS = ("validation", "train")
 MAX_POOL = 5000  # texts whose lengths are read to stratify the sample
 
@@ -56,7 +69,7 @@ MAX_POOL = 5000  # texts whose lengths are read to stratify the sample
 @dataclass(frozen=True)
 class LatencySettings:
     inputs: str = "real"  # real | fixed
-    runtime: str = "torch"  # torch | onnxruntime
+    runtime: str = "torch"  # torch | onnxruntime | auto (onnxruntime for classifiers, torch for LMs)
     batch_size: int = 1
     seq_len: int | None = None  # fixed inputs only: None times each model at its own context (capped at max_length)
     threads: int = 1
@@ -68,6 +81,39 @@ class LatencySettings:
     split: str = "validation"  # where the sample's texts come from (never the test split)
     generation: str = "auto"  # causal LMs (nas.cost.generation): prefill | decode | generate; auto: decode for LM tasks
     new_tokens: int = 16  # decode / generate: greedy tokens generated per prompt
+    precision: str = "fp32"  # fp32 | int8 (onnxruntime; nas.deploy.quantize) | auto (int8 in onnxruntime, else fp32)
+    quantization: str = "dynamic"  # int8: dynamic | static (QDQ, calibrated on training inputs)
+    activations: str = "uint8"  # int8 activations: uint8 | int8 (static only)
+    per_channel: bool = True  # int8 weights: a scale per output channel
+    keep_fp32: tuple[str, ...] = ()  # module-path patterns kept in fp32 in an int8 model
+    calibration: int = 64  # static int8: training inputs that fix the activation ranges
+    model: str = "measured"  # measured | table (nas.cost.table: predicted from per-layer timings) | auto (table
+    #   for classifiers, measured for LMs)
+
+    def __post_init__(self) -> None:
+        keep = self.keep_fp32
+        if isinstance(keep, str):
+            keep = (keep,)
+        object.__setattr__(self, "keep_fp32", tuple(keep or ()))
+
+    @property
+    def quant(self) -> QuantSettings:
+        return QuantSettings(quantization=self.quantization, activations=self.activations,
+                             per_channel=self.per_channel, keep_fp32=self.keep_fp32, calibration=self.calibration)
+
+    def resolved(self, *, lm: bool) -> LatencySettings:
+        """`auto` runtime, precision and model made concrete: a classifier runs in onnxruntime int8 with
+        the latency table; a language model generates in torch fp32, measured (nas.cost.generation)."""
+        runtime = self.runtime if self.runtime != "auto" else ("torch" if lm else "onnxruntime")
+        precision = self.precision if self.precision != "auto" else (
+            "int8" if runtime == "onnxruntime" and not lm else "fp32")
+        model = self.model if self.model != "auto" else ("measured" if lm else "table")
+        return replace(self, runtime=runtime, precision=precision, model=model).validate()
+
+    @property
+    def variant(self) -> str:
+        """The runtime and precision as one name: torch, onnxruntime, onnxruntime_int8."""
+        return variant_name(self.runtime, self.precision)
 
     @classmethod
     def from_cfg(cls, cfg: Mapping[str, Any] | None) -> LatencySettings:
@@ -82,8 +128,18 @@ class LatencySettings:
     def validate(self) -> LatencySettings:
         if self.inputs not in INPUT_MODES:
             raise ValueError(f"latency.inputs={self.inputs!r} is not known; allowed: {', '.join(INPUT_MODES)}")
-        if self.runtime not in RUNTIMES:
-            raise ValueError(f"latency.runtime={self.runtime!r} is not known; allowed: {', '.join(RUNTIMES)}")
+        if self.runtime not in (*RUNTIMES, "auto"):
+            raise ValueError(f"latency.runtime={self.runtime!r} is not known; allowed: {', '.join(RUNTIMES)}, auto")
+        if self.precision not in (*PRECISIONS, "auto"):
+            raise ValueError(f"latency.precision={self.precision!r} is not known; allowed: {', '.join(PRECISIONS)}, auto")
+        if self.precision == "int8" and self.runtime == "torch":
+            raise ValueError("latency.precision=int8 has no path in torch eager here; use latency.runtime=onnxruntime "
+                             "(onnxruntime's int8 kernels) or latency.precision=fp32")
+        if self.model not in (*LATENCY_MODELS, "auto"):
+            raise ValueError(f"latency.model={self.model!r} is not known; allowed: {', '.join(LATENCY_MODELS)}, auto")
+        self.quant.validate()
+        if self.keep_fp32 and self.precision == "fp32":
+            raise ValueError(f"latency.keep_fp32={list(self.keep_fp32)} applies to latency.precision=int8 only")
         if self.split not in SAMPLE_SPLITS:
             raise ValueError(f"latency.split={self.split!r} is not allowed; use one of: {', '.join(SAMPLE_SPLITS)} "
                              "(the test split stays unseen)")
@@ -116,14 +172,31 @@ class LatencySettings:
             return f"ms per prompt + {self.new_tokens} tokens"
         return "ms per input"
 
-    def describe(self) -> str:
-        """How every figure was taken, printed beside it."""
+    def describe(self, *, runtime: bool = True) -> str:
+        """How every figure was taken, printed beside it (`runtime`: with the runtime and precision)."""
         what = "real inputs" if self.inputs == "real" else "fixed-length random ids"
         if self.generation in ("decode", "generate"):
             what = (f"{self.generation} of {self.new_tokens} tokens with the KV cache after real prompts"
                     + ("" if self.generation == "generate" else f" ({self.unit})"))
+        precision = self.quant.describe() if self.precision == "int8" else "fp32"
+        how = "predicted by the latency table (nas.cost.table)" if self.model == "table" else f"{self.rounds} paired rounds"
+        where = f"{self.runtime} {precision}, " if runtime else ""
         return (f"{what}, sample {self.sample_size}, batch {self.batch_size}, {self.threads} thread"
-                f"{'s' if self.threads > 1 else ''}, {self.runtime}, {self.rounds} paired rounds")
+                f"{'s' if self.threads > 1 else ''}, {where}{how}")
+
+
+def variant_name(runtime: str, precision: str) -> str:
+    return runtime if precision == "fp32" else f"{runtime}_{precision}"
+
+
+def parse_variant(name: str) -> tuple[str, str]:
+    """'onnxruntime_int8' -> ('onnxruntime', 'int8'); 'torch' -> ('torch', 'fp32'). Refuses unknown names."""
+    runtime, _, precision = name.partition("_")
+    precision = precision or "fp32"
+    if runtime not in RUNTIMES or precision not in PRECISIONS or (runtime == "torch" and precision != "fp32"):
+        allowed = [variant_name(r, p) for r in RUNTIMES for p in PRECISIONS if r != "torch" or p == "fp32"]
+        raise ValueError(f"runtime {name!r} is not known; allowed: {', '.join(allowed)}")
+    return runtime, precision
 
 
 def latency_lengths(seq_len: int | None, *, context: int, max_length: int, max_positions: int) -> tuple[int, int]:
@@ -254,15 +327,6 @@ def torch_pass(model: Any, batches: Sequence[Mapping[str, Any]]) -> Pass:
     return run
 
 
-def onnx_session(path: str | Path, *, threads: int) -> Any:
-    import onnxruntime as ort  # heavy: only where ONNX models are timed
-
-    opts = ort.SessionOptions()
-    opts.intra_op_num_threads = threads
-    opts.inter_op_num_threads = 1
-    return ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
-
-
 def onnx_pass(session: Any, batches: Sequence[Mapping[str, Any]]) -> Pass:
     wanted = {i.name for i in session.get_inputs()}
     feeds = [{k: v for k, v in b.items() if k in wanted} for b in batches]
@@ -317,23 +381,49 @@ def paired_rounds(base: Pass, model: Pass, *, n_batches: int, n_inputs: int, rou
                   chunk: int = 1) -> PairedRounds:
     """`warmup` untimed batches of each side, then `rounds` rounds over the sample alternating the
     two sides every `chunk` batches (the side that goes first flips each round)."""
+    ms = interleaved_rounds({"base": base, "model": model}, n_batches=n_batches, n_inputs=n_inputs, rounds=rounds,
+                            warmup=warmup, chunk=chunk)
+    return PairedRounds(ms["base"], ms["model"])
+
+
+def interleaved_rounds(sides: Mapping[str, Pass], *, n_batches: int, n_inputs: int, rounds: int, warmup: int = 2,
+                       chunk: int = 1) -> dict[str, tuple[float, ...]]:
+    """Per-input milliseconds of each side per round, the sides taking turns every `chunk` batches
+    (in order on even rounds, reversed on odd ones): any two sides then form paired rounds."""
+    names = list(sides)
     if warmup:
-        base(0, min(warmup, n_batches))
-        model(0, min(warmup, n_batches))
-    base_ms, model_ms = [], []
+        for name in names:
+            sides[name](0, min(warmup, n_batches))
+    out: dict[str, list[float]] = {name: [] for name in names}
     for r in range(rounds):
-        b = m = 0.0
+        order = names if r % 2 == 0 else names[::-1]
+        total = dict.fromkeys(names, 0.0)
         for start in range(0, n_batches, chunk):
             stop = min(start + chunk, n_batches)
-            if r % 2 == 0:
-                b += base(start, stop)
-                m += model(start, stop)
-            else:
-                m += model(start, stop)
-                b += base(start, stop)
-        base_ms.append(b * 1000.0 / n_inputs)
-        model_ms.append(m * 1000.0 / n_inputs)
-    return PairedRounds(tuple(base_ms), tuple(model_ms))
+            for name in order:
+                total[name] += sides[name](start, stop)
+        for name in names:
+            out[name].append(total[name] * 1000.0 / n_inputs)
+    return {name: tuple(v) for name, v in out.items()}
+
+
+def runtime_pass(model: Any, batches: Sequence[Mapping[str, Any]], *, runtime: str, precision: str, threads: int,
+                 workdir: Path, name: str, cap: int, quant: QuantSettings | None = None,
+                 calibration: Sequence[Mapping[str, Any]] | None = None, fast_export: bool = False,
+                 reuse_export: bool = False) -> Pass:
+    """`model` run on `batches` in this runtime and precision: torch eager, or its ONNX export (fp32,
+    or quantized to int8 by nas.deploy.quantize) in an onnxruntime session. `fast_export`: the
+    TorchScript exporter (nas.deploy.onnx.export_onnx); `reuse_export`: the ONNX file `name` already
+    written for this same model."""
+    if runtime == "torch":
+        model.eval()
+        return torch_pass(model, batches)
+    path = workdir / f"{name}.onnx"
+    if not (reuse_export and path.is_file()):
+        export_onnx(model, path, max_seq=cap, fast=fast_export)
+    if precision == "int8":
+        path = quantize_onnx(path, workdir / f"{name}.int8.onnx", quant or QuantSettings(), calibration=calibration)
+    return onnx_pass(onnx_session(path, threads=threads), batches)
 
 
 @dataclass
@@ -351,7 +441,9 @@ class PairedTimer:
     max_positions: int
     base_rounds: list[float] = field(default_factory=list)
     lm: bool = False  # a language-modelling task: generation latency (nas.cost.generation)
-    _base_pass: Pass | None = None
+    calibration: InputSample | None = None  # static int8: training inputs that fix activation ranges
+    table: Any = None  # nas.cost.table.LatencyTable, for latency.model=table
+    _passes: dict[str, Pass] = field(default_factory=dict)
     _tmp: Any = None
 
     @classmethod
@@ -361,11 +453,17 @@ class PairedTimer:
         base_cap = latency_lengths(settings.seq_len, context=positions, max_length=max_length, max_positions=positions)[1]
 
         lm = bool(getattr(prep.task, "is_lm", False))
+        settings = settings.resolved(lm=lm)
         settings = replace(settings, generation=resolve_mode(settings.generation, lm=lm, settings=settings))
-        sample = InputSample.from_task(prep.task, prep.tokenizer, settings, cap=base_cap,
-                                       vocab_size=int(prep.base.config.vocab_size))
+        vocab = int(prep.base.config.vocab_size)
+        sample = InputSample.from_task(prep.task, prep.tokenizer, settings, cap=base_cap, vocab_size=vocab)
+        calibration = None
+        if settings.precision == "int8" and settings.quantization == "static":
+            calibration = InputSample.from_task(
+                prep.task, prep.tokenizer, replace(settings, inputs="real", split="train", batch_size=1,
+                                                   sample_size=settings.calibration), cap=base_cap, vocab_size=vocab)
         return cls(base=prep.base, sample=sample, settings=settings, max_length=max_length, max_positions=positions,
-                   lm=lm)
+                   lm=lm, calibration=calibration)
 
     def caps(self, context: int) -> tuple[int, int]:
         caps = latency_lengths(self.settings.seq_len, context=context, max_length=self.max_length,
@@ -381,31 +479,41 @@ class PairedTimer:
             self._tmp = tempfile.TemporaryDirectory(prefix="nas_latency_")
         return Path(self._tmp.name)
 
-    def _make_pass(self, model: Any, cap: int, *, name: str) -> Pass:
+    def _make_pass(self, model: Any, cap: int, *, name: str, variant: str | None = None, reuse: bool = False,
+                   fast_export: bool = False) -> Pass:
         batches = self.sample.batches(cap)
         if self.settings.generation in ("decode", "generate"):
             model.eval()
             return generation_pass(model, batches, mode=self.settings.generation, new_tokens=self.settings.new_tokens)
-        if self.settings.runtime == "torch":
-            model.eval()
-            return torch_pass(model, batches)
+        runtime, precision = parse_variant(variant or self.settings.variant)
+        calibration = self.calibration.batches(cap) if self.calibration is not None else None
+        return runtime_pass(model, batches, runtime=runtime, precision=precision, threads=self.settings.threads,
+                            workdir=self._workdir(), name=name, cap=cap, quant=self.settings.quant,
+                            calibration=calibration, reuse_export=reuse, fast_export=fast_export)
 
-        path = self._workdir() / f"{name}.onnx"
-        export_onnx(model, path, max_seq=cap)
-        return onnx_pass(onnx_session(path, threads=self.settings.threads), batches)
+    def base_pass(self, variant: str | None = None) -> Pass:
+        variant = variant or self.settings.variant
+        if variant not in self._passes:
+            self._passes[variant] = self._make_pass(self.base, self.base_cap, name="base", variant=variant,
+                                                    reuse=True)  # the same base in every variant
+        return self._passes[variant]
 
-    def base_pass(self) -> Pass:
-        if self._base_pass is None:
-            self._base_pass = self._make_pass(self.base, self.base_cap, name="base")
-        return self._base_pass
-
-    def measure(self, model: Any, *, context: int, name: str = "candidate") -> dict[str, Any]:
-        """Paired rounds of the base and `model` (a pruned copy, context `context`); metrics + how taken."""
+    def measure(self, model: Any, *, context: int, name: str = "candidate", fast_export: bool = False) -> dict[str, Any]:
+        """The candidate's latency and speedup over the base in the same runtime and precision: paired
+        rounds (latency.model=measured), or the latency table's prediction (latency.model=table).
+        `fast_export`: the TorchScript exporter (nas.deploy.onnx), as the table's own models."""
         cap = self.caps(context)[0]
+        if self.table is not None and self.settings.model == "table" and not fast_export:
+            t0 = time.perf_counter()
+            predicted = self.table.predict_model(model, self.sample.batches(cap))
+            base = self.base_latency_ms()
+            return {"latency_ms": predicted, "base_latency_ms": base, "speedup": base / predicted,
+                    "latency_ratio": predicted / base, "mean_tokens": self.sample.mean_tokens(cap), "latency_cap": cap,
+                    "seconds_runtime_prepare": time.perf_counter() - t0, "latency_predicted": True}
         was_training = model.training
         with num_threads(self.settings.threads):
             t0 = time.perf_counter()
-            candidate = self._make_pass(model, cap, name=name)
+            candidate = self._make_pass(model, cap, name=name, fast_export=fast_export)
             prepare_s = time.perf_counter() - t0
             rounds = paired_rounds(self.base_pass(), candidate, n_batches=len(self.sample.batches(cap)),
                                    n_inputs=len(self.sample), rounds=self.settings.rounds,
@@ -415,8 +523,58 @@ class PairedTimer:
         return {**rounds.summary(), "mean_tokens": self.sample.mean_tokens(cap), "latency_cap": cap,
                 "seconds_runtime_prepare": prepare_s}
 
+    def deployed_path(self, name: str) -> Path | None:
+        """The ONNX file a measured candidate `name` runs from in this runtime and precision (None in torch)."""
+        if self.settings.runtime == "torch":
+            return None
+        return self._workdir() / (f"{name}.int8.onnx" if self.settings.precision == "int8" else f"{name}.onnx")
+
+    def baseline_variants(self) -> dict[str, str]:
+        """The base's variant for each baseline (BASELINES) of this timer's runtime and precision."""
+        runtime = self.settings.runtime
+        return {"torch_fp32_base": "torch", "runtime_fp32_base": runtime, "quantized_base": self.settings.variant}
+
+    def measure_baselines(self, model: Any, *, context: int, name: str = "candidate",
+                          rounds: int | None = None) -> dict[str, Any]:
+        """`model` in this timer's runtime and precision, timed in one set of interleaved rounds with
+        the base in each baseline's variant (torch fp32, same runtime fp32, same runtime and precision)
+        and with itself at fp32: every speedup of a deployed model, each naming its baseline.
+
+        Flat keys: latency_ms (deployed), latency_ms_fp32 (the candidate in the same runtime at fp32),
+        base_latency_ms_<baseline>, speedup_over_<baseline> with _p10 / _p90."""
+        cap = self.caps(context)[0]
+        variants = self.baseline_variants()
+        was_training = model.training
+        with num_threads(self.settings.threads):
+            sides: dict[str, Pass] = {}
+            for variant in dict.fromkeys(variants.values()):  # each base variant once
+                sides[f"base:{variant}"] = self.base_pass(variant)
+            sides["candidate"] = self._make_pass(model, cap, name=name)
+            fp32 = self.settings.runtime
+            if fp32 != self.settings.variant:
+                sides["candidate_fp32"] = self._make_pass(model, cap, name=name, variant=fp32, reuse=True)
+            ms = interleaved_rounds(sides, n_batches=len(self.sample.batches(cap)), n_inputs=len(self.sample),
+                                    rounds=rounds or self.settings.rounds, warmup=self.settings.warmup,
+                                    chunk=self.settings.chunk)
+        model.train(was_training)
+        out: dict[str, Any] = {"latency_ms": statistics.median(ms["candidate"]),
+                               "latency_ms_fp32": statistics.median(ms.get("candidate_fp32", ms["candidate"])),
+                               "mean_tokens": self.sample.mean_tokens(cap), "variant": self.settings.variant,
+                               "definition": replace(self.settings, model="measured").describe(),
+                               "unit": self.settings.unit}
+        for baseline, variant in variants.items():
+            pair = PairedRounds(ms[f"base:{variant}"], ms["candidate"]).summary()
+            out[f"base_latency_ms_{baseline}"] = pair["base_latency_ms"]
+            out[f"speedup_over_{baseline}"] = pair["speedup"]
+            out[f"speedup_over_{baseline}_p10"] = pair["speedup_p10"]
+            out[f"speedup_over_{baseline}_p90"] = pair["speedup_p90"]
+        return out
+
     def base_latency_ms(self) -> float:
-        """The base's per-input latency: the median of all its rounds so far (measured on demand)."""
+        """The base's per-input latency: the median of all its rounds so far (measured on demand), or
+        the latency table's prediction for it (latency.model=table)."""
+        if self.table is not None and self.settings.model == "table":
+            return self.table.predict_model(self.base, self.sample.batches(self.base_cap))
         if not self.base_rounds:
             with num_threads(self.settings.threads):
                 run = self.base_pass()
@@ -433,7 +591,7 @@ class PairedTimer:
 
     def record(self) -> dict[str, Any]:
         """The settings and the sample, as stored in the study and written beside results."""
-        return {**asdict(self.settings), "max_length": self.max_length,
+        return {**asdict(self.settings), "keep_fp32": list(self.settings.keep_fp32), "max_length": self.max_length,
                 "mean_tokens_base": round(self.sample.mean_tokens(self.base_cap), 2)}
 
     def close(self) -> None:
@@ -444,7 +602,9 @@ class PairedTimer:
 
 def measure_runtimes(model: Any, *, context: int, base: Any, task: Any, tokenizer: Any, settings: LatencySettings,
                      max_length: int, runtimes: Sequence[str] | None = None) -> dict[str, dict[str, Any]]:
-    """`model` against `base` in each runtime (default: settings.runtime), each with its own paired rounds.
+    """`model` against `base` in each runtime (default: settings' runtime and precision; names as
+    `variant_name`: torch, onnxruntime, onnxruntime_int8), each with its own paired rounds, the base in
+    the same runtime and precision.
 
     What nas.export, nas.train's final report and the benchmarks print and write: the flat
     keys `latency_ms_<runtime>`, `base_latency_ms_<runtime>`, `speedup_<runtime>` and the p10 / p90
@@ -453,13 +613,13 @@ def measure_runtimes(model: Any, *, context: int, base: Any, task: Any, tokenize
 
     prep = SimpleNamespace(base=base, task=task, tokenizer=tokenizer, shape=base_shape(base.config))
     out: dict[str, dict[str, Any]] = {}
-    for runtime in runtimes or (settings.runtime,):
-        if runtime not in RUNTIMES:
-            raise ValueError(f"runtime {runtime!r} is not known; allowed: {', '.join(RUNTIMES)}")
-        timer = PairedTimer.for_prepared(prep, replace(settings, runtime=runtime), max_length=max_length)
+    for variant in runtimes or (settings.variant,):
+        runtime, precision = parse_variant(variant)
+        timer = PairedTimer.for_prepared(prep, replace(settings, runtime=runtime, precision=precision,
+                                                       model="measured"), max_length=max_length)
         try:
-            out[runtime] = {**timer.measure(model, context=context), "definition": timer.settings.describe(),
-                            "unit": timer.settings.unit}
+            out[variant] = {**timer.measure(model, context=context), "definition": timer.settings.describe(),
+                            "common_definition": timer.settings.describe(runtime=False), "unit": timer.settings.unit}
         finally:
             timer.close()
     return out
@@ -474,7 +634,7 @@ def flat_latency_metrics(measured: Mapping[str, Mapping[str, Any]]) -> dict[str,
     first = next(iter(measured.values()), None)
     if first is not None:
         flat["mean_tokens"] = round(float(first["mean_tokens"]), 2)
-        flat["latency_definition"] = first["definition"].replace(f", {next(iter(measured))}", "")
+        flat["latency_definition"] = first.get("common_definition", first["definition"])
     return flat
 
 

@@ -408,6 +408,12 @@ class EncoderFamily(Family):
     def save_folder(self, model: nn.Module, tokenizer: Any, out: Path, *, context: int) -> dict[str, Any]:
         return save_encoder_folder(model, tokenizer, out, context=context)
 
+    def drop_layers(self, model: nn.Module) -> None:
+        arch = arch_for(model)
+        owner, name = arch.layer_container(model)
+        setattr(owner, name, nn.ModuleList())
+        setattr(model.config, arch.cfg_layers, 0)
+
     def loads_with(self, model: nn.Module) -> tuple[str, str, str]:
         return ("AutoModelForSequenceClassification", "modeling_nas.py",
                 "it derives head size from hidden size / heads")

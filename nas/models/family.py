@@ -77,6 +77,11 @@ class Family:
         """An HF folder that loads outside this project; returns {'remote_code': bool}."""
         raise NotImplementedError
 
+    def drop_layers(self, model: nn.Module) -> None:
+        """Remove every transformer layer of `model` in place (embeddings and head stay): the stem the
+        latency table (nas.cost.table) times on its own. Families without it cannot use the table."""
+        raise NotImplementedError(f"the latency table does not know {self.name} models; use latency.model=measured")
+
     def loads_with(self, model: nn.Module) -> tuple[str, str]:
         """(transformers Auto class, the custom modeling file a non-stock shape ships) for the README."""
         raise NotImplementedError

@@ -70,6 +70,16 @@ def load_tokenizer(name_or_path: str | None) -> Any:
     return tokenizer
 
 
+def module_names(config: Any) -> list[str]:
+    """The Linear modules' paths of a classifier built from `config`, without weights (meta device): what
+    settings that name modules (latency.keep_fp32) are checked against before any work."""
+    from transformers import AutoModelForSequenceClassification  # heavy (~6 s cold): only where needed
+
+    with torch.device("meta"):
+        model = AutoModelForSequenceClassification.from_config(config)
+    return [name for name, module in model.named_modules() if isinstance(module, torch.nn.Linear)]
+
+
 def load_base_model(
     name_or_path: str | None,
     *,

@@ -15,7 +15,7 @@ from typing import Any
 
 from nas.quality.metrics import evaluate
 from nas.spec import SubnetSpec
-from nas.study.report import choose_final, cost_column, pareto_frame, quality_column
+from nas.study.report import DEPLOYED_KEYS, choose_final, cost_column, pareto_frame, quality_column
 from nas.study.weights import RunWeights
 
 
@@ -51,6 +51,10 @@ def final_stage(study: Any, *, weights: RunWeights, evaluator: Any, objectives: 
                   f"test_{q}": evaluator.quality_of(model, spec, "test")[1], "steps": fs.max_steps,
                   "seconds": round(seconds, 1)}
         clock("evaluation", time.perf_counter() - t0)
+        deployed = {}
+        if q == "accuracy":  # as it will run (runtime and precision), timed against each baseline
+            deployed = evaluator.deployed(model, spec, name=f"final_{number}")
+            result.update({k: v for k, v in deployed.items() if k in DEPLOYED_KEYS})
         weights.save(model, weights.final_path(number))
         latest = dict(study.user_attrs.get("final") or {})  # other workers may have added theirs
         latest[str(number)] = result
@@ -59,6 +63,13 @@ def final_stage(study: Any, *, weights: RunWeights, evaluator: Any, objectives: 
         short = q[:3] if q == "accuracy" else "ppl"
         say(f"final    {number:3d} {a['shape']:28s} val {short} {a[f'val_{q}']:.4f} -> {result[f'val_{q}']:.4f}"
             f"  test {short} {result[f'test_{q}']:.4f}  speedup {a['speedup']:.2f}x  ({seconds:.0f}s)")
+        if deployed:
+            say(f"deployed {number:3d} {deployed['variant']}: val acc {deployed['val_accuracy_deployed']:.4f}  "
+                f"test acc {deployed['test_accuracy_deployed']:.4f}  speedup "
+                f"{deployed['speedup_over_quantized_base']:.2f}x over the base in the same runtime and precision, "
+                f"{deployed['speedup_over_runtime_fp32_base']:.2f}x over it at fp32, "
+                f"{deployed['speedup_over_torch_fp32_base']:.2f}x over it in torch fp32 (measured: "
+                f"{deployed['definition']})")
         write(study)
 
 

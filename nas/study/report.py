@@ -23,8 +23,14 @@ METRIC_COLUMNS = [
 ]
 # The final stage (search.final_k): the chosen front members trained longer, from their trial weights.
 # A language-modelling study's final stage measures perplexity instead of accuracy.
+# And it measures each member as deployed (latency.runtime / latency.precision, e.g. int8 ONNX): its
+# accuracy there, and its measured speedups over the three baselines (nas.cost.latency.BASELINES).
+DEPLOYED_KEYS = ["val_accuracy_deployed", "test_accuracy_deployed", "variant", "latency_ms", "latency_ms_fp32",
+                 "speedup_over_quantized_base", "speedup_over_quantized_base_p10", "speedup_over_quantized_base_p90",
+                 "speedup_over_runtime_fp32_base", "speedup_over_torch_fp32_base", "base_latency_ms_quantized_base",
+                 "base_latency_ms_runtime_fp32_base", "base_latency_ms_torch_fp32_base", "definition"]
 FINAL_COLUMNS = ["final_val_accuracy", "final_test_accuracy", "final_val_perplexity", "final_test_perplexity",
-                 "final_steps"]
+                 "final_steps", *("final_" + k for k in DEPLOYED_KEYS)]
 # The latency objective is the paired ratio to the base (see nas.search.OBJECTIVE_ATTR).
 COST_COLUMN = {"latency": "latency_ratio", "params": "params", "flops": "flops", "size": "size_mb"}
 

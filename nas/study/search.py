@@ -24,10 +24,11 @@ import optuna
 from omegaconf import OmegaConf
 
 from nas.cost.latency import LatencySettings, PairedTimer, model_size
+from nas.cost.table import Grid, cached_table, sample_widths
 from nas.cut.recovery import RecoverySettings
 from nas.data.tasks import length_summary, split_token_lengths
 from nas.data.text import is_lm_data
-from nas.models.loading import check_family, read_config
+from nas.models.loading import check_family, module_names, read_config
 from nas.models.registry import base_shape
 from nas.quality.finetune import TrainSettings
 from nas.quality.metrics import quality_objective, quality_text
@@ -44,6 +45,7 @@ from nas.study.space import context_cap, task_token_lengths
 from nas.study.storage import open_study, storage_url
 from nas.study.trial import Evaluator, Infeasible
 from nas.study.weights import RunWeights
+from nas.util import resolve_cache_dir
 
 log = logging.getLogger("nas.search")
 
@@ -73,7 +75,10 @@ class Search:
             raise ValueError("search.estimator=supernet is for classification tasks; a language-modelling task "
                              "allows: finetune, none")
         self.train_settings = TrainSettings.from_cfg(container.get("train", {}))
-        self.latency = LatencySettings.from_cfg(container.get("latency"))
+        self.latency = LatencySettings.from_cfg(container.get("latency")).resolved(lm=self.lm)
+        if self.lm and self.latency.model == "table":
+            raise ValueError("latency.model=table knows encoder classifiers; a language-modelling task is timed "
+                             "generating: set latency.model=measured (or auto)")
         self.recovery = RecoverySettings.from_cfg(container.get("prune")).resolved(self.settings.estimator)
         self.supernet_settings = SupernetSettings.from_cfg(container.get("supernet"))
         self.supernet: Any = None
@@ -103,6 +108,8 @@ class Search:
         # Fractions and context quantiles become sizes here (printed once the inputs are known good,
         # stored in the study).
         check_family(base_config, lm=self.lm)
+        if self.latency.keep_fp32:  # a typo would quietly quantize the layer it meant to protect
+            self.latency.quant.check_modules(module_names(base_config))
         shape = base_shape(base_config)
         lengths = None
         if self.space.needs_lengths:
@@ -117,6 +124,8 @@ class Search:
             self.clock.add(phase, s)
         self.task_lengths = self._task_lengths()
         self.timer = PairedTimer.for_prepared(self.prep, self.latency, max_length=self.max_length)
+        if self.latency.model == "table":
+            self.timer.table = self._latency_table()
         if self.settings.estimator == "supernet":
             self.supernet = self._train_supernet()
         self.evaluator = Evaluator(prep=self.prep, timer=self.timer, train=self.train_settings, recovery=self.recovery,
@@ -133,6 +142,21 @@ class Search:
         )
         self._say(f"latency: {self.timer.settings.describe()}; every trial is timed in alternating rounds with the base "
                   f"(mean {self.timer.sample.mean_tokens(self.timer.base_cap):.1f} tokens per timed input)")
+
+    def _latency_table(self) -> Any:
+        """The latency table (nas.cost.table) of this machine for the space's sizes: cached, or calibrated."""
+        t0 = time.perf_counter()
+        contexts = list(self.space.axes["context"].values) if "context" in self.space.axes else []
+        grid = Grid.for_space(self.space, self.prep.shape, sample_widths(self.timer, contexts))
+        table = cached_table(self.timer, grid, cache_dir=resolve_cache_dir(self.cfg), contexts=contexts,
+                             scores=self.prep.scores, say=self._say)
+        seconds = time.perf_counter() - t0
+        self.clock.add("latency table", seconds)
+        fit = table.info.get("calibration", {})
+        self._say(f"latency table: {'cached' if table.info.get('cached') else 'built'} in {seconds:.0f}s; each trial's "
+                  f"latency is predicted from it (scale {fit.get('scale', table.scale):.3f}, overhead "
+                  f"{fit.get('overhead_ms', table.overhead):.3f} ms per forward); final members are measured")
+        return table
 
     def _train_supernet(self) -> Any:
         """The elastic-trained supernet (nas.quality.supernet): trained once per base, task, space and
@@ -217,6 +241,11 @@ class Search:
                               out_of_time=self._out_of_time, say=self._say, console=self.console)
         self.loop.run(study)
         self.weights.drop_dominated(study)  # the front as it ends, other workers' last trials included
+        if self.settings.final_k and not self.lm and "val_accuracy_deployed" not in self.base_metrics:
+            t0 = time.perf_counter()
+            self.base_metrics.update(self.evaluator.base_deployed())  # what quantization alone gives
+            self.clock.add("evaluation", time.perf_counter() - t0)
+            study.set_user_attr("base", self.base_metrics)
         final_stage(study, weights=self.weights, evaluator=self.evaluator, objectives=self.settings.objectives,
                     final_k=self.settings.final_k, recipe=self.final_settings, say=self._say, clock=self.clock.add,
                     write=self.write)

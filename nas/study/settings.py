@@ -20,7 +20,8 @@ OBJECTIVES = ("accuracy", "perplexity", "latency", "params", "flops", "size")
 OBJECTIVE_ATTR = {"accuracy": "val_accuracy", "perplexity": "val_perplexity", "latency": "latency_ratio", "params": "params", "flops": "flops",
                   "size": "size_mb"}
 # What makes two runs' latencies comparable: a study continued with other values is refused.
-LATENCY_DEFINITION = ("inputs", "runtime", "batch_size", "seq_len", "threads", "sample_size", "seed", "split",
+LATENCY_DEFINITION = ("inputs", "runtime", "precision", "quantization", "activations", "per_channel", "keep_fp32",
+                      "calibration", "model", "batch_size", "seq_len", "threads", "sample_size", "seed", "split",
                       "generation", "new_tokens")
 
 

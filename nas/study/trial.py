@@ -20,6 +20,7 @@ from typing import Any
 from nas.cost.latency import model_size
 from nas.cut.prune import prune_model
 from nas.cut.recovery import calibration_batches, recover
+from nas.deploy.onnx import onnx_session, session_accuracy
 from nas.models.registry import family_for
 from nas.models.slicing import kept_units
 from nas.quality.finetune import HiddenMap, finetune
@@ -127,6 +128,41 @@ class Evaluator:
 
         loader = self.prep.loader(split, spec.context, batch_size=self.train.eval_batch_size, shuffle=False)
         return evaluate(model, loader, lm=self.lm)
+
+    def deployed(self, model: Any, spec: Any, *, name: str) -> dict[str, Any]:
+        """The model as it will run (latency.runtime and latency.precision, e.g. its int8 ONNX export):
+        validation and test accuracy there, and its speedups over each baseline, timed in one set of
+        interleaved rounds (nas.cost.latency.PairedTimer.measure_baselines). Classification only."""
+        t0 = time.perf_counter()
+        out = self.timer.measure_baselines(model, context=spec.context, name=name)
+        self.clock("latency", time.perf_counter() - t0)
+        path = self.timer.deployed_path(name)
+        t0 = time.perf_counter()
+        if path is None:  # torch eager fp32 is how it runs: the accuracy is the trained model's own
+            for split, key in (("validation", "val"), ("test", "test")):
+                out[f"{key}_accuracy_deployed"] = self.accuracy(model, spec, split)
+        else:
+            session = onnx_session(path, threads=max(1, self.timer.settings.threads))
+            for split, key in (("validation", "val"), ("test", "test")):
+                loader = self.prep.loader(split, spec.context, batch_size=self.train.eval_batch_size, shuffle=False)
+                out[f"{key}_accuracy_deployed"] = session_accuracy(session, loader)
+        self.clock("evaluation", time.perf_counter() - t0)
+        return out
+
+    def base_deployed(self) -> dict[str, Any]:
+        """The unpruned base as it would run in this runtime and precision (quantization alone): its
+        validation and test accuracy there."""
+        self.timer.base_pass()  # exports (and quantizes) the base once
+        path = self.timer.deployed_path("base")
+        if path is None or self.lm:
+            return {}
+        session = onnx_session(path, threads=max(1, self.timer.settings.threads))
+        context = int(self.prep.shape.max_positions)
+        out = {}
+        for split, key in (("validation", "val"), ("test", "test")):
+            loader = self.prep.loader(split, context, batch_size=self.train.eval_batch_size, shuffle=False)
+            out[f"{key}_accuracy_deployed"] = session_accuracy(session, loader)
+        return out
 
     def accuracy(self, model: Any, spec: Any, split: str) -> float:
         return self.quality_of(model, spec, split)[1]

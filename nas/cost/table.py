@@ -1,0 +1,366 @@
+"""A latency model: per-layer timings measured once on this machine, summed per candidate.
+
+As HAT and nn-Meter do, a model's latency is predicted from a lookup table instead of timing it:
+
+    latency(input of width w) = stem(D, w) + sum over kept layers of layer(D, h_i, f_i, w)
+
+- `stem(D, w)`: the model with no transformer layer (embeddings, pooler, classifier) at hidden D.
+- `layer(D, h, f, w)`: one layer with h heads and FFN width f at hidden D, timed as
+  (k layers - no layer) / k on small-vocabulary copies, each timed in turns with its no-layer twin.
+  Attention and FFN run one after the other, so a layer is split into an attention line (every h
+  at f0) and an FFN line (every f at h0): layer(h, f) = layer(h, f0) + layer(h0, f) - layer(h0, f0).
+  Values between measured points are interpolated linearly (h, f, D, w).
+- w: the padded width of each forward of the timing sample, batch as in latency.batch_size.
+
+Every model is exported, quantized and run exactly as a candidate is (nas.cost.latency.runtime_pass,
+the fast exporter), so the table holds this runtime and precision. It is cached under
+cache_dir/latency_table, keyed by this machine (CPU, cores, library versions), the settings that
+change a timing, the base's family and dimensions, and the grid: another machine builds its own.
+Prediction is a sum: microseconds per candidate. Its fidelity against measured paired speedups on
+held-out shapes: experiments/latency_table.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import statistics
+import tempfile
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from nas.cost.latency import LatencySettings, num_threads, runtime_pass
+from nas.models.registry import base_shape, family_for
+from nas.spec import SubnetSpec
+from nas.util import cache_key
+
+TABLE_VERSION = 1
+SMALL_VOCAB = 128  # the layer models' vocabulary: the stem's gather cost cancels in the difference
+
+
+def machine_fingerprint() -> dict[str, Any]:
+    """What a timing depends on besides the model: the CPU, its cores, the libraries."""
+    cpu = platform.processor() or platform.machine()
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    cpu = line.split(":", 1)[1].strip()
+                    break
+    except OSError:
+        pass
+    import onnxruntime  # heavy: only where a table is built or read
+
+    return {"cpu": cpu, "cores": os.cpu_count(), "torch": torch.__version__, "onnxruntime": onnxruntime.__version__}
+
+
+def _interp(x: float, xs: Sequence[float], ys: Sequence[float]) -> float:
+    """Linear interpolation, extrapolated from the two nearest points outside the range."""
+    if len(xs) == 1:
+        return float(ys[0])
+    i = int(np.clip(np.searchsorted(xs, x), 1, len(xs) - 1))
+    x0, x1, y0, y1 = xs[i - 1], xs[i], ys[i - 1], ys[i]
+    return float(y0 + (y1 - y0) * (x - x0) / (x1 - x0))
+
+
+@dataclass
+class LatencyTable:
+    """Milliseconds per forward of a batch of latency.batch_size inputs at each width."""
+
+    widths: tuple[int, ...]
+    stem: dict[int, list[float]]  # hidden -> ms at each width
+    attention: dict[int, dict[int, list[float]]]  # hidden -> heads -> layer ms at (heads, f0)
+    ffn: dict[int, dict[int, list[float]]]  # hidden -> ffn -> layer ms at (h0, ffn)
+    h0: int
+    f0: int
+    # measured ms per input ~= scale x (table sum + overhead per forward), fitted on anchor models timed
+    # the measured way (paired with the base: the base's forward evicts the candidate's weights from
+    # cache, which the table's back-to-back timings do not see). Speedups depend on overhead only.
+    scale: float = 1.0
+    overhead: float = 0.0
+    info: dict[str, Any] = field(default_factory=dict)
+
+    # -- prediction ----------------------------------------------------------------------
+    def _at_width(self, series: Sequence[float], width: int) -> float:
+        return _interp(width, self.widths, series)
+
+    def _over(self, table: Mapping[int, Any], key: int, value: Callable[[Any], float]) -> float:
+        keys = sorted(table)
+        return _interp(key, keys, [value(table[k]) for k in keys])
+
+    def layer_ms(self, hidden: int, heads: int, ffn: int, width: int) -> float:
+        def at(d_rows: Mapping[int, list[float]], key: int) -> float:
+            return self._over(d_rows, key, lambda s: self._at_width(s, width))
+
+        def one(d: int) -> float:
+            return at(self.attention[d], heads) + at(self.ffn[d], ffn) - at(self.ffn[d], self.f0)
+
+        return _interp(hidden, sorted(self.attention), [one(d) for d in sorted(self.attention)])
+
+    def stem_ms(self, hidden: int, width: int) -> float:
+        return self._over(self.stem, hidden, lambda s: self._at_width(s, width))
+
+    def forward_ms(self, spec: SubnetSpec, width: int) -> float:
+        """One forward at this padded width: the table sum (entries memoised: a prediction is a few lookups)."""
+        memo = self.__dict__.setdefault("_memo", {})
+
+        def get(key: tuple[int, ...], compute: Callable[[], float]) -> float:
+            if key not in memo:
+                memo[key] = compute()
+            return memo[key]
+
+        total = get((spec.hidden, width), lambda: self.stem_ms(spec.hidden, width))
+        for h, f in zip(spec.heads, spec.ffn):
+            total += get((spec.hidden, h, f, width), lambda h=h, f=f: self.layer_ms(spec.hidden, h, f, width))
+        return total
+
+    def table_sum(self, spec: SubnetSpec, batches: Sequence[Mapping[str, Any]]) -> float:
+        """The table's ms per input over the timing sample's batches (at the spec's cap), uncorrected."""
+        n = sum(int(b["input_ids"].shape[0]) for b in batches)
+        return sum(self.forward_ms(spec, int(b["input_ids"].shape[1])) for b in batches) / n
+
+    def predict(self, spec: SubnetSpec, batches: Sequence[Mapping[str, Any]]) -> float:
+        """Predicted ms per input: scale x (table sum + overhead per forward)."""
+        per_input = len(batches) / sum(int(b["input_ids"].shape[0]) for b in batches)
+        return self.scale * (self.table_sum(spec, batches) + self.overhead * per_input)
+
+    def predict_model(self, model: Any, batches: Sequence[Mapping[str, Any]]) -> float:
+        return self.predict(spec_of(model), batches)
+
+    # -- storage ----------------------------------------------------------------------------
+    def to_json(self) -> str:
+        data = asdict(self)
+        data.pop("_memo", None)
+        for name in ("stem", "attention", "ffn"):
+            data[name] = json.loads(json.dumps(data[name]))  # int keys become strings
+        return json.dumps(data, indent=1)
+
+    @classmethod
+    def from_json(cls, text: str) -> LatencyTable:
+        data = json.loads(text)
+
+        def ints(d: Any) -> Any:
+            return {int(k): ints(v) for k, v in d.items()} if isinstance(d, dict) else d
+
+        return cls(widths=tuple(data["widths"]), stem=ints(data["stem"]), attention=ints(data["attention"]),
+                   ffn=ints(data["ffn"]), h0=int(data["h0"]), f0=int(data["f0"]), scale=float(data["scale"]),
+                   overhead=float(data["overhead"]), info=data.get("info", {}))
+
+
+def spec_of(model: Any) -> SubnetSpec:
+    """The shape a (pruned) model has, read from its modules: heads and FFN width per layer."""
+    config = model.config
+    shape = base_shape(config)
+    heads = getattr(config, "nas_heads", None) or [shape.num_heads] * shape.num_layers
+    ffn = getattr(config, "nas_ffn", None) or [shape.ffn_size] * shape.num_layers
+    return SubnetSpec(layers=tuple(range(shape.num_layers)), heads=tuple(heads), ffn=tuple(ffn),
+                      hidden=shape.hidden_size, context=shape.max_positions)
+
+
+# ---------------------------------------------------------------------------- building
+
+
+@dataclass(frozen=True)
+class Grid:
+    """The sizes the table holds: the search space's values (and the base's)."""
+
+    hidden: tuple[int, ...]
+    heads: tuple[int, ...]
+    ffn: tuple[int, ...]
+    widths: tuple[int, ...]
+
+    @classmethod
+    def for_space(cls, space: Any, shape: Any, widths: Sequence[int]) -> Grid:
+        def values(axis: str, top: int) -> tuple[int, ...]:
+            found = space.axes.get(axis) if space is not None else None
+            return tuple(sorted({*(found.values if found is not None else ()), top}))
+
+        return cls(hidden=values("hidden", shape.hidden_size), heads=values("heads", shape.num_heads),
+                   ffn=values("ffn", shape.ffn_size), widths=tuple(sorted(set(int(w) for w in widths))))
+
+
+def sample_widths(timer: Any, contexts: Sequence[int]) -> list[int]:
+    """Every padded width the timing sample has at the base's cap and at each context of the space."""
+    caps = {timer.base_cap, *(timer.caps(c)[0] for c in contexts)}
+    return sorted({int(b["input_ids"].shape[1]) for cap in caps for b in timer.sample.batches(cap)})
+
+
+def _stem_model(base: Any, hidden: int, *, small_vocab: bool) -> Any:
+    shape = base_shape(base.config)
+    family = family_for(base)
+    model = family.prune(base, SubnetSpec(layers=(0,), heads=(shape.num_heads,), ffn=(shape.ffn_size,),
+                                          hidden=hidden, context=shape.max_positions))
+    family.drop_layers(model)
+    if small_vocab:
+        model.resize_token_embeddings(SMALL_VOCAB)
+    return model
+
+
+def _layer_model(base: Any, hidden: int, heads: int, ffn: int, k: int) -> Any:
+    shape = base_shape(base.config)
+    k = min(k, shape.num_layers)
+    model = family_for(base).prune(base, SubnetSpec(layers=tuple(range(k)), heads=(heads,) * k, ffn=(ffn,) * k,
+                                                    hidden=hidden, context=shape.max_positions))
+    model.resize_token_embeddings(SMALL_VOCAB)
+    return model
+
+
+def _feeds(batch: int, widths: Sequence[int], vocab: int) -> list[dict[str, np.ndarray]]:
+    out = []
+    for w in widths:
+        ids = (np.arange(batch * w, dtype=np.int64).reshape(batch, w) % (vocab - 2)) + 1
+        out.append({"input_ids": ids, "attention_mask": np.ones_like(ids)})
+    return out
+
+
+def _timed(run: Callable[[int, int], float], i: int) -> float:
+    return run(i, i + 1) * 1000.0
+
+
+def build_table(base: Any, grid: Grid, settings: LatencySettings, *, reps: int = 15, k: int = 2,
+                calibration: Sequence[Mapping[str, Any]] | None = None,
+                say: Callable[[str], None] = lambda s: None) -> LatencyTable:
+    """Time the stems and the two layer lines at every hidden size of the grid (see the module doc)."""
+    shape = base_shape(base.config)
+    h0, f0 = max(grid.heads), max(grid.ffn)  # the lines cross at the base's own layer
+    batch = settings.batch_size
+    t_start = time.perf_counter()
+    stem: dict[int, list[float]] = {}
+    attention: dict[int, dict[int, list[float]]] = {}
+    ffn: dict[int, dict[int, list[float]]] = {}
+    n = len(grid.widths)
+    with tempfile.TemporaryDirectory(prefix="nas_table_") as tmp, num_threads(settings.threads):
+        workdir = Path(tmp)
+        counter = [0]
+
+        def session(model: Any, vocab: int) -> Callable[[int, int], float]:
+            counter[0] += 1
+            feeds = _feeds(batch, grid.widths, vocab)
+            return runtime_pass(model, feeds, runtime=settings.runtime, precision=settings.precision,
+                                threads=settings.threads, workdir=workdir, name=f"m{counter[0]}",
+                                cap=max(grid.widths), quant=settings.quant, calibration=calibration,
+                                fast_export=True)
+
+        def medians(runs: Sequence[Callable[[int, int], float]]) -> list[list[float]]:
+            times = [[[] for _ in range(n)] for _ in runs]
+            for run in runs:  # warm-up
+                for i in range(n):
+                    run(i, i + 1)
+            for _ in range(reps):
+                for i in range(n):
+                    for j, run in enumerate(runs):
+                        times[j][i].append(_timed(run, i))
+            return [[statistics.median(t) for t in series] for series in times]
+
+        vocab = int(base.config.vocab_size)
+        for d in grid.hidden:
+            stem[d] = medians([session(_stem_model(base, d, small_vocab=False), min(vocab, 1000))])[0]
+            small = session(_stem_model(base, d, small_vocab=True), SMALL_VOCAB)
+            kk = min(k, shape.num_layers)
+
+            def line(points: Sequence[tuple[int, int]]) -> list[list[float]]:
+                out = []
+                for h, f in points:
+                    model_ms, stem_ms = medians([session(_layer_model(base, d, h, f, kk), SMALL_VOCAB), small])
+                    out.append([max(0.0, (m - s) / kk) for m, s in zip(model_ms, stem_ms)])
+                return out
+
+            attention[d] = dict(zip(grid.heads, line([(h, f0) for h in grid.heads])))
+            ffn[d] = dict(zip(grid.ffn, line([(h0, f) for f in grid.ffn])))
+            say(f"latency table: hidden {d} done ({time.perf_counter() - t_start:.0f}s)")
+    return LatencyTable(widths=grid.widths, stem=stem, attention=attention, ffn=ffn, h0=h0, f0=f0,
+                        info={"seconds": round(time.perf_counter() - t_start, 1), "models": counter[0],
+                              "reps": reps, "k": k})
+
+
+def anchor_specs(grid: Grid, shape: Any, contexts: Sequence[int]) -> list[SubnetSpec]:
+    """Shapes spread over the latency range, timed the measured way to fit scale and overhead."""
+    n = shape.num_layers
+    top = max(contexts) if contexts else shape.max_positions
+    low = min(contexts) if contexts else top
+
+    def spec(layers: int, heads: int, ffn: int, hidden: int, context: int) -> SubnetSpec:
+        return SubnetSpec(layers=tuple(range(layers)), heads=(heads,) * layers, ffn=(ffn,) * layers, hidden=hidden,
+                          context=context)
+
+    mid = lambda values: values[len(values) // 2]  # noqa: E731
+    specs = [spec(1, min(grid.heads), min(grid.ffn), min(grid.hidden), low),
+             spec(1, max(grid.heads), mid(grid.ffn), max(grid.hidden), top),
+             spec(max(1, n // 2), mid(grid.heads), mid(grid.ffn), mid(grid.hidden), top),
+             spec(max(1, n // 2), max(grid.heads), max(grid.ffn), max(grid.hidden), top),
+             spec(n, mid(grid.heads), min(grid.ffn), max(grid.hidden), top)]
+    return list(dict.fromkeys(specs))
+
+
+def calibrate(table: LatencyTable, timer: Any, specs: Sequence[SubnetSpec], *, scores: Any = None) -> dict[str, Any]:
+    """Fit table.scale and table.overhead (least squares) so that predictions match the anchors' and the
+    base's latencies measured in paired rounds by `timer` (nas.cost.latency.PairedTimer)."""
+    base = timer.base
+    shape = base_shape(base.config)
+    points = []  # (table sum, forwards per input, measured ms)
+    for spec in specs:
+        model = family_for(base).prune(base, spec, scores)
+        batches = timer.sample.batches(timer.caps(spec.context)[0])
+        measured = timer.measure(model, context=spec.context, name="anchor", fast_export=True)
+        per_input = len(batches) / sum(int(b["input_ids"].shape[0]) for b in batches)
+        points.append((table.table_sum(spec, batches), per_input, measured["latency_ms"]))
+        points.append((table.table_sum(SubnetSpec.full(shape), timer.sample.batches(timer.base_cap)),
+                       len(timer.sample.batches(timer.base_cap)) / len(timer.sample), measured["base_latency_ms"]))
+    # measured = scale * sum + (scale * overhead) * per_input: linear in (sum, per_input); each point
+    # weighted by 1 / measured, so the fit minimises relative errors (small models count as much as the base)
+    x = np.array([[p[0], p[1]] for p in points])
+    y = np.array([p[2] for p in points])
+    (scale, shift), *_ = np.linalg.lstsq(x / y[:, None], np.ones_like(y), rcond=None)
+    table.scale = float(scale)
+    table.overhead = float(shift / scale) if scale else 0.0
+    fitted = x @ np.array([scale, shift])
+    return {"anchors": [s.describe() for s in specs], "scale": table.scale, "overhead_ms": table.overhead,
+            "max_anchor_error": float(np.max(np.abs(fitted / y - 1.0)))}
+
+
+def table_key(base: Any, grid: Grid, settings: LatencySettings, *, reps: int, k: int) -> str:
+    shape = base_shape(base.config)
+    timing = {name: getattr(settings, name) for name in ("runtime", "precision", "threads", "batch_size")}
+    if settings.precision == "int8":
+        timing["quant"] = asdict(settings.quant)
+    return cache_key(**{"version": TABLE_VERSION, "machine": machine_fingerprint(), "timing": timing,
+                      "model_type": base.config.model_type, "shape": asdict(shape),
+                      "vocab": int(base.config.vocab_size), "grid": asdict(grid), "reps": reps, "k": k})
+
+
+def cached_table(timer: Any, grid: Grid, *, cache_dir: str | Path | None, contexts: Sequence[int] = (), scores: Any = None,
+                 reps: int = 15, k: int = 2, say: Callable[[str], None] = lambda s: None) -> LatencyTable:
+    """The table for this machine, settings, base and grid: read from the cache, or built, calibrated
+    on anchor shapes timed by `timer` (nas.cost.latency.PairedTimer) and cached."""
+    base, settings = timer.base, timer.settings
+    calibration = timer.calibration.batches(timer.base_cap) if timer.calibration is not None else None
+    key = table_key(base, grid, settings, reps=reps, k=k) + f"-{cache_key(**{'sample': timer.record()})[:8]}"
+    path = Path(cache_dir) / "latency_table" / f"{key}.json" if cache_dir is not None else None
+    if path is not None and path.is_file():
+        table = LatencyTable.from_json(path.read_text())
+        table.info = {**table.info, "cached": True, "key": key}
+        return table
+    say(f"latency table: calibrating {len(grid.hidden)} hidden sizes x ({len(grid.heads)} head counts + "
+        f"{len(grid.ffn)} FFN widths) at {len(grid.widths)} widths on this machine (once; cached)")
+    table = build_table(base, grid, replace(settings, model="measured"), reps=reps, k=k, calibration=calibration,
+                        say=say)
+    t0 = time.perf_counter()
+    fit = calibrate(table, timer, anchor_specs(grid, base_shape(base.config), contexts), scores=scores)
+    say(f"latency table: scale {fit['scale']:.3f}, overhead {fit['overhead_ms']:.3f} ms per forward from "
+        f"{len(fit['anchors'])} anchor shapes timed in pairs with the base (largest anchor error "
+        f"{fit['max_anchor_error']:.1%}; {time.perf_counter() - t0:.0f}s)")
+    table.info = {**table.info, "machine": machine_fingerprint(), "key": key, "calibration": fit}
+    if path is not None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(".tmp")
+        tmp.write_text(table.to_json())
+        tmp.replace(path)
+    table.info["cached"] = False
+    return table
