@@ -140,7 +140,10 @@ class Search:
             f"test {quality_text(self.base_metrics, 'test')}, latency {self.base_metrics['latency_ms']:.2f} {self.timer.settings.unit} "
             f"(prepared in {time.perf_counter() - t0:.0f}s)"
         )
-        self._say(f"latency: {self.timer.settings.describe()}; every trial is timed in alternating rounds with the base "
+        how = ("each trial's latency is predicted from the latency table; final members are timed in alternating "
+               "rounds with the base" if self.timer.table is not None else
+               "every trial is timed in alternating rounds with the base")
+        self._say(f"latency: {self.timer.settings.describe()}; {how} "
                   f"(mean {self.timer.sample.mean_tokens(self.timer.base_cap):.1f} tokens per timed input)")
 
     def _latency_table(self) -> Any:
