@@ -20,7 +20,6 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, fields, make_dataclass, replace
 from enum import Enum
 from pathlib import Path
-from types import SimpleNamespace
 from typing import Any, Optional, get_type_hints
 
 import hydra
@@ -33,19 +32,17 @@ from rich.markup import escape
 from nas.config import CONF_DIR, compose_or_refuse
 from nas.cost.latency import (
     LatencySettings,
-    PairedTimer,
     flat_latency_metrics,
     latency_settings,
     measure_runtimes,
     speedup_line,
 )
-from nas.data.tasks import load_task, make_loader, tokenize
+from nas.data.tasks import load_task
 from nas.deploy.bundle import export_all
-from nas.deploy.onnx import onnx_session, session_accuracy
 from nas.models.loading import load_base_model, load_causal_lm, load_tokenizer
-from nas.models.registry import base_shape
 from nas.redact import guard_output
 from nas.spec import SubnetSpec
+from nas.study.deployed import deployed_line, measure_deployed
 from nas.study.report import cost_column, final_quality, knee_index, pareto_frame, trials_frame
 from nas.study.runs import load_run, rebuild_trial_model, trial_weights
 from nas.util import quiet_libraries
@@ -295,22 +292,12 @@ def _export(console: Any, args: Mapping[str, Any], run_dir: Path, cfg: Any, stud
     timer = None
     if args["onnx"] and not lm and settings.runtime == "onnxruntime":
         # As it will run: the export in this runtime and precision (e.g. int8 ONNX), its accuracy there
-        # and its speedups over the three baselines, timed in one set of interleaved rounds.
-        prep = SimpleNamespace(base=base, task=task, tokenizer=tokenizer, shape=base_shape(base.config))
-        timer = PairedTimer.for_prepared(prep, settings, max_length=max_length)
-        deployed = timer.measure_baselines(model, context=spec.context, name="export")
+        # and its speedups over the three baselines, each timed in paired rounds with the base.
+        deployed_metrics, deployed, timer = measure_deployed(model, spec, base=base, task=task, tokenizer=tokenizer,
+                                                             settings=settings, max_length=max_length)
         deployed_file = timer.deployed_path("export")
-        session = onnx_session(deployed_file, threads=max(1, settings.threads))
-        for split, key in (("validation", "val"), ("test", "test")):
-            ds = getattr(task, split, None)
-            if ds is not None and len(ds):
-                loader = make_loader(tokenize(ds, tokenizer, max_length=min(spec.context, max_length)), tokenizer,
-                                     batch_size=64, shuffle=False)
-                metrics[f"{key}_accuracy_deployed"] = session_accuracy(session, loader)
+        metrics.update(deployed_metrics)
         console.print(deployed_line(deployed, metrics), highlight=False)
-        metrics.update({k: v for k, v in deployed.items() if k.startswith(("speedup_over_", "base_latency_ms_"))})
-        metrics.update(deployed=deployed["variant"], latency_ms_deployed=deployed["latency_ms"],
-                       latency_definition_deployed=deployed["definition"])
     runtimes = ("torch",) if lm or not args["onnx"] or settings.generation not in ("auto", "prefill") else (
         "torch", "onnxruntime")
     measured = measure_runtimes(model, context=spec.context, base=base, task=task, tokenizer=tokenizer,
@@ -330,16 +317,6 @@ def _export(console: Any, args: Mapping[str, Any], run_dir: Path, cfg: Any, stud
                   + (f", {deployed_file.name.replace('export', 'model')}" if deployed_file is not None and
                      deployed_file.name != "export.onnx" else "") + ", README.md", highlight=False)
     return 0
-
-
-def deployed_line(m: Mapping[str, Any], metrics: Mapping[str, Any]) -> str:
-    acc = "".join(f" {k} acc {metrics[f'{k}_accuracy_deployed']:.4f}" for k in ("val", "test")
-                  if f"{k}_accuracy_deployed" in metrics)
-    return (f"deployed ({m['variant']}):{acc}; {m['latency_ms']:.2f} ms per input; speedup "
-            f"{m['speedup_over_quantized_base']:.2f}x over the base in the same runtime and precision "
-            f"(p10-p90 {m['speedup_over_quantized_base_p10']:.2f}-{m['speedup_over_quantized_base_p90']:.2f}), "
-            f"{m['speedup_over_runtime_fp32_base']:.2f}x over it at fp32, {m['speedup_over_torch_fp32_base']:.2f}x "
-            f"over it in torch fp32 ({m['definition']}; mean {m['mean_tokens']:.1f} tokens)")
 
 
 if __name__ == "__main__":

@@ -28,6 +28,7 @@ from nas.deploy.bundle import export_all
 from nas.models.registry import family_for
 from nas.redact import protect_run
 from nas.spec import SubnetSpec
+from nas.study.deployed import deployed_line, measure_deployed
 from nas.study.preflight import cli_prelude, preflight
 from nas.study.prepare import prepare
 from nas.study.settings import final_train_settings
@@ -89,7 +90,14 @@ def run_final(cfg: Any, arch_path: str | Path, out_dir: str | Path, *, overrides
         f"test_{q}": ev.quality_of(model, spec, "test")[1],
     }
 
-    lat = latency_settings(cfg, {})
+    lat = replace(latency_settings(cfg, {}).resolved(lm=lm), model="measured")
+    deployed_file, timer = None, None
+    if cfg.final.onnx and not lm and lat.runtime == "onnxruntime":  # as it will run, against the three baselines
+        deployed_metrics, deployed, timer = measure_deployed(model, spec, base=prep.base, task=prep.task,
+                                                             tokenizer=prep.tokenizer, settings=lat,
+                                                             max_length=int(cfg.max_length))
+        deployed_file = timer.deployed_path("export")
+        metrics.update(deployed_metrics)
     runtimes = ("torch", "onnxruntime") if cfg.final.onnx or lat.runtime == "onnxruntime" else ("torch",)
     if lm and lat.generation not in ("prefill",):
         runtimes = ("torch",)  # decode with the KV cache is timed in torch
@@ -103,7 +111,12 @@ def run_final(cfg: Any, arch_path: str | Path, out_dir: str | Path, *, overrides
 
     source = {**(arch_file.get("source") or {}), "final_training": True,
               "cfg": OmegaConf.to_container(cfg, resolve=False)}
-    export_all(model, prep.tokenizer, spec, out_dir, metrics=metrics, source=source, onnx=bool(cfg.final.onnx))
+    try:
+        export_all(model, prep.tokenizer, spec, out_dir, metrics=metrics, source=source, onnx=bool(cfg.final.onnx),
+                   deployed=deployed_file)
+    finally:
+        if timer is not None:
+            timer.close()
     console.print(
         f"{spec.describe()}: val {q} {metrics[f'val_{q}']:.4f}, test {q} {metrics[f'test_{q}']:.4f} "
         f"(base {metrics[f'base_test_{q}']:.4f}); exported to {out_dir} [{time.perf_counter() - t0:.0f}s]",
@@ -111,6 +124,8 @@ def run_final(cfg: Any, arch_path: str | Path, out_dir: str | Path, *, overrides
     )
     for runtime, m in measured.items():
         console.print(speedup_line(runtime, m), highlight=False)
+    if timer is not None:
+        console.print(deployed_line(deployed, metrics), highlight=False)
     return metrics
 
 

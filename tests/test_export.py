@@ -624,3 +624,46 @@ def test_choose_small_and_empty_fronts():
     assert choose(two, pick="knee")["number"] == 11
     with pytest.raises(ValueError, match="no completed trial"):
         choose(front[front["is_base"]], pick="knee")
+
+
+def test_int8_export_reloads_in_a_fresh_process_with_the_reported_accuracy(knee_export):
+    """The run timed and deployed in onnxruntime int8 (the default): the export ships model.int8.onnx, reports
+    its accuracy and its speedups over the three named baselines, and a fresh process that loads that file
+    and scores the same validation and test batches gets exactly the reported accuracies."""
+    out = knee_export["out"]
+    assert (out / "model.int8.onnx").is_file()
+    metrics = yaml.safe_load((out / "config.yaml").read_text())["metrics"]
+    assert metrics["deployed"] == "onnxruntime_int8"
+    for baseline in ("quantized_base", "runtime_fp32_base", "torch_fp32_base"):
+        assert metrics[f"speedup_over_{baseline}"] > 0
+    assert "int8" in metrics["latency_definition_deployed"] and "paired rounds" in metrics["latency_definition_deployed"]
+    readme = (out / "README.md").read_text()
+    assert "model.int8.onnx" in readme and "ort.InferenceSession" in readme and "quantization alone" in readme
+    assert "deployed (onnxruntime_int8): val acc" in knee_export["proc"].stdout
+
+    script = f"""
+import json, sys
+import numpy as np, onnxruntime as ort
+from transformers import AutoTokenizer
+from nas.data.tasks import load_task, make_loader, tokenize
+from omegaconf import OmegaConf
+cfg = OmegaConf.load({str(out / "config.yaml")!r}).config
+task = load_task(cfg.data)
+tokenizer = AutoTokenizer.from_pretrained({str(out)!r})
+session = ort.InferenceSession({str(out / "model.int8.onnx")!r}, providers=["CPUExecutionProvider"])
+result = {{}}
+for split, key in (("validation", "val"), ("test", "test")):
+    loader = make_loader(tokenize(getattr(task, split), tokenizer, max_length={min(knee_export["spec"].context, int(knee_export["cfg"].max_length))}), tokenizer,
+                         batch_size=64, shuffle=False)
+    hits = n = 0
+    for b in loader:
+        logits = session.run(None, {{"input_ids": b["input_ids"].numpy(), "attention_mask": b["attention_mask"].numpy()}})[0]
+        hits += int((logits.argmax(-1) == b["labels"].numpy()).sum()); n += len(b["labels"])
+    result[key] = hits / n
+print(json.dumps(result))
+"""
+    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300, env=cli_env())
+    assert proc.returncode == 0, proc.stderr
+    fresh = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert fresh["val"] == pytest.approx(metrics["val_accuracy_deployed"], abs=1e-12)
+    assert fresh["test"] == pytest.approx(metrics["test_accuracy_deployed"], abs=1e-12)

@@ -135,3 +135,57 @@ def test_auto_resolves_per_task_kind():
     with pytest.raises(ValueError, match="runtime 'torch_int8' is not known; allowed: torch, onnxruntime, "
                                          "onnxruntime_int8"):
         parse_variant("torch_int8")
+
+
+def test_continuing_a_study_in_another_runtime_or_precision_is_refused(tiny_env, tmp_path):
+    """A study timed in onnxruntime fp32, continued in int8 or in torch, would mix incomparable latencies."""
+    from nas.study.search import run_search
+
+    storage = f"search.storage=sqlite:///{tmp_path}/study.db"
+    first = ("latency.runtime=onnxruntime", "latency.precision=fp32", "latency.model=measured")
+    run_search(tiny.make_cfg(tiny_env, storage, "search.n_trials=1", *first), tmp_path / "run1")
+    for change, expected in (
+        ("latency.precision=int8", "latency.precision='int8' differs from the study's 'fp32'"),
+        ("latency.runtime=torch", "latency.runtime='torch' differs from the study's 'onnxruntime'"),
+        ("latency.model=table", "latency.model='table' differs from the study's 'measured'"),
+    ):
+        with pytest.raises(ValueError) as info:
+            run_search(tiny.make_cfg(tiny_env, storage, "search.n_trials=2", *first, change), tmp_path / "run2")
+        assert str(info.value).startswith(expected + " (study 'nas'): its latencies would not be comparable"), info.value
+
+
+def test_precision_axis_chooses_per_shape(tiny_env, tmp_path):
+    """`precision: [fp32, int8]` in the space: each trial draws its precision, is timed at it against the base
+    at latency.precision, and reports its validation accuracy as deployed (its ONNX session at that
+    precision) beside the torch fp32 one; a shape tried at one precision is not a repeat at the other."""
+    from nas.study.search import run_search
+
+    space = {**tiny.TINY_SPACE, "precision": ["fp32", "int8"]}
+    study, _ = run_search(tiny.make_cfg(tiny_env, "search.n_trials=4", "search.sampler=random", "latency.runtime=onnxruntime",
+                                        "latency.precision=int8", "latency.model=measured", space=space),
+                          tmp_path / "run")
+    done = [t for t in study.trials if t.state.name == "COMPLETE" and "repeat_of" not in t.user_attrs]
+    assert {t.user_attrs["precision"] for t in done} == {"fp32", "int8"}
+    for t in done:
+        a = t.user_attrs
+        assert a["speedup"] > 0 and 0 <= a["val_accuracy"] <= 1
+        assert 0 <= a["val_accuracy_fp32"] <= 1  # torch fp32, beside the accuracy as deployed at its precision
+        if a["precision"] == "fp32":  # the fp32 ONNX session computes what torch does
+            assert a["val_accuracy"] == pytest.approx(a["val_accuracy_fp32"], abs=0.02)
+    assert study.user_attrs["space_choices"]["precision"] == ["fp32", "int8"]
+    import pandas as pd
+
+    trials = pd.read_csv(tmp_path / "run" / "trials.csv")
+    assert set(trials["precision"].dropna()) == {"fp32", "int8"}
+
+
+def test_precision_axis_needs_onnxruntime(tiny_env, tmp_path):
+    from nas.study.search import Search
+
+    space = {**tiny.TINY_SPACE, "precision": ["fp32", "int8"]}
+    with pytest.raises(ValueError) as info:
+        Search(tiny.make_cfg(tiny_env, space=space), tmp_path / "run")
+    assert str(info.value) == (f"space {space['name']}: precision=['fp32', 'int8'] needs latency.runtime=onnxruntime "
+                               "(a classifier; int8 has no path in torch here)")
+    with pytest.raises(ValueError, match=r"precision=\['int4'\] must be a list of fp32, int8"):
+        Search(tiny.make_cfg(tiny_env, space={**tiny.TINY_SPACE, "precision": ["int4"]}), tmp_path / "run")

@@ -3,11 +3,12 @@ in onnxruntime int8, each speedup over its named baseline, with paired bootstrap
 
     python experiments/headline/deployed.py RUN_DIR [--sample 32] [--rounds 5] [--resamples 2000]
 
-For every final-trained front member and for the unpruned base quantized alone (the int8-only row):
+For every front member (final-trained weights where the final stage trained it) and for the unpruned
+base quantized alone (the int8-only row):
 - test accuracy as deployed (its int8 ONNX session) and in fp32 (torch), per review;
-- its speedup, timed in one set of interleaved rounds on real validation reviews (batch 1, 1 thread),
-  over (a) the base in torch fp32, (b) the base in onnxruntime fp32, (c) the base in onnxruntime int8
-  quantized the same way (quantization alone);
+- its speedup, timed in paired rounds with each baseline in turn on real validation reviews (batch 1,
+  1 thread), over (a) the base in torch fp32, (b) the base in onnxruntime fp32, (c) the base in
+  onnxruntime int8 quantized the same way (quantization alone);
 - a paired bootstrap 90% interval of its test-accuracy difference to the fp32 base (same reviews resampled).
 The largest speedup over (c) within 1.0 and 3.0 test points of the fp32 base goes to results_deployed.json
 (speedup_at_1pt_over_quantized_base, speedup_at_3pt_over_quantized_base, with the (a) and (b) figures of
@@ -104,7 +105,7 @@ def main() -> None:
 
     row("base_int8", "base, quantized alone", prep.base, positions, base_fp32)
     front = pd.read_csv(run_dir / "pareto.csv")
-    finals = front[front["final_val_accuracy"].notna()] if "final_val_accuracy" in front else front.iloc[0:0]
+    finals = front[~front["is_base"].fillna(False).astype(bool)]  # every member: final weights where trained
     label_names = tuple(study.user_attrs.get("label_names") or ())
     for _, f in finals.iterrows():
         number = int(f["number"])

@@ -443,6 +443,7 @@ class PairedTimer:
     lm: bool = False  # a language-modelling task: generation latency (nas.cost.generation)
     calibration: InputSample | None = None  # static int8: training inputs that fix activation ranges
     table: Any = None  # nas.cost.table.LatencyTable, for latency.model=table
+    tables: dict[str, Any] = field(default_factory=dict)  # precision -> table, for a space's precision axis
     _passes: dict[str, Pass] = field(default_factory=dict)
     _tmp: Any = None
 
@@ -498,14 +499,19 @@ class PairedTimer:
                                                     reuse=True)  # the same base in every variant
         return self._passes[variant]
 
-    def measure(self, model: Any, *, context: int, name: str = "candidate", fast_export: bool = False) -> dict[str, Any]:
+    def measure(self, model: Any, *, context: int, name: str = "candidate", fast_export: bool = False,
+                precision: str | None = None) -> dict[str, Any]:
         """The candidate's latency and speedup over the base in the same runtime and precision: paired
         rounds (latency.model=measured), or the latency table's prediction (latency.model=table).
-        `fast_export`: the TorchScript exporter (nas.deploy.onnx), as the table's own models."""
+        `fast_export`: the TorchScript exporter (nas.deploy.onnx), as the table's own models; always measured.
+        `precision`: the candidate's own (a space's precision axis); the base stays at latency.precision,
+        so every trial's ratio has the same denominator."""
         cap = self.caps(context)[0]
+        variant = variant_name(self.settings.runtime, precision or self.settings.precision)
         if self.table is not None and self.settings.model == "table" and not fast_export:
             t0 = time.perf_counter()
-            predicted = self.table.predict_model(model, self.sample.batches(cap))
+            table = self.tables.get(precision or self.settings.precision, self.table)
+            predicted = table.predict_model(model, self.sample.batches(cap))
             base = self.base_latency_ms()
             return {"latency_ms": predicted, "base_latency_ms": base, "speedup": base / predicted,
                     "latency_ratio": predicted / base, "mean_tokens": self.sample.mean_tokens(cap), "latency_cap": cap,
@@ -513,7 +519,7 @@ class PairedTimer:
         was_training = model.training
         with num_threads(self.settings.threads):
             t0 = time.perf_counter()
-            candidate = self._make_pass(model, cap, name=name, fast_export=fast_export)
+            candidate = self._make_pass(model, cap, name=name, fast_export=fast_export, variant=variant)
             prepare_s = time.perf_counter() - t0
             rounds = paired_rounds(self.base_pass(), candidate, n_batches=len(self.sample.batches(cap)),
                                    n_inputs=len(self.sample), rounds=self.settings.rounds,
@@ -523,11 +529,26 @@ class PairedTimer:
         return {**rounds.summary(), "mean_tokens": self.sample.mean_tokens(cap), "latency_cap": cap,
                 "seconds_runtime_prepare": prepare_s}
 
-    def deployed_path(self, name: str) -> Path | None:
+    def deployed_file(self, model: Any, *, context: int, name: str, precision: str | None = None) -> Path | None:
+        """`model` exported (fast exporter) and, at int8, quantized as it would be deployed; the ONNX path
+        (None in torch at fp32, where the model runs as it is)."""
+        precision = precision or self.settings.precision
+        if self.settings.runtime == "torch":
+            return None
+        cap = self.caps(context)[0]
+        path = self._workdir() / f"{name}.onnx"
+        export_onnx(model, path, max_seq=cap, fast=True)
+        if precision != "int8":
+            return path
+        calibration = self.calibration.batches(cap) if self.calibration is not None else None
+        return quantize_onnx(path, self._workdir() / f"{name}.int8.onnx", self.settings.quant, calibration=calibration)
+
+    def deployed_path(self, name: str, precision: str | None = None) -> Path | None:
         """The ONNX file a measured candidate `name` runs from in this runtime and precision (None in torch)."""
         if self.settings.runtime == "torch":
             return None
-        return self._workdir() / (f"{name}.int8.onnx" if self.settings.precision == "int8" else f"{name}.onnx")
+        int8 = (precision or self.settings.precision) == "int8"
+        return self._workdir() / (f"{name}.int8.onnx" if int8 else f"{name}.onnx")
 
     def baseline_variants(self) -> dict[str, str]:
         """The base's variant for each baseline (BASELINES) of this timer's runtime and precision."""
@@ -535,35 +556,47 @@ class PairedTimer:
         return {"torch_fp32_base": "torch", "runtime_fp32_base": runtime, "quantized_base": self.settings.variant}
 
     def measure_baselines(self, model: Any, *, context: int, name: str = "candidate",
-                          rounds: int | None = None) -> dict[str, Any]:
-        """`model` in this timer's runtime and precision, timed in one set of interleaved rounds with
-        the base in each baseline's variant (torch fp32, same runtime fp32, same runtime and precision)
-        and with itself at fp32: every speedup of a deployed model, each naming its baseline.
+                          rounds: int | None = None, precision: str | None = None) -> dict[str, Any]:
+        """`model` in this timer's runtime and precision, timed in paired rounds with the base in each
+        baseline's variant in turn (torch fp32, same runtime fp32, same runtime and precision), in this
+        process, and itself at fp32 against the fp32 base: every speedup of a deployed model, each
+        naming its baseline.
 
         Flat keys: latency_ms (deployed), latency_ms_fp32 (the candidate in the same runtime at fp32),
         base_latency_ms_<baseline>, speedup_over_<baseline> with _p10 / _p90."""
+        if precision is not None and precision != self.settings.precision:  # a trial of a precision axis
+            self._workdir()
+            # shares this timer's folder (and its base exports); the folder stays this timer's to remove
+            other = replace(self, settings=replace(self.settings, precision=precision), _passes={}, base_rounds=[])
+            try:
+                return other.measure_baselines(model, context=context, name=name, rounds=rounds)
+            finally:
+                other._tmp = None
         cap = self.caps(context)[0]
         variants = self.baseline_variants()
         was_training = model.training
+        n = dict(n_batches=len(self.sample.batches(cap)), n_inputs=len(self.sample), rounds=rounds or self.settings.rounds,
+                 warmup=self.settings.warmup, chunk=self.settings.chunk)
+        pairs: dict[str, PairedRounds] = {}
         with num_threads(self.settings.threads):
-            sides: dict[str, Pass] = {}
-            for variant in dict.fromkeys(variants.values()):  # each base variant once
-                sides[f"base:{variant}"] = self.base_pass(variant)
-            sides["candidate"] = self._make_pass(model, cap, name=name)
+            candidate = self._make_pass(model, cap, name=name)
+            # one pair of sides at a time, each in alternating rounds: the definition of a measured speedup
+            # (a side's forward evicts the other's weights from cache; more sides in a round would evict more)
+            for baseline, variant in variants.items():
+                pairs[baseline] = paired_rounds(self.base_pass(variant), candidate, **n)
             fp32 = self.settings.runtime
-            if fp32 != self.settings.variant:
-                sides["candidate_fp32"] = self._make_pass(model, cap, name=name, variant=fp32, reuse=True)
-            ms = interleaved_rounds(sides, n_batches=len(self.sample.batches(cap)), n_inputs=len(self.sample),
-                                    rounds=rounds or self.settings.rounds, warmup=self.settings.warmup,
-                                    chunk=self.settings.chunk)
+            if fp32 != self.settings.variant:  # the candidate itself at fp32, against the base at fp32
+                pairs["fp32"] = paired_rounds(self.base_pass(fp32),
+                                              self._make_pass(model, cap, name=name, variant=fp32, reuse=True), **n)
         model.train(was_training)
-        out: dict[str, Any] = {"latency_ms": statistics.median(ms["candidate"]),
-                               "latency_ms_fp32": statistics.median(ms.get("candidate_fp32", ms["candidate"])),
+        deployed = pairs["quantized_base"].summary()
+        out: dict[str, Any] = {"latency_ms": deployed["latency_ms"],
+                               "latency_ms_fp32": pairs.get("fp32", pairs["quantized_base"]).summary()["latency_ms"],
                                "mean_tokens": self.sample.mean_tokens(cap), "variant": self.settings.variant,
                                "definition": replace(self.settings, model="measured").describe(),
                                "unit": self.settings.unit}
-        for baseline, variant in variants.items():
-            pair = PairedRounds(ms[f"base:{variant}"], ms["candidate"]).summary()
+        for baseline in variants:
+            pair = pairs[baseline].summary()
             out[f"base_latency_ms_{baseline}"] = pair["base_latency_ms"]
             out[f"speedup_over_{baseline}"] = pair["speedup"]
             out[f"speedup_over_{baseline}_p10"] = pair["speedup_p10"]

@@ -83,7 +83,7 @@ def write_readme(out: Path, *, spec: Any, metrics: Mapping[str, Any], source: Ma
         if "speedup_over_quantized_base" in metrics:
             lines += [
                 f"Speed of this int8 model per input ({metrics.get('latency_definition_deployed', '')}), each "
-                "against the unpruned base timed beside it in interleaved rounds in one process:",
+                "against the unpruned base timed beside it in paired rounds in one process:",
                 "",
                 "| baseline | speedup |",
                 "|---|---|",

@@ -24,7 +24,8 @@ def shape_attrs(spec: Any) -> dict[str, Any]:
 
 def trial_line(trial: Any, objectives: Sequence[str]) -> str:
     a = trial.user_attrs
-    head = f"trial {trial.number:3d} {trial.state.name:8s} {a.get('shape', '?'):28s}"
+    head = f"trial {trial.number:3d} {trial.state.name:8s} {a.get('shape', '?'):28s}" + (
+        f" {a['precision']:4s}" if a.get("precision") else "")
     if "repeat_of" in a:
         return f"{head} repeat of trial {a['repeat_of']}: not trained again, not counted"
     if trial.state.name == "COMPLETE":

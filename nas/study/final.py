@@ -53,7 +53,7 @@ def final_stage(study: Any, *, weights: RunWeights, evaluator: Any, objectives: 
         clock("evaluation", time.perf_counter() - t0)
         deployed = {}
         if q == "accuracy":  # as it will run (runtime and precision), timed against each baseline
-            deployed = evaluator.deployed(model, spec, name=f"final_{number}")
+            deployed = evaluator.deployed(model, spec, name=f"final_{number}", precision=trial.user_attrs.get("precision"))
             result.update({k: v for k, v in deployed.items() if k in DEPLOYED_KEYS})
         weights.save(model, weights.final_path(number))
         latest = dict(study.user_attrs.get("final") or {})  # other workers may have added theirs

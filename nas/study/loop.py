@@ -105,7 +105,7 @@ class StudyLoop:
         spec = self.propose(trial)
         for key, value in {**shape_attrs(spec), "spec": spec.to_dict()}.items():
             trial.set_user_attr(key, value)
-        original = tried_before(trial.study, spec, exclude=trial.number)
+        original = tried_before(trial.study, spec, exclude=trial.number, precision=trial.user_attrs.get("precision"))
         if original is not None:
             return repeat(trial, original)
         return self.evaluate(trial, spec)
@@ -181,11 +181,13 @@ class StudyLoop:
         return progress, task
 
 
-def tried_before(study: Any, spec: Any, *, exclude: int) -> Any:
-    """The first finished trial (complete or infeasible) that trained or timed this exact spec, or None."""
+def tried_before(study: Any, spec: Any, *, exclude: int, precision: str | None = None) -> Any:
+    """The first finished trial (complete or infeasible) that trained or timed this exact spec (at this
+    precision, for a space with a precision axis), or None."""
     wanted = json.loads(json.dumps(spec.to_dict()))  # as the storage hands it back: lists, not tuples
     for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.PRUNED)):
-        if t.number != exclude and "repeat_of" not in t.user_attrs and t.user_attrs.get("spec") == wanted:
+        if (t.number != exclude and "repeat_of" not in t.user_attrs and t.user_attrs.get("spec") == wanted
+                and t.user_attrs.get("precision") == precision):
             return t
     return None
 

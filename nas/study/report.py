@@ -16,10 +16,10 @@ import pandas as pd
 import yaml
 from optuna.trial import TrialState
 
-SHAPE_COLUMNS = ["n_layers", "heads", "ffn", "hidden", "context", "shape"]
+SHAPE_COLUMNS = ["n_layers", "heads", "ffn", "hidden", "context", "shape", "precision"]
 METRIC_COLUMNS = [
     "val_accuracy", "test_accuracy", "val_perplexity", "test_perplexity", "latency_ms", "latency_p90_ms", "base_latency_ms", "speedup", "speedup_p10",
-    "speedup_p90", "latency_ratio", "mean_tokens", "params", "flops", "size_mb",
+    "speedup_p90", "latency_ratio", "mean_tokens", "params", "flops", "size_mb", "val_accuracy_fp32",
 ]
 # The final stage (search.final_k): the chosen front members trained longer, from their trial weights.
 # A language-modelling study's final stage measures perplexity instead of accuracy.

@@ -16,13 +16,14 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 import optuna
 from omegaconf import OmegaConf
 
+from nas.cost.generation import resolve_mode
 from nas.cost.latency import LatencySettings, PairedTimer, model_size
 from nas.cost.table import Grid, cached_table, sample_widths
 from nas.cut.recovery import RecoverySettings
@@ -76,6 +77,9 @@ class Search:
                              "allows: finetune, none")
         self.train_settings = TrainSettings.from_cfg(container.get("train", {}))
         self.latency = LatencySettings.from_cfg(container.get("latency")).resolved(lm=self.lm)
+        if self.space.precisions and (self.lm or self.latency.runtime != "onnxruntime"):
+            raise ValueError(f"space {self.space.name}: precision={list(self.space.precisions)} needs "
+                             f"latency.runtime=onnxruntime (a classifier; int8 has no path in torch here)")
         if self.lm and self.latency.model == "table":
             raise ValueError("latency.model=table knows encoder classifiers; a language-modelling task is timed "
                              "generating: set latency.model=measured (or auto)")
@@ -103,6 +107,10 @@ class Search:
     def prepare(self) -> None:
         # Settings, files, max_length and the storage (the study is opened here), before any expensive work.
         self.study = preflight(self.cfg, self.run_dir, settings=self.settings)
+        # a study continued in another runtime / precision / latency model: refused before any work
+        settings = replace(self.latency, generation=resolve_mode(self.latency.generation, lm=self.lm,
+                                                                 settings=self.latency))
+        self._check_latency_definition(self.study, {**asdict(settings), "keep_fp32": list(settings.keep_fp32)})
         # The space must fit the base model: checked on its config, before any training.
         base_config = read_config(self.cfg["model"]["name_or_path"])
         # Fractions and context quantiles become sizes here (printed once the inputs are known good,
@@ -153,6 +161,15 @@ class Search:
         grid = Grid.for_space(self.space, self.prep.shape, sample_widths(self.timer, contexts))
         table = cached_table(self.timer, grid, cache_dir=resolve_cache_dir(self.cfg), contexts=contexts,
                              scores=self.prep.scores, say=self._say)
+        for precision in self.space.precisions:  # a table per precision of the space's precision axis
+            if precision != self.latency.precision:
+                other = replace(self.timer, settings=replace(self.timer.settings, precision=precision), _passes={},
+                                base_rounds=[], _tmp=None)
+                try:
+                    self.timer.tables[precision] = cached_table(other, grid, cache_dir=resolve_cache_dir(self.cfg),
+                                                                contexts=contexts, scores=self.prep.scores, say=self._say)
+                finally:
+                    other.close()
         seconds = time.perf_counter() - t0
         self.clock.add("latency table", seconds)
         fit = table.info.get("calibration", {})
@@ -207,12 +224,17 @@ class Search:
 
     # -- one trial ------------------------------------------------------------------------
     def propose(self, trial: Any) -> SubnetSpec:
-        return self.space.suggest(trial, self.prep.shape, self.prep.scores)
+        spec = self.space.suggest(trial, self.prep.shape, self.prep.scores)
+        precision = self.space.suggest_precision(trial)
+        if precision is not None:
+            trial.set_user_attr("precision", precision)
+        return spec
 
     def evaluate_trial(self, trial: Any, spec: SubnetSpec) -> Sequence[float]:
         """Hand the shape to the evaluator (nas.study.trial), keep its weights, return the objectives."""
         try:
-            model = self.evaluator.evaluate(spec, record=trial.set_user_attr, name=f"trial_{trial.number}")
+            model = self.evaluator.evaluate(spec, record=trial.set_user_attr, name=f"trial_{trial.number}",
+                                            precision=trial.user_attrs.get("precision"))
         except Infeasible as e:
             raise optuna.TrialPruned(str(e)) from None
         self.weights.save(model, self.weights.trial_path(trial.number))
@@ -263,12 +285,13 @@ class Search:
         budget = self.settings.time_budget
         return budget is not None and time.perf_counter() - self.started >= budget
 
-    def _check_latency_definition(self, study: Any) -> None:
-        """A study continued (or joined) with another latency definition would mix incomparable figures."""
-        before = study.user_attrs.get("latency")
+    def _check_latency_definition(self, study: Any, now: dict[str, Any] | None = None) -> None:
+        """A study continued (or joined) with another latency definition would mix incomparable figures.
+        `now`: the settings to compare (default: the timer's record)."""
+        before = study.user_attrs.get("latency") if study is not None else None
         if not before:
             return
-        now = self.timer.record()
+        now = now if now is not None else self.timer.record()
         for key in LATENCY_DEFINITION:
             if key in before and before[key] != now[key]:
                 raise ValueError(

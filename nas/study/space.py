@@ -33,6 +33,7 @@ from typing import Any
 import numpy as np
 
 from nas.data.tasks import load_task, token_lengths
+from nas.deploy.quantize import PRECISIONS
 from nas.models.loading import load_tokenizer
 from nas.spec import BaseShape, SubnetSpec
 
@@ -135,6 +136,9 @@ class SearchSpace:
     per_layer: bool = False
     align: int = 1
     base: BaseShape | None = None  # set by resolve(): the base whose sizes the (absolute) axes hold
+    # The precision axis (`precision: [fp32, int8]` in the space file): each trial runs at the precision
+    # it draws, in latency.runtime (onnxruntime); empty: every trial at latency.precision.
+    precisions: tuple[str, ...] = ()
 
     @classmethod
     def from_cfg(cls, cfg: Mapping[str, Any]) -> SearchSpace:
@@ -149,7 +153,12 @@ class SearchSpace:
         if align < 1:
             raise ValueError(f"space {name}: align={align} must be >= 1")
         axes = {axis: _parse_axis(name, axis, raw) for axis, raw in raw_axes.items()}
-        return cls(name=name, axes=axes, per_layer=bool(cfg.get("per_layer", False)), align=align)
+        precisions = cfg.get("precision") or ()
+        if isinstance(precisions, str) or not all(p in PRECISIONS for p in precisions):
+            raise ValueError(f"space {name}: precision={list(precisions) if not isinstance(precisions, str) else precisions!r} "
+                             f"must be a list of {', '.join(PRECISIONS)}")
+        return cls(name=name, axes=axes, per_layer=bool(cfg.get("per_layer", False)), align=align,
+                   precisions=tuple(dict.fromkeys(precisions)))
 
     @property
     def needs_lengths(self) -> bool:
@@ -216,12 +225,20 @@ class SearchSpace:
     def choices(self) -> dict[str, list[int]]:
         """Every size each axis offers, e.g. {'layers': [1, ..., 6], ...} (a resolved space only)."""
         self._require_resolved()
-        return {axis: list(spec.values) for axis, spec in self.axes.items()}  # type: ignore[union-attr]
+        out: dict[str, list] = {axis: list(spec.values) for axis, spec in self.axes.items()}  # type: ignore[union-attr]
+        if self.precisions:
+            out["precision"] = list(self.precisions)
+        return out
 
     def describe(self) -> str:
         """One line, e.g. 'layers 1..6 | heads 2..12 by 2 | context [32, 64, 128]' (a resolved space only)."""
         self._require_resolved()
-        return " | ".join(f"{axis} {spec.describe()}" for axis, spec in self.axes.items())  # type: ignore[union-attr]
+        return " | ".join([f"{axis} {spec.describe()}" for axis, spec in self.axes.items()]  # type: ignore[union-attr]
+                          + ([f"precision [{', '.join(self.precisions)}]"] if self.precisions else []))
+
+    def suggest_precision(self, trial: Any) -> str | None:
+        """The precision this trial runs at (the precision axis), or None without one."""
+        return str(trial.suggest_categorical("precision", list(self.precisions))) if self.precisions else None
 
     def _require_resolved(self) -> None:
         if self.base is None:

@@ -72,9 +72,9 @@ class Evaluator:
             self.clock("recovery", metrics["seconds_recovery"])
         return model, metrics
 
-    def cost(self, model: Any, spec: Any, *, name: str = "candidate") -> dict[str, Any]:
+    def cost(self, model: Any, spec: Any, *, name: str = "candidate", precision: str | None = None) -> dict[str, Any]:
         t0 = time.perf_counter()
-        lat = self.timer.measure(model, context=spec.context, name=name)
+        lat = self.timer.measure(model, context=spec.context, name=name, precision=precision)
         metrics = {**lat, "flops": self.timer.flops(model, context=spec.context), **model_size(model)}
         metrics["seconds_latency"] = time.perf_counter() - t0
         self.clock("latency", metrics["seconds_latency"])
@@ -83,7 +83,9 @@ class Evaluator:
             metrics["fail_reason"] = f"latency {lat['latency_ms']:.2f} ms > search.max_latency_ms={self.max_latency_ms}"
         return metrics
 
-    def quality(self, model: Any, spec: Any) -> dict[str, Any]:
+    def quality(self, model: Any, spec: Any, *, name: str = "candidate", precision: str | None = None) -> dict[str, Any]:
+        """`precision` (a space's precision axis): the validation accuracy is the model's as it will run
+        there (its ONNX session, int8 quantized), with the fp32 accuracy beside it."""
         metrics: dict[str, Any] = {}
         if self.estimator == "finetune":
             t0 = time.perf_counter()
@@ -95,22 +97,30 @@ class Evaluator:
         t0 = time.perf_counter()
         quality, value = self.quality_of(model, spec, "validation")
         metrics[f"val_{quality}"] = value
+        path = self.timer.deployed_file(model, context=spec.context, name=name, precision=precision) \
+            if precision is not None and not self.lm else None
+        if path is not None:
+            session = onnx_session(path, threads=max(1, self.timer.settings.threads))
+            loader = self.prep.loader("validation", spec.context, batch_size=self.train.eval_batch_size, shuffle=False)
+            metrics["val_accuracy_fp32"] = value
+            metrics["val_accuracy"] = session_accuracy(session, loader)
         metrics["seconds_eval"] = time.perf_counter() - t0
         self.clock("evaluation", metrics["seconds_eval"])
         return metrics
 
-    def evaluate(self, spec: Any, *, record: Callable[[str, Any], None], name: str = "candidate") -> Any:
+    def evaluate(self, spec: Any, *, record: Callable[[str, Any], None], name: str = "candidate",
+                 precision: str | None = None) -> Any:
         """Every step in order; each metric is handed to `record` as soon as it is known (a killed
         trial keeps what it measured). Returns the trained model; raises Infeasible."""
         model, metrics = self.candidate(spec)
         for key, value in metrics.items():
             record(key, value)
-        cost = self.cost(model, spec, name=name)
+        cost = self.cost(model, spec, name=name, precision=precision)
         for key, value in cost.items():
             record(key, value)
         if cost.get("infeasible"):
             raise Infeasible(cost["fail_reason"])
-        for key, value in self.quality(model, spec).items():
+        for key, value in self.quality(model, spec, name=name, precision=precision).items():
             record(key, value)
         return model
 
@@ -129,14 +139,14 @@ class Evaluator:
         loader = self.prep.loader(split, spec.context, batch_size=self.train.eval_batch_size, shuffle=False)
         return evaluate(model, loader, lm=self.lm)
 
-    def deployed(self, model: Any, spec: Any, *, name: str) -> dict[str, Any]:
+    def deployed(self, model: Any, spec: Any, *, name: str, precision: str | None = None) -> dict[str, Any]:
         """The model as it will run (latency.runtime and latency.precision, e.g. its int8 ONNX export):
-        validation and test accuracy there, and its speedups over each baseline, timed in one set of
-        interleaved rounds (nas.cost.latency.PairedTimer.measure_baselines). Classification only."""
+        validation and test accuracy there, and its speedups over each baseline, each timed in paired
+        rounds with the base (nas.cost.latency.PairedTimer.measure_baselines). Classification only."""
         t0 = time.perf_counter()
-        out = self.timer.measure_baselines(model, context=spec.context, name=name)
+        out = self.timer.measure_baselines(model, context=spec.context, name=name, precision=precision)
         self.clock("latency", time.perf_counter() - t0)
-        path = self.timer.deployed_path(name)
+        path = self.timer.deployed_path(name, precision)
         t0 = time.perf_counter()
         if path is None:  # torch eager fp32 is how it runs: the accuracy is the trained model's own
             for split, key in (("validation", "val"), ("test", "test")):
