@@ -327,3 +327,25 @@ def test_hypervolume_is_the_area_the_front_dominates_up_to_the_reference():
     assert hypervolume([]) == 0.0
     # another reference: the near-base score of experiments/search_quality
     assert hypervolume([(0.8, 0.5)], ref_quality=0.78, ref_cost=0.9) == pytest.approx(0.4 * 0.02)
+
+
+def test_printed_front_shows_the_deployed_accuracy_and_each_baseline():
+    from rich.console import Console
+
+    from nas.study.console import front_table
+
+    front = pd.DataFrame([
+        {"number": 1, "shape": "L6 H12 F640 D320 C128", "val_accuracy": 0.81, "test_accuracy": 0.79,
+         "final_val_accuracy": 0.83, "final_test_accuracy": 0.811, "final_val_accuracy_deployed": 0.8302,
+         "final_test_accuracy_deployed": 0.8119, "final_speedup_over_quantized_base": 1.44,
+         "final_speedup_over_runtime_fp32_base": 3.27, "final_speedup_over_torch_fp32_base": 5.82,
+         "latency_ms": 1.8, "speedup": 1.83, "speedup_p10": None, "speedup_p90": None, "params": 15.3e6,
+         "is_base": False},
+        {"number": None, "shape": "L6 H12 F1536 D384 C512", "val_accuracy": 0.85, "test_accuracy": 0.818,
+         "latency_ms": 3.3, "speedup": 1.0, "params": 22.7e6, "is_base": True},
+    ])
+    console = Console(record=True, width=400)
+    front_table(front, console)
+    text = console.export_text()
+    assert "deployed test" in text and "0.8119" in text and "1.44x / 3.27x / 5.82x" in text
+    assert "(c) the base quantized the same way" in text

@@ -4,8 +4,9 @@ speedups measured the project's way (paired rounds with the base, real inputs).
     python experiments/latency_table/run.py [--precision int8] [--shapes 24] [--rounds 9]
 
 Builds (or reads from the cache) the table for the triple space on the fine-tuned MiniLM of the
-default task in onnxruntime at this precision, then draws held-out shapes (seeded, none of them
-an anchor of the table's calibration), measures each in paired rounds with the base (the same
+default task in onnxruntime at this precision (the grid thinned as the search thins it, `--full-grid`:
+every size), then draws held-out shapes from the whole space (seeded, none of them an anchor of the
+table's calibration), measures each in paired rounds with the base (the same
 runtime and precision; `--rounds` rounds, more than a trial's 3 to tame noise) and compares.
 Writes results_<precision>.json and results_<precision>.md here. Run it alone on the machine.
 """
@@ -51,6 +52,7 @@ def main() -> None:
     ap.add_argument("--shapes", type=int, default=24)
     ap.add_argument("--rounds", type=int, default=9)
     ap.add_argument("--seed", type=int, default=1)
+    ap.add_argument("--full-grid", action="store_true", help="time every size of the space (no interpolation)")
     args = ap.parse_args()
 
     from omegaconf import OmegaConf
@@ -73,7 +75,8 @@ def main() -> None:
                                          "model": "table"})
     timer = PairedTimer.for_prepared(prep, settings, max_length=c["max_length"])
     contexts = list(space.axes["context"].values)
-    grid = Grid.for_space(space, prep.shape, sample_widths(timer, contexts))
+    grid = Grid.for_space(space, prep.shape, sample_widths(timer, contexts),
+                          points={"hidden": 0, "heads": 0, "ffn": 0} if args.full_grid else None)
     t0 = time.perf_counter()
     table = cached_table(timer, grid, cache_dir=resolve_cache_dir(c), contexts=contexts,
                          scores=prep.scores, say=print)
@@ -86,8 +89,9 @@ def main() -> None:
     specs: list[SubnetSpec] = []
     while len(specs) < args.shapes:
         n = rng.choice(layers)
-        spec = SubnetSpec(layers=tuple(range(n)), heads=(rng.choice(grid.heads),) * n, ffn=(rng.choice(grid.ffn),) * n,
-                          hidden=rng.choice(grid.hidden), context=rng.choice(contexts))
+        spec = SubnetSpec(layers=tuple(range(n)), heads=(rng.choice(space.axes["heads"].values),) * n,
+                          ffn=(rng.choice(space.axes["ffn"].values),) * n, hidden=rng.choice(space.axes["hidden"].values),
+                          context=rng.choice(contexts))
         if spec not in anchors and spec not in specs:
             specs.append(spec)
 
@@ -122,8 +126,12 @@ def main() -> None:
         "predict_seconds_median": statistics.median(r["predict_seconds"] for r in rows),
         "table_seconds": round(build_s, 1), "table": table.info, "rows": rows,
     }
-    (HERE / f"results_{args.precision}.json").write_text(json.dumps(summary, indent=1) + "\n")
+    tag = args.precision + ("_full_grid" if args.full_grid else "")
+    summary["grid"] = {"hidden": list(grid.hidden), "heads": list(grid.heads), "ffn": list(grid.ffn)}
+    (HERE / f"results_{tag}.json").write_text(json.dumps(summary, indent=1) + "\n")
     lines = [f"# Latency table fidelity: onnxruntime {args.precision}", "",
+             f"Grid timed: hidden {list(grid.hidden)}, heads {list(grid.heads)}, FFN {list(grid.ffn)} "
+             "(other sizes interpolated).", "",
              f"Held-out shapes: {len(rows)} (seed {args.seed}); reference: paired rounds with the base, "
              f"{args.rounds} rounds; {timer.settings.describe()}.", "",
              f"- within 10%: {summary['within_10pct']}/{len(rows)}; median |error| {summary['median_abs_error']:.1%}, "
@@ -134,7 +142,7 @@ def main() -> None:
              "| shape | predicted | measured (p10-p90) | error |", "|---|---|---|---|"]
     lines += [f"| {r['shape']} | {r['predicted_speedup']:.2f}x | {r['measured_speedup']:.2f}x "
               f"({r['measured_p10']:.2f}-{r['measured_p90']:.2f}) | {r['error']:+.1%} |" for r in rows]
-    (HERE / f"results_{args.precision}.md").write_text("\n".join(lines) + "\n")
+    (HERE / f"results_{tag}.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines[:8]))
 
 

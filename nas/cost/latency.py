@@ -444,6 +444,9 @@ class PairedTimer:
     calibration: InputSample | None = None  # static int8: training inputs that fix activation ranges
     table: Any = None  # nas.cost.table.LatencyTable, for latency.model=table
     tables: dict[str, Any] = field(default_factory=dict)  # precision -> table, for a space's precision axis
+    # The TorchScript exporter for every ONNX model this timer builds (~1 s instead of 4-12 s for MiniLM; the
+    # same graph speed, experiments/latency_table): the search's choice. nas.export times the dynamo export it ships.
+    fast_export: bool = False
     _passes: dict[str, Pass] = field(default_factory=dict)
     _tmp: Any = None
 
@@ -490,7 +493,7 @@ class PairedTimer:
         calibration = self.calibration.batches(cap) if self.calibration is not None else None
         return runtime_pass(model, batches, runtime=runtime, precision=precision, threads=self.settings.threads,
                             workdir=self._workdir(), name=name, cap=cap, quant=self.settings.quant,
-                            calibration=calibration, reuse_export=reuse, fast_export=fast_export)
+                            calibration=calibration, reuse_export=reuse, fast_export=fast_export or self.fast_export)
 
     def base_pass(self, variant: str | None = None) -> Pass:
         variant = variant or self.settings.variant
@@ -537,7 +540,7 @@ class PairedTimer:
             return None
         cap = self.caps(context)[0]
         path = self._workdir() / f"{name}.onnx"
-        export_onnx(model, path, max_seq=cap, fast=True)
+        export_onnx(model, path, max_seq=cap, fast=True)  # an accuracy, not a timing: the fast exporter
         if precision != "int8":
             return path
         calibration = self.calibration.batches(cap) if self.calibration is not None else None

@@ -43,6 +43,9 @@ from nas.util import cache_key
 
 TABLE_VERSION = 1
 SMALL_VOCAB = 128  # the layer models' vocabulary: the stem's gather cost cancels in the difference
+# Sizes timed per axis at most (the rest interpolated): MiniLM's triple space then times 3 hidden sizes x
+# (6 head counts + 7 FFN widths) instead of 5 x (6 + 12): 45 models instead of 100 (experiments/latency_table).
+GRID_POINTS = {"hidden": 3, "heads": 6, "ffn": 7}
 
 
 def machine_fingerprint() -> dict[str, Any]:
@@ -177,10 +180,20 @@ class Grid:
     widths: tuple[int, ...]
 
     @classmethod
-    def for_space(cls, space: Any, shape: Any, widths: Sequence[int]) -> Grid:
+    def for_space(cls, space: Any, shape: Any, widths: Sequence[int], *, points: Mapping[str, int] | None = None
+                  ) -> Grid:
+        """The space's sizes, each axis thinned to at most `points[axis]` evenly spread sizes (the ends
+        kept): between them the table interpolates linearly, as a matrix product's cost grows (measured
+        in experiments/latency_table). Default: GRID_POINTS."""
+        points = {**GRID_POINTS, **(points or {})}
+
         def values(axis: str, top: int) -> tuple[int, ...]:
             found = space.axes.get(axis) if space is not None else None
-            return tuple(sorted({*(found.values if found is not None else ()), top}))
+            every = sorted({*(found.values if found is not None else ()), top})
+            n = max(2, points.get(axis) or len(every))
+            if len(every) <= n:
+                return tuple(every)
+            return tuple(sorted({every[round(i * (len(every) - 1) / (n - 1))] for i in range(n)}))
 
         return cls(hidden=values("hidden", shape.hidden_size), heads=values("heads", shape.num_heads),
                    ffn=values("ffn", shape.ffn_size), widths=tuple(sorted(set(int(w) for w in widths))))
@@ -224,7 +237,7 @@ def _timed(run: Callable[[int, int], float], i: int) -> float:
     return run(i, i + 1) * 1000.0
 
 
-def build_table(base: Any, grid: Grid, settings: LatencySettings, *, reps: int = 15, k: int = 2,
+def build_table(base: Any, grid: Grid, settings: LatencySettings, *, reps: int = 9, k: int = 2,
                 calibration: Sequence[Mapping[str, Any]] | None = None,
                 say: Callable[[str], None] = lambda s: None) -> LatencyTable:
     """Time the stems and the two layer lines at every hidden size of the grid (see the module doc)."""
@@ -336,7 +349,7 @@ def table_key(base: Any, grid: Grid, settings: LatencySettings, *, reps: int, k:
 
 
 def cached_table(timer: Any, grid: Grid, *, cache_dir: str | Path | None, contexts: Sequence[int] = (), scores: Any = None,
-                 reps: int = 15, k: int = 2, say: Callable[[str], None] = lambda s: None) -> LatencyTable:
+                 reps: int = 9, k: int = 2, say: Callable[[str], None] = lambda s: None) -> LatencyTable:
     """The table for this machine, settings, base and grid: read from the cache, or built, calibrated
     on anchor shapes timed by `timer` (nas.cost.latency.PairedTimer) and cached."""
     base, settings = timer.base, timer.settings

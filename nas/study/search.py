@@ -132,6 +132,7 @@ class Search:
             self.clock.add(phase, s)
         self.task_lengths = self._task_lengths()
         self.timer = PairedTimer.for_prepared(self.prep, self.latency, max_length=self.max_length)
+        self.timer.fast_export = True  # trials and final members: the fast exporter (nas.deploy.onnx)
         if self.latency.model == "table":
             self.timer.table = self._latency_table()
         if self.settings.estimator == "supernet":
