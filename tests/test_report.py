@@ -348,4 +348,5 @@ def test_printed_front_shows_the_deployed_accuracy_and_each_baseline():
     front_table(front, console)
     text = console.export_text()
     assert "deployed test" in text and "0.8119" in text and "1.44x / 3.27x / 5.82x" in text
-    assert "(c) the base quantized the same way" in text
+    assert "(c) the base quantized the same way" in text and "L6 H12 F640 D320 C128" in text  # shape not wrapped
+    assert "p10-p90" not in text  # predicted trials have no spread of rounds

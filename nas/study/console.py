@@ -40,17 +40,19 @@ def front_table(front: Any, console: Any, *, quality: str = "val_accuracy") -> N
     """The front, printed: `quality` is the study's quality column (quality_column(objectives))."""
     import pandas as pd  # heavy: only when the table is printed
 
-    table = Table(title="Pareto front (validation; test for members; final: after the final stage's training; "
-                        "deployed: the final model as it runs, e.g. int8 onnxruntime, with its measured speedup over "
-                        "(c) the base quantized the same way, (b) the base in the same runtime at fp32, (a) the base "
-                        "in torch fp32); latency per input, speedup vs the base (p10-p90 of the rounds)")
     q, t = quality, quality.replace("val_", "test_")
     final = "final_" + q in front and front["final_" + q].notna().any()
     deployed = "final_test_accuracy_deployed" in front and front["final_test_accuracy_deployed"].notna().any()
+    spread = "speedup_p10" in front and front["speedup_p10"].notna().any()  # measured trials (not predicted)
+    table = Table(title="Pareto front (validation; test for members; final: after the final stage's training"
+                        + ("; deployed: the final model as it runs (e.g. int8 onnxruntime), its test accuracy and "
+                           "measured speedup over (c) the base quantized the same way / (b) the base in the same "
+                           "runtime at fp32 / (a) the base in torch fp32" if deployed else "")
+                        + "); latency per input, speedup vs the base" + (" (p10-p90 of the rounds)" if spread else ""))
     cols = ["trial", "shape", f"val {q[4:7]}", f"test {q[4:7]}"] + (["final val", "final test"] if final else []) + (
-        ["deployed val", "deployed test", "speedup (c) / (b) / (a)"] if deployed else [])
-    for col in cols + ["latency ms", "speedup", "p10-p90", "params M"]:
-        table.add_column(col, justify="right" if col != "shape" else "left")
+        ["deployed test", "(c) / (b) / (a)"] if deployed else [])
+    for col in cols + ["latency ms", "speedup"] + (["p10-p90"] if spread else []) + ["params M"]:
+        table.add_column(col, justify="right" if col != "shape" else "left", no_wrap=col == "shape")
 
     def num(value: Any) -> str:
         return "" if value is None or value != value else f"{value:.4f}"
@@ -62,14 +64,14 @@ def front_table(front: Any, console: Any, *, quality: str = "val_accuracy") -> N
             f"{row[q]:.4f}",
             num(row.get(t)),
             *([num(row.get("final_" + q)), num(row.get("final_" + t))] if final else []),
-            *([num(row.get("final_val_accuracy_deployed")), num(row.get("final_test_accuracy_deployed")),
+            *([num(row.get("final_test_accuracy_deployed")),
                "" if pd.isna(row.get("final_speedup_over_quantized_base")) else
                f"{row['final_speedup_over_quantized_base']:.2f}x / {row['final_speedup_over_runtime_fp32_base']:.2f}x / "
                f"{row['final_speedup_over_torch_fp32_base']:.2f}x"] if deployed else []),
             f"{row['latency_ms']:.2f}",
             f"{row['speedup']:.2f}x",
-            "" if row.get("is_base") or pd.isna(row.get("speedup_p10")) else
-            f"{row['speedup_p10']:.2f}-{row['speedup_p90']:.2f}",
+            *(["" if row.get("is_base") or pd.isna(row.get("speedup_p10")) else
+               f"{row['speedup_p10']:.2f}-{row['speedup_p90']:.2f}"] if spread else []),
             f"{row['params'] / 1e6:.1f}",
         )
     console.print(table)
