@@ -189,3 +189,19 @@ def test_precision_axis_needs_onnxruntime(tiny_env, tmp_path):
                                "(a classifier; int8 has no path in torch here)")
     with pytest.raises(ValueError, match=r"precision=\['int4'\] must be a list of fp32, int8"):
         Search(tiny.make_cfg(tiny_env, space={**tiny.TINY_SPACE, "precision": ["int4"]}), tmp_path / "run")
+
+
+def test_latency_table_is_for_encoders(tiny_env, tmp_path):
+    """A decoder classifier: latency.model=table is refused before any work; auto falls back to measured."""
+    from nas.study.search import Search
+
+    folder = tmp_path / "llama"
+    tiny.write_tokenizer(folder)
+    tiny.llama(labels=2).save_pretrained(folder)
+    env = {**tiny_env, "model": folder, "cache": tmp_path / "cache"}
+    with pytest.raises(ValueError) as info:
+        Search(tiny.make_cfg(env, "latency.runtime=onnxruntime", "latency.precision=int8", "latency.model=table"),
+               tmp_path / "run").prepare()
+    assert str(info.value) == ("latency.model=table knows encoder classifiers; decoder models: set "
+                               "latency.model=measured (or auto)")
+    assert not (tmp_path / "cache" / "base").exists()

@@ -395,6 +395,7 @@ class EncoderFamily(Family):
     model_types = tuple(ARCHES)
     causal_lm = False
     recovery = True  # nas.cut.recovery and hidden-state distillation know these layers (Arch)
+    latency_table = True  # drop_layers below: nas.cost.table times the stem and each layer shape
 
     def base_shape(self, config: Any) -> BaseShape:
         return arch_for_config(config).base_shape(config)

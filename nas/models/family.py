@@ -54,6 +54,7 @@ class Family:
     model_types: tuple[str, ...] = ()
     causal_lm: bool = False  # can model text (a language-modelling task needs one)
     recovery: bool = False  # nas.cut.recovery and train.distill=hidden know its layers
+    latency_table: bool = False  # drop_layers is answered: nas.cost.table can time its stem and layers
 
     def covers(self, config: Any) -> bool:
         return getattr(config, "model_type", None) in self.model_types

@@ -30,7 +30,7 @@ from nas.cut.recovery import RecoverySettings
 from nas.data.tasks import length_summary, split_token_lengths
 from nas.data.text import is_lm_data
 from nas.models.loading import check_family, module_names, read_config
-from nas.models.registry import base_shape
+from nas.models.registry import base_shape, family_for_config
 from nas.quality.finetune import TrainSettings
 from nas.quality.metrics import quality_objective, quality_text
 from nas.quality.supernet import SupernetSettings, cached_supernet
@@ -76,6 +76,7 @@ class Search:
             raise ValueError("search.estimator=supernet is for classification tasks; a language-modelling task "
                              "allows: finetune, none")
         self.train_settings = TrainSettings.from_cfg(container.get("train", {}))
+        self.latency_model_asked = str((container.get("latency") or {}).get("model", "measured"))
         self.latency = LatencySettings.from_cfg(container.get("latency")).resolved(lm=self.lm)
         if self.space.precisions and (self.lm or self.latency.runtime != "onnxruntime"):
             raise ValueError(f"space {self.space.name}: precision={list(self.space.precisions)} needs "
@@ -118,6 +119,12 @@ class Search:
         check_family(base_config, lm=self.lm)
         if self.latency.keep_fp32:  # a typo would quietly quantize the layer it meant to protect
             self.latency.quant.check_modules(module_names(base_config))
+        family = family_for_config(base_config)
+        if self.latency.model == "table" and not family.latency_table:
+            if self.latency_model_asked != "auto":
+                raise ValueError(f"latency.model=table knows encoder classifiers; {family.name} models: set "
+                                 "latency.model=measured (or auto)")
+            self.latency = replace(self.latency, model="measured")  # auto: every trial timed instead
         shape = base_shape(base_config)
         lengths = None
         if self.space.needs_lengths:
