@@ -89,3 +89,23 @@ def old_rule_ms(model: Any, *, seq_len: int, runs: int = 20, warmup: int = 5, th
             model(**feed)
             times.append((time.perf_counter() - t0) * 1000)
     return statistics.median(times)
+
+
+def kendall_tau(x: list[float], y: list[float]) -> float:
+    """Kendall's tau-b (ties counted as in scipy's default)."""
+    n, concordant, discordant, tx, ty = len(x), 0, 0, 0, 0
+    for i in range(n):
+        for j in range(i + 1, n):
+            a, b = x[i] - x[j], y[i] - y[j]
+            if a == 0 and b == 0:
+                continue
+            if a == 0:
+                tx += 1
+            elif b == 0:
+                ty += 1
+            elif (a > 0) == (b > 0):
+                concordant += 1
+            else:
+                discordant += 1
+    denom = ((concordant + discordant + tx) * (concordant + discordant + ty)) ** 0.5
+    return (concordant - discordant) / denom if denom else float("nan")

@@ -24,26 +24,8 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent.parent))
-
-
-def kendall_tau(a: list[float], b: list[float]) -> float:
-    """Kendall's tau-b over all pairs (ties count for neither side)."""
-    concordant = discordant = ties_a = ties_b = 0
-    for i in range(len(a)):
-        for j in range(i + 1, len(a)):
-            da, db = a[i] - a[j], b[i] - b[j]
-            if da == 0 and db == 0:
-                continue
-            if da == 0:
-                ties_a += 1
-            elif db == 0:
-                ties_b += 1
-            elif (da > 0) == (db > 0):
-                concordant += 1
-            else:
-                discordant += 1
-    n0 = concordant + discordant
-    return (concordant - discordant) / (((n0 + ties_a) * (n0 + ties_b)) ** 0.5)
+sys.path.insert(0, str(HERE.parent))
+from bench import kendall_tau  # noqa: E402  (the benchmarks' shared helpers, experiments/bench.py)
 
 
 def main() -> None:

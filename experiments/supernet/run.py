@@ -35,29 +35,11 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent.parent
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(HERE.parent))
+from bench import kendall_tau  # noqa: E402  (the benchmarks' shared helpers, experiments/bench.py)
 # "none" is the base pruned to the shape; "none+rescale" adds the training-free recovery, which is
 # what search.estimator=none scores (prune.recovery=auto resolves to rescale there)
 ESTIMATORS = ("none", "none+rescale", "finetune", "supernet")
-
-
-def kendall_tau(x: list[float], y: list[float]) -> float:
-    """Kendall's tau-b (ties counted as in scipy's default)."""
-    n, concordant, discordant, tx, ty = len(x), 0, 0, 0, 0
-    for i in range(n):
-        for j in range(i + 1, n):
-            a, b = x[i] - x[j], y[i] - y[j]
-            if a == 0 and b == 0:
-                continue
-            if a == 0:
-                tx += 1
-            elif b == 0:
-                ty += 1
-            elif (a > 0) == (b > 0):
-                concordant += 1
-            else:
-                discordant += 1
-    denom = ((concordant + discordant + tx) * (concordant + discordant + ty)) ** 0.5
-    return (concordant - discordant) / denom if denom else float("nan")
 
 
 def measure(args: argparse.Namespace) -> Path:

@@ -418,12 +418,22 @@ def runtime_pass(model: Any, batches: Sequence[Mapping[str, Any]], *, runtime: s
     if runtime == "torch":
         model.eval()
         return torch_pass(model, batches)
+    path = onnx_file(model, workdir=workdir, name=name, cap=cap, precision=precision, quant=quant,
+                     calibration=calibration, fast_export=fast_export, reuse_export=reuse_export)
+    return onnx_pass(onnx_session(path, threads=threads), batches)
+
+
+def onnx_file(model: Any, *, workdir: Path, name: str, cap: int, precision: str, quant: QuantSettings | None = None,
+              calibration: Sequence[Mapping[str, Any]] | None = None, fast_export: bool = False,
+              reuse_export: bool = False) -> Path:
+    """`model` as onnxruntime runs it at this precision: workdir/name.onnx (exported), and at int8
+    workdir/name.int8.onnx (quantized from it by nas.deploy.quantize). Returns the file to run."""
     path = workdir / f"{name}.onnx"
     if not (reuse_export and path.is_file()):
         export_onnx(model, path, max_seq=cap, fast=fast_export)
     if precision == "int8":
         path = quantize_onnx(path, workdir / f"{name}.int8.onnx", quant or QuantSettings(), calibration=calibration)
-    return onnx_pass(onnx_session(path, threads=threads), batches)
+    return path
 
 
 @dataclass
@@ -535,16 +545,12 @@ class PairedTimer:
     def deployed_file(self, model: Any, *, context: int, name: str, precision: str | None = None) -> Path | None:
         """`model` exported (fast exporter) and, at int8, quantized as it would be deployed; the ONNX path
         (None in torch at fp32, where the model runs as it is)."""
-        precision = precision or self.settings.precision
         if self.settings.runtime == "torch":
             return None
         cap = self.caps(context)[0]
-        path = self._workdir() / f"{name}.onnx"
-        export_onnx(model, path, max_seq=cap, fast=True)  # an accuracy, not a timing: the fast exporter
-        if precision != "int8":
-            return path
         calibration = self.calibration.batches(cap) if self.calibration is not None else None
-        return quantize_onnx(path, self._workdir() / f"{name}.int8.onnx", self.settings.quant, calibration=calibration)
+        return onnx_file(model, workdir=self._workdir(), name=name, cap=cap, precision=precision or self.settings.precision,
+                         quant=self.settings.quant, calibration=calibration, fast_export=True)  # an accuracy: fast exporter
 
     def deployed_path(self, name: str, precision: str | None = None) -> Path | None:
         """The ONNX file a measured candidate `name` runs from in this runtime and precision (None in torch)."""

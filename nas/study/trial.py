@@ -100,10 +100,8 @@ class Evaluator:
         path = self.timer.deployed_file(model, context=spec.context, name=name, precision=precision) \
             if precision is not None and not self.lm else None
         if path is not None:
-            session = onnx_session(path, threads=max(1, self.timer.settings.threads))
-            loader = self.prep.loader("validation", spec.context, batch_size=self.train.eval_batch_size, shuffle=False)
             metrics["val_accuracy_fp32"] = value
-            metrics["val_accuracy"] = session_accuracy(session, loader)
+            metrics["val_accuracy"] = self.session_accuracy(path, spec.context, "validation")
         metrics["seconds_eval"] = time.perf_counter() - t0
         self.clock("evaluation", metrics["seconds_eval"])
         return metrics
@@ -152,12 +150,16 @@ class Evaluator:
             for split, key in (("validation", "val"), ("test", "test")):
                 out[f"{key}_accuracy_deployed"] = self.accuracy(model, spec, split)
         else:
-            session = onnx_session(path, threads=max(1, self.timer.settings.threads))
             for split, key in (("validation", "val"), ("test", "test")):
-                loader = self.prep.loader(split, spec.context, batch_size=self.train.eval_batch_size, shuffle=False)
-                out[f"{key}_accuracy_deployed"] = session_accuracy(session, loader)
+                out[f"{key}_accuracy_deployed"] = self.session_accuracy(path, spec.context, split)
         self.clock("evaluation", time.perf_counter() - t0)
         return out
+
+    def session_accuracy(self, path: Any, context: int, split: str) -> float:
+        """Accuracy on `split` of the ONNX model at `path` (its onnxruntime session), inputs cut at `context`."""
+        session = onnx_session(path, threads=max(1, self.timer.settings.threads))
+        loader = self.prep.loader(split, context, batch_size=self.train.eval_batch_size, shuffle=False)
+        return session_accuracy(session, loader)
 
     def base_deployed(self) -> dict[str, Any]:
         """The unpruned base as it would run in this runtime and precision (quantization alone): its
@@ -166,13 +168,9 @@ class Evaluator:
         path = self.timer.deployed_path("base")
         if path is None or self.lm:
             return {}
-        session = onnx_session(path, threads=max(1, self.timer.settings.threads))
         context = int(self.prep.shape.max_positions)
-        out = {}
-        for split, key in (("validation", "val"), ("test", "test")):
-            loader = self.prep.loader(split, context, batch_size=self.train.eval_batch_size, shuffle=False)
-            out[f"{key}_accuracy_deployed"] = session_accuracy(session, loader)
-        return out
+        return {f"{key}_accuracy_deployed": self.session_accuracy(path, context, split)
+                for split, key in (("validation", "val"), ("test", "test"))}
 
     def accuracy(self, model: Any, spec: Any, split: str) -> float:
         return self.quality_of(model, spec, split)[1]
