@@ -1,0 +1,363 @@
+"""The final recipe: a pruned classifier distilled from the fine-tuned base until validation accuracy
+stops rising, with the best validation checkpoint kept.
+
+Three pieces:
+
+    FinalRecipe      final.*: its length (epochs or steps), validation cadence, patience, learning rate
+    teacher_logits   the base's logits on a list of texts, computed once and cached on disk by base,
+                     text set and tokenisation cap (the labelled training split, a transfer set)
+    DistillRun       one model's training, advanced in slices: successive halving (nas.study.final)
+                     trains every candidate a little, keeps the better half, and resumes those
+
+A plain torch loop rather than Lightning: a member is paused between rungs and resumed with its
+optimiser, schedule, data order and best checkpoint intact, in the same process.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from filelock import FileLock
+from torch import nn
+
+from nas.quality.finetune import HiddenMap, TrainSettings, hidden_loss
+from nas.quality.metrics import accuracy, model_inputs
+from nas.util import cache_key
+
+log = logging.getLogger(__name__)
+STARTS = ("base", "trial")
+LAYERS = ("auto", "bottom", "trial")
+
+
+@dataclass(frozen=True)
+class FinalRecipe:
+    """How long one final member trains. `max_epochs` passes over the training split (or exactly
+    `max_steps`), validated every `eval_every` steps; `patience` validations without improvement stop
+    it; its best validation checkpoint is what it ends with. `train` holds the optimiser and loss
+    settings (train.*, with final.lr). `start`: base (cut again from the fine-tuned base) or trial
+    (continue from the trial's fine-tuned weights). `layers` (start=base): which base layers a depth cut
+    keeps, bottom (drop from the top) or trial (the trial's own, by block influence); auto: bottom for
+    encoder families, trial for decoders."""
+
+    train: TrainSettings = field(default_factory=lambda: TrainSettings(lr=1e-4))
+    max_epochs: float = 3.0
+    max_steps: int | None = None
+    eval_every: int = 100
+    patience: int = 3
+    start: str = "base"
+    layers: str = "auto"
+
+    def validate(self) -> None:
+        if self.max_steps is None and not self.max_epochs > 0:
+            raise ValueError(f"final.max_epochs={self.max_epochs} must be > 0 (or set final.max_steps)")
+        if self.max_steps is not None and self.max_steps < 1:
+            raise ValueError(f"final.max_steps={self.max_steps} must be >= 1 or null (null: final.max_epochs decides)")
+        if self.eval_every < 1:
+            raise ValueError(f"final.eval_every={self.eval_every} must be >= 1 (steps)")
+        if self.patience < 0:
+            raise ValueError(f"final.patience={self.patience} must be >= 0 (0: never stop early)")
+        if self.start not in STARTS:
+            raise ValueError(f"final.start={self.start!r} is not known; allowed: {', '.join(STARTS)}")
+        if self.layers not in LAYERS:
+            raise ValueError(f"final.layers={self.layers!r} is not known; allowed: {', '.join(LAYERS)}")
+
+    def member_spec(self, spec: Any, *, encoder: bool) -> Any:
+        """The spec a member trains at: its trial's, with the bottom layers kept where final.layers says so
+        (start=base only: trial weights belong to the trial's own layers)."""
+        from dataclasses import replace as _replace
+
+        bottom = self.layers == "bottom" or (self.layers == "auto" and encoder)
+        if self.start != "base" or not bottom:
+            return spec
+        return _replace(spec, layers=tuple(range(len(spec.layers))))
+
+    def steps(self, batches_per_epoch: int) -> int:
+        if self.max_steps is not None:
+            return self.max_steps
+        return max(1, math.ceil(self.max_epochs * batches_per_epoch))
+
+    def describe(self, batches_per_epoch: int | None = None) -> str:
+        length = (f"{self.max_steps} steps" if self.max_steps is not None else
+                  f"up to {self.max_epochs:g} epochs" + (f" ({self.steps(batches_per_epoch)} steps)"
+                                                          if batches_per_epoch else ""))
+        t = self.train
+        return (f"{length} of {t.batch_size}, validated every {self.eval_every} steps, patience {self.patience}, "
+                f"best checkpoint kept; lr {t.lr:g} linear decay, distill {t.distill} (weight {t.distill_weight:g}, "
+                f"T {t.temperature:g}), from the "
+                + (f"fine-tuned base (layers: {self.layers})" if self.start == "base" else "trial weights"))
+
+
+# ---------------------------------------------------------------------------- teacher logits
+
+
+@torch.inference_mode()
+def teacher_logits(teacher: nn.Module, texts: Sequence[str], tokenizer: Any, *, max_length: int,
+                   batch_size: int = 128) -> torch.Tensor:
+    """(len(texts), num_labels) float32 logits of `teacher` on each text truncated at max_length, in
+    the texts' order (computed in length-sorted batches: little padding)."""
+    was_training = teacher.training
+    teacher.eval()
+    enc = tokenizer(list(texts), truncation=True, max_length=max_length)
+    order = sorted(range(len(texts)), key=lambda i: len(enc["input_ids"][i]))
+    out = torch.empty((len(texts), int(teacher.config.num_labels)), dtype=torch.float32)
+    keys = [k for k in ("input_ids", "attention_mask", "token_type_ids") if k in enc]
+    for start in range(0, len(order), batch_size):
+        rows = order[start:start + batch_size]
+        batch = tokenizer.pad({k: [enc[k][i] for i in rows] for k in keys}, return_tensors="pt")
+        out[rows] = teacher(**model_inputs(batch)).logits.float()
+    teacher.train(was_training)
+    return out
+
+
+def texts_digest(texts: Sequence[str]) -> str:
+    """A text set's identity for caches: its texts in order."""
+    import hashlib
+
+    h = hashlib.sha256()
+    for text in texts:
+        h.update(text.encode("utf-8", "surrogatepass"))
+        h.update(b"\x00")
+    return h.hexdigest()[:32]
+
+
+def cached_teacher_logits(teacher: nn.Module, texts: Sequence[str], tokenizer: Any, *, max_length: int,
+                          cache_dir: str | Path | None, base_key: str, name: str,
+                          say: Callable[[str], None] = log.info) -> torch.Tensor:
+    """teacher_logits, cached under cache_dir/teacher by the base's cache key, the texts and max_length:
+    a transfer set of 20,000 texts is labelled once per base, not once per run."""
+    key = cache_key(what="teacher_logits", base=base_key, texts=texts_digest(texts), n=len(texts),
+                    max_length=int(max_length))
+    path = Path(cache_dir) / "teacher" / f"{key}.pt" if cache_dir is not None else None
+    if path is None:
+        return teacher_logits(teacher, texts, tokenizer, max_length=max_length)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with FileLock(str(path) + ".lock"):
+        if path.is_file():
+            logits = torch.load(path, weights_only=True)
+            if logits.shape[0] == len(texts):
+                return logits
+        t0 = time.perf_counter()
+        logits = teacher_logits(teacher, texts, tokenizer, max_length=max_length)
+        tmp = path.with_name(path.name + ".tmp")
+        torch.save(logits, tmp)
+        tmp.replace(path)
+        (path.with_suffix(".json")).write_text(json.dumps({"name": name, "texts": len(texts), "max_length": max_length,
+                                                            "seconds": round(time.perf_counter() - t0, 1)}))
+        say(f"teacher logits: {len(texts)} {name} texts labelled by the base in {time.perf_counter() - t0:.0f}s (cached)")
+        return logits
+
+
+# ---------------------------------------------------------------------------- the training data
+
+
+@dataclass
+class DistillData:
+    """The rows a final member trains on: the labelled training split and, optionally, teacher-labelled
+    transfer texts (no label: distillation only). Each row carries its teacher logits."""
+
+    input_ids: list[list[int]]
+    labels: list[int]  # -100: a transfer text (no label)
+    teacher: torch.Tensor | None  # (rows, num_labels); None: the teacher runs live (hidden distillation)
+    transfer_share: float = 0.0
+    labelled_rows: int = 0
+
+    @classmethod
+    def build(cls, tokenizer: Any, texts: Sequence[str], labels: Sequence[int], *, context: int,
+              teacher: torch.Tensor | None, transfer_texts: Sequence[str] = (),
+              transfer_teacher: torch.Tensor | None = None, transfer_share: float = 0.0) -> DistillData:
+        enc = tokenizer(list(texts) + list(transfer_texts), truncation=True, max_length=int(context))["input_ids"]
+        rows = list(labels) + [-100] * len(transfer_texts)
+        logits = None
+        if teacher is not None:
+            logits = teacher if not transfer_texts else torch.cat([teacher, transfer_teacher])
+        return cls(input_ids=enc, labels=rows, teacher=logits, transfer_share=transfer_share if transfer_texts else 0.0,
+                   labelled_rows=len(texts))
+
+    def batches_per_epoch(self, batch_size: int) -> int:
+        """Steps of one pass over the labelled rows (transfer rows ride along)."""
+        per_step = max(1, batch_size - self.transfer_rows_per_batch(batch_size))
+        return math.ceil(self.labelled_rows / per_step)
+
+    def transfer_rows_per_batch(self, batch_size: int) -> int:
+        if not self.transfer_share or self.labelled_rows == len(self.labels):
+            return 0
+        return min(batch_size - 1, max(1, round(batch_size * self.transfer_share)))
+
+    def batches(self, batch_size: int, *, seed: int) -> Any:
+        """Endless seeded batches of row indices: length-grouped labelled rows, each batch topped up with
+        transfer rows (their own seeded order) when there are any."""
+        from nas.data.tasks import LengthGroupedBatchSampler
+
+        extra = self.transfer_rows_per_batch(batch_size)
+        labelled = LengthGroupedBatchSampler([len(ids) for ids in self.input_ids[:self.labelled_rows]],
+                                             batch_size=batch_size - extra, seed=seed)
+        transfer = list(range(self.labelled_rows, len(self.labels)))
+        generator = torch.Generator()
+        generator.manual_seed(seed + 1)
+        pool: list[int] = []
+        while True:
+            for batch in labelled:
+                if extra:
+                    while len(pool) < extra:
+                        pool += [transfer[i] for i in torch.randperm(len(transfer), generator=generator).tolist()]
+                    batch, pool = list(batch) + pool[:extra], pool[extra:]
+                yield batch
+
+    def collate(self, rows: Sequence[int], pad_id: int) -> dict[str, torch.Tensor]:
+        longest = max(len(self.input_ids[i]) for i in rows)
+        ids = torch.full((len(rows), longest), pad_id, dtype=torch.long)
+        mask = torch.zeros((len(rows), longest), dtype=torch.long)
+        for j, i in enumerate(rows):
+            seq = self.input_ids[i]
+            ids[j, :len(seq)] = torch.tensor(seq)
+            mask[j, :len(seq)] = 1
+        batch = {"input_ids": ids, "attention_mask": mask, "labels": torch.tensor([self.labels[i] for i in rows])}
+        if self.teacher is not None:
+            batch["teacher"] = self.teacher[list(rows)]
+        return batch
+
+
+# ---------------------------------------------------------------------------- one member's training
+
+
+def distill_loss(student: nn.Module, batch: Mapping[str, torch.Tensor], settings: TrainSettings, *,
+                 teacher: nn.Module | None = None, hidden_map: HiddenMap | None = None) -> torch.Tensor:
+    """(1 - w) * cross-entropy on labelled rows + w * T^2 * KL(teacher || student) on every row, plus
+    the hidden-state term when `hidden_map` is given (the teacher then runs live, for its hidden states)."""
+    hidden = hidden_map is not None and teacher is not None
+    out = student(**model_inputs(batch), output_hidden_states=hidden)
+    logits = out.logits.float()
+    labels = batch["labels"]
+    loss = logits.new_zeros(())
+    w = settings.distill_weight
+    if (labels != -100).any():
+        loss = loss + (1 - w) * nn.functional.cross_entropy(logits, labels, ignore_index=-100)
+    target = batch.get("teacher")
+    h = None
+    if hidden or (target is None and teacher is not None):
+        with torch.no_grad():
+            t_out = teacher(**model_inputs(batch), output_hidden_states=hidden)
+        target = t_out.logits.float()
+        if hidden:
+            h = hidden_loss(out.hidden_states, t_out.hidden_states, hidden_map, batch.get("attention_mask"))
+    if target is not None and w > 0:
+        t = settings.temperature
+        kd = nn.functional.kl_div(nn.functional.log_softmax(logits / t, dim=-1),
+                                  nn.functional.log_softmax(target.float() / t, dim=-1), log_target=True,
+                                  reduction="batchmean") * (t * t)
+        loss = loss + w * kd
+    if h is not None:
+        loss = loss + settings.hidden_weight * h
+    return loss
+
+
+class DistillRun:
+    """One member's final training: `advance(until=...)` trains up to a step count (or a deadline, or
+    until patience runs out), validating every recipe.eval_every steps; the best validation weights
+    are kept in memory and `finish()` restores them. Paused and resumed at will in one process."""
+
+    def __init__(self, model: nn.Module, data: DistillData, recipe: FinalRecipe, *, val_loader: Any, pad_id: int,
+                 teacher: nn.Module | None = None, hidden_map: HiddenMap | None = None, start_step: int = 0) -> None:
+        self.model, self.data, self.recipe = model, data, recipe
+        self.settings = recipe.train
+        self.val_loader, self.pad_id = val_loader, pad_id
+        self.teacher = teacher if (data.teacher is None or hidden_map is not None) else None
+        self.hidden_map = hidden_map
+        self.total = recipe.steps(data.batches_per_epoch(self.settings.batch_size))
+        self.step = start_step
+        self.curve: list[dict[str, float]] = []
+        self.best_accuracy = -1.0
+        self.best_step = 0
+        self.best_state: dict[str, torch.Tensor] | None = None
+        self.bad = 0
+        self.converged = False  # patience ran out, or the planned length is done
+        self.seconds = 0.0
+        self.losses: list[float] = []
+        if self.settings.threads:
+            torch.set_num_threads(self.settings.threads)
+        torch.manual_seed(self.settings.seed)
+        decay = [p for p in model.parameters() if p.ndim >= 2]
+        no_decay = [p for p in model.parameters() if p.ndim < 2]
+        self.optimizer = torch.optim.AdamW([{"params": decay, "weight_decay": self.settings.weight_decay},
+                                            {"params": no_decay, "weight_decay": 0.0}], lr=self.settings.lr)
+        warm = max(1, int(self.total * self.settings.warmup_ratio))
+        total = self.total
+
+        def schedule(step: int) -> float:
+            if step < warm:
+                return (step + 1) / warm
+            return max(0.0, (total - step) / max(1, total - warm))
+
+        # a member resumed from saved weights continues its schedule where it was
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, lambda step: schedule(step + start_step))
+        self._batches = data.batches(self.settings.batch_size, seed=self.settings.seed + start_step)
+
+    def validate(self) -> float:
+        acc = accuracy(self.model, self.val_loader)
+        self.curve.append({"step": self.step, "validation": acc})
+        if acc > self.best_accuracy:
+            self.best_accuracy, self.best_step, self.bad = acc, self.step, 0
+            self.best_state = {k: v.detach().clone() for k, v in self.model.state_dict().items()}
+        else:
+            self.bad += 1
+            if self.recipe.patience and self.bad >= self.recipe.patience:
+                self.converged = True
+        return acc
+
+    def advance(self, until: int | None = None, *, deadline: float | None = None) -> None:
+        """Train to step `until` (default: the planned length), stopping early at a deadline
+        (time.perf_counter) or when patience runs out; validation at every eval_every and at the stop."""
+        until = self.total if until is None else min(int(until), self.total)
+        if self.converged or self.step >= until:
+            return
+        t0 = time.perf_counter()
+        if self.teacher is not None:
+            self.teacher.eval()
+        self.model.train()
+        every = self.recipe.eval_every
+        validated_at = -1
+        while self.step < until and not (deadline is not None and time.perf_counter() >= deadline):
+            rows = next(self._batches)
+            batch = self.data.collate(rows, self.pad_id)
+            loss = distill_loss(self.model, batch, self.settings, teacher=self.teacher, hidden_map=self.hidden_map)
+            if not torch.isfinite(loss):
+                raise FloatingPointError(f"non-finite training loss {loss.item()} at final step {self.step}")
+            self.optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            nn.utils.clip_grad_norm_(self.model.parameters(), 1.0)
+            self.optimizer.step()
+            self.scheduler.step()
+            self.step += 1
+            self.losses.append(float(loss.detach()))
+            if self.step % every == 0 or self.step == until:
+                self.validate()
+                validated_at = self.step
+                self.model.train()
+                if self.converged:
+                    break
+        if validated_at != self.step and (self.step or not self.curve):
+            self.validate()
+        if self.step >= self.total:
+            self.converged = True
+        self.model.eval()
+        self.seconds += time.perf_counter() - t0
+
+    def finish(self) -> nn.Module:
+        """The model at its best validation checkpoint."""
+        if self.best_state is not None:
+            self.model.load_state_dict(self.best_state)
+        self.model.eval()
+        return self.model
+
+    def summary(self) -> dict[str, Any]:
+        return {"steps": self.step, "best_step": self.best_step, "planned_steps": self.total,
+                "best_val_accuracy": self.best_accuracy, "stopped_early": bool(self.converged and self.step < self.total),
+                "train_seconds": round(self.seconds, 1), "curve": list(self.curve)}
