@@ -109,3 +109,14 @@ def kendall_tau(x: list[float], y: list[float]) -> float:
                 discordant += 1
     denom = ((concordant + discordant + tx) * (concordant + discordant + ty)) ** 0.5
     return (concordant - discordant) / denom if denom else float("nan")
+
+
+def paired_bootstrap(model: Any, base: Any, *, resamples: int = 2000, seed: int = 0) -> tuple[float, float]:
+    """90% interval of mean(model) - mean(base) over paired resamples of the same examples, in points
+    (model, base: per-example correctness, 0/1 arrays in the same order)."""
+    import numpy as np
+
+    rng = np.random.default_rng(seed)
+    diff = np.asarray(model, dtype=np.float64) - np.asarray(base, dtype=np.float64)
+    means = [diff[rng.integers(0, len(diff), len(diff))].mean() for _ in range(resamples)]
+    return float(np.percentile(means, 5) * 100), float(np.percentile(means, 95) * 100)

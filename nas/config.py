@@ -103,10 +103,27 @@ class LatencySchema:
 
 @dataclass
 class FinalSchema:
-    max_steps: int = MISSING
+    rule: str = MISSING
+    candidates: int = MISSING
+    slack: float = MISSING
+    rung_steps: int = MISSING
+    band: float = MISSING
+    time_budget: Optional[float] = MISSING
+    max_epochs: float = MISSING
+    max_steps: Optional[int] = MISSING
+    eval_every: int = MISSING
+    patience: int = MISSING
+    start: str = MISSING
+    layers: str = MISSING
     lr: float = MISSING
     distill: Optional[str] = MISSING
     onnx: bool = MISSING
+    transfer: str = MISSING
+    transfer_path: Optional[str] = MISSING
+    transfer_column: str = MISSING
+    transfer_split: str = MISSING
+    transfer_size: int = MISSING
+    transfer_share: float = MISSING
 
 
 @dataclass

@@ -47,20 +47,23 @@ from nas.study.report import cost_column, final_quality, knee_index, pareto_fram
 from nas.study.runs import load_run, rebuild_trial_model, trial_weights
 from nas.util import quiet_libraries
 
-PICKS = ("knee", "max_accuracy", "min_latency", "trial")
+PICKS = ("winner", "knee", "max_accuracy", "min_latency", "trial")
 
 
 # ---------------------------------------------------------------------------- choosing
 
 
 def choose(front: Any, *, pick: str = "knee", trial: int | None = None, max_latency_ms: float | None = None,
-           min_accuracy: float | None = None, trials: Any = None, cost: str = "latency_ms") -> Mapping[str, Any]:
+           min_accuracy: float | None = None, trials: Any = None, cost: str = "latency_ms",
+           winner: int | None = None) -> Mapping[str, Any]:
     """One row of the front (a pandas Series) by the pick rule, after the budgets filter it.
 
     `front` has columns number, val_accuracy, latency_ms, `cost` and is_base (the base row is
     never picked). pick=knee uses the study's cost column; min_latency always means the lowest
     measured latency_ms, and max_latency_ms always bounds latency_ms, whatever the cost objective.
     pick=trial takes `trial` from `trials` (every trial of the study) and ignores the budgets.
+    pick=winner takes the final stage's winner (`winner`: the fastest final member within final.band)
+    when it meets the budgets, else the knee.
     Raises ValueError with one line when the rule or the budgets leave nothing.
     """
 
@@ -110,6 +113,8 @@ def choose(front: Any, *, pick: str = "knee", trial: int | None = None, max_late
         budgets = " and ".join(f"{k}={v:g}" for k, v in (("max_latency_ms", max_latency_ms),
                                                           ("min_accuracy", min_accuracy)) if v is not None)
         raise ValueError(f"no Pareto trial meets {budgets}; closest: {names}")
+    if pick == "winner" and winner is not None and (ok["number"] == winner).any():
+        return ok[ok["number"] == winner].iloc[0]
     if pick == "max_accuracy":
         return ok.sort_values([q, cost], ascending=[q == "val_perplexity", True]).iloc[0]
     if pick == "min_latency":
@@ -127,6 +132,7 @@ def choose(front: Any, *, pick: str = "knee", trial: int | None = None, max_late
 
 
 class Pick(str, Enum):
+    winner = "winner"
     knee = "knee"
     max_accuracy = "max_accuracy"
     min_latency = "min_latency"
@@ -150,7 +156,7 @@ class ExportSettings:
     """`python -m nas.export` settings (conf/export.yaml); Hydra checks their names and types."""
 
     run_dir: str = MISSING  # a folder written by python -m nas.search
-    pick: Optional[Pick] = None  # noqa: UP045  knee (default) | max_accuracy | min_latency | trial (with trial=N)
+    pick: Optional[Pick] = None  # noqa: UP045  winner (default) | knee | max_accuracy | min_latency | trial (trial=N)
     trial: Optional[int] = None  # noqa: UP045
     max_latency_ms: Optional[float] = None  # noqa: UP045  filter the front first
     min_accuracy: Optional[float] = None  # noqa: UP045
@@ -182,7 +188,7 @@ def settings_of(cfg: Any) -> dict[str, Any]:
     args: dict[str, Any] = {k: cfg[k] for k in ("run_dir", "trial", "max_latency_ms", "min_accuracy", "out", "onnx")}
     args["latency"] = {k: v for k, v in OmegaConf.to_container(cfg.latency).items() if v is not None}
     pick = cfg.pick
-    args["pick"] = pick.value if pick is not None else "trial" if args["trial"] is not None else "knee"
+    args["pick"] = pick.value if pick is not None else "trial" if args["trial"] is not None else "winner"
     if args["pick"] == "trial" and args["trial"] is None:
         raise ValueError("pick=trial needs trial=N (a trial number)")
     if args["trial"] is not None and args["pick"] != "trial":
@@ -203,7 +209,8 @@ def pick_row(study: Any, args: Mapping[str, Any]) -> Mapping[str, Any]:
     cost = cost_column(objectives)
     front = pareto_frame(study, study.user_attrs.get("base", {}), cost=cost)
     return choose(front, pick=args["pick"], trial=args["trial"], max_latency_ms=args["max_latency_ms"],
-                  min_accuracy=args["min_accuracy"], trials=trials_frame(study), cost=cost)
+                  min_accuracy=args["min_accuracy"], trials=trials_frame(study), cost=cost,
+                  winner=study.user_attrs.get("final_winner"))
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -258,6 +265,9 @@ def _export(console: Any, args: Mapping[str, Any], run_dir: Path, cfg: Any, stud
     number = int(row["number"])
     trial = study.trials[number]
     spec = SubnetSpec.from_dict(trial.user_attrs["spec"])
+    final = (study.user_attrs.get("final") or {}).get(str(number)) or {}
+    if final.get("spec") and trial_weights(run_dir, number).name.startswith("final_"):
+        spec = SubnetSpec.from_dict(final["spec"])  # the final stage's layers (final.layers), same sizes
     label_names = tuple(trial.user_attrs.get("label_names") or study.user_attrs.get("label_names") or ())
     num_labels = len(label_names) or int(study.user_attrs.get("num_labels", 2))
     model = rebuild_trial_model(cfg, run_dir, number, spec, num_labels, label_names or None)

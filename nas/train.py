@@ -24,6 +24,7 @@ from rich.markup import escape
 from nas.config import CONF_DIR, refuse_bad_overrides
 from nas.cost.latency import flat_latency_metrics, latency_settings, measure_runtimes, model_size, speedup_line
 from nas.cut.recovery import RecoverySettings
+from nas.data.transfer import TransferSettings
 from nas.deploy.bundle import export_all
 from nas.models.registry import family_for
 from nas.redact import protect_run
@@ -31,7 +32,7 @@ from nas.spec import SubnetSpec
 from nas.study.deployed import deployed_line, measure_deployed
 from nas.study.preflight import cli_prelude, preflight
 from nas.study.prepare import prepare
-from nas.study.settings import final_train_settings
+from nas.study.settings import final_recipe, final_train_settings
 from nas.study.trial import Evaluator
 
 RUN_KEYS = ("model", "data", "max_length", "base", "importance", "cache_dir", "latency")
@@ -61,14 +62,34 @@ def merged_config(cfg: Any, arch_file: dict[str, Any], overrides: list[str]) -> 
     return merged
 
 
+def train_to_convergence(ev: Any, model: Any, spec: Any, recipe: Any, transfer: Any, *,
+                         say: Any = print) -> tuple[Any, dict[str, Any]]:
+    """One shape's final training with the final recipe (the search's final stage, for one member)."""
+    from nas.quality.distill import DistillRun
+
+    data = ev.distill_data(spec.context, transfer, say=say)
+    hidden = recipe.train.distill == "hidden" and ev.family.recovery
+    run = DistillRun(model, data, recipe, pad_id=ev.pad_id, teacher=ev.prep.base,
+                     hidden_map=ev.hidden_map(spec) if hidden else None,
+                     val_loader=ev.prep.loader("validation", spec.context, batch_size=ev.train.eval_batch_size,
+                                               shuffle=False))
+    say(f"final training of {spec.describe()}: {recipe.describe(data.batches_per_epoch(recipe.train.batch_size))}; "
+        f"transfer set: {transfer.describe()}")
+    run.advance()
+    return run.finish(), {**run.summary(), "seconds": run.seconds}
+
+
 def run_final(cfg: Any, arch_path: str | Path, out_dir: str | Path, *, overrides: list[str], console: Any) -> dict[str, Any]:
     arch_file = load_arch(arch_path)
     spec = SubnetSpec.from_dict(arch_file["arch"])
     cfg = merged_config(cfg, arch_file, overrides)
     container = OmegaConf.to_container(cfg, resolve=True)
     settings = final_train_settings(container)
+    final_recipe(container)  # its settings checked before any work
     recovery = RecoverySettings.from_cfg(container.get("prune")).resolved("finetune")  # it trains afterwards
 
+    transfer = TransferSettings.from_cfg(container.get("final") or {})
+    transfer.check()  # a missing transfer file or column: refused before the base is loaded
     preflight(cfg, out_dir)  # settings, files, max_length, output folder: before the base is loaded
     t0 = time.perf_counter()
     prep = prepare(cfg)
@@ -81,9 +102,14 @@ def run_final(cfg: Any, arch_path: str | Path, out_dir: str | Path, *, overrides
     # the search's own steps: the same cut, recovery, fine-tune and evaluation as a trial and the final stage
     ev = Evaluator(prep=prep, timer=None, train=settings, recovery=recovery, lm=lm)
     model, _ = ev.candidate(spec)
-    console.print(f"final training of {spec.describe()}: {settings.max_steps} steps (prune.recovery {recovery.method}, "
-                  f"distill {settings.distill})", highlight=False)
-    result = ev.fit(model, spec, settings)
+    if lm:  # a language model: a fixed number of steps with the trials' trainer
+        console.print(f"final training of {spec.describe()}: {settings.max_steps} steps (distill {settings.distill})",
+                      highlight=False)
+        result = ev.fit(model, spec, settings)
+        steps = settings.max_steps
+    else:  # the final recipe (nas.quality.distill): to convergence, best validation checkpoint
+        model, result = train_to_convergence(ev, model, spec, final_recipe(container), transfer, say=console.print)
+        steps = result["steps"]
     q, val = ev.quality_of(model, spec, "validation")
     metrics: dict[str, Any] = {
         f"val_{q}": val,
@@ -106,8 +132,10 @@ def run_final(cfg: Any, arch_path: str | Path, out_dir: str | Path, *, overrides
     metrics.update(**flat_latency_metrics(measured), **model_size(model))
     metrics[f"base_val_{q}"] = prep.base_info[f"validation_{q}"]
     metrics[f"base_test_{q}"] = prep.base_info[f"test_{q}"]
-    metrics["final_steps"] = settings.max_steps
+    metrics["final_steps"] = steps
     metrics["train_seconds"] = result["seconds"]
+    if not lm:
+        metrics.update(best_step=result["best_step"], stopped_early=result["stopped_early"])
 
     source = {**(arch_file.get("source") or {}), "final_training": True,
               "cfg": OmegaConf.to_container(cfg, resolve=False)}

@@ -95,21 +95,17 @@ def test_base_recipe_length_and_refusals():
 # ---- the final stage -----------------------------------------------------------------------------
 
 
-FINAL = ["search.n_trials=4", "search.final_k=2", "final.max_steps=3", "train.max_steps=2", "search.sampler=random"]
+FINAL = ["search.n_trials=5", "search.final_k=2", "final.candidates=4", "final.rung_steps=2", "final.eval_every=1",
+         "final.max_steps=6", "final.patience=0", "final.slack=1.0", "train.max_steps=2", "search.sampler=random"]
 
 
 class Calls(list):
-    """Step counts of the Evaluator.fit calls; `fail(n)` makes the n-th call die like a killed run."""
-
-    fail_at: int | None = None
-
-    def fail(self, n: int | None) -> None:
-        self.fail_at = n
+    """Step counts of the Evaluator.fit calls (the trials' fine-tunes)."""
 
 
 @pytest.fixture
 def fits(monkeypatch) -> Calls:
-    """The step count of every Evaluator.fit in this process (trial fine-tunes: 2, final: 3)."""
+    """The step count of every Evaluator.fit in this process (trial fine-tunes: 2)."""
     import nas.study.trial
 
     calls = Calls()
@@ -117,70 +113,92 @@ def fits(monkeypatch) -> Calls:
 
     def counting(self, model, spec, settings):
         calls.append(settings.max_steps)
-        if calls.fail_at == len(calls):
-            raise KeyboardInterrupt("killed in the final stage")
         return real(self, model, spec, settings)
 
     monkeypatch.setattr(nas.study.trial.Evaluator, "fit", counting)
     return calls
 
 
-def test_final_stage_trains_exactly_k_and_export_uses_their_weights(tiny_env, fits, tmp_path, monkeypatch):
-    """4 trials, K=2: exactly 2 final trainings, of the chosen members; best.yaml and nas.export take
-    their weights and accuracies."""
+class Members:
+    """The final stage's DistillRuns: (trial's spec, start step) at each start, (id, until, steps after)
+    at each advance; `kill_at(n)`: the n-th advance dies like a killed run."""
+
+    def __init__(self) -> None:
+        self.started: list[tuple[dict, int]] = []
+        self.advanced: list[tuple[int, int | None, int]] = []
+        self.kill: int | None = None
+
+
+@pytest.fixture
+def members(monkeypatch) -> Members:
+    import nas.quality.distill as distill
+
+    seen = Members()
+    real_init, real_advance = distill.DistillRun.__init__, distill.DistillRun.advance
+
+    def init(self, model, data, recipe, **kw):
+        real_init(self, model, data, recipe, **kw)
+        seen.started.append((kw.get("start_step", 0), id(self)))
+
+    def advance(self, until=None, **kw):
+        if seen.kill is not None and len(seen.advanced) + 1 == seen.kill:
+            raise KeyboardInterrupt("killed in the final stage")
+        real_advance(self, until, **kw)
+        seen.advanced.append((id(self), until, self.step))
+
+    monkeypatch.setattr(distill.DistillRun, "__init__", init)
+    monkeypatch.setattr(distill.DistillRun, "advance", advance)
+    return seen
+
+
+@pytest.fixture
+def four_candidates(monkeypatch):
+    """On this tiny task every shape ties on accuracy and the front would hold one member: every trial
+    that trained counts as on the front here (for the final stage, the reports and the export alike),
+    and final.slack=1 makes each eligible, so the halving starts from the four fastest."""
+    import optuna
+    from optuna.trial import TrialState
+
+    monkeypatch.setattr(optuna.study.Study, "best_trials", property(
+        lambda self: [t for t in self.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+                      if "repeat_of" not in t.user_attrs]))
+
+
+def test_halving_trains_exactly_its_budget_and_export_takes_the_winner(tiny_env, fits, members, four_candidates,
+                                                                      tmp_path):
+    """Four candidates, final_k=2: four members start, one rung of 2 steps each, the better two go on to
+    the planned 6 steps, nobody else trains; best.yaml and nas.export take the winner's weights."""
     from omegaconf import OmegaConf
 
-    import nas.study.final
-    import nas.study.search
     from nas.export import main as export_main
+    from nas.study.final import winner
     from nas.study.search import run_search
-    from nas.study.weights import RunWeights
 
-    # On this tiny task every shape ties on accuracy and the front has one member: let the chooser
-    # see every completed trial as eligible (all keep their weights), so K, not the front, limits it.
-    real_choose = nas.study.final.choose_final
-    seen: list[list[int]] = []
-
-    def choose_all(front, k, quality="val_accuracy"):
-        """Every completed trial eligible; the front's own members rank first (so best.yaml's knee,
-        taken among final-trained front members, is one of them whichever shapes the latency noise
-        puts on the front)."""
-        on_front = {int(n) for n in front["number"].dropna()}
-        numbers = sorted(t.number for t in searches[0].study.trials if t.state.name == "COMPLETE")
-        acc = [0.9 if n in on_front else 0.5 + 0.01 * n for n in numbers]
-        seen.append(real_choose(pd.DataFrame({"number": numbers, "val_accuracy": acc, "is_base": False}), k, quality=quality))
-        return seen[-1]
-
-    searches: list = []
-    real_init = nas.study.search.Search.__init__
-    monkeypatch.setattr(nas.study.search.Search, "__init__", lambda self, *a, **kw: (searches.append(self), real_init(self, *a, **kw))[1])
-    monkeypatch.setattr(nas.study.final, "choose_final", choose_all)
-    monkeypatch.setattr(RunWeights, "drop_dominated", lambda self, study: None)
     run_dir = tmp_path / "run"
-    cfg = make_cfg(tiny_env, *FINAL, "train.distill=hidden")
+    cfg = make_cfg(tiny_env, *FINAL)
     study, search = run_search(cfg, run_dir)
     (run_dir / ".hydra").mkdir()
     OmegaConf.save(cfg, run_dir / ".hydra" / "config.yaml")  # what the command line's Hydra writes
-    chosen = seen[-1]
-    assert len(chosen) == 2
-    assert fits.count(3) == 2  # one final training per chosen member, nothing else
+    plan = study.user_attrs["final_plan"]
+    assert len(plan["candidates"]) == 4 and len(plan["rungs"]) == 1
+    kept = plan["rungs"][0]["kept"]
+    assert len(kept) == 2 and sorted(kept + [int(n) for n in plan["eliminated"]]) == sorted(plan["candidates"])
+    assert len(members.started) == 4  # each candidate cut once
+    rung = [a for a in members.advanced if a[1] == 2]
+    assert len(rung) == 4 and all(steps == 2 for _, _, steps in rung)
+    assert [steps for _, until, steps in members.advanced if until is None] == [6, 6]  # the two survivors, once each
     final = study.user_attrs["final"]
-    assert sorted(int(n) for n in final) == sorted(chosen)
-    assert sorted(p.name for p in (run_dir / "models").glob("final_*")) == sorted(f"final_{n}.safetensors" for n in chosen)
-    for n, result in final.items():
-        assert 0.0 <= result["val_accuracy"] <= 1.0 and 0.0 <= result["test_accuracy"] <= 1.0
-        assert result["steps"] == 3
-    from nas.study.report import trials_frame
+    assert sorted(int(n) for n in final) == sorted(kept)
+    assert all(r["steps"] == 6 and r["rule"] == "halving" for r in final.values())
+    assert sorted(p.name for p in (run_dir / "models").glob("final_*")) == sorted(f"final_{n}.safetensors" for n in kept)
+    assert not list((run_dir / "models").glob("rung_*"))  # survivors' rung weights are gone once they are done
+    assert fits == [2] * len(fits)  # the trials' own fine-tunes only: the final stage does not use them
 
-    rows = trials_frame(study)
-    trained = rows[rows["final_val_accuracy"].notna()]
-    assert sorted(int(n) for n in trained["number"]) == sorted(chosen)
-    assert (pd.read_csv(run_dir / "pareto.csv")["final_val_accuracy"].notna()).any()
-
+    champion = study.user_attrs["final_winner"]
+    base = study.user_attrs["base"]["val_accuracy"]
+    assert champion == winner(final, base_quality=base, band=1.0)
     best = yaml.safe_load((run_dir / "best.yaml").read_text())
-    assert best["trial"] in chosen and best["weights"] == f"models/final_{best['trial']}.safetensors"
-    assert best["metrics"]["final_val_accuracy"] == pytest.approx(final[str(best["trial"])]["val_accuracy"])
-
+    assert best["trial"] == champion and best["weights"] == f"models/final_{champion}.safetensors"
     out = tmp_path / "export"
     assert export_main([f"run_dir={run_dir}", f"out={out}", "onnx=false", "latency.rounds=3",
                         "latency.sample_size=2", "latency.warmup=0"]) == 0
@@ -191,11 +209,32 @@ def test_final_stage_trains_exactly_k_and_export_uses_their_weights(tiny_env, fi
     for k in shared:
         torch.testing.assert_close(exported[k], weights[k])
     written = yaml.safe_load((out / "config.yaml").read_text())
-    assert written["metrics"]["test_accuracy"] == pytest.approx(final[str(best["trial"])]["test_accuracy"])
+    assert written["metrics"]["test_accuracy"] == pytest.approx(final[str(champion)]["test_accuracy"])
+
+
+def test_a_run_killed_in_the_final_stage_resumes_it(tiny_env, fits, members, four_candidates, tmp_path):
+    """Killed while the second survivor trains: run again, no trial is trained again, the halving is not
+    repeated, the first survivor is not trained again, the second resumes from its rung weights."""
+    from nas.study.search import run_search
+
+    run_dir = tmp_path / "run"
+    cfg = make_cfg(tiny_env, *FINAL)
+    members.kill = 6  # 4 rung advances, the first survivor's, then the second's: killed
+    with pytest.raises(KeyboardInterrupt):
+        run_search(cfg, run_dir)
+    trial_fits = len(fits)
+    assert [p.name for p in (run_dir / "models").glob("final_*.safetensors")] != []
+    assert len(list((run_dir / "models").glob("rung_*.safetensors"))) == 1  # the unfinished survivor's
+    members.kill, members.started, members.advanced = None, [], []
+    study, _ = run_search(cfg, run_dir)
+    assert len(fits) == trial_fits  # no trial trained again
+    assert [start for start, _ in members.started] == [2]  # one member, resumed after its rung
+    assert [(until, steps) for _, until, steps in members.advanced] == [(None, 6)]
+    assert len(study.user_attrs["final"]) == 2
+    assert len(list((run_dir / "models").glob("final_*.safetensors"))) == 2
 
 
 def test_choose_final_spreads_over_the_front_from_the_most_accurate():
-    import pandas as pd
 
     from nas.study.report import choose_final
 
@@ -207,31 +246,36 @@ def test_choose_final_spreads_over_the_front_from_the_most_accurate():
     assert choose_final(front, 0) == []
 
 
-def test_a_run_killed_in_the_final_stage_resumes_it(tiny_env, fits, tmp_path, monkeypatch):
-    """Two members chosen; the run dies in the second one's training. Run again: the trials are not
-    trained again, the first member is not trained again, the second is."""
-    import nas.study.final
-    from nas.study.search import run_search
-    from nas.study.weights import RunWeights
+def test_the_member_rules_choose_from_the_front():
 
-    # On this tiny task every shape ties on accuracy, so the front has one member: choose the first two
-    # completed trials instead, and keep their weights.
-    monkeypatch.setattr(nas.study.final, "choose_final", lambda front, k, **_: [0, 1][:k])
-    monkeypatch.setattr(RunWeights, "drop_dominated", lambda self, study: None)
-    run_dir = tmp_path / "run"
-    cfg = make_cfg(tiny_env, *FINAL)
-    fits.fail(6)  # 4 trial fine-tunes (2 steps each), then the first final (3 steps), then the second: killed
-    with pytest.raises(KeyboardInterrupt):
-        run_search(cfg, run_dir)
-    assert fits[:4] == [2, 2, 2, 2] and fits[4:] == [3, 3]
-    assert [p.name for p in (run_dir / "models").glob("final_*.safetensors")] == ["final_0.safetensors"]
-    fits.clear()
-    fits.fail(None)
-    study, _ = run_search(cfg, run_dir)
-    assert fits == [3]  # no trial trained again; only the member not yet finished
-    assert sorted(study.user_attrs["final"]) == ["0", "1"]
-    assert sorted(p.name for p in (run_dir / "models").glob("final_*.safetensors")) == ["final_0.safetensors",
-                                                                                      "final_1.safetensors"]
+    from nas.study.final import choose_members, eligible, survivors, winner
+    from nas.study.settings import FinalSettings
+
+    front = pd.DataFrame({"number": [1, 2, 3, 4, 5], "val_accuracy": [0.70, 0.76, 0.80, 0.83, 0.85],
+                          "latency_ratio": [0.1, 0.2, 0.3, 0.5, 0.8], "is_base": False})
+    assert list(eligible(front, base_quality=0.86, slack=0.1, cost="latency_ratio")["number"]) == [2, 3, 4, 5]
+
+    def rule(name, k=2, candidates=3):
+        s = FinalSettings(recipe=None, members=k, rule=name, candidates=candidates, slack=0.1)
+        return choose_members(front, s, base_quality=0.86, cost="latency_ratio")
+
+    assert rule("halving") == [2, 3, 4]  # the fastest three within 10 points; trial 1 is too far below
+    assert rule("fastest") == [2, 3]
+    assert rule("accuracy") == [5, 3]  # ranks 0 and 2 of 5 by accuracy
+    assert rule("halving", k=0) == []
+    # a rung keeps whole Pareto layers of (accuracy, cost), then the most accurate of the layer that splits
+    acc = {1: 0.80, 2: 0.78, 3: 0.81, 4: 0.70}
+    cost = {1: 0.3, 2: 0.2, 3: 0.5, 4: 0.4}  # 4 is dominated by 1
+    assert survivors(acc, cost, 2) == [3, 1]
+    assert survivors(acc, cost, 3) == [3, 1, 2]
+    assert survivors(acc, cost, 4) == [3, 1, 2, 4]
+    # the winner: the fastest within the band, as deployed; none within: the most accurate
+    final = {"2": {"val_accuracy": 0.84, "val_accuracy_deployed": 0.851, "speedup_over_torch_fp32_base": 9.0},
+             "3": {"val_accuracy": 0.86, "val_accuracy_deployed": 0.857, "speedup_over_torch_fp32_base": 6.0},
+             "4": {"val_accuracy": 0.80, "val_accuracy_deployed": 0.80, "speedup_over_torch_fp32_base": 12.0}}
+    assert winner(final, base_quality=0.86, band=1.0) == 2
+    assert winner(final, base_quality=0.86, band=0.5) == 3
+    assert winner(final, base_quality=0.90, band=1.0) == 3
 
 
 # ---- recovery and the zero-cost estimator in the search -----------------------------------------------

@@ -158,7 +158,7 @@ def test_search_end_to_end_on_perplexity(lm_env):
 
     t0 = time.perf_counter()
     run_dir = lm_env["root"] / "run"
-    study, search = run_search(lm_cfg(lm_env, "final.max_steps=3"), run_dir)  # the default final_k=1
+    study, search = run_search(lm_cfg(lm_env, "final.max_steps=3", "search.final_k=1"), run_dir)
     seconds = time.perf_counter() - t0
     assert search.settings.objectives == ("perplexity", "latency")  # the default [accuracy, ...] became perplexity
     assert [d.name for d in study.directions] == ["MINIMIZE", "MINIMIZE"]
@@ -263,4 +263,4 @@ def test_smollm2_budget_applies_and_the_command_line_wins():
     assert (cfg.train.max_steps, cfg.train.batch_size, cfg.final.max_steps, cfg.search.n_trials) == (10, 4, 60, 4)
     assert compose(["model=smollm2", "final.max_steps=7", "train.max_steps=3"]).final.max_steps == 7
     plain = compose([])
-    assert plain.final.max_steps == 400 and plain.train.max_steps != 10
+    assert plain.final.max_steps is None and plain.train.max_steps != 10  # a classifier's final stage: epochs

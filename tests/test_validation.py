@@ -221,9 +221,25 @@ def test_cache_dir_under_a_file(env):
      "latency.keep_fp32 pattern 'clasifier' matches no Linear module of the model; module paths look like: "
      "bert.encoder.layer.0.attention.self.query, bert.encoder.layer.0.attention.self.key, "
      "bert.encoder.layer.0.attention.self.value, classifier"),
+    ("final.rule=best", "final.rule='best' is not known; allowed: halving, fastest, accuracy"),
+    ("final.time_budget=0", "final.time_budget=0 must be > 0 (seconds) or null (no limit)"),
+    ("search.final_k=3 final.candidates=2", "final.candidates=2 is fewer than search.final_k=3: halving starts from "
+     "at least the members it ends with"),
+    ("final.start=scratch", "final.start='scratch' is not known; allowed: base, trial"),
+    ("final.patience=-1", "final.patience=-1 must be >= 0 (0: never stop early)"),
+    ("final.transfer=web", "final.transfer='web' is not known; allowed: none, augment, imdb, file, hf"),
+    ("search.final_k=2 final.transfer=file final.transfer_path=/no/such/texts.csv",
+     "final.transfer_path='/no/such/texts.csv' does not exist or is not a file"),
 ])
 def test_other_cheap_settings(env, override, expected):
     assert refused(env, *override.split()) == expected
+
+
+def test_transfer_file_without_the_column(env):
+    path = write_csv(env["tmp"], [{"review": "fine", "stars": 5}], name="unlabelled.csv")
+    message = refused(env, "search.final_k=2", "final.transfer=file", f"final.transfer_path={path}",
+                      "final.transfer_column=text")
+    assert message == f"final.transfer_column='text' is not a column of {path}; columns are: review, stars"
 
 
 def test_database_unreachable(env):

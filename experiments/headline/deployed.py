@@ -49,10 +49,9 @@ def correct(session_or_model, loader) -> np.ndarray:
 
 def bootstrap(model: np.ndarray, base: np.ndarray, *, resamples: int, seed: int = 0) -> tuple[float, float]:
     """90% interval of mean(model) - mean(base) over paired resamples of the same reviews, in points."""
-    rng = np.random.default_rng(seed)
-    diff = model.astype(np.float64) - base
-    means = [diff[rng.integers(0, len(diff), len(diff))].mean() for _ in range(resamples)]
-    return float(np.percentile(means, 5) * 100), float(np.percentile(means, 95) * 100)
+    from experiments.bench import paired_bootstrap
+
+    return paired_bootstrap(model, base, resamples=resamples, seed=seed)
 
 
 def main() -> None:

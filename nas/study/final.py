@@ -1,29 +1,309 @@
 """After the trials: the final stage, and the front's test evaluation.
 
-`final_stage` trains the search.final_k chosen front members longer (final.*), from their trial
-weights, and evaluates them on validation and test; it is resumable (members already done are
-skipped). `evaluate_front_on_test` scores every front member's trial weights on the test split.
-Both record their results as study attributes (a finished trial's own attributes are frozen);
-the reports merge them in.
+`final_stage` chooses front members by final.rule (nas.study.settings.FinalSettings), trains them to
+convergence with the final recipe (nas.quality.distill: epochs, validation early stopping, best
+checkpoint), measures each on validation and test and as deployed, and names the winner: the fastest
+member within final.band points of the base. With the halving rule, several fast candidates are
+trained briefly first and only the better half goes on, rung after rung. The whole stage keeps to
+final.time_budget. It is resumable: members done are not trained again, candidates eliminated stay
+out, and survivors of a finished rung resume from the weights saved at its end.
+
+A language-modelling study's final stage trains its members a fixed final.max_steps with the trials'
+trainer (nas.quality.finetune).
+
+`evaluate_front_on_test` scores every front member's trial weights on the test split. Both record
+their results as study attributes (a finished trial's own attributes are frozen); the reports merge
+them in.
 """
 
 from __future__ import annotations
 
+import math
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
+
+import pandas as pd
 
 from nas.quality.metrics import evaluate
 from nas.spec import SubnetSpec
 from nas.study.report import DEPLOYED_KEYS, choose_final, cost_column, pareto_frame, quality_column
 from nas.study.weights import RunWeights
 
+PLAN_ATTR = "final_plan"  # the halving's candidates, rungs and survivors' progress (study attribute)
+WINNER_ATTR = "final_winner"
 
-def final_stage(study: Any, *, weights: RunWeights, evaluator: Any, objectives: Any, final_k: int, recipe: Any,
-                say: Callable[[str], None], clock: Callable[[str, float], None],
-                write: Callable[[Any], Any]) -> None:
-    """`evaluator` (nas.study.trial.Evaluator) trains with `recipe` (TrainSettings) and measures."""
-    quality = quality_column(objectives)  # val_accuracy, or val_perplexity (LM)
+
+# ---------------------------------------------------------------------------- choosing members
+
+
+def eligible(front: pd.DataFrame, *, base_quality: float, slack: float, cost: str,
+             quality: str = "val_accuracy") -> pd.DataFrame:
+    """Front members whose trial accuracy is within `slack` of the base's, fastest first."""
+    is_base = front.get("is_base", pd.Series(False, index=front.index)).fillna(False).astype(bool)
+    members = front[~is_base].dropna(subset=[quality, cost])
+    return members[members[quality] >= base_quality - slack].sort_values([cost, quality], ascending=[True, False])
+
+
+def choose_members(front: pd.DataFrame, settings: Any, *, base_quality: float, cost: str,
+                   quality: str = "val_accuracy") -> list[int]:
+    """Trial numbers the final stage starts with, by settings.rule (halving: its candidates; fastest and
+    accuracy: the members themselves). Too few members within the slack: the most accurate fill up."""
+    k = settings.members
+    if k <= 0:
+        return []
+    if settings.rule == "accuracy":
+        return choose_final(front, k, quality=quality)
+    want = settings.candidates if settings.rule == "halving" else k
+    fast = [int(n) for n in eligible(front, base_quality=base_quality, slack=settings.slack, cost=cost,
+                                     quality=quality)["number"]][:want]
+    if len(fast) < min(k, want):
+        fast += [n for n in choose_final(front, len(front), quality=quality) if n not in fast][: min(k, want) - len(fast)]
+    return fast
+
+
+def survivors(accuracy: Mapping[int, float], cost: Mapping[int, float], keep: int) -> list[int]:
+    """The `keep` best candidates of a rung: the most accurate on validation (a tie: the faster). The
+    pool is already the fastest front members, so accuracy decides; by Pareto layers instead, the
+    fastest candidate would always go on, however far below the band it is."""
+    return sorted(accuracy, key=lambda n: (-accuracy[n], cost[n]))[:keep]
+
+
+def winner(final: Mapping[str, Mapping[str, Any]], *, base_quality: float, band: float) -> int | None:
+    """The fastest final member within `band` points of the base's validation accuracy, as deployed
+    (its deployed accuracy and measured speedup where it has them); none within: the most accurate."""
+    rows = []
+    for n, r in final.items():
+        acc = r.get("val_accuracy_deployed", r.get("val_accuracy"))
+        speed = r.get("speedup_over_torch_fp32_base", r.get("speedup"))
+        if acc is not None:
+            rows.append((int(n), float(acc), float(speed) if speed is not None else 0.0))
+    if not rows:
+        return None
+    within = [r for r in rows if r[1] >= base_quality - band / 100 - 1e-12]
+    if within:
+        return max(within, key=lambda r: (r[2], r[1]))[0]
+    return max(rows, key=lambda r: (r[1], r[2]))[0]
+
+
+# ---------------------------------------------------------------------------- the stage
+
+
+def final_stage(study: Any, *, weights: RunWeights, evaluator: Any, objectives: Any, settings: Any,
+                say: Callable[[str], None], clock: Callable[[str, float], None], write: Callable[[Any], Any],
+                lm_recipe: Any = None) -> None:
+    """`evaluator` (nas.study.trial.Evaluator) cuts, trains and measures; `settings`: FinalSettings.
+    `lm_recipe` (TrainSettings): a language model's fixed-length final training."""
+    if settings.members <= 0:
+        return
+    if evaluator.lm:
+        return _fixed_steps_stage(study, weights=weights, evaluator=evaluator, objectives=objectives,
+                                  final_k=settings.members, recipe=lm_recipe, say=say, clock=clock, write=write)
+    FinalStage(study, weights=weights, evaluator=evaluator, objectives=objectives, settings=settings, say=say,
+               clock=clock, write=write).run()
+
+
+class FinalStage:
+    """One classification study's final stage (see the module's text)."""
+
+    def __init__(self, study: Any, *, weights: RunWeights, evaluator: Any, objectives: Any, settings: Any,
+                 say: Callable[[str], None], clock: Callable[[str, float], None], write: Callable[[Any], Any]) -> None:
+        self.study, self.weights, self.evaluator, self.settings = study, weights, evaluator, settings
+        self.say, self.clock, self.write = say, clock, write
+        self.cost = cost_column(objectives)
+        self.base_quality = float(study.user_attrs.get("base", {}).get("val_accuracy") or
+                                  evaluator.prep.base_info["validation_accuracy"])
+        self.data: dict[int, Any] = {}  # DistillData per context
+        self.minutes: dict[str, float] = {}
+        self.started = time.perf_counter()
+        budget = settings.time_budget
+        self.deadline = None if budget is None else self.started + float(budget)
+
+    # -- what is known -------------------------------------------------------------------------
+    def done(self) -> dict[int, Any]:
+        return {int(n): r for n, r in (self.study.user_attrs.get("final") or {}).items()
+                if self.weights.final_path(int(n)).is_file()}
+
+    def plan(self, front: pd.DataFrame) -> dict[str, Any]:
+        plan = dict(self.study.user_attrs.get(PLAN_ATTR) or {})
+        if plan.get("candidates"):
+            if plan.get("rule") != self.settings.rule:
+                self.say(f"final stage: resuming the earlier stage's plan (rule {plan.get('rule')}), not "
+                         f"final.rule={self.settings.rule}")
+            return plan
+        chosen = choose_members(front, self.settings, base_quality=self.base_quality, cost=self.cost)
+        plan = {"rule": self.settings.rule, "candidates": chosen, "rungs": [], "eliminated": {}, "progress": {},
+                "members": self.settings.members}
+        self.study.set_user_attr(PLAN_ATTR, plan)
+        return plan
+
+    def left(self) -> float | None:
+        return None if self.deadline is None else self.deadline - time.perf_counter()
+
+    # -- the run -------------------------------------------------------------------------------
+    def run(self) -> None:
+        front = pareto_frame(self.study, None, cost=self.cost, quality="val_accuracy")
+        plan = self.plan(front)
+        if not plan["candidates"]:
+            return
+        trials = {n: self.study.trials[n] for n in plan["candidates"]}
+        costs = {n: float(t.user_attrs.get(self.cost, t.user_attrs.get("latency_ratio", 1.0))) for n, t in trials.items()}
+        done = self.done()
+        s, recipe = self.settings, self.settings.recipe
+        alive = [n for n in plan["candidates"] if str(n) not in plan["eliminated"]]
+        shapes = ", ".join(f"{n} ({trials[n].user_attrs.get('shape')}, {1 / costs[n]:.2f}x)" for n in alive)
+        self.say(f"final stage: rule {plan['rule']}, {len(alive)} candidates: {shapes}; recipe: {recipe.describe()}; "
+                 f"transfer set: {s.transfer.describe()}; budget "
+                 + (f"{s.time_budget:.0f}s" if s.time_budget else "none")
+                 + (f"; {len(done)} members done before" if done else ""))
+        runs: dict[int, Any] = {}
+        if plan["rule"] == "halving":
+            alive = self._halving(plan, alive, runs, costs, trials, done)
+        todo = [n for n in alive if n not in done]
+        for i, n in enumerate(todo):
+            left = self.left()
+            member_deadline = None if left is None else time.perf_counter() + max(0.0, left) / (len(todo) - i)
+            run = runs.pop(n, None) or self._start(n, trials[n], plan)
+            t0 = time.perf_counter()
+            if left is None or left > 0:
+                run.advance(deadline=member_deadline)
+            self._add(f"member {n}", time.perf_counter() - t0)
+            self._finish(n, trials[n], run, plan)
+        final = {str(n): r for n, r in (self.study.user_attrs.get("final") or {}).items()}
+        best = winner(final, base_quality=self.base_quality, band=s.band)
+        if best is not None:
+            self.study.set_user_attr(WINNER_ATTR, best)
+            r = final[str(best)]
+            acc = r.get("val_accuracy_deployed", r["val_accuracy"])
+            why = (f"the fastest member within {s.band:g} validation points of the base" if
+                   acc >= self.base_quality - s.band / 100 - 1e-12 else
+                   f"no member is within {s.band:g} validation points of the base: the most accurate")
+            self.say(f"final stage winner: trial {best} ({self.study.trials[best].user_attrs.get('shape')}), {why}: "
+                     f"val acc {acc:.4f} as deployed (base {self.base_quality:.4f}), test acc "
+                     f"{r.get('test_accuracy_deployed', r['test_accuracy']):.4f}")
+        spent = ", ".join(f"{k} {v / 60:.1f} min" for k, v in self.minutes.items())
+        self.say(f"final stage: {(time.perf_counter() - self.started) / 60:.1f} min"
+                 + (f" of {s.time_budget / 60:.1f}" if s.time_budget else "") + f" ({spent})")
+        self.write(self.study)
+
+    def _halving(self, plan: dict[str, Any], alive: list[int], runs: dict[int, Any], costs: Mapping[int, float],
+                 trials: Mapping[int, Any], done: Mapping[int, Any]) -> list[int]:
+        """Rungs until search.final_k candidates are left (or the budget is spent); returns them."""
+        k = self.settings.members
+        while len(alive) > k and not any(n in done for n in alive):
+            left = self.left()
+            if left is not None and left <= 0:
+                self.say("final stage: the time budget is spent during halving; the most accurate candidates go on")
+                keep = survivors({n: runs[n].best_accuracy if n in runs else -1.0 for n in alive}, costs, k)
+                self._eliminate(plan, alive, keep, runs, rung=len(plan["rungs"]))
+                return keep
+            rung = len(plan["rungs"])
+            until = self.settings.rung_steps * 2 ** rung
+            t0 = time.perf_counter()
+            for n in alive:
+                run = runs.get(n) or self._start(n, trials[n], plan)
+                runs[n] = run
+                run.advance(until=until, deadline=self.deadline)
+            self._add(f"halving rung {rung}", time.perf_counter() - t0)
+            accuracy = {n: runs[n].best_accuracy for n in alive}
+            keep = survivors(accuracy, costs, max(k, math.ceil(len(alive) / 2)))
+            self.say(f"final rung {rung}: {len(alive)} candidates at {until} steps: "
+                     + ", ".join(f"{n} {accuracy[n]:.4f} ({1 / costs[n]:.2f}x){'' if n in keep else ' out'}" for n in alive)
+                     + f" [{time.perf_counter() - t0:.0f}s]")
+            plan["rungs"].append({"steps": until, "val_accuracy": {str(n): accuracy[n] for n in alive},
+                                  "kept": keep, "seconds": round(time.perf_counter() - t0, 1)})
+            self._eliminate(plan, alive, keep, runs, rung=rung)
+            alive = keep
+        return alive
+
+    def _eliminate(self, plan: dict[str, Any], alive: Sequence[int], keep: Sequence[int], runs: dict[int, Any],
+                   *, rung: int) -> None:
+        for n in alive:
+            if n not in keep:
+                plan["eliminated"][str(n)] = {"rung": rung, "val_accuracy": runs[n].best_accuracy if n in runs else None}
+                runs.pop(n, None)
+                self.weights.rung_path(n).unlink(missing_ok=True)
+        for n in keep:  # a run killed later resumes these from here, not from the base
+            if n in runs:
+                self.weights.save(runs[n].model, self.weights.rung_path(n))
+                plan["progress"][str(n)] = runs[n].step
+        self.study.set_user_attr(PLAN_ATTR, plan)
+
+    def _start(self, number: int, trial: Any, plan: Mapping[str, Any]) -> Any:
+        """A candidate's DistillRun: cut from the base (final.start=base) or its trial weights, or resumed
+        from the weights saved at the end of its last rung."""
+        from safetensors.torch import load_model
+
+        from nas.quality.distill import DistillRun
+
+        ev, recipe = self.evaluator, self.settings.recipe
+        spec = recipe.member_spec(SubnetSpec.from_dict(trial.user_attrs["spec"]), encoder=ev.family.recovery)
+        start_step = int(plan.get("progress", {}).get(str(number), 0))
+        if recipe.start == "trial" and self.weights.trial_path(number).is_file():
+            model = self.weights.load(trial)
+        else:
+            model, _ = ev.candidate(spec)
+        if start_step and self.weights.rung_path(number).is_file():
+            load_model(model, str(self.weights.rung_path(number)))
+        else:
+            start_step = 0
+        hidden = recipe.train.distill == "hidden" and ev.family.recovery
+        return DistillRun(model, self._data(spec.context), recipe, pad_id=ev.pad_id,
+                          val_loader=ev.prep.loader("validation", spec.context, batch_size=ev.train.eval_batch_size,
+                                                    shuffle=False),
+                          teacher=ev.prep.base, hidden_map=ev.hidden_map(spec) if hidden else None,
+                          start_step=start_step)
+
+    def _data(self, context: int) -> Any:
+        if context not in self.data:
+            t0 = time.perf_counter()
+            self.data[context] = self.evaluator.distill_data(context, self.settings.transfer, say=self.say)
+            self._add("teacher logits and data", time.perf_counter() - t0)
+        return self.data[context]
+
+    def _finish(self, number: int, trial: Any, run: Any, plan: Mapping[str, Any]) -> None:
+        ev = self.evaluator
+        spec = self.settings.recipe.member_spec(SubnetSpec.from_dict(trial.user_attrs["spec"]),
+                                                encoder=ev.family.recovery)
+        model = run.finish()
+        self.clock("final training", run.seconds)
+        t0 = time.perf_counter()
+        result = {"val_accuracy": ev.accuracy(model, spec, "validation"), "test_accuracy": ev.accuracy(model, spec, "test"),
+                  **run.summary(), "seconds": round(run.seconds, 1), "rule": plan["rule"], "spec": spec.to_dict()}
+        result["steps"] = run.step
+        self.clock("evaluation", time.perf_counter() - t0)
+        deployed = ev.deployed(model, spec, name=f"final_{number}", precision=trial.user_attrs.get("precision"))
+        result.update({k: v for k, v in deployed.items() if k in DEPLOYED_KEYS})
+        self._add("evaluation and deployment", time.perf_counter() - t0)
+        self.weights.save(model, self.weights.final_path(number))
+        self.weights.rung_path(number).unlink(missing_ok=True)
+        latest = dict(self.study.user_attrs.get("final") or {})  # other workers may have added theirs
+        latest[str(number)] = result
+        self.study.set_user_attr("final", latest)
+        a = trial.user_attrs
+        why = "converged" if result["stopped_early"] else ("planned length" if run.step >= run.total else "time budget")
+        self.say(f"final    {number:3d} {a['shape']:28s} val acc {a['val_accuracy']:.4f} -> {result['val_accuracy']:.4f}"
+                 f"  test acc {result['test_accuracy']:.4f}  {run.step} steps (best {run.best_step}; {why})"
+                 f"  speedup {a['speedup']:.2f}x  ({run.seconds:.0f}s)")
+        if deployed:
+            self.say(f"deployed {number:3d} {deployed['variant']}: val acc {deployed['val_accuracy_deployed']:.4f}  "
+                     f"test acc {deployed['test_accuracy_deployed']:.4f}  speedup "
+                     f"{deployed['speedup_over_quantized_base']:.2f}x over the base in the same runtime and precision, "
+                     f"{deployed['speedup_over_runtime_fp32_base']:.2f}x over it at fp32, "
+                     f"{deployed['speedup_over_torch_fp32_base']:.2f}x over it in torch fp32 (measured: "
+                     f"{deployed['definition']})")
+        self.write(self.study)
+
+    def _add(self, what: str, seconds: float) -> None:
+        self.minutes[what] = self.minutes.get(what, 0.0) + seconds
+
+
+def _fixed_steps_stage(study: Any, *, weights: RunWeights, evaluator: Any, objectives: Any, final_k: int, recipe: Any,
+                       say: Callable[[str], None], clock: Callable[[str, float], None],
+                       write: Callable[[Any], Any]) -> None:
+    """A language model's final stage: the front's top-K by quality, each `recipe.max_steps` more steps
+    from its trial weights with the trials' trainer."""
+    quality = quality_column(objectives)  # val_perplexity
     front = pareto_frame(study, None, cost=cost_column(objectives), quality=quality)
     chosen = choose_final(front, final_k, quality=quality)
     q = quality.removeprefix("val_")
@@ -51,25 +331,13 @@ def final_stage(study: Any, *, weights: RunWeights, evaluator: Any, objectives: 
                   f"test_{q}": evaluator.quality_of(model, spec, "test")[1], "steps": fs.max_steps,
                   "seconds": round(seconds, 1)}
         clock("evaluation", time.perf_counter() - t0)
-        deployed = {}
-        if q == "accuracy":  # as it will run (runtime and precision), timed against each baseline
-            deployed = evaluator.deployed(model, spec, name=f"final_{number}", precision=trial.user_attrs.get("precision"))
-            result.update({k: v for k, v in deployed.items() if k in DEPLOYED_KEYS})
         weights.save(model, weights.final_path(number))
         latest = dict(study.user_attrs.get("final") or {})  # other workers may have added theirs
         latest[str(number)] = result
         study.set_user_attr("final", latest)
         a = trial.user_attrs
-        short = q[:3] if q == "accuracy" else "ppl"
-        say(f"final    {number:3d} {a['shape']:28s} val {short} {a[f'val_{q}']:.4f} -> {result[f'val_{q}']:.4f}"
-            f"  test {short} {result[f'test_{q}']:.4f}  speedup {a['speedup']:.2f}x  ({seconds:.0f}s)")
-        if deployed:
-            say(f"deployed {number:3d} {deployed['variant']}: val acc {deployed['val_accuracy_deployed']:.4f}  "
-                f"test acc {deployed['test_accuracy_deployed']:.4f}  speedup "
-                f"{deployed['speedup_over_quantized_base']:.2f}x over the base in the same runtime and precision, "
-                f"{deployed['speedup_over_runtime_fp32_base']:.2f}x over it at fp32, "
-                f"{deployed['speedup_over_torch_fp32_base']:.2f}x over it in torch fp32 (measured: "
-                f"{deployed['definition']})")
+        say(f"final    {number:3d} {a['shape']:28s} val ppl {a[f'val_{q}']:.4f} -> {result[f'val_{q}']:.4f}"
+            f"  test ppl {result[f'test_{q}']:.4f}  speedup {a['speedup']:.2f}x  ({seconds:.0f}s)")
         write(study)
 
 

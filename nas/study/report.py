@@ -269,6 +269,9 @@ def write_reports(study: Any, run_dir: str | Path, *, base: Mapping[str, Any], o
     finals = final_trained(front)
     knee = (knee_index(finals, acc="final_" + quality, cost=cost) if not finals.empty
             else knee_index(front, acc=quality, cost=cost))
+    winner = study.user_attrs.get("final_winner")  # the final stage's: the fastest member within final.band
+    if winner is not None and not finals.empty and (finals["number"] == winner).any():
+        knee = int(finals.index[finals["number"] == winner][0])
     plot_pareto_png(trials, front, run_dir / "pareto.png", cost=cost, knee=knee, quality=quality)
     plot_pareto_html(trials, front, run_dir / "pareto.html", cost=cost, quality=quality)
     best = None

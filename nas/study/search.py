@@ -41,7 +41,14 @@ from nas.study.loop import StudyLoop
 from nas.study.preflight import preflight, writable_folder
 from nas.study.prepare import prepare
 from nas.study.report import write_reports
-from nas.study.settings import LATENCY_DEFINITION, OBJECTIVE_ATTR, SearchSettings, chosen_space, final_train_settings
+from nas.study.settings import (
+    LATENCY_DEFINITION,
+    OBJECTIVE_ATTR,
+    FinalSettings,
+    SearchSettings,
+    chosen_space,
+    final_train_settings,
+)
 from nas.study.space import context_cap, task_token_lengths
 from nas.study.storage import open_study, storage_url
 from nas.study.trial import Evaluator, Infeasible
@@ -87,7 +94,10 @@ class Search:
         self.recovery = RecoverySettings.from_cfg(container.get("prune")).resolved(self.settings.estimator)
         self.supernet_settings = SupernetSettings.from_cfg(container.get("supernet"))
         self.supernet: Any = None
-        self.final_settings = final_train_settings(container)
+        self.final_settings = final_train_settings(container)  # a language model's fixed-length final training
+        self.final = FinalSettings.from_cfg(container)
+        if self.final.members and not self.lm:
+            self.final.transfer.check()  # a missing transfer file or column: refused before any work
         self.evaluator: Evaluator | None = None  # built once the base is ready
         self.max_length = container.get("max_length", 128)
         if isinstance(self.max_length, bool) or not isinstance(self.max_length, int):
@@ -280,7 +290,7 @@ class Search:
             self.clock.add("evaluation", time.perf_counter() - t0)
             study.set_user_attr("base", self.base_metrics)
         final_stage(study, weights=self.weights, evaluator=self.evaluator, objectives=self.settings.objectives,
-                    final_k=self.settings.final_k, recipe=self.final_settings, say=self._say, clock=self.clock.add,
+                    settings=self.final, lm_recipe=self.final_settings, say=self._say, clock=self.clock.add,
                     write=self.write)
         evaluate_front_on_test(study, weights=self.weights, prep=self.prep, lm=self.lm,
                                batch_size=self.train_settings.eval_batch_size, clock=self.clock.add)

@@ -116,13 +116,88 @@ def _seconds_or_none(value: Any, key: str) -> float | None:
 
 
 def final_train_settings(cfg: Mapping[str, Any]) -> Any:
-    """The final recipe (final.*) for the front's top-K: the trial's train.* settings, longer."""
+    """The final training's optimiser and loss settings (final.lr, final.distill over train.*). For a
+    language model, whose final stage trains a fixed number of steps with the trial's trainer, also its
+    length: final.max_steps (400 when null)."""
 
     final = dict(cfg.get("final") or {})
-    overrides = {"max_steps": int(final.get("max_steps", 400)), "lr": float(final.get("lr", 1e-4))}
+    steps = final.get("max_steps")
+    overrides = {"max_steps": 400 if steps is None else int(steps), "lr": float(final.get("lr", 1e-4))}
     if final.get("distill") is not None:
         overrides["distill"] = str(final["distill"])
     return TrainSettings.from_cfg(cfg.get("train") or {}, **overrides)
+
+
+def final_recipe(cfg: Mapping[str, Any]) -> Any:
+    """The final recipe (final.*) of a classifier: epochs with validation early stopping, best checkpoint."""
+    from nas.quality.distill import FinalRecipe
+
+    final = dict(cfg.get("final") or {})
+    steps = final.get("max_steps")
+    recipe = FinalRecipe(train=final_train_settings(cfg), max_epochs=float(final.get("max_epochs", 3)),
+                         max_steps=None if steps is None else int(steps),
+                         eval_every=int(final.get("eval_every", 100)), patience=int(final.get("patience", 3)),
+                         start=str(final.get("start", "base")), layers=str(final.get("layers", "auto")))
+    recipe.validate()
+    return recipe
+
+
+RULES = ("halving", "fastest", "accuracy")
+
+
+@dataclass(frozen=True)
+class FinalSettings:
+    """The final stage (final.*, search.final_k): which front members train to convergence, and for how long.
+
+    rule halving: the `candidates` fastest front members whose trial accuracy is within `slack` of the
+    base's are trained `rung_steps` steps each; the more accurate half goes on, for as many steps again
+    (each rung doubles the steps done), until `members` (search.final_k) are left; those train to
+    convergence. fastest: the `members` fastest such members, trained to convergence. accuracy: the
+    front's most accurate members at evenly spaced ranks (the rule before halving). `time_budget`
+    (seconds) bounds the whole stage: a member whose time is spent ends at its best checkpoint so far.
+    The winner (best.yaml, nas.export) is the fastest member within `band` points of the base's
+    validation accuracy, as deployed; none within: the most accurate."""
+
+    recipe: Any  # nas.quality.distill.FinalRecipe
+    members: int
+    rule: str = "halving"
+    candidates: int = 6
+    slack: float = 0.15
+    rung_steps: int = 100
+    band: float = 1.0
+    time_budget: float | None = 480.0
+    transfer: Any = None  # nas.data.transfer.TransferSettings
+
+    @classmethod
+    def from_cfg(cls, cfg: Mapping[str, Any]) -> FinalSettings:
+        from nas.data.transfer import TransferSettings
+
+        final = dict(cfg.get("final") or {})
+        search = dict(cfg.get("search") or {})
+        settings = cls(recipe=final_recipe(cfg), members=search.get("final_k", 0),
+                       rule=str(final.get("rule", "halving")), candidates=final.get("candidates", 6),
+                       slack=final.get("slack", 0.15), rung_steps=final.get("rung_steps", 100),
+                       band=final.get("band", 1.0),
+                       time_budget=_seconds_or_none(final.get("time_budget"), "final.time_budget"),
+                       transfer=TransferSettings.from_cfg(final))
+        settings.validate()
+        return settings
+
+    def validate(self) -> None:
+        if self.rule not in RULES:
+            raise ValueError(f"final.rule={self.rule!r} is not known; allowed: {', '.join(RULES)}")
+        for key, value, low in (("final.candidates", self.candidates, 1), ("final.rung_steps", self.rung_steps, 1)):
+            if isinstance(value, bool) or not isinstance(value, int) or value < low:
+                raise ValueError(f"{key}={value!r} must be an integer >= {low}")
+        if self.rule == "halving" and self.members and self.candidates < self.members:
+            raise ValueError(f"final.candidates={self.candidates} is fewer than search.final_k={self.members}: "
+                             "halving starts from at least the members it ends with")
+        if isinstance(self.slack, bool) or not isinstance(self.slack, (int, float)) or not 0 <= self.slack <= 1:
+            raise ValueError(f"final.slack={self.slack!r} must be between 0 and 1 (accuracy below the base's)")
+        if isinstance(self.band, bool) or not isinstance(self.band, (int, float)) or not 0 <= self.band <= 100:
+            raise ValueError(f"final.band={self.band!r} must be between 0 and 100 (accuracy points below the base)")
+        if self.time_budget is not None and not self.time_budget > 0:
+            raise ValueError(f"final.time_budget={self.time_budget:g} must be > 0 (seconds) or null (no limit)")
 
 
 def make_sampler(settings: SearchSettings) -> Any:

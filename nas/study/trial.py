@@ -7,7 +7,7 @@
                as pruned and recovered: the zero-cost proxy); each then measures validation accuracy
 
 The study loop (sampling, repeats, stopping, reports) lives in nas.search and calls
-`Evaluator.evaluate`; the final training of the front (nas.final_stage) reuses `train_longer`.
+`Evaluator.evaluate`; the final stage (nas.study.final) reuses its cut, measurements and training data.
 """
 
 from __future__ import annotations
@@ -45,6 +45,7 @@ class Evaluator:
     teacher_cache: dict[bytes, Any] = field(default_factory=dict)
     supernet: Any = None  # nas.quality.supernet.Supernet, for estimator=supernet
     lm: bool = False  # a language-modelling task: the quality is perplexity (nas.quality.lm)
+    _transfer: list[str] | None = field(default=None, repr=False)  # the final stage's transfer texts, built once
 
     def __post_init__(self) -> None:
         if self.estimator not in ESTIMATORS:
@@ -171,6 +172,39 @@ class Evaluator:
         context = int(self.prep.shape.max_positions)
         return {f"{key}_accuracy_deployed": self.session_accuracy(path, context, split)
                 for split, key in (("validation", "val"), ("test", "test"))}
+
+    @property
+    def family(self) -> Any:
+        return family_for(self.prep.base)
+
+    @property
+    def pad_id(self) -> int:
+        pad = self.prep.tokenizer.pad_token_id
+        return int(pad if pad is not None else 0)
+
+    def distill_data(self, context: int, transfer: Any, *, say: Callable[[str], None] = lambda text: None) -> Any:
+        """The final members' training rows at `context`: the labelled training split and the transfer set
+        (nas.data.transfer), each row with the base's logits on it (computed once, cached on disk by base
+        and text set). The teacher sees each text at the run's max_length; the student at `context`."""
+        from nas.data.transfer import build_transfer_texts
+        from nas.quality.distill import DistillData, cached_teacher_logits
+        from nas.util import cfg_get
+
+        prep = self.prep
+        max_length = int(cfg_get(prep.cfg, "max_length", 128))
+        texts = [str(t) for t in prep.task.train["text"]]
+        common = {"max_length": max_length, "cache_dir": prep.cache_dir, "base_key": prep.base_info["key"], "say": say}
+        logits = cached_teacher_logits(prep.base, texts, prep.tokenizer, name="training", **common)
+        if self._transfer is None:
+            self._transfer = build_transfer_texts(transfer, prep.task) if transfer is not None else []
+            if self._transfer:
+                say(f"transfer set: {len(self._transfer)} {transfer.source} texts (none equal to a validation or test text)")
+        extra = self._transfer
+        extra_logits = cached_teacher_logits(prep.base, extra, prep.tokenizer, name=transfer.source, **common) \
+            if extra else None
+        return DistillData.build(prep.tokenizer, texts, [int(x) for x in prep.task.train["label"]], context=context,
+                                 teacher=logits, transfer_texts=extra, transfer_teacher=extra_logits,
+                                 transfer_share=transfer.share if extra else 0.0)
 
     def accuracy(self, model: Any, spec: Any, split: str) -> float:
         return self.quality_of(model, spec, split)[1]

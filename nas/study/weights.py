@@ -40,6 +40,10 @@ class RunWeights:
     def final_path(self, number: int) -> Path:
         return final_path(self.run_dir, number)
 
+    def rung_path(self, number: int) -> Path:
+        """A halving survivor's weights at the end of its last rung (a killed run resumes from them)."""
+        return self.run_dir / "models" / f"rung_{number}.safetensors"
+
     def save(self, model: Any, path: Path) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_name(path.name + ".tmp")
