@@ -193,7 +193,7 @@ def test_imdb_snippets_follow_the_task_lengths_and_skip_held_out_texts():
 
 
 @pytest.mark.parametrize("kwargs, expected", [
-    ({"source": "web"}, "final.transfer='web' is not known; allowed: none, augment, imdb, file, hf"),
+    ({"source": "web"}, "final.transfer='web' is not known; allowed: auto, none, augment, imdb, file, hf"),
     ({"source": "file"}, "final.transfer=file needs final.transfer_path (a table file)"),
     ({"source": "imdb", "size": 0}, "final.transfer_size=0 must be an integer >= 1 (texts)"),
     ({"source": "imdb", "share": 1.0}, "final.transfer_share=1.0 must be between 0 and 1 (exclusive): the share of "
@@ -203,3 +203,17 @@ def test_bad_transfer_settings_are_refused_in_one_line(kwargs, expected):
     with pytest.raises(ValueError) as info:
         TransferSettings(**kwargs).validate()
     assert str(info.value) == expected
+
+
+def test_auto_transfer_is_augmented_texts_only_for_a_task_with_few_labels():
+    from nas.data.transfer import AUTO_BELOW
+
+    auto = TransferSettings()
+    assert auto.source == "auto" and not auto.active
+    assert auto.for_task(AUTO_BELOW).source == "augment" and auto.for_task(AUTO_BELOW + 1).source == "none"
+    assert TransferSettings(source="imdb").for_task(10).source == "imdb"  # an explicit choice stays
+    few = Task([f"w{i} w{i + 1} w{i + 2}" for i in range(30)], ["w0 w1 w2"], ["w5 w6 w7"])
+    texts = build_transfer_texts(TransferSettings(size=50), few)
+    assert 0 < len(texts) <= 50 and not {normalise(t) for t in texts} & held_out_keys(few)
+    many = Task([f"w{i}" for i in range(AUTO_BELOW + 1)], ["x"], ["y"])
+    assert build_transfer_texts(TransferSettings(), many) == []

@@ -227,7 +227,7 @@ def test_cache_dir_under_a_file(env):
      "at least the members it ends with"),
     ("final.start=scratch", "final.start='scratch' is not known; allowed: base, trial"),
     ("final.patience=-1", "final.patience=-1 must be >= 0 (0: never stop early)"),
-    ("final.transfer=web", "final.transfer='web' is not known; allowed: none, augment, imdb, file, hf"),
+    ("final.transfer=web", "final.transfer='web' is not known; allowed: auto, none, augment, imdb, file, hf"),
     ("search.final_k=2 final.transfer=file final.transfer_path=/no/such/texts.csv",
      "final.transfer_path='/no/such/texts.csv' does not exist or is not a file"),
 ])

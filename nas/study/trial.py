@@ -195,6 +195,8 @@ class Evaluator:
         texts = [str(t) for t in prep.task.train["text"]]
         common = {"max_length": max_length, "cache_dir": prep.cache_dir, "base_key": prep.base_info["key"], "say": say}
         logits = cached_teacher_logits(prep.base, texts, prep.tokenizer, name="training", **common)
+        if transfer is not None:
+            transfer = transfer.for_task(len(texts))  # auto: augment on a task with few labels
         if self._transfer is None:
             self._transfer = build_transfer_texts(transfer, prep.task) if transfer is not None else []
             if self._transfer:
