@@ -60,6 +60,8 @@ def main() -> None:
     ap.add_argument("--sample", type=int, default=32)
     ap.add_argument("--rounds", type=int, default=5)
     ap.add_argument("--resamples", type=int, default=2000)
+    ap.add_argument("--final-only", action="store_true", help="only the members the final stage trained")
+    ap.add_argument("--out", default=str(HERE), help="folder for results_deployed.json / .md")
     args = ap.parse_args()
 
     import pandas as pd
@@ -106,6 +108,8 @@ def main() -> None:
     front = pd.read_csv(run_dir / "pareto.csv")
     finals = front[~front["is_base"].fillna(False).astype(bool)]  # every member: final weights where trained
     label_names = tuple(study.user_attrs.get("label_names") or ())
+    if args.final_only:
+        finals = finals[finals["final_val_accuracy"].notna()]
     for _, f in finals.iterrows():
         number = int(f["number"])
         spec = SubnetSpec.from_dict(study.trials[number].user_attrs["spec"])
@@ -125,7 +129,7 @@ def main() -> None:
         summary[f"speedup_at_{pts}pt_over_runtime_fp32_base"] = best["speedup_over_runtime_fp32_base"] if best else None
         summary[f"speedup_at_{pts}pt_over_torch_fp32_base"] = best["speedup_over_torch_fp32_base"] if best else None
         summary[f"chosen_at_{pts}pt"] = best["shape"] if best else None
-    (HERE / "results_deployed.json").write_text(json.dumps(summary, indent=1) + "\n")
+    (Path(args.out) / "results_deployed.json").write_text(json.dumps(summary, indent=1) + "\n")
     lines = ["# Headline as deployed (onnxruntime int8)", "",
              f"Run: the main command's own run ({run_dir.name}); speed: {summary['latency_definition']}; test: "
              f"{summary['test_reviews']} reviews; base (fp32) test accuracy {base_acc:.4f}.", "",
@@ -143,7 +147,7 @@ def main() -> None:
             f"{s:.2f}x over (c), {summary[f'speedup_at_{pts}pt_over_runtime_fp32_base']:.2f}x over (b), "
             f"{summary[f'speedup_at_{pts}pt_over_torch_fp32_base']:.2f}x over (a) ({summary[f'chosen_at_{pts}pt']})"
             if s else "nothing"))
-    (HERE / "results_deployed.md").write_text("\n".join(lines) + "\n")
+    (Path(args.out) / "results_deployed.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
 
 

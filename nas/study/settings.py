@@ -165,7 +165,7 @@ class FinalSettings:
     slack: float = 0.15
     rung_steps: int = 100
     band: float = 1.0
-    time_budget: float | None = 360.0
+    time_budget: float | None = 480.0
     transfer: Any = None  # nas.data.transfer.TransferSettings
 
     @classmethod
