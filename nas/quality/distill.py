@@ -28,6 +28,7 @@ import torch
 from filelock import FileLock
 from torch import nn
 
+from nas.data.tasks import LengthGroupedBatchSampler
 from nas.quality.finetune import HiddenMap, TrainSettings, hidden_loss
 from nas.quality.metrics import accuracy, model_inputs
 from nas.util import cache_key
@@ -194,8 +195,6 @@ class DistillData:
     def batches(self, batch_size: int, *, seed: int) -> Any:
         """Endless seeded batches of row indices: length-grouped labelled rows, each batch topped up with
         transfer rows (their own seeded order) when there are any."""
-        from nas.data.tasks import LengthGroupedBatchSampler
-
         extra = self.transfer_rows_per_batch(batch_size)
         labelled = LengthGroupedBatchSampler([len(ids) for ids in self.input_ids[:self.labelled_rows]],
                                              batch_size=batch_size - extra, seed=seed)

@@ -25,6 +25,7 @@ from typing import Any
 
 import pandas as pd
 
+from nas.quality.distill import DistillRun
 from nas.quality.metrics import evaluate
 from nas.spec import SubnetSpec
 from nas.study.report import DEPLOYED_KEYS, choose_final, cost_column, pareto_frame, quality_column
@@ -233,8 +234,6 @@ class FinalStage:
         """A candidate's DistillRun: cut from the base (final.start=base) or its trial weights, or resumed
         from the weights saved at the end of its last rung."""
         from safetensors.torch import load_model
-
-        from nas.quality.distill import DistillRun
 
         ev, recipe = self.evaluator, self.settings.recipe
         spec = recipe.member_spec(SubnetSpec.from_dict(trial.user_attrs["spec"]), encoder=ev.family.recovery)

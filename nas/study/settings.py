@@ -8,6 +8,8 @@ from typing import Any
 
 import optuna
 
+from nas.data.transfer import TransferSettings
+from nas.quality.distill import FinalRecipe
 from nas.quality.finetune import TrainSettings
 from nas.quality.metrics import QUALITY
 from nas.study.space import SearchSpace, available_spaces
@@ -130,8 +132,6 @@ def final_train_settings(cfg: Mapping[str, Any]) -> Any:
 
 def final_recipe(cfg: Mapping[str, Any]) -> Any:
     """The final recipe (final.*) of a classifier: epochs with validation early stopping, best checkpoint."""
-    from nas.quality.distill import FinalRecipe
-
     final = dict(cfg.get("final") or {})
     steps = final.get("max_steps")
     recipe = FinalRecipe(train=final_train_settings(cfg), max_epochs=float(final.get("max_epochs", 3)),
@@ -170,8 +170,6 @@ class FinalSettings:
 
     @classmethod
     def from_cfg(cls, cfg: Mapping[str, Any]) -> FinalSettings:
-        from nas.data.transfer import TransferSettings
-
         final = dict(cfg.get("final") or {})
         search = dict(cfg.get("search") or {})
         settings = cls(recipe=final_recipe(cfg), members=search.get("final_k", 0),

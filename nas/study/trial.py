@@ -20,11 +20,14 @@ from typing import Any
 from nas.cost.latency import model_size
 from nas.cut.prune import prune_model
 from nas.cut.recovery import calibration_batches, recover
+from nas.data.transfer import build_transfer_texts
 from nas.deploy.onnx import onnx_session, session_accuracy
 from nas.models.registry import family_for
 from nas.models.slicing import kept_units
+from nas.quality.distill import DistillData, cached_teacher_logits
 from nas.quality.finetune import HiddenMap, finetune
 from nas.quality.metrics import evaluate
+from nas.util import cfg_get
 
 ESTIMATORS = ("finetune", "supernet", "none")
 
@@ -186,10 +189,6 @@ class Evaluator:
         """The final members' training rows at `context`: the labelled training split and the transfer set
         (nas.data.transfer), each row with the base's logits on it (computed once, cached on disk by base
         and text set). The teacher sees each text at the run's max_length; the student at `context`."""
-        from nas.data.transfer import build_transfer_texts
-        from nas.quality.distill import DistillData, cached_teacher_logits
-        from nas.util import cfg_get
-
         prep = self.prep
         max_length = int(cfg_get(prep.cfg, "max_length", 128))
         texts = [str(t) for t in prep.task.train["text"]]
