@@ -25,7 +25,7 @@ from typing import Any
 
 import numpy as np
 
-from nas.data.tasks import _table_format, imdb_path
+from nas.data.tasks import FILE_SUFFIXES, _read_table, _table_format, imdb_path
 
 SOURCES = ("auto", "none", "augment", "imdb", "file", "hf")
 # auto: `augment` when the task has at most this many labelled training texts, else none. Measured
@@ -202,23 +202,17 @@ def imdb_snippets(*, word_counts: Sequence[int], rng: np.random.Generator, limit
 
 
 def _read_file(path: pathlib.Path, nrows: int | None = None) -> Any:
+    """The table at `path` (nas.data.tasks' reader: csv, tsv, json, jsonl, parquet, compressed or not);
+    `nrows`: only the first rows of a csv / tsv (the check reads its header, not the whole file)."""
     import pandas as pd
 
-    ext, _ = _table_format(path)
-    if ext in (".csv", ".tsv"):
+    ext, compressed = _table_format(path)
+    if ext not in FILE_SUFFIXES or (ext == ".parquet" and compressed):
+        raise ValueError(f"final.transfer_path={str(path)!r} has an unsupported suffix; allowed: "
+                         f"{', '.join(FILE_SUFFIXES)}")
+    if nrows is not None and ext in (".csv", ".tsv"):
         return pd.read_csv(path, sep="\t" if ext == ".tsv" else ",", nrows=nrows)
-    if ext == ".jsonl":
-        return pd.read_json(path, lines=True, nrows=nrows)
-    if ext == ".json":
-        try:
-            return pd.read_json(path)
-        except ValueError:
-            return pd.read_json(path, lines=True)
-    if ext == ".parquet":
-        frame = pd.read_parquet(path)
-        return frame.head(nrows) if nrows else frame
-    raise ValueError(f"final.transfer_path={str(path)!r} has an unsupported suffix; allowed: .csv, .tsv, .json, "
-                     ".jsonl, .parquet")
+    return _read_table(path, ext, "utf-8")
 
 
 def _read_hf(settings: TransferSettings) -> list[str]:
