@@ -27,7 +27,6 @@ from nas.cut.recovery import RecoverySettings
 from nas.data.transfer import TransferSettings
 from nas.deploy.bundle import export_all
 from nas.models.registry import family_for
-from nas.quality.distill import DistillRun
 from nas.redact import protect_run
 from nas.spec import SubnetSpec
 from nas.study.deployed import deployed_line, measure_deployed
@@ -67,11 +66,7 @@ def train_to_convergence(ev: Any, model: Any, spec: Any, recipe: Any, transfer: 
                          say: Any = print) -> tuple[Any, dict[str, Any]]:
     """One shape's final training with the final recipe (the search's final stage, for one member)."""
     data = ev.distill_data(spec.context, transfer, say=say)
-    hidden = recipe.train.distill == "hidden" and ev.family.recovery
-    run = DistillRun(model, data, recipe, pad_id=ev.pad_id, teacher=ev.prep.base,
-                     hidden_map=ev.hidden_map(spec) if hidden else None,
-                     val_loader=ev.prep.loader("validation", spec.context, batch_size=ev.train.eval_batch_size,
-                                               shuffle=False))
+    run = ev.distill_run(model, spec, recipe, data)
     say(f"final training of {spec.describe()}: {recipe.describe(data.batches_per_epoch(recipe.train.batch_size))}; "
         f"transfer set: {transfer.describe()}")
     run.advance()
@@ -84,7 +79,7 @@ def run_final(cfg: Any, arch_path: str | Path, out_dir: str | Path, *, overrides
     cfg = merged_config(cfg, arch_file, overrides)
     container = OmegaConf.to_container(cfg, resolve=True)
     settings = final_train_settings(container)
-    final_recipe(container)  # its settings checked before any work
+    recipe = final_recipe(container)  # its settings checked before any work
     recovery = RecoverySettings.from_cfg(container.get("prune")).resolved("finetune")  # it trains afterwards
 
     transfer = TransferSettings.from_cfg(container.get("final") or {})
@@ -107,7 +102,7 @@ def run_final(cfg: Any, arch_path: str | Path, out_dir: str | Path, *, overrides
         result = ev.fit(model, spec, settings)
         steps = settings.max_steps
     else:  # the final recipe (nas.quality.distill): to convergence, best validation checkpoint
-        model, result = train_to_convergence(ev, model, spec, final_recipe(container), transfer, say=console.print)
+        model, result = train_to_convergence(ev, model, spec, recipe, transfer, say=console.print)
         steps = result["steps"]
     q, val = ev.quality_of(model, spec, "validation")
     metrics: dict[str, Any] = {

@@ -217,3 +217,24 @@ def test_auto_transfer_is_augmented_texts_only_for_a_task_with_few_labels():
     assert 0 < len(texts) <= 50 and not {normalise(t) for t in texts} & held_out_keys(few)
     many = Task([f"w{i}" for i in range(AUTO_BELOW + 1)], ["x"], ["y"])
     assert build_transfer_texts(TransferSettings(), many) == []
+
+
+def test_final_members_keep_the_bottom_layers_where_final_layers_says_so():
+    """final.layers: bottom keeps layers 0..n-1 whatever the trial's block influence chose; trial keeps
+    the trial's; auto is bottom for an encoder and the trial's for a decoder; start=trial always keeps
+    the trial's (its weights belong to them); only depth changes; an unknown rule is refused."""
+    from nas.spec import SubnetSpec
+
+    spec = SubnetSpec.uniform(layers=(3, 4, 5), heads=8, ffn=640, hidden=320, context=64)
+
+    def kept(layers, *, encoder=True, start="base"):
+        return FinalRecipe(layers=layers, start=start).member_spec(spec, encoder=encoder)
+
+    assert kept("bottom").layers == (0, 1, 2) and kept("bottom", encoder=False).layers == (0, 1, 2)
+    assert kept("auto").layers == (0, 1, 2)
+    assert kept("auto", encoder=False) is spec and kept("trial") is spec
+    assert kept("bottom", start="trial") is spec
+    moved = kept("bottom")
+    assert (moved.heads, moved.ffn, moved.hidden, moved.context) == (spec.heads, spec.ffn, spec.hidden, spec.context)
+    with pytest.raises(ValueError, match=r"^final.layers='top' is not known; allowed: auto, bottom, trial$"):
+        FinalRecipe(layers="top").validate()

@@ -344,19 +344,3 @@ def test_minilm_scores(minilm, minilm_tokenizer):
         assert torch.equal(minilm.state_dict()[k], v)
     assert_scores_equal(compute_scores(minilm, [batch]), s)
 
-
-def test_the_layer_rule_ranks_depth_cuts():
-    """bottom keeps layers 0..n-1 whatever block influence says; influence keeps its ranking; only depth
-    changes; an unknown rule is refused."""
-    from nas.cut.importance import with_layer_rule
-
-    scores = ImportanceScores(layers=torch.tensor([0.1, 0.2, 0.3, 0.9, 0.8, 0.7]), heads=torch.ones(6, 2),
-                              ffn=torch.ones(6, 4), hidden=torch.ones(8), method="fisher")
-    assert scores.top_layers(3) == (3, 4, 5)
-    assert with_layer_rule(scores, "bottom").top_layers(3) == (0, 1, 2)
-    assert with_layer_rule(scores, "bottom").top_layers(4) == (0, 1, 2, 3)
-    assert with_layer_rule(scores, "influence") is scores
-    kept = with_layer_rule(scores, "bottom")
-    assert torch.equal(kept.heads, scores.heads) and torch.equal(kept.hidden, scores.hidden)  # only depth changes
-    with pytest.raises(ValueError, match=r"^layer rule 'top' is not known; allowed: bottom, influence$"):
-        with_layer_rule(scores, "top")

@@ -35,7 +35,6 @@ def main() -> None:
     from nas.config import compose
     from nas.cut.recovery import RecoverySettings
     from nas.data.transfer import TransferSettings
-    from nas.quality.distill import DistillRun
     from nas.quality.metrics import accuracy
     from nas.spec import SubnetSpec
     from nas.study.prepare import prepare
@@ -68,11 +67,8 @@ def main() -> None:
         data = ev.distill_data(spec.context, transfer, say=print)
         data_s = time.perf_counter() - t_data
         model, _ = ev.candidate(spec)
-        hidden = recipe.train.distill == "hidden"
         test_loader = prep.loader("test", spec.context, batch_size=128, shuffle=False)
-        run = DistillRun(model, data, recipe, pad_id=ev.pad_id, teacher=prep.base,
-                         hidden_map=ev.hidden_map(spec) if hidden else None,
-                         val_loader=prep.loader("validation", spec.context, batch_size=128, shuffle=False))
+        run = ev.distill_run(model, spec, recipe, data)
         eval_s = [0.0]
         real_validate = run.validate
 

@@ -33,7 +33,6 @@ def main() -> None:
     from nas.config import compose
     from nas.cut.recovery import RecoverySettings
     from nas.data.transfer import TransferSettings
-    from nas.quality.distill import DistillRun
     from nas.quality.metrics import accuracy
     from nas.spec import SubnetSpec
     from nas.study.prepare import prepare
@@ -62,8 +61,7 @@ def main() -> None:
             continue
         spec = replace(spec0, layers=layers)
         model, _ = ev.candidate(spec)
-        run = DistillRun(model, data, recipe, pad_id=ev.pad_id, teacher=prep.base,
-                         val_loader=prep.loader("validation", spec.context, batch_size=128, shuffle=False))
+        run = ev.distill_run(model, spec, recipe, data)
         t0 = time.perf_counter()
         run.advance()
         run.finish()

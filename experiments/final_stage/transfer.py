@@ -55,7 +55,6 @@ def main() -> None:
     from nas.config import compose
     from nas.cut.recovery import RecoverySettings
     from nas.data.transfer import TransferSettings
-    from nas.quality.distill import DistillRun
     from nas.spec import SubnetSpec
     from nas.study.prepare import prepare
     from nas.study.settings import final_recipe, final_train_settings
@@ -92,8 +91,7 @@ def main() -> None:
             data = ev.distill_data(spec.context, TransferSettings.from_cfg(container["final"]), say=print)
             data_s = time.perf_counter() - t1
             model, _ = ev.candidate(spec)
-            run = DistillRun(model, data, recipe, pad_id=ev.pad_id, teacher=prep.base,
-                             val_loader=prep.loader("validation", spec.context, batch_size=128, shuffle=False))
+            run = ev.distill_run(model, spec, recipe, data)
             run.advance()
             run.finish()
             hits = correct(model, test)

@@ -9,9 +9,10 @@ Criteria (higher = more important, kept first):
   hidden-size pruning does). Activation magnitude (Minitron) was tried first and lost to
   keep-first-k on this task (experiments/prune_importance/README.md).
 - layers: block influence 1 - cos(layer input, layer output) over real tokens (ShortGPT). The final
-  stage re-chooses an encoder's layers by `with_layer_rule` (final.layers): a 3-of-6-layer cut keeps
-  layers 0-2 there, 2.3 validation points better after training to convergence than the 3-5 block
-  influence keeps, which in turn are better after a 60-step trial (experiments/final_stage/layers.json).
+  stage keeps an encoder member's bottom layers instead (final.layers, FinalRecipe.member_spec): a
+  3-of-6-layer cut keeps layers 0-2 there, 2.3 validation points better after training to convergence
+  than the 3-5 block influence keeps, which in turn are better after a 60-step trial
+  (experiments/final_stage/layers.json).
 - context: positions are kept in order (the first C); there is no choice to score.
 `naive` keeps the first k of everything: the baseline the criteria must beat.
 """
@@ -20,7 +21,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Iterable
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -36,7 +37,6 @@ from nas.util import cache_key
 log = logging.getLogger(__name__)
 
 METHODS = ("fisher", "naive")
-LAYER_RULES = ("bottom", "influence")
 SCORES_VERSION = 3  # bump when a criterion changes: old cache entries are then ignored
 
 
@@ -77,17 +77,6 @@ class ImportanceScores:
 
     def top_layers(self, n: int) -> tuple[int, ...]:
         return tuple(int(i) for i in keep_top(self.layers, n))
-
-
-def with_layer_rule(scores: ImportanceScores, rule: str) -> ImportanceScores:
-    """`scores` with their layer ranking by `rule` (LAYER_RULES): influence keeps the block-influence
-    ranking; bottom ranks layer 0 first, then 1, ... (a depth cut drops the top layers)."""
-    if rule not in LAYER_RULES:
-        raise ValueError(f"layer rule {rule!r} is not known; allowed: {', '.join(LAYER_RULES)}")
-    if rule == "influence":
-        return scores
-    n = scores.layers.numel()
-    return replace(scores, layers=torch.arange(n, 0, -1, dtype=scores.layers.dtype))
 
 
 def naive_scores(shape: BaseShape) -> ImportanceScores:

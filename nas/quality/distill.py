@@ -20,7 +20,7 @@ import logging
 import math
 import time
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -73,12 +73,10 @@ class FinalRecipe:
     def member_spec(self, spec: Any, *, encoder: bool) -> Any:
         """The spec a member trains at: its trial's, with the bottom layers kept where final.layers says so
         (start=base only: trial weights belong to the trial's own layers)."""
-        from dataclasses import replace as _replace
-
         bottom = self.layers == "bottom" or (self.layers == "auto" and encoder)
         if self.start != "base" or not bottom:
             return spec
-        return _replace(spec, layers=tuple(range(len(spec.layers))))
+        return replace(spec, layers=tuple(range(len(spec.layers))))
 
     def steps(self, batches_per_epoch: int) -> int:
         if self.max_steps is not None:

@@ -25,7 +25,6 @@ from typing import Any
 
 import pandas as pd
 
-from nas.quality.distill import DistillRun
 from nas.quality.metrics import evaluate
 from nas.spec import SubnetSpec
 from nas.study.report import DEPLOYED_KEYS, choose_final, cost_column, pareto_frame, quality_column
@@ -70,6 +69,11 @@ def survivors(accuracy: Mapping[int, float], cost: Mapping[int, float], keep: in
     return sorted(accuracy, key=lambda n: (-accuracy[n], cost[n]))[:keep]
 
 
+def within_band(accuracy: float, *, base_quality: float, band: float) -> bool:
+    """Whether `accuracy` is at most `band` points below the base's."""
+    return accuracy >= base_quality - band / 100 - 1e-12
+
+
 def winner(final: Mapping[str, Mapping[str, Any]], *, base_quality: float, band: float) -> int | None:
     """The fastest final member within `band` points of the base's validation accuracy, as deployed
     (its deployed accuracy and measured speedup where it has them); none within: the most accurate."""
@@ -81,7 +85,7 @@ def winner(final: Mapping[str, Mapping[str, Any]], *, base_quality: float, band:
             rows.append((int(n), float(acc), float(speed) if speed is not None else 0.0))
     if not rows:
         return None
-    within = [r for r in rows if r[1] >= base_quality - band / 100 - 1e-12]
+    within = [r for r in rows if within_band(r[1], base_quality=base_quality, band=band)]
     if within:
         return max(within, key=lambda r: (r[2], r[1]))[0]
     return max(rows, key=lambda r: (r[1], r[2]))[0]
@@ -177,7 +181,7 @@ class FinalStage:
             r = final[str(best)]
             acc = r.get("val_accuracy_deployed", r["val_accuracy"])
             why = (f"the fastest member within {s.band:g} validation points of the base" if
-                   acc >= self.base_quality - s.band / 100 - 1e-12 else
+                   within_band(acc, base_quality=self.base_quality, band=s.band) else
                    f"no member is within {s.band:g} validation points of the base: the most accurate")
             self.say(f"final stage winner: trial {best} ({self.study.trials[best].user_attrs.get('shape')}), {why}: "
                      f"val acc {acc:.4f} as deployed (base {self.base_quality:.4f}), test acc "
@@ -236,7 +240,7 @@ class FinalStage:
         from safetensors.torch import load_model
 
         ev, recipe = self.evaluator, self.settings.recipe
-        spec = recipe.member_spec(SubnetSpec.from_dict(trial.user_attrs["spec"]), encoder=ev.family.recovery)
+        spec = self._spec(trial)
         start_step = int(plan.get("progress", {}).get(str(number), 0))
         if recipe.start == "trial" and self.weights.trial_path(number).is_file():
             model = self.weights.load(trial)
@@ -246,12 +250,12 @@ class FinalStage:
             load_model(model, str(self.weights.rung_path(number)))
         else:
             start_step = 0
-        hidden = recipe.train.distill == "hidden" and ev.family.recovery
-        return DistillRun(model, self._data(spec.context), recipe, pad_id=ev.pad_id,
-                          val_loader=ev.prep.loader("validation", spec.context, batch_size=ev.train.eval_batch_size,
-                                                    shuffle=False),
-                          teacher=ev.prep.base, hidden_map=ev.hidden_map(spec) if hidden else None,
-                          start_step=start_step)
+        return ev.distill_run(model, spec, recipe, self._data(spec.context), start_step=start_step)
+
+    def _spec(self, trial: Any) -> Any:
+        """The spec a member trains at: its trial's, its layers by final.layers."""
+        return self.settings.recipe.member_spec(SubnetSpec.from_dict(trial.user_attrs["spec"]),
+                                                encoder=self.evaluator.family.recovery)
 
     def _data(self, context: int) -> Any:
         if context not in self.data:
@@ -262,14 +266,12 @@ class FinalStage:
 
     def _finish(self, number: int, trial: Any, run: Any, plan: Mapping[str, Any]) -> None:
         ev = self.evaluator
-        spec = self.settings.recipe.member_spec(SubnetSpec.from_dict(trial.user_attrs["spec"]),
-                                                encoder=ev.family.recovery)
+        spec = self._spec(trial)
         model = run.finish()
         self.clock("final training", run.seconds)
         t0 = time.perf_counter()
         result = {"val_accuracy": ev.accuracy(model, spec, "validation"), "test_accuracy": ev.accuracy(model, spec, "test"),
                   **run.summary(), "seconds": round(run.seconds, 1), "rule": plan["rule"], "spec": spec.to_dict()}
-        result["steps"] = run.step
         self.clock("evaluation", time.perf_counter() - t0)
         deployed = ev.deployed(model, spec, name=f"final_{number}", precision=trial.user_attrs.get("precision"))
         result.update({k: v for k, v in deployed.items() if k in DEPLOYED_KEYS})

@@ -24,7 +24,7 @@ from nas.data.transfer import build_transfer_texts
 from nas.deploy.onnx import onnx_session, session_accuracy
 from nas.models.registry import family_for
 from nas.models.slicing import kept_units
-from nas.quality.distill import DistillData, cached_teacher_logits
+from nas.quality.distill import DistillData, DistillRun, cached_teacher_logits
 from nas.quality.finetune import HiddenMap, finetune
 from nas.quality.metrics import evaluate
 from nas.util import cfg_get
@@ -206,6 +206,16 @@ class Evaluator:
         return DistillData.build(prep.tokenizer, texts, [int(x) for x in prep.task.train["label"]], context=context,
                                  teacher=logits, transfer_texts=extra, transfer_teacher=extra_logits,
                                  transfer_share=transfer.share if extra else 0.0)
+
+    def distill_run(self, model: Any, spec: Any, recipe: Any, data: Any, *, start_step: int = 0) -> Any:
+        """A member's final training (nas.quality.distill.DistillRun) on `data` (distill_data's), validated
+        on this task's validation split at the spec's context; the base is the teacher (live, for its
+        hidden states, with distill=hidden on an encoder)."""
+        hidden = recipe.train.distill == "hidden" and self.family.recovery
+        return DistillRun(model, data, recipe, pad_id=self.pad_id, teacher=self.prep.base,
+                          hidden_map=self.hidden_map(spec) if hidden else None, start_step=start_step,
+                          val_loader=self.prep.loader("validation", spec.context, batch_size=self.train.eval_batch_size,
+                                                      shuffle=False))
 
     def accuracy(self, model: Any, spec: Any, split: str) -> float:
         return self.quality_of(model, spec, split)[1]
