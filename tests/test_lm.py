@@ -13,6 +13,7 @@ import torch
 
 import tiny
 from nas.config import compose
+from nas.cost.llamacpp import llama_cpp_reason
 from nas.models.decoder import decoder_params
 from nas.models.registry import base_shape
 from nas.spec import SubnetSpec
@@ -229,7 +230,7 @@ def test_generation_latency_is_paired_and_refuses_what_it_cannot_time(lm_env):
     with pytest.raises(ValueError, match="latency.generation=decode needs a language-modelling task"):
         PairedTimer.for_prepared(SimpleNamespace(**{**vars(prep), "task": SimpleNamespace()}),
                                  LatencySettings(generation="decode"), max_length=32)
-    with pytest.raises(ValueError, match="set latency.runtime=torch"):
+    with pytest.raises(ValueError, match="set latency.runtime=llamacpp, torch"):
         PairedTimer.for_prepared(prep, LatencySettings(generation="generate", runtime="onnxruntime"), max_length=32)
     with pytest.raises(ValueError, match="latency.generation='beam' is not known; allowed: auto, prefill, decode"):
         LatencySettings(generation="beam").validate()
@@ -264,3 +265,40 @@ def test_smollm2_budget_applies_and_the_command_line_wins():
     assert compose(["model=smollm2", "final.max_steps=7", "train.max_steps=3"]).final.max_steps == 7
     plain = compose([])
     assert plain.final.max_steps is None and plain.train.max_steps != 10  # a classifier's final stage: epochs
+
+
+@pytest.mark.skipif(llama_cpp_reason() is not None, reason=str(llama_cpp_reason()))
+def test_llamacpp_runtime_times_gguf_decode_paired_with_the_base_and_names_three_baselines(lm_env):
+    from types import SimpleNamespace
+
+    from transformers import AutoModelForCausalLM
+
+    from nas.cost.latency import LatencySettings, PairedTimer
+    from nas.cut.prune import prune_model
+    from nas.data.text import load_text_task
+
+    base = AutoModelForCausalLM.from_pretrained(lm_env["model"]).eval()
+    task = load_text_task({"kind": "text", "path": str(lm_env["texts"])})
+    prep = SimpleNamespace(base=base, task=task, tokenizer=make_tokenizer(), shape=base_shape(base.config))
+    settings = LatencySettings(sample_size=2, warmup=1, new_tokens=4, runtime="auto", precision="auto").resolved(lm=True)
+    assert (settings.runtime, settings.precision) == ("llamacpp", "q8_0")  # what an LM is deployed in
+    assert "llamacpp GGUF q8_0" in settings.describe()
+    timer = PairedTimer.for_prepared(prep, settings, max_length=32)
+    try:
+        small = prune_model(base, SubnetSpec(layers=(0,), heads=(2,), kv_heads=(1,), ffn=(16,), hidden=32, context=32))
+        m = timer.measure(small, context=32)
+        assert m["speedup"] > 0 and len(timer.base_rounds) == settings.rounds
+        assert timer.gguf_path("base").is_file() and timer.gguf_path("candidate").is_file()
+        out = timer.measure_baselines(small, context=32)
+        assert out["variant"] == "llamacpp_q8_0"
+        for baseline in ("torch_fp32_base", "runtime_fp32_base", "quantized_base"):
+            assert out[f"speedup_over_{baseline}"] > 0
+        assert timer.gguf_path("base", "fp32").is_file()  # the base in llama.cpp at f32 was timed too
+    finally:
+        timer.close()
+    with pytest.raises(ValueError, match="latency.precision=int8 has no GGUF type; llama.cpp runs: fp32, f16, q8_0"):
+        LatencySettings(runtime="llamacpp", precision="int8").validate()
+    with pytest.raises(ValueError, match="latency.precision=q8_0 is a GGUF type: it needs latency.runtime=llamacpp"):
+        LatencySettings(runtime="onnxruntime", precision="q8_0").validate()
+    with pytest.raises(ValueError, match="latency.runtime=llamacpp runs causal language models"):
+        LatencySettings(runtime="llamacpp", precision="q8_0").resolved(lm=False)

@@ -40,9 +40,9 @@ def resolve_mode(mode: str, *, lm: bool, settings: Any = None) -> str:
         if not lm:
             raise ValueError(f"latency.generation={mode} needs a language-modelling task (data=text / shakespeare); "
                              "a classifier runs one forward: use prefill or auto")
-        if settings is not None and settings.runtime != "torch":
-            raise ValueError(f"latency.generation={mode} is timed in torch (KV cache); set latency.runtime=torch "
-                             "or latency.generation=prefill")
+        if settings is not None and settings.runtime not in ("torch", "llamacpp"):
+            raise ValueError(f"latency.generation={mode} is timed in torch or llama.cpp (KV cache); set "
+                             "latency.runtime=llamacpp, torch, or latency.generation=prefill")
         if settings is not None and settings.batch_size != 1:
             raise ValueError(f"latency.generation={mode} is timed at batch 1; set latency.batch_size=1")
     return mode

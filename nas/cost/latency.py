@@ -19,9 +19,11 @@ training, benchmarks), owned by `PairedTimer`:
   base's forward evicts a small candidate's weights from cache, so small models read up to
   ~10% slower than they run alone (the figure errs low, never high); `chunk` > 1 alternates
   in groups of that many inputs (less of that bias, more noise).
-- runtime: `torch` (eager) or `onnxruntime` (the model exported to ONNX, timed with an
-  InferenceSession at the same thread count); precision: `fp32`, or `int8` (onnxruntime only: the
-  exported model quantized by nas.deploy.quantize). Speedups differ by runtime and precision: both
+- runtime: `torch` (eager), `onnxruntime` (the model exported to ONNX, timed with an
+  InferenceSession at the same thread count) or `llamacpp` (a causal LM written as GGUF by
+  nas.deploy.gguf, decoded by llama.cpp through llama-cpp-python, nas.cost.llamacpp); precision:
+  `fp32`, or `int8` (onnxruntime only: the exported model quantized by nas.deploy.quantize), or a
+  GGUF type (`f16`, `q8_0`, `q4_0`; llama.cpp only). Speedups differ by runtime and precision: both
   are named with every figure, and so is the baseline (`BASELINES`): the base in torch fp32, in the
   same runtime at fp32, or in the same runtime and precision (what quantization alone gives).
 - model: `measured` times every candidate as above; `table` predicts its latency from a lookup
@@ -48,13 +50,19 @@ from omegaconf import OmegaConf
 from torch.utils.flop_counter import FlopCounterMode
 
 from nas.cost.generation import check, generation_pass, prompt_cap, resolve_mode
+from nas.cost.llamacpp import LlamaCppPass, llama_cpp_available, llama_cpp_reason
 from nas.data.tasks import token_lengths
+from nas.deploy.gguf import GGUF_TYPES, carried_tokenizer, write_gguf
 from nas.deploy.onnx import export_onnx, onnx_session
 from nas.deploy.quantize import PRECISIONS, QuantSettings, quantize_onnx
 from nas.models.registry import base_shape
 
 INPUT_MODES = ("real", "fixed")
-RUNTIMES = ("torch", "onnxruntime")
+GGUF_PRECISIONS = tuple(t for t in GGUF_TYPES if t != "f32")
+ALL_PRECISIONS = (*PRECISIONS, *GGUF_PRECISIONS)
+RUNTIMES = ("torch", "onnxruntime", "llamacpp")
+# what each runtime runs at: llama.cpp reads GGUF files (nas.deploy.gguf; fp32 is GGUF f32)
+RUNTIME_PRECISIONS = {"torch": ("fp32",), "onnxruntime": PRECISIONS, "llamacpp": ("fp32", *GGUF_PRECISIONS)}
 LATENCY_MODELS = ("measured", "table")
 # The three baselines a speedup is taken over, by name (printed and stored beside every figure).
 BASELINES = {
@@ -103,10 +111,15 @@ class LatencySettings:
 
     def resolved(self, *, lm: bool) -> LatencySettings:
         """`auto` runtime, precision and model made concrete: a classifier runs in onnxruntime int8 with
-        the latency table; a language model generates in torch fp32, measured (nas.cost.generation)."""
-        runtime = self.runtime if self.runtime != "auto" else ("torch" if lm else "onnxruntime")
+        the latency table; a language model decodes in llama.cpp at q8_0 (its GGUF, nas.deploy.gguf) when
+        llama-cpp-python is installed, else in torch fp32; LMs are always measured."""
+        runtime = self.runtime if self.runtime != "auto" else (
+            ("llamacpp" if llama_cpp_available() else "torch") if lm else "onnxruntime")
+        if runtime == "llamacpp" and not lm:
+            raise ValueError("latency.runtime=llamacpp runs causal language models (data=text / shakespeare with a "
+                             "decoder); a classifier runs in onnxruntime or torch")
         precision = self.precision if self.precision != "auto" else (
-            "int8" if runtime == "onnxruntime" and not lm else "fp32")
+            "int8" if runtime == "onnxruntime" and not lm else "q8_0" if runtime == "llamacpp" else "fp32")
         model = self.model if self.model != "auto" else ("measured" if lm else "table")
         return replace(self, runtime=runtime, precision=precision, model=model).validate()
 
@@ -130,11 +143,21 @@ class LatencySettings:
             raise ValueError(f"latency.inputs={self.inputs!r} is not known; allowed: {', '.join(INPUT_MODES)}")
         if self.runtime not in (*RUNTIMES, "auto"):
             raise ValueError(f"latency.runtime={self.runtime!r} is not known; allowed: {', '.join(RUNTIMES)}, auto")
-        if self.precision not in (*PRECISIONS, "auto"):
-            raise ValueError(f"latency.precision={self.precision!r} is not known; allowed: {', '.join(PRECISIONS)}, auto")
+        if self.precision not in (*ALL_PRECISIONS, "auto"):
+            raise ValueError(f"latency.precision={self.precision!r} is not known; allowed: {', '.join(ALL_PRECISIONS)}, "
+                             "auto")
         if self.precision == "int8" and self.runtime == "torch":
             raise ValueError("latency.precision=int8 has no path in torch eager here; use latency.runtime=onnxruntime "
                              "(onnxruntime's int8 kernels) or latency.precision=fp32")
+        if self.precision in GGUF_PRECISIONS and self.runtime != "llamacpp":
+            raise ValueError(f"latency.precision={self.precision} is a GGUF type: it needs latency.runtime=llamacpp")
+        if self.runtime == "llamacpp" and self.precision not in (*RUNTIME_PRECISIONS["llamacpp"], "auto"):
+            raise ValueError(f"latency.precision={self.precision} has no GGUF type; llama.cpp runs: "
+                             f"{', '.join(RUNTIME_PRECISIONS['llamacpp'])} (q8_0 is its 8-bit type)")
+        if self.runtime == "llamacpp" and self.batch_size != 1:
+            raise ValueError(f"latency.batch_size={self.batch_size}: llama.cpp is timed at batch 1")
+        if self.runtime == "llamacpp" and llama_cpp_reason():
+            raise ValueError(f"latency.runtime=llamacpp: {llama_cpp_reason()}")
         if self.model not in (*LATENCY_MODELS, "auto"):
             raise ValueError(f"latency.model={self.model!r} is not known; allowed: {', '.join(LATENCY_MODELS)}, auto")
         self.quant.validate()
@@ -178,11 +201,24 @@ class LatencySettings:
         if self.generation in ("decode", "generate"):
             what = (f"{self.generation} of {self.new_tokens} tokens with the KV cache after real prompts"
                     + ("" if self.generation == "generate" else f" ({self.unit})"))
-        precision = self.quant.describe() if self.precision == "int8" else "fp32"
+        precision = self.quant.describe() if self.precision == "int8" else (
+            f"GGUF {'f32' if self.precision == 'fp32' else self.precision}" if self.runtime == "llamacpp" else "fp32")
         how = "predicted by the latency table (nas.cost.table)" if self.model == "table" else f"{self.rounds} paired rounds"
         where = f"{self.runtime} {precision}, " if runtime else ""
         return (f"{what}, sample {self.sample_size}, batch {self.batch_size}, {self.threads} thread"
                 f"{'s' if self.threads > 1 else ''}, {where}{how}")
+
+
+def gguf_kind(precision: str) -> str:
+    """A llama.cpp precision as its GGUF type (fp32 is f32)."""
+    return "f32" if precision == "fp32" else precision
+
+
+def close_pass(run: Any) -> None:
+    """Free what a Pass holds (llama.cpp's model and context); torch and onnxruntime passes hold nothing to free."""
+    close = getattr(run, "close", None)
+    if callable(close):
+        close()
 
 
 def variant_name(runtime: str, precision: str) -> str:
@@ -193,8 +229,8 @@ def parse_variant(name: str) -> tuple[str, str]:
     """'onnxruntime_int8' -> ('onnxruntime', 'int8'); 'torch' -> ('torch', 'fp32'). Refuses unknown names."""
     runtime, _, precision = name.partition("_")
     precision = precision or "fp32"
-    if runtime not in RUNTIMES or precision not in PRECISIONS or (runtime == "torch" and precision != "fp32"):
-        allowed = [variant_name(r, p) for r in RUNTIMES for p in PRECISIONS if r != "torch" or p == "fp32"]
+    if runtime not in RUNTIMES or precision not in RUNTIME_PRECISIONS[runtime]:
+        allowed = [variant_name(r, p) for r in RUNTIMES for p in RUNTIME_PRECISIONS[r]]
         raise ValueError(f"runtime {name!r} is not known; allowed: {', '.join(allowed)}")
     return runtime, precision
 
@@ -457,6 +493,8 @@ class PairedTimer:
     # The TorchScript exporter for every ONNX model this timer builds (~1 s instead of 4-12 s for MiniLM; the
     # same graph speed, experiments/latency_table): the search's choice. nas.export times the dynamo export it ships.
     fast_export: bool = False
+    tokenizer: Any = None  # llama.cpp: the GGUF files carry it
+    source_gguf: Path | None = None  # llama.cpp: the base came from this GGUF (its tokenizer fields are copied)
     _passes: dict[str, Pass] = field(default_factory=dict)
     _tmp: Any = None
 
@@ -477,7 +515,8 @@ class PairedTimer:
                 prep.task, prep.tokenizer, replace(settings, inputs="real", split="train", batch_size=1,
                                                    sample_size=settings.calibration), cap=base_cap, vocab_size=vocab)
         return cls(base=prep.base, sample=sample, settings=settings, max_length=max_length, max_positions=positions,
-                   lm=lm, calibration=calibration)
+                   lm=lm, calibration=calibration, tokenizer=getattr(prep, "tokenizer", None),
+                   source_gguf=getattr(prep, "source_gguf", None))
 
     def caps(self, context: int) -> tuple[int, int]:
         caps = latency_lengths(self.settings.seq_len, context=context, max_length=self.max_length,
@@ -496,14 +535,25 @@ class PairedTimer:
     def _make_pass(self, model: Any, cap: int, *, name: str, variant: str | None = None, reuse: bool = False,
                    fast_export: bool = False) -> Pass:
         batches = self.sample.batches(cap)
+        runtime, precision = parse_variant(variant or self.settings.variant)
+        if runtime == "llamacpp":
+            path = self.gguf_path(name, precision)
+            if not (reuse and path.is_file()):  # a tokenizer GGUF cannot carry gets a stand-in: ids are fed directly
+                write_gguf(model, None if self.source_gguf else carried_tokenizer(self.tokenizer), path,
+                           kind=gguf_kind(precision), source_gguf=self.source_gguf)
+            return LlamaCppPass(path, batches, mode=self.settings.generation, new_tokens=self.settings.new_tokens,
+                                threads=self.settings.threads)
         if self.settings.generation in ("decode", "generate"):
             model.eval()
             return generation_pass(model, batches, mode=self.settings.generation, new_tokens=self.settings.new_tokens)
-        runtime, precision = parse_variant(variant or self.settings.variant)
         calibration = self.calibration.batches(cap) if self.calibration is not None else None
         return runtime_pass(model, batches, runtime=runtime, precision=precision, threads=self.settings.threads,
                             workdir=self._workdir(), name=name, cap=cap, quant=self.settings.quant,
                             calibration=calibration, reuse_export=reuse, fast_export=fast_export or self.fast_export)
+
+    def gguf_path(self, name: str, precision: str | None = None) -> Path:
+        """The GGUF file a candidate `name` runs from in llama.cpp at this precision."""
+        return self._workdir() / f"{name}.{gguf_kind(precision or self.settings.precision)}.gguf"
 
     def base_pass(self, variant: str | None = None) -> Pass:
         variant = variant or self.settings.variant
@@ -534,9 +584,12 @@ class PairedTimer:
             t0 = time.perf_counter()
             candidate = self._make_pass(model, cap, name=name, fast_export=fast_export, variant=variant)
             prepare_s = time.perf_counter() - t0
-            rounds = paired_rounds(self.base_pass(), candidate, n_batches=len(self.sample.batches(cap)),
-                                   n_inputs=len(self.sample), rounds=self.settings.rounds,
-                                   warmup=self.settings.warmup, chunk=self.settings.chunk)
+            try:
+                rounds = paired_rounds(self.base_pass(), candidate, n_batches=len(self.sample.batches(cap)),
+                                       n_inputs=len(self.sample), rounds=self.settings.rounds,
+                                       warmup=self.settings.warmup, chunk=self.settings.chunk)
+            finally:
+                close_pass(candidate)
         model.train(was_training)
         self.base_rounds.extend(rounds.base_ms)
         return {**rounds.summary(), "mean_tokens": self.sample.mean_tokens(cap), "latency_cap": cap,
@@ -589,14 +642,20 @@ class PairedTimer:
         pairs: dict[str, PairedRounds] = {}
         with num_threads(self.settings.threads):
             candidate = self._make_pass(model, cap, name=name)
-            # one pair of sides at a time, each in alternating rounds: the definition of a measured speedup
-            # (a side's forward evicts the other's weights from cache; more sides in a round would evict more)
-            for baseline, variant in variants.items():
-                pairs[baseline] = paired_rounds(self.base_pass(variant), candidate, **n)
+            try:
+                # one pair of sides at a time, each in alternating rounds: the definition of a measured speedup
+                # (a side's forward evicts the other's weights from cache; more sides in a round would evict more)
+                for baseline, variant in variants.items():
+                    pairs[baseline] = paired_rounds(self.base_pass(variant), candidate, **n)
+            finally:
+                close_pass(candidate)
             fp32 = self.settings.runtime
             if fp32 != self.settings.variant:  # the candidate itself at fp32, against the base at fp32
-                pairs["fp32"] = paired_rounds(self.base_pass(fp32),
-                                              self._make_pass(model, cap, name=name, variant=fp32, reuse=True), **n)
+                at_fp32 = self._make_pass(model, cap, name=name, variant=fp32, reuse=True)
+                try:
+                    pairs["fp32"] = paired_rounds(self.base_pass(fp32), at_fp32, **n)
+                finally:
+                    close_pass(at_fp32)
         model.train(was_training)
         deployed = pairs["quantized_base"].summary()
         out: dict[str, Any] = {"latency_ms": deployed["latency_ms"],
@@ -637,6 +696,9 @@ class PairedTimer:
                 "mean_tokens_base": round(self.sample.mean_tokens(self.base_cap), 2)}
 
     def close(self) -> None:
+        for p in self._passes.values():
+            close_pass(p)
+        self._passes.clear()
         if self._tmp is not None:
             self._tmp.cleanup()
             self._tmp = None

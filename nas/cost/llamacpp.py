@@ -134,3 +134,43 @@ def paired_speedup(base: Any, candidate: Any, prompts: Sequence[Sequence[int]], 
             "unit": unit, "rounds": rounds, "prompts": len(prompts), "mode": mode, "new_tokens": new_tokens,
             "tokens_per_s": 1.0 / statistics.median(cand_s) if mode == "decode" else None,
             "base_tokens_per_s": 1.0 / statistics.median(base_s) if mode == "decode" else None}
+
+
+class LlamaCppPass:
+    """A nas.cost.latency Pass in llama.cpp: run(start, stop) -> seconds of the counted part over prompts
+    start..stop-1 (decode: per generated token; prefill: the prompt's forward; generate: both), the
+    same definition as nas.cost.generation's torch pass. Holds its model until close()."""
+
+    def __init__(self, path: str | Path, batches: Sequence[Any], *, mode: str, new_tokens: int, threads: int) -> None:
+        self.prompts = []
+        for b in batches:
+            ids, mask = np.asarray(b["input_ids"]), np.asarray(b.get("attention_mask", np.ones_like(b["input_ids"])))
+            if ids.shape[0] != 1:
+                raise ValueError(f"llama.cpp is timed at batch 1; got a batch of {ids.shape[0]}")
+            self.prompts.append(ids[0][mask[0].astype(bool)].tolist())
+        self.mode, self.new_tokens = mode, new_tokens
+        longest = max(len(p) for p in self.prompts)
+        self.llm = load_gguf(path, n_ctx=longest + new_tokens + 8, threads=threads)
+
+    def __call__(self, start: int, stop: int) -> float:
+        total = 0.0
+        llm = self.llm
+        for prompt in self.prompts[start:stop]:
+            llm.reset()
+            t0 = time.perf_counter()
+            llm.eval(prompt)
+            prefill = time.perf_counter() - t0
+            if self.mode == "prefill":
+                total += prefill
+                continue
+            t0 = time.perf_counter()
+            for _ in range(self.new_tokens):
+                llm.eval([int(np.argmax(llm.scores[llm.n_tokens - 1]))])
+            decode = time.perf_counter() - t0
+            total += decode / self.new_tokens if self.mode == "decode" else prefill + decode
+        return total
+
+    def close(self) -> None:
+        if self.llm is not None:
+            self.llm.close()
+            self.llm = None

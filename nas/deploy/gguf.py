@@ -11,7 +11,9 @@ A pruned decoder is written as one GGUF file at f32, f16, q8_0 or q4_0:
 - **Types.** Norms stay f32. q8_0 / q4_0 quantize every weight matrix in blocks of 32 values
   along its rows (gguf-py's reference quantizer, the one llama.cpp's own converter uses); at q4_0
   the token embedding (which is also the output layer when tied) is kept at q8_0, as llama.cpp's
-  quantizer keeps its output layer above 4 bits.
+  quantizer keeps its output layer above 4 bits. A matrix whose rows are not whole 32-value blocks
+  (a pruned width that is not a multiple of 32) stays f16, as llama.cpp's own quantizer does; a
+  warning says so (spaces with `align: 32` avoid it).
 - **Tokenizer.** A model whose base came from a GGUF file carries that file's `tokenizer.ggml.*`
   fields unchanged (the vocabulary is never pruned). Otherwise the HF fast tokenizer's byte-level
   BPE (tokens, merges, special tokens) is written; llama.cpp also needs the name of the
@@ -19,12 +21,13 @@ A pruned decoder is written as one GGUF file at f32, f16, q8_0 or q4_0:
   the first that gives the HF ids (`check_tokenizer` verifies the written file the same way).
 
 Refused in one line before anything is written: an encoder or a classifier, an unknown type or
-architecture, per-layer shapes asked for as `llama`, a quantized type whose 32-value blocks do not
-divide a weight's rows, rope scaling other than the default, a non-Llama family.
+architecture, per-layer shapes asked for as `llama` (llama.cpp's llama graph has one shape for every
+layer), an odd head size (rotary pairs), rope scaling other than the default, a non-Llama family.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import os
@@ -116,17 +119,6 @@ def check_request(model: Any, types: Sequence[str], arch: str = "auto") -> str:
     hd = head_size(config)
     if hd % 2:
         raise ValueError(f"head size {hd} is odd: llama.cpp's rotary embedding needs an even head size")
-    quantized = [t for t in types if t.startswith("q")]
-    if quantized:
-        shapes = layer_shapes(config)
-        rows = {"hidden": int(config.hidden_size), **{f"FFN of layer {i}": f for i, f in enumerate(shapes["ffn"])},
-                **{f"attention output of layer {i}": h * hd for i, h in enumerate(shapes["heads"])}}
-        bad = {name: n for name, n in rows.items() if n % BLOCK}
-        if bad:
-            name, n = next(iter(bad.items()))
-            raise ValueError(f"gguf type {quantized[0]} quantizes weight rows in blocks of {BLOCK} values, and {name} "
-                             f"is {n} wide ({len(bad)} such width(s)): llama.cpp cannot build it; use f16 / f32, or a "
-                             f"space whose sizes are multiples of {BLOCK} (align: {BLOCK})")
     return choose_arch(config, arch)
 
 
@@ -166,13 +158,15 @@ def gguf_tensors(model: Any) -> list[tuple[str, torch.Tensor]]:
 
 
 def encode(name: str, weight: torch.Tensor, kind: str) -> tuple[np.ndarray, Any]:
-    """(array, raw GGML type or None) of one tensor at the file's type; norms stay f32."""
+    """(array, raw GGML type or None) of one tensor at the file's type; norms stay f32, and a matrix whose
+    rows are not a whole number of 32-value blocks stays f16 in a quantized file (llama.cpp cannot hold it
+    quantized; its own quantizer falls back the same way)."""
     import gguf
 
     array = weight.detach().float().cpu().numpy()
     if array.ndim == 1 or kind == "f32":
         return array, None
-    if kind == "f16":
+    if kind == "f16" or array.shape[-1] % BLOCK:
         return array.astype(np.float16), None
     qtype = gguf.GGMLQuantizationType.Q8_0 if kind == "q8_0" or name == "token_embd.weight" else \
         gguf.GGMLQuantizationType.Q4_0
@@ -241,7 +235,26 @@ def bpe_fields(tokenizer: Any) -> dict[str, Any]:
             "add_bos": bool(getattr(tokenizer, "add_bos_token", False))}
 
 
+def stand_in_fields(vocab_size: int) -> dict[str, Any]:
+    """A vocabulary of `vocab_size` placeholder tokens (no merges): enough for llama.cpp to load and run a
+    model fed token ids, as the latency timer does; it tokenizes nothing meaningfully (timing only)."""
+    return {"tokens": [f"<t{i}>" for i in range(vocab_size)], "types": [1] * vocab_size, "merges": [],
+            "ids": {"eos": 0}, "add_bos": False}
+
+
+def carried_tokenizer(tokenizer: Any) -> Any:
+    """`tokenizer` when its vocabulary can be written to GGUF, else None (a timing GGUF gets a stand-in)."""
+    try:
+        bpe_fields(tokenizer)
+    except (ValueError, KeyError, TypeError):
+        return None
+    return tokenizer
+
+
 def write_bpe_fields(writer: Any, fields: dict[str, Any], pre: str) -> None:
+    if not fields["merges"]:  # a stand-in: llama.cpp's vocabulary-less model type, fed token ids
+        writer.add_tokenizer_model("no_vocab")
+        return
     writer.add_tokenizer_model("gpt2")
     writer.add_tokenizer_pre(pre)
     writer.add_token_list(fields["tokens"])
@@ -260,9 +273,19 @@ def sample_texts(texts: Sequence[str] | None) -> list[str]:
     return base + [t for t in (texts or []) if t]
 
 
+_PRE_FOUND: dict[str, str] = {}  # tokenizer JSON digest -> pre-tokenizer name (found once per process)
+
+
 def find_pre_tokenizer(fields: dict[str, Any], tokenizer: Any, texts: Sequence[str] | None) -> str:
     """The first of llama.cpp's pre-tokenizer names whose tokenization equals the HF tokenizer's on the
     sample texts ('default' when llama.cpp is not installed: then nothing could be checked)."""
+    digest = hashlib.sha256(tokenizer.backend_tokenizer.to_str().encode()).hexdigest()
+    if digest not in _PRE_FOUND:
+        _PRE_FOUND[digest] = _try_pre_tokenizers(fields, tokenizer, texts)
+    return _PRE_FOUND[digest]
+
+
+def _try_pre_tokenizers(fields: dict[str, Any], tokenizer: Any, texts: Sequence[str] | None) -> str:
     if not llama_cpp_available():
         log.warning("llama-cpp-python is not installed: the GGUF tokenizer's pre-tokenizer is 'default', unchecked")
         return "default"
@@ -282,6 +305,7 @@ def write_vocab_only(path: Path, fields: dict[str, Any], pre: str) -> None:
 
     writer = gguf.GGUFWriter(str(path), "llama")
     writer.add_block_count(1)
+    writer.add_context_length(4096)
     write_bpe_fields(writer, fields, pre)
     writer.write_header_to_file()
     writer.write_kv_data_to_file()
@@ -306,7 +330,9 @@ def write_gguf(model: Any, tokenizer: Any, path: str | Path, *, kind: str = "f32
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     bpe = None
-    if source_gguf is None:
+    if source_gguf is None and tokenizer is None:
+        bpe, pre = stand_in_fields(int(config.vocab_size)), "default"
+    elif source_gguf is None:
         bpe = bpe_fields(tokenizer)
         pre = find_pre_tokenizer(bpe, tokenizer, texts)
     tmp = path.with_name(path.name + f".tmp{os.getpid()}")
@@ -338,7 +364,7 @@ def write_gguf(model: Any, tokenizer: Any, path: str | Path, *, kind: str = "f32
     else:
         assert bpe is not None
         write_bpe_fields(writer, bpe, pre)
-    nbytes = 0
+    fallback = []
     with torch.no_grad():
         for tensor_name, weight in gguf_tensors(model):
             array, raw = encode(tensor_name, weight, kind)
@@ -346,15 +372,21 @@ def write_gguf(model: Any, tokenizer: Any, path: str | Path, *, kind: str = "f32
                 writer.add_tensor(tensor_name, array)
             else:
                 writer.add_tensor(tensor_name, array, raw_dtype=raw)
-            nbytes += array.nbytes
+            if kind.startswith("q") and weight.dim() == 2 and raw is None:
+                fallback.append(tensor_name)
+    if fallback:
+        log.warning("GGUF %s: %d matrices have rows that are not a multiple of %d values and stay f16 (e.g. %s); "
+                    "a space with align: %d avoids it", path.name, len(fallback), BLOCK, fallback[0], BLOCK)
     writer.write_header_to_file()
     writer.write_kv_data_to_file()
     writer.write_tensors_to_file()
     writer.close()
     tmp.replace(path)
+    if source_gguf is None and tokenizer is None:
+        pre = "stand-in vocabulary (timing only)"
     info = {"path": str(path), "type": kind, "arch": arch, "bytes": path.stat().st_size, "tokenizer": pre,
             "seconds": round(time.perf_counter() - t0, 2), "layers": int(config.num_hidden_layers), **shapes,
-            "head_size": hd, "hidden": int(config.hidden_size)}
+            "head_size": hd, "hidden": int(config.hidden_size), "f16_fallback": len(fallback)}
     log.info("GGUF %s: %s, %s, %.1f MB (%.1fs)", path.name, kind, arch, info["bytes"] / 1e6, info["seconds"])
     return info
 

@@ -59,6 +59,18 @@ def gguf_source(name_or_path: Any) -> str | None:
     return None
 
 
+def gguf_file_of(name_or_path: Any) -> Path | None:
+    """The GGUF file a model name or path stands for (smollm2, PATH.gguf), or None for an HF model."""
+    if name_or_path is None:
+        return None
+    text = str(name_or_path)
+    if text.lower() in SMOLLM2_NAMES:
+        return smollm2_gguf()
+    if text.lower().endswith(".gguf") and Path(text).expanduser().is_file():
+        return Path(text).expanduser().resolve()
+    return None
+
+
 def gguf_to_folder(path: Path, cache_root: Path | None = None) -> Path:
     """Dequantize a GGUF file to fp32 once and keep it as a plain HF folder (model + tokenizer)."""
 

