@@ -137,6 +137,7 @@ class TrainSchema:
     temperature: float = MISSING
     distill: str = MISSING
     hidden_weight: float = MISSING
+    distill_topk: int = MISSING
     eval_batch_size: int = MISSING
     seed: int = MISSING
     threads: int = MISSING

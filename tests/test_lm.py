@@ -134,6 +134,34 @@ def test_perplexity_and_distillation_loss(lm_env):
     assert float(ce) > 0
 
 
+def test_top_k_distillation_equals_full_kl_at_full_k_and_runs_the_teacher_once_per_block(lm_env):
+    from transformers import AutoModelForCausalLM
+
+    from nas.data.text import lm_blocks, load_text_task
+    from nas.quality.lm import lm_loss, teacher_topk_logits
+
+    teacher = AutoModelForCausalLM.from_pretrained(lm_env["model"]).eval()
+    student = tiny.llama(vocab=V, layers=1, positions=64, bos=2, random_norms=False, seed=3)
+    task = load_text_task({"kind": "text", "path": str(lm_env["texts"])})
+    batch = {k: v[:4] for k, v in lm_blocks(task, "train", make_tokenizer(), block=32).items()}
+    calls = []
+    teacher.register_forward_hook(lambda *a: calls.append(1))
+    cache: dict = {}
+    with torch.no_grad():
+        logits = student(input_ids=batch["input_ids"]).logits
+        full = lm_loss(logits, batch, teacher=teacher, distill_weight=1.0, temperature=2.0)
+        calls.clear()
+        every = teacher_topk_logits(teacher, batch, V, cache)  # k = the whole vocabulary: exactly the full KL
+        assert float(lm_loss(logits, batch, teacher=None, distill_weight=1.0, temperature=2.0,
+                             teacher_topk=every)) == pytest.approx(float(full), rel=1e-5)
+        top8 = teacher_topk_logits(teacher, batch, 8, cache)
+        assert top8[0].shape == (4, 32, 8) and len(calls) == 2  # one forward per k, over the 4 blocks
+        again = teacher_topk_logits(teacher, batch, 8, cache)
+        assert len(calls) == 2 and torch.equal(again[0], top8[0])  # cached: the teacher does not run again
+        kd8 = lm_loss(logits, batch, teacher=None, distill_weight=1.0, temperature=2.0, teacher_topk=top8)
+    assert 0 < float(kd8) and float(kd8) != pytest.approx(float(full), rel=1e-3)  # an approximation, not a copy
+
+
 def lm_cfg(env, *overrides: str):
     from omegaconf import OmegaConf, open_dict
 

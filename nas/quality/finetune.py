@@ -19,7 +19,7 @@ from torch import nn
 
 from nas.data.tasks import make_loader, sorted_by_length, tokenize
 from nas.models.loading import load_base_model, load_tokenizer
-from nas.quality.lm import lm_loss
+from nas.quality.lm import lm_loss, teacher_topk_logits
 from nas.quality.metrics import accuracy, model_inputs
 from nas.util import cache_key
 
@@ -45,6 +45,7 @@ class TrainSettings:
     threads: int = 0  # 0: leave torch's default
     distill: str = "logits"  # logits: KL on the teacher's logits | hidden: also the kept layers' hidden states
     hidden_weight: float = 1.0  # weight of the hidden-state term (distill=hidden)
+    distill_topk: int = 0  # causal LMs: KL over the teacher's top-k next tokens, cached (0: full vocabulary, online)
 
     @classmethod
     def from_cfg(cls, cfg: Mapping[str, Any], **overrides: Any) -> TrainSettings:
@@ -70,6 +71,8 @@ class TrainSettings:
             raise ValueError(f"train.distill={self.distill!r} is not known; allowed: {', '.join(DISTILL)}")
         if not self.hidden_weight >= 0:
             raise ValueError(f"train.hidden_weight={self.hidden_weight} must be >= 0")
+        if isinstance(self.distill_topk, bool) or not isinstance(self.distill_topk, int) or self.distill_topk < 0:
+            raise ValueError(f"train.distill_topk={self.distill_topk!r} must be an integer >= 0 (0: full-vocabulary KL)")
 
 
 DISTILL = ("logits", "hidden")
@@ -246,9 +249,11 @@ def _lightning_module_class() -> type:
             out = self.model(**model_inputs(batch), output_hidden_states=hidden)
             w = self.settings.distill_weight
             if out.logits.dim() == 3:  # a causal LM (nas.quality.lm): next-token loss, KL on next-token distributions
-
-                loss = lm_loss(out.logits, batch, teacher=self.teacher, distill_weight=w,
-                               temperature=self.settings.temperature)
+                k = self.settings.distill_topk
+                topk = teacher_topk_logits(self.teacher, batch, k, self.teacher_cache) \
+                    if k and self.teacher is not None and w > 0 else None
+                loss = lm_loss(out.logits, batch, teacher=None if topk is not None else self.teacher, distill_weight=w,
+                               temperature=self.settings.temperature, teacher_topk=topk)
             else:
                 loss = nn.functional.cross_entropy(out.logits.float(), batch["labels"])
             teacher_logits = None

@@ -47,22 +47,58 @@ log = logging.getLogger(__name__)
 
 
 def lm_loss(logits: torch.Tensor, batch: Mapping[str, torch.Tensor], *, teacher: nn.Module | None,
-            distill_weight: float, temperature: float) -> torch.Tensor:
-    """Next-token cross-entropy, mixed with KL(teacher || student) on next-token distributions."""
+            distill_weight: float, temperature: float,
+            teacher_topk: tuple[torch.Tensor, torch.Tensor] | None = None) -> torch.Tensor:
+    """Next-token cross-entropy, mixed with KL(teacher || student) on next-token distributions.
+
+    `teacher_topk` = (values, indices), each (B, T, k): the teacher's k largest logits per position
+    (`teacher_topk_logits`, cached across trials), used instead of running `teacher`. The teacher's
+    distribution is then its softmax over those k tokens (renormalised), and the KL is taken against
+    the student's full-vocabulary log-probabilities at them: the tail the teacher gives almost
+    nothing is dropped, the student's normalisation is not."""
     labels = batch["labels"][:, 1:]
     mask = batch.get("attention_mask")
     valid = (labels != -100) if mask is None else (mask[:, 1:].bool() & (labels != -100))
     student = logits[:, :-1].float()  # position t predicts token t + 1
     ce = nn.functional.cross_entropy(student[valid], labels[valid])
-    if teacher is None or distill_weight <= 0:
+    if distill_weight <= 0 or (teacher is None and teacher_topk is None):
         return ce
     t = temperature
-    with torch.no_grad():
-        inputs = {k: batch[k] for k in ("input_ids", "attention_mask") if k in batch}
-        target = nn.functional.log_softmax(teacher(**inputs).logits[:, :-1].float()[valid] / t, dim=-1)
-    kd = nn.functional.kl_div(nn.functional.log_softmax(student[valid] / t, dim=-1), target, log_target=True,
-                              reduction="batchmean") * (t * t)  # batchmean over predicted tokens
+    log_q = nn.functional.log_softmax(student[valid] / t, dim=-1)  # (N, V)
+    if teacher_topk is not None:
+        values, index = (x[:, :-1][valid] for x in teacher_topk)  # (N, k) each
+        log_p = nn.functional.log_softmax(values.float() / t, dim=-1)
+        kd = (log_p.exp() * (log_p - log_q.gather(-1, index.long()))).sum(-1).mean() * (t * t)
+    else:
+        with torch.no_grad():
+            inputs = {k: batch[k] for k in ("input_ids", "attention_mask") if k in batch}
+            target = nn.functional.log_softmax(teacher(**inputs).logits[:, :-1].float()[valid] / t, dim=-1)
+        kd = nn.functional.kl_div(log_q, target, log_target=True, reduction="batchmean") * (t * t)  # per token
     return (1 - distill_weight) * ce + distill_weight * kd
+
+
+@torch.no_grad()
+def teacher_topk_logits(teacher: nn.Module, batch: Mapping[str, torch.Tensor], k: int,
+                        cache: dict[bytes, Any] | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """(values, indices), each (B, T, k): the teacher's k largest next-token logits at every position of
+    each block. Rows are cached by their token bytes (and k), so trials that see the same blocks run the
+    teacher once: (4 + 4) * k bytes per token, 64 KB per 128-token block at k = 64."""
+    ids = batch["input_ids"]
+    k = min(int(k), int(getattr(getattr(teacher, "config", None), "vocab_size", k) or k))  # a tiny vocabulary: all of it
+    keys = [ids[i].cpu().numpy().tobytes() + k.to_bytes(4, "little") for i in range(ids.shape[0])]
+    cache = cache if cache is not None else {}
+    missing = [i for i, key in enumerate(keys) if key not in cache]
+    if missing:
+        was_training = teacher.training
+        teacher.eval()
+        sub = {name: batch[name][missing] for name in ("input_ids", "attention_mask") if name in batch}
+        values, index = teacher(**sub).logits.float().topk(k, dim=-1)
+        teacher.train(was_training)
+        for row, i in enumerate(missing):
+            cache[keys[i]] = (values[row].cpu(), index[row].to(torch.int32).cpu())
+    values = torch.stack([cache[key][0] for key in keys]).to(ids.device)
+    index = torch.stack([cache[key][1] for key in keys]).to(ids.device)
+    return values, index
 
 
 # ---------------------------------------------------------------------------- the unpruned base
