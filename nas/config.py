@@ -124,6 +124,9 @@ class FinalSchema:
     transfer_split: str = MISSING
     transfer_size: int = MISSING
     transfer_share: float = MISSING
+    ppl_slack: float = MISSING
+    ppl_band: float = MISSING
+    gguf: List[str] = MISSING
 
 
 @dataclass

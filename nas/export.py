@@ -20,7 +20,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, fields, make_dataclass, replace
 from enum import Enum
 from pathlib import Path
-from typing import Any, Optional, get_type_hints
+from typing import Any, List, Optional, get_type_hints
 
 import hydra
 from hydra.core.config_store import ConfigStore
@@ -36,9 +36,13 @@ from nas.cost.latency import (
     latency_settings,
     measure_runtimes,
     speedup_line,
+    variant_name,
 )
 from nas.data.tasks import load_task
-from nas.deploy.bundle import export_all
+from nas.deploy.bundle import export_all, export_gguf_set
+from nas.deploy.gguf import GGUF_ARCHES, GGUF_TYPES, bpe_fields, check_request
+from nas.deploy.llamacpp import llama_cpp_available
+from nas.models.gguf import gguf_file_of
 from nas.models.loading import load_base_model, load_causal_lm, load_tokenizer
 from nas.redact import guard_output
 from nas.spec import SubnetSpec
@@ -162,6 +166,9 @@ class ExportSettings:
     min_accuracy: Optional[float] = None  # noqa: UP045
     out: Optional[str] = None  # noqa: UP045  default: RUN_DIR/export/trial_N
     onnx: bool = True
+    # language models: GGUF files for llama.cpp (f32, f16, q8_0, q4_0); null: q8_0 for a language model, none otherwise
+    gguf: Optional[List[str]] = None  # noqa: UP045
+    gguf_arch: str = "auto"  # auto (llama when every layer has the same shape, else deci) | llama | deci
     latency: Any = field(default_factory=LatencyOverrides)
 
 
@@ -185,7 +192,14 @@ def settings_of(cfg: Any) -> dict[str, Any]:
     """What Hydra's types cannot say: a run folder is required, and the pick rule's arguments agree."""
     if OmegaConf.is_missing(cfg, "run_dir"):
         raise ValueError("run_dir=PATH is required (a folder written by python -m nas.search)")
-    args: dict[str, Any] = {k: cfg[k] for k in ("run_dir", "trial", "max_latency_ms", "min_accuracy", "out", "onnx")}
+    args: dict[str, Any] = {k: cfg[k] for k in ("run_dir", "trial", "max_latency_ms", "min_accuracy", "out", "onnx",
+                                                "gguf_arch")}
+    args["gguf"] = None if cfg.gguf is None else [str(t) for t in cfg.gguf]
+    for t in args["gguf"] or []:
+        if t not in GGUF_TYPES:
+            raise ValueError(f"gguf type {t!r} is not known; allowed: {', '.join(GGUF_TYPES)}")
+    if args["gguf_arch"] not in GGUF_ARCHES:
+        raise ValueError(f"gguf_arch={args['gguf_arch']!r} is not known; allowed: {', '.join(GGUF_ARCHES)}")
     args["latency"] = {k: v for k, v in OmegaConf.to_container(cfg.latency).items() if v is not None}
     pick = cfg.pick
     args["pick"] = pick.value if pick is not None else "trial" if args["trial"] is not None else "winner"
@@ -242,6 +256,11 @@ def run(args: dict[str, Any], console: Any) -> int:
     try:
         run_dir = Path(args["run_dir"]).resolve()
         cfg, study = load_run(run_dir)
+        lm_study = int(study.user_attrs.get("num_labels", 2) or 0) == 0
+        if args.get("gguf") and not lm_study:
+            raise ValueError(f"gguf={args['gguf']}: GGUF files are for language models that llama.cpp runs; this run's "
+                             "model is a classifier: its deployable file is the ONNX one (onnx=true)")
+        args["gguf_types"] = list(args["gguf"]) if args.get("gguf") is not None else (["q8_0"] if lm_study else [])
         args["latency_settings"] = latency_settings(cfg, args["latency"])
         # Every argument error comes back before torch / transformers are even imported.
         row = pick_row(study, args)
@@ -271,7 +290,12 @@ def _export(console: Any, args: Mapping[str, Any], run_dir: Path, cfg: Any, stud
     label_names = tuple(trial.user_attrs.get("label_names") or study.user_attrs.get("label_names") or ())
     num_labels = len(label_names) or int(study.user_attrs.get("num_labels", 2))
     model = rebuild_trial_model(cfg, run_dir, number, spec, num_labels, label_names or None)
+    gguf_types = list(args.get("gguf_types") or [])
+    if gguf_types:  # a shape llama.cpp cannot build is refused before anything is written
+        check_request(model, gguf_types, args.get("gguf_arch", "auto"))
     tokenizer = load_tokenizer(cfg.model.name_or_path)
+    if args.get("gguf") and gguf_file_of(cfg.model.name_or_path) is None:
+        bpe_fields(tokenizer)  # asked for GGUF: a tokenizer it cannot carry is refused before anything is written
     out = Path(args.get("out") or run_dir / "export" / f"trial_{number}").resolve()
     metrics = {k: row[k] for k in ("val_accuracy", "test_accuracy", "val_perplexity", "test_perplexity", "params",
                                    "flops", "size_mb")
@@ -310,6 +334,8 @@ def _export(console: Any, args: Mapping[str, Any], run_dir: Path, cfg: Any, stud
         console.print(deployed_line(deployed, metrics), highlight=False)
     runtimes = ("torch",) if lm or not args["onnx"] or settings.generation not in ("auto", "prefill") else (
         "torch", "onnxruntime")
+    if gguf_types and llama_cpp_available():  # each GGUF type in llama.cpp, paired with the base written the same way
+        runtimes += tuple(variant_name("llamacpp", "fp32" if t == "f32" else t) for t in gguf_types)
     measured = measure_runtimes(model, context=spec.context, base=base, task=task, tokenizer=tokenizer,
                                 settings=settings, max_length=max_length, runtimes=runtimes)
     for runtime, m in measured.items():
@@ -321,6 +347,12 @@ def _export(console: Any, args: Mapping[str, Any], run_dir: Path, cfg: Any, stud
     finally:
         if timer is not None:
             timer.close()
+    if gguf_types:
+        gguf_lines = export_gguf_set(model, tokenizer, out, gguf_types, arch=args.get("gguf_arch", "auto"),
+                                     source_gguf=gguf_file_of(cfg.model.name_or_path), task=task, context=spec.context,
+                                     max_length=max_length, threads=settings.threads, metrics=metrics)
+        for line in gguf_lines:
+            console.print(line, highlight=False)
     console.print(f"wrote {out}: config.yaml, config.json, model.safetensors, tokenizer"
                   + (", modeling_nas.py (trust_remote_code=True)" if info["remote_code"] else "")
                   + (", model.onnx" if args["onnx"] else "")

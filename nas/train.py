@@ -22,10 +22,19 @@ from rich.console import Console
 from rich.markup import escape
 
 from nas.config import CONF_DIR, refuse_bad_overrides
-from nas.cost.latency import flat_latency_metrics, latency_settings, measure_runtimes, model_size, speedup_line
+from nas.cost.latency import (
+    flat_latency_metrics,
+    latency_settings,
+    measure_runtimes,
+    model_size,
+    speedup_line,
+    variant_name,
+)
 from nas.cut.recovery import RecoverySettings
 from nas.data.transfer import TransferSettings
-from nas.deploy.bundle import export_all
+from nas.deploy.bundle import export_all, export_gguf_set
+from nas.deploy.gguf import GGUF_TYPES
+from nas.deploy.llamacpp import llama_cpp_available
 from nas.models.registry import family_for
 from nas.redact import protect_run
 from nas.spec import SubnetSpec
@@ -82,6 +91,9 @@ def run_final(cfg: Any, arch_path: str | Path, out_dir: str | Path, *, overrides
     recipe = final_recipe(container)  # its settings checked before any work
     recovery = RecoverySettings.from_cfg(container.get("prune")).resolved("finetune")  # it trains afterwards
 
+    for kind in (container.get("final") or {}).get("gguf") or []:
+        if kind not in GGUF_TYPES:
+            raise ValueError(f"final.gguf type {kind!r} is not known; allowed: {', '.join(GGUF_TYPES)}")
     transfer = TransferSettings.from_cfg(container.get("final") or {})
     transfer.check()  # a missing transfer file or column: refused before the base is loaded
     preflight(cfg, out_dir)  # settings, files, max_length, output folder: before the base is loaded
@@ -119,8 +131,11 @@ def run_final(cfg: Any, arch_path: str | Path, out_dir: str | Path, *, overrides
         deployed_file = timer.deployed_path("export")
         metrics.update(deployed_metrics)
     runtimes = ("torch", "onnxruntime") if cfg.final.onnx or lat.runtime == "onnxruntime" else ("torch",)
+    gguf_types = [str(t) for t in cfg.final.get("gguf") or []] if lm else []
     if lm and lat.generation not in ("prefill",):
-        runtimes = ("torch",)  # decode with the KV cache is timed in torch
+        runtimes = ("torch",)  # decode with the KV cache: in torch, and in llama.cpp for each GGUF type
+        if llama_cpp_available():
+            runtimes += tuple(variant_name("llamacpp", "fp32" if t == "f32" else t) for t in gguf_types)
     measured = measure_runtimes(model, context=spec.context, base=prep.base, task=prep.task, tokenizer=prep.tokenizer,
                                 settings=lat, max_length=int(cfg.max_length), runtimes=runtimes)
     metrics.update(**flat_latency_metrics(measured), **model_size(model))
@@ -139,6 +154,11 @@ def run_final(cfg: Any, arch_path: str | Path, out_dir: str | Path, *, overrides
     finally:
         if timer is not None:
             timer.close()
+    if gguf_types:
+        for line in export_gguf_set(model, prep.tokenizer, out_dir, gguf_types, source_gguf=prep.source_gguf,
+                                    task=prep.task, context=spec.context, max_length=int(cfg.max_length),
+                                    threads=lat.threads, metrics=metrics):
+            console.print(line, highlight=False)
     console.print(
         f"{spec.describe()}: val {q} {metrics[f'val_{q}']:.4f}, test {q} {metrics[f'test_{q}']:.4f} "
         f"(base {metrics[f'base_test_{q}']:.4f}); exported to {out_dir} [{time.perf_counter() - t0:.0f}s]",

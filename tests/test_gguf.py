@@ -1,4 +1,4 @@
-"""GGUF export (nas.deploy.gguf) read back by llama.cpp (nas.cost.llamacpp, llama-cpp-python).
+"""GGUF export (nas.deploy.gguf) read back by llama.cpp (nas.deploy.llamacpp, llama-cpp-python).
 
 Tolerances: llama.cpp computes in its own kernels (f32 accumulation, its own softmax and rope), so
 f32 logits match HF's to about 1e-3 of their scale, not bit for bit; the tests allow 5e-3 of the
@@ -18,7 +18,6 @@ import pytest
 import torch
 
 import tiny
-from nas.cost.llamacpp import all_logits, greedy, llama_cpp_reason, load_gguf
 from nas.data.text import shakespeare_folder
 from nas.deploy.gguf import (
     bpe_fields,
@@ -30,6 +29,7 @@ from nas.deploy.gguf import (
     write_gguf,
     write_vocab_only,
 )
+from nas.deploy.llamacpp import all_logits, greedy, llama_cpp_reason, load_gguf
 from nas.models.decoder import prune_decoder
 from nas.models.gguf import smollm2_gguf
 from nas.spec import SubnetSpec
@@ -201,3 +201,40 @@ def test_widths_off_the_quantization_block_stay_f16_and_still_load(env):
     ours, _ = llama_cpp_side(path, env["ids"])
     ref = hf_logits(odd, env["ids"])
     assert np.abs(ours - ref).max() <= Q8_TOL * np.abs(ref).max()
+
+
+@needs_llama_cpp
+def test_nas_train_writes_gguf_files_that_llama_cpp_scores_like_torch(env, tmp_path):
+    """`nas.train +arch=` on a language-modelling task writes model.<type>.gguf beside the HF folder; llama.cpp's
+    perplexity of the f32 file equals torch's on the same test blocks, and the run times it in llama.cpp."""
+    import yaml
+    from omegaconf import OmegaConf
+    from rich.console import Console
+
+    from nas.config import compose
+    from nas.train import run_final
+
+    model_dir, docs = tmp_path / "model", tmp_path / "docs"
+    env["tokenizer"].save_pretrained(model_dir)
+    env["model"].save_pretrained(model_dir)
+    docs.mkdir()
+    for d in range(12):
+        (docs / f"doc{d:02d}.txt").write_text("\n\n".join(env["texts"][d * 15:(d + 1) * 15]) + "\n")
+    cfg = compose(["model=hf", f"model.name_or_path={model_dir}", "data=text", f"data.path={docs}", "max_length=32",
+                   f"cache_dir={tmp_path / 'cache'}", "base.max_steps=2", "base.eval_every=1", "base.batch_size=4",
+                   "train.max_steps=2", "train.batch_size=4", "train.eval_batch_size=8", "final.max_steps=2",
+                   "final.onnx=false", "final.gguf=[f32,q8_0]", "importance.max_batches=2", "importance.batch_size=4",
+                   "latency.sample_size=2", "latency.warmup=1", "latency.new_tokens=4"])
+    spec = SubnetSpec(layers=(0, 1, 3), heads=(4, 2, 4), kv_heads=(2, 1, 2), ffn=(96, 64, 32), hidden=128, context=32)
+    arch = tmp_path / "config.yaml"
+    arch.write_text(yaml.safe_dump({"arch": spec.to_dict(), "config": OmegaConf.to_container(cfg, resolve=True)}))
+    out = tmp_path / "out"
+    metrics = run_final(cfg, arch, out, overrides=[], console=Console(quiet=True))
+    assert (out / "model.f32.gguf").is_file() and (out / "model.q8_0.gguf").is_file()
+    assert metrics["test_perplexity_gguf_f32"] == pytest.approx(metrics["test_perplexity"], rel=1e-3)
+    assert metrics["test_perplexity_gguf_q8_0"] == pytest.approx(metrics["test_perplexity"], rel=0.05)
+    assert metrics["speedup_llamacpp_q8_0"] > 0 and metrics["speedup_llamacpp"] > 0  # paired with the base alike
+    saved = yaml.safe_load((out / "config.yaml").read_text())["metrics"]
+    assert saved["test_perplexity_gguf_q8_0"] == pytest.approx(metrics["test_perplexity_gguf_q8_0"])
+    readme = (out / "README.md").read_text()
+    assert "## llama.cpp (GGUF)" in readme and "model.q8_0.gguf" in readme and "deci" in readme

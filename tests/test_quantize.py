@@ -9,6 +9,7 @@ import pytest
 
 import tiny
 from nas.cost.latency import LatencySettings, parse_variant
+from nas.deploy.llamacpp import llama_cpp_reason
 from nas.deploy.onnx import export_onnx, onnx_session
 from nas.deploy.quantize import QuantSettings, fp32_nodes, node_module, quantize_onnx
 
@@ -102,8 +103,8 @@ def test_keep_fp32_names_modules_of_the_model():
 
 
 @pytest.mark.parametrize("settings, expected", [
-    ({"precision": "int4"}, "latency.precision='int4' is not known; allowed: fp32, int8, auto"),
-    ({"runtime": "tvm"}, "latency.runtime='tvm' is not known; allowed: torch, onnxruntime, auto"),
+    ({"precision": "int4"}, "latency.precision='int4' is not known; allowed: fp32, int8, f16, q8_0, q4_0, auto"),
+    ({"runtime": "tvm"}, "latency.runtime='tvm' is not known; allowed: torch, onnxruntime, llamacpp, auto"),
     ({"runtime": "torch", "precision": "int8"},
      "latency.precision=int8 has no path in torch eager here; use latency.runtime=onnxruntime (onnxruntime's int8 "
      "kernels) or latency.precision=fp32"),
@@ -129,11 +130,13 @@ def test_auto_resolves_per_task_kind():
     classifier = auto.resolved(lm=False)
     assert (classifier.runtime, classifier.precision, classifier.model, classifier.variant) == (
         "onnxruntime", "int8", "table", "onnxruntime_int8")
-    lm = auto.resolved(lm=True)
-    assert (lm.runtime, lm.precision, lm.model, lm.variant) == ("torch", "fp32", "measured", "torch")
+    lm = auto.resolved(lm=True)  # llama.cpp at q8_0 where llama-cpp-python imports, else torch fp32
+    want = ("torch", "fp32", "measured", "torch") if llama_cpp_reason() else ("llamacpp", "q8_0", "measured",
+                                                                           "llamacpp_q8_0")
+    assert (lm.runtime, lm.precision, lm.model, lm.variant) == want
     assert parse_variant("onnxruntime_int8") == ("onnxruntime", "int8") and parse_variant("torch") == ("torch", "fp32")
     with pytest.raises(ValueError, match="runtime 'torch_int8' is not known; allowed: torch, onnxruntime, "
-                                         "onnxruntime_int8"):
+                                         "onnxruntime_int8, llamacpp, llamacpp_f16, llamacpp_q8_0, llamacpp_q4_0"):
         parse_variant("torch_int8")
 
 

@@ -210,8 +210,8 @@ def test_cache_dir_under_a_file(env):
     ("base.patience=-1", "base.patience=-1 must be >= 0 (0: never stop early)"),
     ("supernet.steps=-1", "supernet.steps=-1 must be >= 0"),
     ("supernet.distill=teacher", "supernet.distill='teacher' is not known; allowed: largest, base, none"),
-    ("latency.precision=int4", "latency.precision='int4' is not known; allowed: fp32, int8, auto"),
-    ("latency.runtime=tvm", "latency.runtime='tvm' is not known; allowed: torch, onnxruntime, auto"),
+    ("latency.precision=int4", "latency.precision='int4' is not known; allowed: fp32, int8, f16, q8_0, q4_0, auto"),
+    ("latency.runtime=tvm", "latency.runtime='tvm' is not known; allowed: torch, onnxruntime, llamacpp, auto"),
     ("latency.precision=int8", "latency.precision=int8 has no path in torch eager here; use "
      "latency.runtime=onnxruntime (onnxruntime's int8 kernels) or latency.precision=fp32"),
     ("latency.runtime=onnxruntime latency.precision=int8 latency.activations=int8",
@@ -299,7 +299,7 @@ def test_postgres_database_missing(env):
 
 
 CLI_CASES = {
-    "unknown_space": (["+space=nope"], "error: space='nope' is not known; available spaces: depth, dual, length, triple, width"),
+    "unknown_space": (["+space=nope"], "error: space='nope' is not known; available spaces: decoder, depth, dual, length, triple, width"),
     # a space from the user's own folder (hydra.searchpath) is found, then checked like a shipped one
     "own_space_folder": (["hydra.searchpath=[file://{tmp}/own]", "+space=mine"],
                          "error: space mine: layers choice 3 is outside the base model's range 1..2"),

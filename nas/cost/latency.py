@@ -21,7 +21,7 @@ training, benchmarks), owned by `PairedTimer`:
   in groups of that many inputs (less of that bias, more noise).
 - runtime: `torch` (eager), `onnxruntime` (the model exported to ONNX, timed with an
   InferenceSession at the same thread count) or `llamacpp` (a causal LM written as GGUF by
-  nas.deploy.gguf, decoded by llama.cpp through llama-cpp-python, nas.cost.llamacpp); precision:
+  nas.deploy.gguf, decoded by llama.cpp through llama-cpp-python, nas.deploy.llamacpp); precision:
   `fp32`, or `int8` (onnxruntime only: the exported model quantized by nas.deploy.quantize), or a
   GGUF type (`f16`, `q8_0`, `q4_0`; llama.cpp only). Speedups differ by runtime and precision: both
   are named with every figure, and so is the baseline (`BASELINES`): the base in torch fp32, in the
@@ -50,9 +50,9 @@ from omegaconf import OmegaConf
 from torch.utils.flop_counter import FlopCounterMode
 
 from nas.cost.generation import check, generation_pass, prompt_cap, resolve_mode
-from nas.cost.llamacpp import LlamaCppPass, llama_cpp_available, llama_cpp_reason
 from nas.data.tasks import token_lengths
 from nas.deploy.gguf import GGUF_TYPES, carried_tokenizer, write_gguf
+from nas.deploy.llamacpp import LlamaCppPass, llama_cpp_available, llama_cpp_reason
 from nas.deploy.onnx import export_onnx, onnx_session
 from nas.deploy.quantize import PRECISIONS, QuantSettings, quantize_onnx
 from nas.models.registry import base_shape

@@ -4,12 +4,15 @@ by the model's family, model.onnx, and a README that says how to load and run it
 from __future__ import annotations
 
 import shutil
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import yaml
 
+from nas.data.text import lm_blocks
+from nas.deploy.gguf import bpe_fields, write_gguf
+from nas.deploy.llamacpp import file_perplexity, llama_cpp_available
 from nas.deploy.onnx import export_onnx
 from nas.models.registry import family_for
 from nas.redact import mask, mask_tree
@@ -135,3 +138,50 @@ def export_all(model: Any, tokenizer: Any, spec: Any, out: str | Path, *, metric
     write_readme(out, spec=spec, metrics=metrics, source=source, remote=info["remote_code"],
                  loads_with=family_for(model).loads_with(model), onnx=onnx, int8=int8.is_file())
     return info
+
+
+def export_gguf_set(model: Any, tokenizer: Any, out: str | Path, types: Sequence[str], *, arch: str = "auto",
+                    source_gguf: Path | None, task: Any, context: int, max_length: int, threads: int,
+                    metrics: dict[str, Any]) -> list[str]:
+    """model.<type>.gguf for each GGUF type into `out` (nas.deploy.gguf), each file's test perplexity in
+    llama.cpp (when llama-cpp-python is installed) added to `metrics`, config.yaml and the README. Returns
+    the lines to print."""
+    out = Path(out)
+    if source_gguf is None:
+        try:
+            bpe_fields(tokenizer)
+        except ValueError as e:
+            return [f"GGUF not written: {e}"]
+    block = min(int(context), int(max_length))
+    blocks = lm_blocks(task, "test", tokenizer, block=block)["input_ids"] if task is not None else None
+    texts = [str(t)[:400] for t in (task.validation["text"][:32] if task is not None else [])]
+    lines, rows = [], []
+    for kind in types:
+        path = out / f"model.{kind}.gguf"
+        info = write_gguf(model, tokenizer, path, kind=kind, arch=arch, source_gguf=source_gguf, texts=texts)
+        metrics[f"gguf_{kind}_mb"] = round(info["bytes"] / 1e6, 1)
+        ppl = None
+        if blocks is not None and llama_cpp_available():
+            ppl = file_perplexity(path, [row.tolist() for row in blocks], threads=threads)
+            metrics[f"test_perplexity_gguf_{kind}"] = ppl
+        rows.append(f"| `{path.name}` | {info['arch']} | {info['bytes'] / 1e6:.1f} MB | "
+                    + (f"{ppl:.2f}" if ppl is not None else "not measured (llama-cpp-python missing)") + " |")
+        lines.append(f"GGUF {path.name}: {info['arch']} architecture, {info['bytes'] / 1e6:.1f} MB, tokenizer "
+                     f"{info['tokenizer']}" + (f"; test perplexity in llama.cpp {ppl:.2f}" if ppl is not None else ""))
+    config_path = out / "config.yaml"
+    config = yaml.safe_load(config_path.read_text())
+    config["metrics"].update({k: (v.item() if hasattr(v, "item") else v) for k, v in metrics.items()
+                              if k.startswith(("gguf_", "test_perplexity_gguf_"))})
+    config_path.write_text(yaml.safe_dump(mask_tree(config), sort_keys=False))
+    first = f"model.{types[0]}.gguf"
+    readme = out / "README.md"
+    readme.write_text(readme.read_text() + "\n".join([
+        "", "## llama.cpp (GGUF)", "",
+        f"Test perplexity is on {block}-token blocks of the task's test split, scored by llama.cpp itself.", "",
+        "| file | architecture | size | test perplexity in llama.cpp |", "|---|---|---|---|", *rows, "",
+        "```bash", f"llama-cli -m {first} -p 'Once upon a time' -n 32", "```", "",
+        "```python", "from llama_cpp import Llama", f"llm = Llama(model_path='{first}')",
+        "print(llm('Once upon a time', max_tokens=32)['choices'][0]['text'])", "```", "",
+        "Layers of one shape are written as llama.cpp's `llama` architecture; layers of different shapes as `deci` "
+        "(per-layer head, key/value-head and FFN counts), which llama.cpp builds layer by layer.", ""]))
+    return lines

@@ -40,10 +40,12 @@ from typing import Any
 import numpy as np
 import torch
 
-from nas.cost.llamacpp import llama_cpp_available, load_gguf
-from nas.models.decoder import backbone, is_decoder_config, is_tied
+from nas.deploy.llamacpp import llama_cpp_available, load_gguf
+from nas.models.decoder import backbone, is_tied
+from nas.models.registry import family_for_config
 
 log = logging.getLogger(__name__)
+logging.getLogger("gguf").setLevel(logging.WARNING)  # gguf-py's writer logs every file it writes at INFO
 
 GGUF_TYPES = ("f32", "f16", "q8_0", "q4_0")
 GGUF_ARCHES = ("auto", "llama", "deci")
@@ -99,7 +101,11 @@ def check_request(model: Any, types: Sequence[str], arch: str = "auto") -> str:
     """Refuse in one line what cannot become a GGUF llama.cpp builds; returns the architecture to write."""
     config = model.config if hasattr(model, "config") else model
     kind = getattr(config, "model_type", None)
-    if not is_decoder_config(config):
+    try:
+        decoder = bool(family_for_config(config).causal_lm)
+    except ValueError:  # a family this project does not prune
+        decoder = False
+    if not decoder:
         raise ValueError(f"GGUF export is for decoder LMs (Llama family) that llama.cpp runs; this model is "
                          f"{kind!r}, an encoder: export it as ONNX (onnx=true) instead")
     if kind not in LLAMA_TYPES:

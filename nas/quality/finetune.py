@@ -19,7 +19,7 @@ from torch import nn
 
 from nas.data.tasks import make_loader, sorted_by_length, tokenize
 from nas.models.loading import load_base_model, load_tokenizer
-from nas.quality.lm import lm_loss, teacher_topk_logits
+from nas.quality.lm import Progress, lm_loss, teacher_topk_logits
 from nas.quality.metrics import accuracy, model_inputs
 from nas.util import cache_key
 
@@ -311,11 +311,13 @@ def finetune(
     accelerator: str = "auto",
     monitor: Monitor | None = None,
     hidden_map: HiddenMap | None = None,
+    progress: str | None = None,
 ) -> dict[str, Any]:
     """Train `model` in place for settings.max_steps steps; returns {'losses': [...], 'seconds': s}.
 
     With a `monitor`, validation accuracy is followed during training and the best weights are
-    what the model ends with (see Monitor)."""
+    what the model ends with (see Monitor). `progress`: a name; a line with the steps done, the rate
+    and the time left is logged every 30 s (a long phase stays visible)."""
     import lightning as L  # heavy (~6.6 s cold): only where training runs
 
     start = time.perf_counter()
@@ -341,7 +343,8 @@ def finetune(
         limit_val_batches=0,
         gradient_clip_val=1.0,
         deterministic=False,
-        callbacks=[monitor.callback(model, settings.max_steps)] if monitor is not None else [],
+        callbacks=([monitor.callback(model, settings.max_steps)] if monitor is not None else [])
+        + ([_progress_callback(Progress(progress, settings.max_steps), module)] if progress else []),
     )
     model.train()
     trainer.fit(module, train_dataloaders=loader)
@@ -349,6 +352,17 @@ def finetune(
     if teacher is not None:
         teacher.cpu()
     return {"losses": module.losses, "hidden_losses": module.hidden_losses, "seconds": time.perf_counter() - start}
+
+
+def _progress_callback(progress: Progress, module: Any) -> Any:
+    import lightning as L  # heavy (~6.6 s cold): only where training runs
+
+    class _Progress(L.Callback):
+        def on_train_batch_end(self, trainer: Any, pl_module: Any, outputs: Any, batch: Any, batch_idx: int) -> None:
+            recent = module.losses[-10:]
+            progress.step(trainer.global_step, f"loss {sum(recent) / max(1, len(recent)):.3f}")
+
+    return _Progress()
 
 
 def base_cache_key(settings: TrainSettings, recipe: BaseRecipe, *, max_length: int,

@@ -8,8 +8,10 @@ trained briefly first and only the better half goes on, rung after rung. The who
 final.time_budget. It is resumable: members done are not trained again, candidates eliminated stay
 out, and survivors of a finished rung resume from the weights saved at its end.
 
-A language-modelling study's final stage trains its members a fixed final.max_steps with the trials'
-trainer (nas.quality.finetune).
+A language-modelling study's final stage (`lm_final_stage`) trains the fastest front members within
+final.ppl_slack of the base's perplexity a fixed final.max_steps with the trials' trainer
+(nas.quality.finetune), then measures each as deployed (llama.cpp, GGUF) and names the winner: the
+fastest within final.ppl_band of the base's perplexity.
 
 `evaluate_front_on_test` scores every front member's trial weights on the test split. Both record
 their results as study attributes (a finished trial's own attributes are frozen); the reports merge
@@ -102,8 +104,8 @@ def final_stage(study: Any, *, weights: RunWeights, evaluator: Any, objectives: 
     if settings.members <= 0:
         return
     if evaluator.lm:
-        return _fixed_steps_stage(study, weights=weights, evaluator=evaluator, objectives=objectives,
-                                  final_k=settings.members, recipe=lm_recipe, say=say, clock=clock, write=write)
+        return lm_final_stage(study, weights=weights, evaluator=evaluator, objectives=objectives, settings=settings,
+                              recipe=lm_recipe, say=say, clock=clock, write=write)
     FinalStage(study, weights=weights, evaluator=evaluator, objectives=objectives, settings=settings, say=say,
                clock=clock, write=write).run()
 
@@ -299,23 +301,71 @@ class FinalStage:
         self.minutes[what] = self.minutes.get(what, 0.0) + seconds
 
 
-def _fixed_steps_stage(study: Any, *, weights: RunWeights, evaluator: Any, objectives: Any, final_k: int, recipe: Any,
-                       say: Callable[[str], None], clock: Callable[[str, float], None],
-                       write: Callable[[Any], Any]) -> None:
-    """A language model's final stage: the front's top-K by quality, each `recipe.max_steps` more steps
-    from its trial weights with the trials' trainer."""
+def lm_members(front: pd.DataFrame, k: int, *, base_ppl: float, slack: float, cost: str,
+               quality: str = "val_perplexity") -> list[int]:
+    """A language model's final members: the `k` fastest front members whose trial validation perplexity is
+    at most (1 + slack) times the base's; too few such members: the lowest perplexities fill up."""
+    is_base = front.get("is_base", pd.Series(False, index=front.index)).fillna(False).astype(bool)
+    members = front[~is_base].dropna(subset=[quality, cost])
+    close = members[members[quality] <= base_ppl * (1 + slack)].sort_values([cost, quality])
+    chosen = [int(n) for n in close["number"]][:k]
+    for n in members.sort_values([quality, cost])["number"]:
+        if len(chosen) >= k:
+            break
+        if int(n) not in chosen:
+            chosen.append(int(n))
+    return chosen
+
+
+def lm_winner(final: Mapping[str, Mapping[str, Any]], *, base_ppl: float, band: float) -> int | None:
+    """The fastest final member (deployed speedup over the base quantized alike) whose validation perplexity as
+    deployed is within `band` (a fraction) of the base's as deployed; none within: the lowest perplexity."""
+    rows = []
+    for n, r in final.items():
+        ppl = r.get("val_perplexity_deployed", r.get("val_perplexity"))
+        speed = r.get("speedup_over_quantized_base", r.get("speedup"))
+        if ppl is not None:
+            rows.append((int(n), float(ppl), float(speed) if speed is not None else 0.0))
+    if not rows:
+        return None
+    within = [r for r in rows if r[1] <= base_ppl * (1 + band) + 1e-12]
+    if within:
+        return max(within, key=lambda r: (r[2], -r[1]))[0]
+    return min(rows, key=lambda r: (r[1], -r[2]))[0]
+
+
+def lm_final_stage(study: Any, *, weights: RunWeights, evaluator: Any, objectives: Any, settings: Any, recipe: Any,
+                   say: Callable[[str], None], clock: Callable[[str, float], None], write: Callable[[Any], Any]) -> None:
+    """A language model's final stage: the final_k fastest front members within settings.ppl_slack of the base's
+    perplexity, each trained `recipe.max_steps` more steps from its trial weights (the trials' trainer, top-k
+    distillation, progress printed), then measured as deployed (evaluator.deployed: in llama.cpp, its GGUF
+    file's perplexity and its speedups over the three baselines). The winner: the fastest within
+    settings.ppl_band of the base's deployed validation perplexity."""
     quality = quality_column(objectives)  # val_perplexity
-    front = pareto_frame(study, None, cost=cost_column(objectives), quality=quality)
-    chosen = choose_final(front, final_k, quality=quality)
-    q = quality.removeprefix("val_")
+    cost = cost_column(objectives)
+    front = pareto_frame(study, None, cost=cost, quality=quality)
+    base = study.user_attrs.get("base", {})
+    base_ppl = float(base.get("val_perplexity") or evaluator.prep.base_info["validation_perplexity"])
+    chosen = lm_members(front, settings.members, base_ppl=base_ppl, slack=settings.ppl_slack, cost=cost,
+                        quality=quality)
     if not chosen:
         return
+    started = time.perf_counter()
     done = {int(n) for n in (study.user_attrs.get("final") or {})}
     todo = [n for n in chosen if n not in done or not weights.final_path(n).is_file()]
     fs = recipe
-    say(f"final stage: trials {', '.join(map(str, chosen))} trained {fs.max_steps} more steps "
-        f"(lr {fs.lr:g}, distill {fs.distill}, weight {fs.distill_weight:g}); "
-        f"{len(todo)} to train" + (f", {len(chosen) - len(todo)} done before" if len(todo) < len(chosen) else ""))
+    shapes = ", ".join(f"{n} ({study.trials[n].user_attrs.get('shape')}, {study.trials[n].user_attrs.get('speedup', 0):.2f}x, "
+                       f"val ppl {study.trials[n].user_attrs.get(quality, float('nan')):.1f})" for n in chosen)
+    cap = base_ppl * (1 + settings.ppl_slack)
+    close = sum(study.trials[n].user_attrs.get(quality, math.inf) <= cap for n in chosen)
+    how = (f"the fastest front members within {1 + settings.ppl_slack:g}x the base's perplexity ({base_ppl:.2f})"
+           if close == len(chosen) else
+           f"{close} front member(s) within {1 + settings.ppl_slack:g}x the base's perplexity ({base_ppl:.2f}), the "
+           "lowest perplexities fill up")
+    say(f"final stage: {how}: {shapes}; each {fs.max_steps} more steps (lr {fs.lr:g}, distill weight "
+        f"{fs.distill_weight:g}, top-{fs.distill_topk or 'all'} KL)"
+        + (f"; {len(chosen) - len(todo)} done before" if len(todo) < len(chosen) else ""))
+    base_deployed_ppl = float(base.get("val_perplexity_deployed") or base_ppl)
     for number in todo:
         trial = study.trials[number]
         if not weights.trial_path(number).is_file():
@@ -324,22 +374,42 @@ def _fixed_steps_stage(study: Any, *, weights: RunWeights, evaluator: Any, objec
         spec = SubnetSpec.from_dict(trial.user_attrs["spec"])
         model = weights.load(trial)
         t0 = time.perf_counter()
-        evaluator.fit(model, spec, fs)
+        evaluator.fit(model, spec, fs, progress=f"final member {number}")
         seconds = time.perf_counter() - t0
         clock("final training", seconds)
         t0 = time.perf_counter()
-        result = {f"val_{q}": evaluator.quality_of(model, spec, "validation")[1],
-                  f"test_{q}": evaluator.quality_of(model, spec, "test")[1], "steps": fs.max_steps,
+        result = {"val_perplexity": evaluator.quality_of(model, spec, "validation")[1],
+                  "test_perplexity": evaluator.quality_of(model, spec, "test")[1], "steps": fs.max_steps,
                   "seconds": round(seconds, 1)}
         clock("evaluation", time.perf_counter() - t0)
+        result.update(evaluator.deployed(model, spec, name=f"final_{number}"))
         weights.save(model, weights.final_path(number))
         latest = dict(study.user_attrs.get("final") or {})  # other workers may have added theirs
         latest[str(number)] = result
         study.set_user_attr("final", latest)
         a = trial.user_attrs
-        say(f"final    {number:3d} {a['shape']:28s} val ppl {a[f'val_{q}']:.4f} -> {result[f'val_{q}']:.4f}"
-            f"  test ppl {result[f'test_{q}']:.4f}  speedup {a['speedup']:.2f}x  ({seconds:.0f}s)")
+        deployed = ""
+        if "val_perplexity_deployed" in result:
+            deployed = (f"; as deployed ({result.get('variant')}): val ppl {result['val_perplexity_deployed']:.2f}, "
+                        f"decode {result['speedup_over_quantized_base']:.2f}x over the base quantized alike, "
+                        f"{result['speedup_over_torch_fp32_base']:.2f}x over torch fp32")
+        say(f"final    {number:3d} {a['shape']:28s} val ppl {a[quality]:.2f} -> {result['val_perplexity']:.2f}"
+            f"  test ppl {result['test_perplexity']:.2f} ({seconds:.0f}s){deployed}")
         write(study)
+    final = {str(n): r for n, r in (study.user_attrs.get("final") or {}).items() if int(n) in chosen}
+    best = lm_winner(final, base_ppl=base_deployed_ppl, band=settings.ppl_band)
+    if best is not None:
+        study.set_user_attr(WINNER_ATTR, best)
+        r = final[str(best)]
+        ppl = r.get("val_perplexity_deployed", r["val_perplexity"])
+        within = ppl <= base_deployed_ppl * (1 + settings.ppl_band) + 1e-12
+        say(f"final stage winner: trial {best} ({study.trials[best].user_attrs.get('shape')}), "
+            + (f"the fastest member within {100 * settings.ppl_band:g}% of the base's perplexity" if within else
+               f"no member is within {100 * settings.ppl_band:g}% of the base's perplexity: the lowest")
+            + f": val ppl {ppl:.2f} (base {base_deployed_ppl:.2f}), test ppl "
+            f"{r.get('test_perplexity_deployed', r['test_perplexity']):.2f}")
+    say(f"final stage: {(time.perf_counter() - started) / 60:.1f} min")
+    write(study)
 
 
 def evaluate_front_on_test(study: Any, *, weights: RunWeights, prep: Any, lm: bool, batch_size: int,

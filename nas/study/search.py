@@ -284,7 +284,8 @@ class Search:
                               out_of_time=self._out_of_time, say=self._say, console=self.console)
         self.loop.run(study)
         self.weights.drop_dominated(study)  # the front as it ends, other workers' last trials included
-        if self.settings.final_k and not self.lm and "val_accuracy_deployed" not in self.base_metrics:
+        deployed_key = "val_perplexity_deployed" if self.lm else "val_accuracy_deployed"
+        if self.settings.final_k and deployed_key not in self.base_metrics:
             t0 = time.perf_counter()
             self.base_metrics.update(self.evaluator.base_deployed())  # what quantization alone gives
             self.clock.add("evaluation", time.perf_counter() - t0)

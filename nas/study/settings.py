@@ -167,6 +167,8 @@ class FinalSettings:
     band: float = 1.0
     time_budget: float | None = 480.0
     transfer: Any = None  # nas.data.transfer.TransferSettings
+    ppl_slack: float = 3.0  # language models: members' trial perplexity at most (1 + this) x the base's
+    ppl_band: float = 0.10  # language models: the winner is the fastest within (1 + this) x the base's perplexity
 
     @classmethod
     def from_cfg(cls, cfg: Mapping[str, Any]) -> FinalSettings:
@@ -177,7 +179,8 @@ class FinalSettings:
                        slack=final.get("slack", 0.15), rung_steps=final.get("rung_steps", 100),
                        band=final.get("band", 1.0),
                        time_budget=_seconds_or_none(final.get("time_budget"), "final.time_budget"),
-                       transfer=TransferSettings.from_cfg(final))
+                       transfer=TransferSettings.from_cfg(final), ppl_slack=final.get("ppl_slack", 3.0),
+                       ppl_band=final.get("ppl_band", 0.10))
         settings.validate()
         return settings
 
@@ -196,6 +199,9 @@ class FinalSettings:
             raise ValueError(f"final.band={self.band!r} must be between 0 and 100 (accuracy points below the base)")
         if self.time_budget is not None and not self.time_budget > 0:
             raise ValueError(f"final.time_budget={self.time_budget:g} must be > 0 (seconds) or null (no limit)")
+        for key, value in (("final.ppl_slack", self.ppl_slack), ("final.ppl_band", self.ppl_band)):
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not value >= 0:
+                raise ValueError(f"{key}={value!r} must be >= 0 (a fraction of the base's perplexity)")
 
 
 def make_sampler(settings: SearchSettings) -> Any:

@@ -21,6 +21,7 @@ from nas.cost.latency import model_size
 from nas.cut.prune import prune_model
 from nas.cut.recovery import calibration_batches, recover
 from nas.data.transfer import build_transfer_texts
+from nas.deploy.llamacpp import file_perplexity
 from nas.deploy.onnx import onnx_session, session_accuracy
 from nas.models.registry import family_for
 from nas.models.slicing import kept_units
@@ -127,13 +128,13 @@ class Evaluator:
         return model
 
     # -- shared by the steps and the final stage ---------------------------------------------------
-    def fit(self, model: Any, spec: Any, settings: Any) -> dict[str, Any]:
+    def fit(self, model: Any, spec: Any, settings: Any, *, progress: str | None = None) -> dict[str, Any]:
         loader = self.prep.loader("train", spec.context, batch_size=settings.batch_size, shuffle=True, seed=settings.seed)
 
         hidden = settings.distill == "hidden" and family_for(self.prep.base).recovery  # encoders' layers only
         teacher = self.prep.base if settings.distill_weight > 0 or hidden else None
         return finetune(model, loader, settings, teacher=teacher, teacher_cache=self.teacher_cache,
-                        hidden_map=self.hidden_map(spec) if hidden else None)
+                        hidden_map=self.hidden_map(spec) if hidden else None, progress=progress)
 
     def quality_of(self, model: Any, spec: Any, split: str) -> tuple[str, float]:
         """("accuracy", value), or ("perplexity", value) on a language-modelling task."""
@@ -148,6 +149,14 @@ class Evaluator:
         t0 = time.perf_counter()
         out = self.timer.measure_baselines(model, context=spec.context, name=name, precision=precision)
         self.clock("latency", time.perf_counter() - t0)
+        if self.lm:  # a language model: its perplexity as it runs (its GGUF file in llama.cpp), or in torch
+            t0 = time.perf_counter()
+            gguf = self.timer.gguf_path(name) if self.timer.settings.runtime == "llamacpp" else None
+            for split, key in (("validation", "val"), ("test", "test")):
+                out[f"{key}_perplexity_deployed"] = (self.gguf_perplexity(gguf, spec.context, split) if gguf else
+                                                     self.quality_of(model, spec, split)[1])
+            self.clock("evaluation", time.perf_counter() - t0)
+            return out
         path = self.timer.deployed_path(name, precision)
         t0 = time.perf_counter()
         if path is None:  # torch eager fp32 is how it runs: the accuracy is the trained model's own
@@ -165,12 +174,23 @@ class Evaluator:
         loader = self.prep.loader(split, context, batch_size=self.train.eval_batch_size, shuffle=False)
         return session_accuracy(session, loader)
 
+    def gguf_perplexity(self, path: Any, context: int, split: str) -> float:
+        """Perplexity on `split` of the GGUF file at `path` in llama.cpp, on the blocks torch scores (at `context`)."""
+        blocks = self.prep.tokenized(split, context)["input_ids"]
+        return file_perplexity(path, [row.tolist() for row in blocks], threads=max(1, self.timer.settings.threads))
+
     def base_deployed(self) -> dict[str, Any]:
         """The unpruned base as it would run in this runtime and precision (quantization alone): its
-        validation and test accuracy there."""
+        validation and test accuracy there (perplexity: its GGUF file in llama.cpp)."""
         self.timer.base_pass()  # exports (and quantizes) the base once
+        if self.lm:
+            if self.timer.settings.runtime != "llamacpp":
+                return {}
+            context = int(self.prep.shape.max_positions)
+            return {f"{key}_perplexity_deployed": self.gguf_perplexity(self.timer.gguf_path("base"), context, split)
+                    for split, key in (("validation", "val"), ("test", "test"))}
         path = self.timer.deployed_path("base")
-        if path is None or self.lm:
+        if path is None:
             return {}
         context = int(self.prep.shape.max_positions)
         return {f"{key}_accuracy_deployed": self.session_accuracy(path, context, split)

@@ -174,3 +174,12 @@ class LlamaCppPass:
         if self.llm is not None:
             self.llm.close()
             self.llm = None
+
+
+def file_perplexity(path: str | Path, blocks: Sequence[Sequence[int]], *, threads: int = 1) -> float:
+    """Perplexity of the GGUF file at `path` in llama.cpp over token blocks (each scored on its own)."""
+    llm = load_gguf(path, n_ctx=max(len(b) for b in blocks), threads=threads, logits_all=True)
+    try:
+        return perplexity(llm, blocks)
+    finally:
+        llm.close()
