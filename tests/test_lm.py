@@ -151,15 +151,16 @@ def test_top_k_distillation_equals_full_kl_at_full_k_and_runs_the_teacher_once_p
         logits = student(input_ids=batch["input_ids"]).logits
         full = lm_loss(logits, batch, teacher=teacher, distill_weight=1.0, temperature=2.0)
         calls.clear()
-        every = teacher_topk_logits(teacher, batch, V, cache)  # k = the whole vocabulary: exactly the full KL
+        every = teacher_topk_logits(teacher, batch, V, cache, temperature=2.0)  # k = the vocabulary: the full KL
         assert float(lm_loss(logits, batch, teacher=None, distill_weight=1.0, temperature=2.0,
                              teacher_topk=every)) == pytest.approx(float(full), rel=1e-5)
-        top8 = teacher_topk_logits(teacher, batch, 8, cache)
+        top8 = teacher_topk_logits(teacher, batch, 8, cache, temperature=2.0)
         assert top8[0].shape == (4, 32, 8) and len(calls) == 2  # one forward per k, over the 4 blocks
-        again = teacher_topk_logits(teacher, batch, 8, cache)
+        again = teacher_topk_logits(teacher, batch, 8, cache, temperature=2.0)
         assert len(calls) == 2 and torch.equal(again[0], top8[0])  # cached: the teacher does not run again
         kd8 = lm_loss(logits, batch, teacher=None, distill_weight=1.0, temperature=2.0, teacher_topk=top8)
-    assert 0 < float(kd8) and float(kd8) != pytest.approx(float(full), rel=1e-3)  # an approximation, not a copy
+    # k + 1 outcomes (the top 8 and "the rest"): a lower bound of the full KL, not a copy of it
+    assert 0 < float(kd8) <= float(full) + 1e-6 and float(kd8) != pytest.approx(float(full), rel=1e-3)
 
 
 def lm_cfg(env, *overrides: str):

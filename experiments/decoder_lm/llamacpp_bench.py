@@ -26,6 +26,7 @@ results_llamacpp.json and results_llamacpp.md beside this file.
 from __future__ import annotations
 
 import argparse
+import copy
 import json
 import statistics
 import sys
@@ -65,6 +66,8 @@ def main() -> None:
     parser.add_argument("--eval-every", type=int, default=50)
     parser.add_argument("--kl-steps", type=int, default=30, help="steps of the top-k vs full KL comparison (0: none)")
     parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--members", type=lambda t: [int(x) for x in t.split(",") if x], default=[],
+                        help="other front trials to train with the final recipe, e.g. 1,3")
     parser.add_argument("--out", default=str(HERE / "results_llamacpp"))
     args = parser.parse_args()
 
@@ -89,26 +92,50 @@ def main() -> None:
     def val_ppl(model, spec) -> float:
         return ev.quality_of(model, spec, "validation")[1]
 
-    # ---- the searched model: the README run's final-stage winner
+    # ---- the searched models: the README run's final-stage winner, and other front members (--members)
+    # trained from their trial weights with the final stage's own recipe, as a larger search.final_k would
     number = int(study.user_attrs["final_winner"])
-    trial = study.trials[number]
-    spec = SubnetSpec.from_dict(trial.user_attrs["spec"])
-    searched = rebuild_trial_model(run_cfg, run_dir, number, spec, 0, None).eval()
-    final = study.user_attrs["final"][str(number)]
-    models = {"searched": (searched, spec, {"trial": number, "shape": trial.user_attrs["shape"],
-                                            "minutes": None, "val_ppl": final["val_perplexity"]})}
-    target = decoder_params(spec, vocab=vocab, head_size=shape.head_size, tied=True)
-    say(f"searched: trial {number} {spec.describe()} ({target / 1e6:.1f}M parameters)")
+    models = {}
 
-    # ---- baselines at the searched model's parameter count, cut and trained the same way
+    def searched_model(n: int, label: str):
+        trial = study.trials[n]
+        s = SubnetSpec.from_dict(trial.user_attrs["spec"])
+        model = rebuild_trial_model(run_cfg, run_dir, n, s, 0, None).eval()
+        info = {"trial": n, "shape": trial.user_attrs["shape"], "trial_val_ppl": trial.user_attrs["val_perplexity"],
+                "trial_speedup": trial.user_attrs["speedup"]}
+        if str(n) in (study.user_attrs.get("final") or {}):
+            info.update(minutes=study.user_attrs["final"][str(n)]["seconds"] / 60,
+                        val_ppl=study.user_attrs["final"][str(n)]["val_perplexity"])
+        else:
+            t0 = time.perf_counter()
+            ev.fit(model, s, final_s, progress=f"{label} final steps")
+            info.update(minutes=(time.perf_counter() - t0) / 60, val_ppl=val_ppl(model, s))
+        say(f"{label}: trial {n} {s.describe()}: val ppl {info['val_ppl']:.2f} ({info['minutes']:.1f} min)")
+        models[label] = (model.eval(), s, info)
+        return model, s
+
+    searched_model(number, "searched (winner)")
+    fastest = None
+    for n in args.members:
+        label = f"searched (trial {n})"
+        searched_model(n, label)
+        if fastest is None or study.trials[n].user_attrs["speedup"] > study.trials[fastest].user_attrs["speedup"]:
+            fastest = n
+    fastest = number if fastest is None else fastest
+    spec = SubnetSpec.from_dict(study.trials[fastest].user_attrs["spec"])
+    target = decoder_params(spec, vocab=vocab, head_size=shape.head_size, tied=True)
+    say(f"baselines at the parameter count of trial {fastest} ({spec.describe()}, {target / 1e6:.1f}M)")
+
+    # ---- baselines at that parameter count, cut from the fine-tuned base and trained like a trial + final member
     full = SubnetSpec.full(shape)
-    n_layers = min(range(1, shape.num_layers + 1), key=lambda n: abs(decoder_params(
-        SubnetSpec(**{**full.__dict__, "layers": prep.scores.top_layers(n), "heads": (shape.num_heads,) * n,
-                      "kv_heads": (shape.num_kv_heads,) * n, "ffn": (shape.ffn_size,) * n}),
-        vocab=vocab, head_size=shape.head_size, tied=True) - target))
-    n = n_layers
-    shortgpt = SubnetSpec(**{**full.__dict__, "layers": prep.scores.top_layers(n), "heads": (shape.num_heads,) * n,
+
+    def depth(n: int) -> SubnetSpec:
+        return SubnetSpec(**{**full.__dict__, "layers": prep.scores.top_layers(n), "heads": (shape.num_heads,) * n,
                              "kv_heads": (shape.num_kv_heads,) * n, "ffn": (shape.ffn_size,) * n})
+
+    n = min(range(1, shape.num_layers + 1), key=lambda n: abs(decoder_params(
+        depth(n), vocab=vocab, head_size=shape.head_size, tied=True) - target))
+    shortgpt = depth(n)
     ffn = min(range(32, shape.ffn_size + 1, 32), key=lambda f: abs(decoder_params(
         SubnetSpec(**{**full.__dict__, "ffn": (f,) * shape.num_layers}), vocab=vocab, head_size=shape.head_size,
         tied=True) - target))
@@ -129,19 +156,23 @@ def main() -> None:
     # ---- top-k vs full-vocabulary KL, from the same cut
     if args.kl_steps:
         kl = {}
-        for label, k in (("top-64", trial_s.distill_topk or 64), ("full", 0)):
+        # top-64 first computes the base's top-k logits of every block it meets; run again, it finds them
+        # cached (as every trial after the first does in a search); full KL runs the base at every step
+        for label, k in (("top-64, first pass", trial_s.distill_topk or 64), ("full vocabulary", 0),
+                         ("top-64, cached", trial_s.distill_topk or 64)):
             model = prune_model(prep.base, spec, prep.scores)
             settings = replace(trial_s, max_steps=args.kl_steps, distill_topk=k)
             out = ev.fit(model, spec, settings, progress=f"KL {label}")
             kl[label] = {"val_ppl": val_ppl(model, spec), "seconds": out["seconds"],
                          "s_per_step": out["seconds"] / args.kl_steps}
             say(f"KL {label}: val ppl {kl[label]['val_ppl']:.2f} after {args.kl_steps} steps, "
-                f"{kl[label]['s_per_step']:.2f} s/step (teacher logits cached across runs for top-k)")
+                f"{kl[label]['s_per_step']:.2f} s/step")
         results["kl"] = kl
 
-    # ---- what more final steps buy (the winner, on from its final weights)
+    # ---- what more final steps buy (the fastest searched member, on from its final weights)
     if args.extra_steps:
-        model = rebuild_trial_model(run_cfg, run_dir, number, spec, 0, None)
+        label = f"searched (trial {fastest})" if args.members else "searched (winner)"
+        model = copy.deepcopy(models[label][0])
         curve = [{"steps": trial_s.max_steps + final_s.max_steps, "val_ppl": val_ppl(model, spec)}]
         t0 = time.perf_counter()
         for done in range(0, args.extra_steps, args.eval_every):
@@ -149,11 +180,11 @@ def main() -> None:
             ev.fit(model, spec, chunk, progress=f"extra steps {done}-{done + args.eval_every}")
             curve.append({"steps": curve[0]["steps"] + done + args.eval_every, "val_ppl": val_ppl(model, spec),
                           "minutes": (time.perf_counter() - t0) / 60})
-            say(f"searched + {done + args.eval_every} steps: val ppl {curve[-1]['val_ppl']:.2f}")
-        results["extra_steps"] = curve
-        models["searched, longer"] = (model.eval(), spec, {"shape": spec.describe(), "val_ppl": curve[-1]["val_ppl"],
-                                                           "minutes": curve[-1]["minutes"],
-                                                           "steps": curve[-1]["steps"]})
+            say(f"{label} + {done + args.eval_every} steps: val ppl {curve[-1]['val_ppl']:.2f}")
+        results["extra_steps"] = {"model": label, "curve": curve}
+        models[f"{label}, +{args.extra_steps} steps"] = (
+            model.eval(), spec, {"shape": spec.describe(), "val_ppl": curve[-1]["val_ppl"],
+                                 "minutes": models[label][2]["minutes"] + curve[-1]["minutes"], "steps": curve[-1]["steps"]})
 
     # ---- llama.cpp: every model at Q8_0 (and the base at Q4_0) against the base at Q8_0, 1 and 2 threads
     val = prep.tokenized("validation", int(cfg.max_length))["input_ids"]
@@ -217,14 +248,14 @@ def write_md(path: Path, results: dict) -> None:
         lines.append(f"| {name} | {r.get('shape', '')} | {r['params'] / 1e6:.1f}M | {r['test_ppl_torch']:.2f} | "
                      f"{r['test_ppl_llamacpp']:.2f} | {100 * (r['test_ppl_llamacpp'] / results['models']['base q8_0']['test_ppl_llamacpp'] - 1):+.1f}% | "
                      f"{c1} | {c2} | {'' if minutes is None else f'{minutes:.1f}'} |")
-    extra = results.get("extra_steps") or []
+    extra = (results.get("extra_steps") or {}).get("curve") or []
     kl = results.get("kl") or {}
     text = ["# llama.cpp results (experiments/decoder_lm/llamacpp_bench.py)", "",
             f"Fine-tuned base: test perplexity {ref:.2f} in torch (pretrained: validation "
             f"{base.get('pretrained_validation_perplexity', float('nan')):.2f}, fine-tuned {base['validation_perplexity']:.2f}; "
             f"{base.get('tokens_trained', 0)} training tokens).", "", *lines, ""]
     if extra:
-        text += ["What more final steps buy (the searched model, validation perplexity):", "",
+        text += [f"What more final steps buy ({results['extra_steps']['model']}, validation perplexity):", "",
                  "| steps | val ppl |", "|---|---|", *[f"| {p['steps']} | {p['val_ppl']:.2f} |" for p in extra], ""]
     if kl:
         text += ["Top-k vs full KL (same cut, same steps):", "", "| KL | val ppl | s/step |", "|---|---|---|",

@@ -250,7 +250,8 @@ def _lightning_module_class() -> type:
             w = self.settings.distill_weight
             if out.logits.dim() == 3:  # a causal LM (nas.quality.lm): next-token loss, KL on next-token distributions
                 k = self.settings.distill_topk
-                topk = teacher_topk_logits(self.teacher, batch, k, self.teacher_cache) \
+                topk = teacher_topk_logits(self.teacher, batch, k, self.teacher_cache,
+                                           temperature=self.settings.temperature) \
                     if k and self.teacher is not None and w > 0 else None
                 loss = lm_loss(out.logits, batch, teacher=None if topk is not None else self.teacher, distill_weight=w,
                                temperature=self.settings.temperature, teacher_topk=topk)

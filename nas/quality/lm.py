@@ -51,11 +51,13 @@ def lm_loss(logits: torch.Tensor, batch: Mapping[str, torch.Tensor], *, teacher:
             teacher_topk: tuple[torch.Tensor, torch.Tensor] | None = None) -> torch.Tensor:
     """Next-token cross-entropy, mixed with KL(teacher || student) on next-token distributions.
 
-    `teacher_topk` = (values, indices), each (B, T, k): the teacher's k largest logits per position
-    (`teacher_topk_logits`, cached across trials), used instead of running `teacher`. The teacher's
-    distribution is then its softmax over those k tokens (renormalised), and the KL is taken against
-    the student's full-vocabulary log-probabilities at them: the tail the teacher gives almost
-    nothing is dropped, the student's normalisation is not."""
+    `teacher_topk` = (log-probabilities at the temperature, indices), each (B, T, k): the teacher's k most
+    likely next tokens per position (`teacher_topk_logits`, cached across trials), used instead of running
+    `teacher`. The KL is then taken over k + 1 outcomes: each of those k tokens, and "any other token",
+    whose probability is what the k leave (1 - their sum) on each side. It is a lower bound of the full
+    KL (equal at k = vocabulary) with the same minimiser; renormalising the teacher over the k tokens
+    instead would ask the student to put all its mass on them (measured: a 22-layer SmolLM2 cut went
+    from 110 to 167 validation perplexity in 10 steps that way, to 83 with the full KL)."""
     labels = batch["labels"][:, 1:]
     mask = batch.get("attention_mask")
     valid = (labels != -100) if mask is None else (mask[:, 1:].bool() & (labels != -100))
@@ -66,9 +68,12 @@ def lm_loss(logits: torch.Tensor, batch: Mapping[str, torch.Tensor], *, teacher:
     t = temperature
     log_q = nn.functional.log_softmax(student[valid] / t, dim=-1)  # (N, V)
     if teacher_topk is not None:
-        values, index = (x[:, :-1][valid] for x in teacher_topk)  # (N, k) each
-        log_p = nn.functional.log_softmax(values.float() / t, dim=-1)
-        kd = (log_p.exp() * (log_p - log_q.gather(-1, index.long()))).sum(-1).mean() * (t * t)
+        log_p, index = (x[:, :-1][valid] for x in teacher_topk)  # (N, k) each
+        log_p = log_p.float()
+        log_qk = log_q.gather(-1, index.long())  # (N, k)
+        tail_p = (1 - log_p.exp().sum(-1)).clamp_min(1e-8)  # what the k tokens leave, each side
+        tail_q = (1 - log_qk.exp().sum(-1)).clamp_min(1e-8)
+        kd = ((log_p.exp() * (log_p - log_qk)).sum(-1) + tail_p * (tail_p.log() - tail_q.log())).mean() * (t * t)
     else:
         with torch.no_grad():
             inputs = {k: batch[k] for k in ("input_ids", "attention_mask") if k in batch}
@@ -79,20 +84,24 @@ def lm_loss(logits: torch.Tensor, batch: Mapping[str, torch.Tensor], *, teacher:
 
 @torch.no_grad()
 def teacher_topk_logits(teacher: nn.Module, batch: Mapping[str, torch.Tensor], k: int,
-                        cache: dict[bytes, Any] | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-    """(values, indices), each (B, T, k): the teacher's k largest next-token logits at every position of
-    each block. Rows are cached by their token bytes (and k), so trials that see the same blocks run the
-    teacher once: (4 + 4) * k bytes per token, 64 KB per 128-token block at k = 64."""
+                        cache: dict[bytes, Any] | None = None, *, temperature: float = 1.0
+                        ) -> tuple[torch.Tensor, torch.Tensor]:
+    """(log-probabilities at `temperature`, indices), each (B, T, k): the teacher's k most likely next tokens
+    at every position of each block. Rows are cached by their token bytes, k and the temperature, so trials
+    that see the same blocks run the teacher once: (4 + 4) * k bytes per token, 64 KB per 128-token block
+    at k = 64."""
     ids = batch["input_ids"]
     k = min(int(k), int(getattr(getattr(teacher, "config", None), "vocab_size", k) or k))  # a tiny vocabulary: all of it
-    keys = [ids[i].cpu().numpy().tobytes() + k.to_bytes(4, "little") for i in range(ids.shape[0])]
+    tag = k.to_bytes(4, "little") + repr(float(temperature)).encode()
+    keys = [ids[i].cpu().numpy().tobytes() + tag for i in range(ids.shape[0])]
     cache = cache if cache is not None else {}
     missing = [i for i, key in enumerate(keys) if key not in cache]
     if missing:
         was_training = teacher.training
         teacher.eval()
         sub = {name: batch[name][missing] for name in ("input_ids", "attention_mask") if name in batch}
-        values, index = teacher(**sub).logits.float().topk(k, dim=-1)
+        log_p = nn.functional.log_softmax(teacher(**sub).logits.float() / temperature, dim=-1)
+        values, index = log_p.topk(k, dim=-1)
         teacher.train(was_training)
         for row, i in enumerate(missing):
             cache[keys[i]] = (values[row].cpu(), index[row].to(torch.int32).cpu())
