@@ -115,13 +115,9 @@ def main() -> None:
         return model, s
 
     searched_model(number, "searched (winner)")
-    fastest = None
     for n in args.members:
-        label = f"searched (trial {n})"
-        searched_model(n, label)
-        if fastest is None or study.trials[n].user_attrs["speedup"] > study.trials[fastest].user_attrs["speedup"]:
-            fastest = n
-    fastest = number if fastest is None else fastest
+        searched_model(n, f"searched (trial {n})")
+    fastest = number  # the baselines match the winner's parameter count; extra steps go to the winner
     spec = SubnetSpec.from_dict(study.trials[fastest].user_attrs["spec"])
     target = decoder_params(spec, vocab=vocab, head_size=shape.head_size, tied=True)
     say(f"baselines at the parameter count of trial {fastest} ({spec.describe()}, {target / 1e6:.1f}M)")
@@ -171,7 +167,7 @@ def main() -> None:
 
     # ---- what more final steps buy (the fastest searched member, on from its final weights)
     if args.extra_steps:
-        label = f"searched (trial {fastest})" if args.members else "searched (winner)"
+        label = "searched (winner)"
         model = copy.deepcopy(models[label][0])
         curve = [{"steps": trial_s.max_steps + final_s.max_steps, "val_ppl": val_ppl(model, spec)}]
         t0 = time.perf_counter()
