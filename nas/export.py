@@ -33,10 +33,10 @@ from nas.config import CONF_DIR, compose_or_refuse
 from nas.cost.latency import (
     LatencySettings,
     flat_latency_metrics,
+    gguf_variant,
     latency_settings,
     measure_runtimes,
     speedup_line,
-    variant_name,
 )
 from nas.data.tasks import load_task
 from nas.deploy.bundle import export_all, export_gguf_set
@@ -335,7 +335,7 @@ def _export(console: Any, args: Mapping[str, Any], run_dir: Path, cfg: Any, stud
     runtimes = ("torch",) if lm or not args["onnx"] or settings.generation not in ("auto", "prefill") else (
         "torch", "onnxruntime")
     if gguf_types and llama_cpp_available():  # each GGUF type in llama.cpp, paired with the base written the same way
-        runtimes += tuple(variant_name("llamacpp", "fp32" if t == "f32" else t) for t in gguf_types)
+        runtimes += tuple(gguf_variant(t) for t in gguf_types)
     measured = measure_runtimes(model, context=spec.context, base=base, task=task, tokenizer=tokenizer,
                                 settings=settings, max_length=max_length, runtimes=runtimes)
     for runtime, m in measured.items():

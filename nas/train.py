@@ -24,11 +24,11 @@ from rich.markup import escape
 from nas.config import CONF_DIR, refuse_bad_overrides
 from nas.cost.latency import (
     flat_latency_metrics,
+    gguf_variant,
     latency_settings,
     measure_runtimes,
     model_size,
     speedup_line,
-    variant_name,
 )
 from nas.cut.recovery import RecoverySettings
 from nas.data.transfer import TransferSettings
@@ -135,7 +135,7 @@ def run_final(cfg: Any, arch_path: str | Path, out_dir: str | Path, *, overrides
     if lm and lat.generation not in ("prefill",):
         runtimes = ("torch",)  # decode with the KV cache: in torch, and in llama.cpp for each GGUF type
         if llama_cpp_available():
-            runtimes += tuple(variant_name("llamacpp", "fp32" if t == "f32" else t) for t in gguf_types)
+            runtimes += tuple(gguf_variant(t) for t in gguf_types)
     measured = measure_runtimes(model, context=spec.context, base=prep.base, task=prep.task, tokenizer=prep.tokenizer,
                                 settings=lat, max_length=int(cfg.max_length), runtimes=runtimes)
     metrics.update(**flat_latency_metrics(measured), **model_size(model))

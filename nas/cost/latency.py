@@ -214,6 +214,11 @@ def gguf_kind(precision: str) -> str:
     return "f32" if precision == "fp32" else precision
 
 
+def gguf_variant(kind: str) -> str:
+    """The llama.cpp variant name (variant_name) that times a GGUF type: llamacpp (f32), llamacpp_q8_0, ..."""
+    return variant_name("llamacpp", "fp32" if kind == "f32" else kind)
+
+
 def close_pass(run: Any) -> None:
     """Free what a Pass holds (llama.cpp's model and context); torch and onnxruntime passes hold nothing to free."""
     close = getattr(run, "close", None)

@@ -95,8 +95,9 @@ def perplexity(llm: Any, blocks: Sequence[Sequence[int]]) -> float:
     return math.exp(nll / max(count, 1))
 
 
-def run_prompts(llm: Any, prompts: Sequence[Sequence[int]], *, mode: str, new_tokens: int) -> float:
-    """Seconds of the counted part over the prompts: per decoded token (decode) or per prompt (prefill)."""
+def time_prompts(llm: Any, prompts: Sequence[Sequence[int]], *, mode: str, new_tokens: int) -> float:
+    """Seconds of the counted part, summed over the prompts: per generated token (decode), the prompt's
+    forward (prefill), or both (generate) - nas.cost.generation's definition, in llama.cpp."""
     total = 0.0
     for prompt in prompts:
         llm.reset()
@@ -109,8 +110,14 @@ def run_prompts(llm: Any, prompts: Sequence[Sequence[int]], *, mode: str, new_to
         t0 = time.perf_counter()
         for _ in range(new_tokens):
             llm.eval([int(np.argmax(llm.scores[llm.n_tokens - 1]))])
-        total += (time.perf_counter() - t0) / new_tokens
-    return total / len(prompts)
+        decode = time.perf_counter() - t0
+        total += decode / new_tokens if mode == "decode" else prefill + decode
+    return total
+
+
+def run_prompts(llm: Any, prompts: Sequence[Sequence[int]], *, mode: str, new_tokens: int) -> float:
+    """Seconds of the counted part per prompt (time_prompts' mean)."""
+    return time_prompts(llm, prompts, mode=mode, new_tokens=new_tokens) / len(prompts)
 
 
 def paired_speedup(base: Any, candidate: Any, prompts: Sequence[Sequence[int]], *, mode: str = "decode",
@@ -153,22 +160,7 @@ class LlamaCppPass:
         self.llm = load_gguf(path, n_ctx=longest + new_tokens + 8, threads=threads)
 
     def __call__(self, start: int, stop: int) -> float:
-        total = 0.0
-        llm = self.llm
-        for prompt in self.prompts[start:stop]:
-            llm.reset()
-            t0 = time.perf_counter()
-            llm.eval(prompt)
-            prefill = time.perf_counter() - t0
-            if self.mode == "prefill":
-                total += prefill
-                continue
-            t0 = time.perf_counter()
-            for _ in range(self.new_tokens):
-                llm.eval([int(np.argmax(llm.scores[llm.n_tokens - 1]))])
-            decode = time.perf_counter() - t0
-            total += decode / self.new_tokens if self.mode == "decode" else prefill + decode
-        return total
+        return time_prompts(self.llm, self.prompts[start:stop], mode=self.mode, new_tokens=self.new_tokens)
 
     def close(self) -> None:
         if self.llm is not None:

@@ -39,11 +39,16 @@ WINNER_ATTR = "final_winner"
 # ---------------------------------------------------------------------------- choosing members
 
 
+def measured_members(front: pd.DataFrame, *, quality: str, cost: str) -> pd.DataFrame:
+    """The front's trials (the base row left out) that have both their quality and their cost."""
+    is_base = front.get("is_base", pd.Series(False, index=front.index)).fillna(False).astype(bool)
+    return front[~is_base].dropna(subset=[quality, cost])
+
+
 def eligible(front: pd.DataFrame, *, base_quality: float, slack: float, cost: str,
              quality: str = "val_accuracy") -> pd.DataFrame:
     """Front members whose trial accuracy is within `slack` of the base's, fastest first."""
-    is_base = front.get("is_base", pd.Series(False, index=front.index)).fillna(False).astype(bool)
-    members = front[~is_base].dropna(subset=[quality, cost])
+    members = measured_members(front, quality=quality, cost=cost)
     return members[members[quality] >= base_quality - slack].sort_values([cost, quality], ascending=[True, False])
 
 
@@ -305,8 +310,7 @@ def lm_members(front: pd.DataFrame, k: int, *, base_ppl: float, slack: float, co
                quality: str = "val_perplexity") -> list[int]:
     """A language model's final members: the `k` fastest front members whose trial validation perplexity is
     at most (1 + slack) times the base's; too few such members: the lowest perplexities fill up."""
-    is_base = front.get("is_base", pd.Series(False, index=front.index)).fillna(False).astype(bool)
-    members = front[~is_base].dropna(subset=[quality, cost])
+    members = measured_members(front, quality=quality, cost=cost)
     close = members[members[quality] <= base_ppl * (1 + slack)].sort_values([cost, quality])
     chosen = [int(n) for n in close["number"]][:k]
     for n in members.sort_values([quality, cost])["number"]:
