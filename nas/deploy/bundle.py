@@ -12,6 +12,7 @@ import yaml
 
 from nas.data.text import lm_blocks
 from nas.deploy.gguf import bpe_fields, write_gguf
+from nas.deploy.imatrix import diagonal
 from nas.deploy.llamacpp import file_perplexity, llama_cpp_available
 from nas.deploy.onnx import export_onnx
 from nas.models.registry import family_for
@@ -142,10 +143,12 @@ def export_all(model: Any, tokenizer: Any, spec: Any, out: str | Path, *, metric
 
 def export_gguf_set(model: Any, tokenizer: Any, out: str | Path, types: Sequence[str], *, arch: str = "auto",
                     source_gguf: Path | None, task: Any, context: int, max_length: int, threads: int,
-                    metrics: dict[str, Any]) -> list[str]:
+                    metrics: dict[str, Any], moments: Mapping[str, Any] | None = None, imatrix: bool = True,
+                    gptq: bool = True) -> list[str]:
     """model.<type>.gguf for each GGUF type into `out` (nas.deploy.gguf), each file's test perplexity in
-    llama.cpp (when llama-cpp-python is installed) added to `metrics`, config.yaml and the README. Returns
-    the lines to print."""
+    llama.cpp (when llama-cpp-python is installed) added to `metrics`, config.yaml and the README. `moments` (the
+    model's input second moments on the task's training text, nas.deploy.imatrix): quantized files are weighted by
+    their importance matrix (`imatrix`) and rounded GPTQ-style (`gptq`). Returns the lines to print."""
     out = Path(out)
     if source_gguf is None:
         try:
@@ -158,7 +161,9 @@ def export_gguf_set(model: Any, tokenizer: Any, out: str | Path, types: Sequence
     lines, rows = [], []
     for kind in types:
         path = out / f"model.{kind}.gguf"
-        info = write_gguf(model, tokenizer, path, kind=kind, arch=arch, source_gguf=source_gguf, texts=texts)
+        info = write_gguf(model, tokenizer, path, kind=kind, arch=arch, source_gguf=source_gguf, texts=texts,
+                          imatrix=diagonal(moments) if moments and imatrix else None,
+                          moments=moments if moments and gptq else None)
         metrics[f"gguf_{kind}_mb"] = round(info["bytes"] / 1e6, 1)
         ppl = None
         if blocks is not None and llama_cpp_available():
@@ -166,8 +171,9 @@ def export_gguf_set(model: Any, tokenizer: Any, out: str | Path, types: Sequence
             metrics[f"test_perplexity_gguf_{kind}"] = ppl
         rows.append(f"| `{path.name}` | {info['arch']} | {info['bytes'] / 1e6:.1f} MB | "
                     + (f"{ppl:.2f}" if ppl is not None else "not measured (llama-cpp-python missing)") + " |")
-        lines.append(f"GGUF {path.name}: {info['arch']} architecture, {info['bytes'] / 1e6:.1f} MB, tokenizer "
-                     f"{info['tokenizer']}" + (f"; test perplexity in llama.cpp {ppl:.2f}" if ppl is not None else ""))
+        lines.append(f"GGUF {path.name}: {info['arch']} architecture, {info['bytes'] / 1e6:.1f} MB, tensor types "
+                     f"{info['tensor_types']} ({info['rounding']} rounding), tokenizer {info['tokenizer']}"
+                     + (f"; test perplexity in llama.cpp {ppl:.2f}" if ppl is not None else ""))
     config_path = out / "config.yaml"
     config = yaml.safe_load(config_path.read_text())
     config["metrics"].update({k: (v.item() if hasattr(v, "item") else v) for k, v in metrics.items()

@@ -1,6 +1,8 @@
 """GGUF export of Llama-family causal LMs, for llama.cpp (and everything built on it).
 
-A pruned decoder is written as one GGUF file at f32, f16, q8_0 or q4_0:
+A pruned decoder is written as one GGUF file at f32 or f16 (gguf-py), or quantized by llama.cpp's own
+quantizer from the f32 file (nas.deploy.gguf_quant: q8_0, q6_k, q5_k_m, q5_0, q4_k_m, iq4_nl, q4_0, each
+optionally with its own head type and an importance matrix):
 
 - **Architecture.** `llama` when every layer has the same query heads, key/value heads and FFN
   width; `deci` (the Nemotron-NAS architecture, which llama.cpp builds layer by layer from arrays
@@ -8,12 +10,10 @@ A pruned decoder is written as one GGUF file at f32, f16, q8_0 or q4_0:
 - **Rotary layout.** HF Llama rotates channel j of a head with channel j + d/2; llama.cpp's
   `llama` / `deci` graphs rotate adjacent pairs (2j, 2j + 1). The rows of q_proj and k_proj are
   reordered inside each head accordingly (the usual convert step), so the logits are the same.
-- **Types.** Norms stay f32. q8_0 / q4_0 quantize every weight matrix in blocks of 32 values
-  along its rows (gguf-py's reference quantizer, the one llama.cpp's own converter uses); at q4_0
-  the token embedding (which is also the output layer when tied) is kept at q8_0, as llama.cpp's
-  quantizer keeps its output layer above 4 bits. A matrix whose rows are not whole 32-value blocks
-  (a pruned width that is not a multiple of 32) stays f16, as llama.cpp's own quantizer does; a
-  warning says so (spaces with `align: 32` avoid it).
+- **Types.** Norms and biases stay f32. A quantized type is llama.cpp's preset of that name, applied by
+  `llama_model_quantize` to the f32 file (its per-tensor rules and fallbacks included: a row that a
+  type's blocks do not fit gets a type that fits it; spaces with `align: 32` keep every pruned width
+  on 32-value blocks). The file's tensor types are read back and returned.
 - **Tokenizer.** A model whose base came from a GGUF file carries that file's `tokenizer.ggml.*`
   fields unchanged (the vocabulary is never pruned). Otherwise the HF fast tokenizer's byte-level
   BPE (tokens, merges, special tokens) is written; llama.cpp also needs the name of the
@@ -33,23 +33,25 @@ import logging
 import os
 import tempfile
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 
+from nas.deploy.gguf_quant import QUANT_TYPES, check_precision, llama_quantize, split_precision
+from nas.deploy.gptq import GPTQ_TYPES, round_matrices
 from nas.deploy.llamacpp import llama_cpp_available, load_gguf
-from nas.models.decoder import backbone, is_tied
+from nas.models.decoder import attention_kind, backbone, is_tied
 from nas.models.registry import family_for_config
 
 log = logging.getLogger(__name__)
 logging.getLogger("gguf").setLevel(logging.WARNING)  # gguf-py's writer logs every file it writes at INFO
 
-GGUF_TYPES = ("f32", "f16", "q8_0", "q4_0")
+GGUF_TYPES = ("f32", "f16", *QUANT_TYPES)
 GGUF_ARCHES = ("auto", "llama", "deci")
-BLOCK = 32  # values per q8_0 / q4_0 block, along a weight's rows
+HEAD_TENSORS = ("token_embd.weight", "output.weight")  # the output layer (tied: the token embedding) and the embedding
 LLAMA_TYPES = ("llama", "mistral")  # HF model types llama.cpp builds as `llama` / `deci` (no biases)
 # llama.cpp's names for pre-tokenizer regexes, tried in this order when a tokenizer has no GGUF origin
 PRE_TOKENIZERS = ("smollm", "gpt-2", "llama-bpe", "qwen2", "default", "starcoder", "refact", "falcon",
@@ -59,14 +61,20 @@ PRE_TOKENIZERS = ("smollm", "gpt-2", "llama-bpe", "qwen2", "default", "starcoder
 # ---------------------------------------------------------------------------- what is exported
 
 
-def layer_shapes(config: Any) -> dict[str, list[int]]:
-    """Per-layer query heads, key/value heads and FFN widths of a (possibly pruned) Llama config."""
+def layer_shapes(config: Any) -> dict[str, list[Any]]:
+    """Per-layer query heads, key/value heads, FFN widths and attention kinds of a (possibly pruned) Llama
+    config, as llama.cpp's deci graph reads them: a linear-attention layer has query heads (the base's) and
+    no key/value heads; a layer without attention has neither."""
     n = int(config.num_hidden_layers)
     heads = list(getattr(config, "nas_heads", None) or [int(config.num_attention_heads)] * n)
     kv = list(getattr(config, "nas_kv_heads", None) or [int(getattr(config, "num_key_value_heads", None)
                                                                or config.num_attention_heads)] * n)
     ffn = list(getattr(config, "nas_ffn", None) or [int(config.intermediate_size)] * n)
-    return {"heads": [int(h) for h in heads], "kv_heads": [int(k) for k in kv], "ffn": [int(f) for f in ffn]}
+    attn = list(getattr(config, "nas_attn", None) or ["full"] * n)
+    heads = [int(h) if a == "full" else (int(config.num_attention_heads) if a == "linear" else 0)
+             for h, a in zip(heads, attn, strict=True)]
+    kv = [int(k) if a == "full" else 0 for k, a in zip(kv, attn, strict=True)]
+    return {"heads": heads, "kv_heads": kv, "ffn": [int(f) for f in ffn], "attn": attn}
 
 
 def head_size(config: Any) -> int:
@@ -87,7 +95,7 @@ def rope_type(config: Any) -> str:
 
 def choose_arch(config: Any, arch: str) -> str:
     shapes = layer_shapes(config)
-    uniform = all(len(set(v)) == 1 for v in shapes.values())
+    uniform = all(len(set(v)) == 1 for v in shapes.values()) and shapes["attn"][0] == "full"
     if arch == "auto":
         return "llama" if uniform else "deci"
     if arch == "llama" and not uniform:
@@ -116,8 +124,7 @@ def check_request(model: Any, types: Sequence[str], arch: str = "auto") -> str:
         raise ValueError("GGUF export is for causal LMs: this decoder is a sequence classifier (its `score` head "
                          "has no place in llama.cpp); export it as ONNX instead")
     for t in types:
-        if t not in GGUF_TYPES:
-            raise ValueError(f"gguf type {t!r} is not known; allowed: {', '.join(GGUF_TYPES)}")
+        check_precision(t, allowed_bodies=GGUF_TYPES)
     if arch not in GGUF_ARCHES:
         raise ValueError(f"gguf arch {arch!r} is not known; allowed: {', '.join(GGUF_ARCHES)}")
     if rope_type(config) != "default":
@@ -125,6 +132,14 @@ def check_request(model: Any, types: Sequence[str], arch: str = "auto") -> str:
     hd = head_size(config)
     if hd % 2:
         raise ValueError(f"head size {hd} is odd: llama.cpp's rotary embedding needs an even head size")
+    shapes = layer_shapes(config)
+    if shapes["attn"][0] != "full":
+        raise ValueError(f"layer 0 has attention {shapes['attn'][0]!r}: llama.cpp reads the head size from layer 0, "
+                         "so the first layer keeps its attention")
+    for i, (f, a) in enumerate(zip(shapes["ffn"], shapes["attn"], strict=True)):
+        if f == 0 and a != "none":
+            raise ValueError(f"layer {i} has no FFN but keeps its attention ({a}): llama.cpp's deci graph skips "
+                             "such a layer's residual add; keep an FFN or drop the layer")
     return choose_arch(config, arch)
 
 
@@ -146,40 +161,45 @@ def gguf_tensors(model: Any) -> list[tuple[str, torch.Tensor]]:
     out = [("token_embd.weight", body.embed_tokens.weight)]
     for i, layer in enumerate(body.layers):
         att, mlp = layer.self_attn, layer.mlp
-        out += [
-            (f"blk.{i}.attn_norm.weight", layer.input_layernorm.weight),
-            (f"blk.{i}.attn_q.weight", rope_rows(att.q_proj.weight, shapes["heads"][i])),
-            (f"blk.{i}.attn_k.weight", rope_rows(att.k_proj.weight, shapes["kv_heads"][i])),
-            (f"blk.{i}.attn_v.weight", att.v_proj.weight),
-            (f"blk.{i}.attn_output.weight", att.o_proj.weight),
-            (f"blk.{i}.ffn_norm.weight", layer.post_attention_layernorm.weight),
-            (f"blk.{i}.ffn_gate.weight", mlp.gate_proj.weight),
-            (f"blk.{i}.ffn_up.weight", mlp.up_proj.weight),
-            (f"blk.{i}.ffn_down.weight", mlp.down_proj.weight),
-        ]
+        kind = attention_kind(layer)
+        if kind != "none":
+            out.append((f"blk.{i}.attn_norm.weight", layer.input_layernorm.weight))
+        if kind == "full":
+            out += [(f"blk.{i}.attn_q.weight", rope_rows(att.q_proj.weight, shapes["heads"][i])),
+                    (f"blk.{i}.attn_k.weight", rope_rows(att.k_proj.weight, shapes["kv_heads"][i])),
+                    (f"blk.{i}.attn_v.weight", att.v_proj.weight)]
+        if kind != "none":
+            out.append((f"blk.{i}.attn_output.weight", att.o_proj.weight))
+            if att.o_proj.bias is not None:
+                if kind == "linear":  # llama.cpp's linear attention adds no bias: it would be dropped silently
+                    raise ValueError(f"layer {i}: a linear attention with a bias has no place in llama.cpp's deci graph")
+                out.append((f"blk.{i}.attn_output.bias", att.o_proj.bias))
+        out += [(f"blk.{i}.ffn_norm.weight", layer.post_attention_layernorm.weight),
+                (f"blk.{i}.ffn_gate.weight", mlp.gate_proj.weight),
+                (f"blk.{i}.ffn_up.weight", mlp.up_proj.weight),
+                (f"blk.{i}.ffn_down.weight", mlp.down_proj.weight)]
+        if mlp.down_proj.bias is not None:
+            out.append((f"blk.{i}.ffn_down.bias", mlp.down_proj.bias))
+        for name, module in ((f"blk.{i}.attn_q", getattr(att, "q_proj", None)), (f"blk.{i}.attn_k", getattr(att, "k_proj", None)),
+                             (f"blk.{i}.attn_v", getattr(att, "v_proj", None)), (f"blk.{i}.ffn_gate", mlp.gate_proj),
+                             (f"blk.{i}.ffn_up", mlp.up_proj)):
+            bias = getattr(module, "bias", None)
+            if bias is not None and bool(bias.detach().abs().max() > 0):
+                raise ValueError(f"{name}.bias is not zero: the llama / deci architectures written here carry biases "
+                                 "on attn_output and ffn_down only")
     out.append(("output_norm.weight", body.norm.weight))
     if not is_tied(model):
         out.append(("output.weight", model.lm_head.weight))
     return out
 
 
-def encode(name: str, weight: torch.Tensor, kind: str) -> tuple[np.ndarray, Any]:
-    """(array, raw GGML type or None) of one tensor at the file's type; norms stay f32, and a matrix whose
-    rows are not a whole number of 32-value blocks stays f16 in a quantized file (llama.cpp cannot hold it
-    quantized; its own quantizer falls back the same way)."""
-    import gguf
-
+def encode(weight: torch.Tensor, kind: str) -> np.ndarray:
+    """One tensor as gguf-py writes it: vectors (norms, biases) at f32, matrices at the file's type (f32 / f16)."""
     array = weight.detach().float().cpu().numpy()
-    if array.ndim == 1 or kind == "f32":
-        return array, None
-    if kind == "f16" or array.shape[-1] % BLOCK:
-        return array.astype(np.float16), None
-    qtype = gguf.GGMLQuantizationType.Q8_0 if kind == "q8_0" or name == "token_embd.weight" else \
-        gguf.GGMLQuantizationType.Q4_0
-    return gguf.quants.quantize(array, qtype), qtype
+    return array if array.ndim == 1 or kind == "f32" else array.astype(np.float16)
 
 
-FILE_TYPES = {"f32": "ALL_F32", "f16": "MOSTLY_F16", "q8_0": "MOSTLY_Q8_0", "q4_0": "MOSTLY_Q4_0"}
+FILE_TYPES = {"f32": "ALL_F32", "f16": "MOSTLY_F16"}
 
 
 # ---------------------------------------------------------------------------- tokenizer
@@ -324,29 +344,65 @@ def write_vocab_only(path: Path, fields: dict[str, Any], pre: str) -> None:
 
 def write_gguf(model: Any, tokenizer: Any, path: str | Path, *, kind: str = "f32", arch: str = "auto",
                source_gguf: str | Path | None = None, texts: Sequence[str] | None = None,
-               name: str = "nas-pruned") -> dict[str, Any]:
-    """Write `model` (a Llama-family causal LM, pruned or not) as a GGUF file llama.cpp loads."""
+               name: str = "nas-pruned", imatrix: Mapping[str, np.ndarray] | None = None,
+               moments: Mapping[str, torch.Tensor] | None = None, threads: int = 0) -> dict[str, Any]:
+    """Write `model` (a Llama-family causal LM, pruned or not) as a GGUF file llama.cpp loads.
+
+    `kind`: f32 / f16 (written by gguf-py), or a llama.cpp quantization type (QUANT_TYPES, optionally
+    `<type>_head_<head>`), written at f32 first and quantized by llama.cpp (`imatrix`: its importance
+    matrix, nas.deploy.imatrix; `threads`: the quantizer's, 0 for all cores). With `moments` (each matrix's
+    input second moment, nas.deploy.imatrix.input_moments) and a type GPTQ runs for (nas.deploy.gptq.GPTQ_TYPES),
+    every matrix is first rounded GPTQ-style onto that type's grid (the head onto its own type when GPTQ knows it;
+    q8_0 by default) and llama.cpp's quantizer, asked for that type everywhere (`pure`), keeps the values."""
+    arch = check_request(model, [kind], arch)
+    body, head = split_precision(kind)
+    rounded, pure = None, False
+    if moments and body in GPTQ_TYPES:  # every matrix at the type asked (pure), the head at its own (q8_0 unless set)
+        head = head or "q8_0"
+        types = {n: (head if n in HEAD_TENSORS else body) for n, w in gguf_tensors(model) if w.dim() == 2}
+        rounded = round_matrices(dict(gguf_tensors(model)), moments, types)
+        pure = True
+    t0 = time.perf_counter()
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + f".tmp{os.getpid()}")
+    plain = "f32" if body in QUANT_TYPES else body
+    try:
+        info = _write_plain(model, tokenizer, tmp, kind=plain, arch=arch, source_gguf=source_gguf, texts=texts,
+                            name=name, replace=rounded)
+        if body in QUANT_TYPES:
+            done = llama_quantize(tmp, path, body, head=head, imatrix=imatrix, threads=threads, pure=pure)
+            info["tensor_types"] = done["types"]
+        else:
+            tmp.replace(path)
+            info["tensor_types"] = {plain.upper(): sum(1 for _, w in gguf_tensors(model) if w.dim() == 2)}
+    finally:
+        tmp.unlink(missing_ok=True)
+    info.update(path=str(path), type=kind, bytes=path.stat().st_size, seconds=round(time.perf_counter() - t0, 2),
+                imatrix=bool(imatrix), rounding="gptq" if rounded else "llama.cpp")
+    log.info("GGUF %s: %s, %s, %.1f MB (%.1fs)", path.name, kind, arch, info["bytes"] / 1e6, info["seconds"])
+    return info
+
+
+def _write_plain(model: Any, tokenizer: Any, path: Path, *, kind: str, arch: str, source_gguf: str | Path | None,
+                 texts: Sequence[str] | None, name: str, replace: Mapping[str, torch.Tensor] | None = None
+                 ) -> dict[str, Any]:
+    """The f32 / f16 file gguf-py writes (every quantized type starts from the f32 one); `replace`: tensors
+    written instead of the model's own, by GGUF name (GPTQ's rounded matrices)."""
     import gguf
 
-    arch = check_request(model, [kind], arch)
-    t0 = time.perf_counter()
     config = model.config
     shapes = layer_shapes(config)
     hd = head_size(config)
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     bpe = None
     if source_gguf is None and tokenizer is None:
         bpe, pre = stand_in_fields(int(config.vocab_size)), "default"
     elif source_gguf is None:
         bpe = bpe_fields(tokenizer)
         pre = find_pre_tokenizer(bpe, tokenizer, texts)
-    tmp = path.with_name(path.name + f".tmp{os.getpid()}")
-    writer = gguf.GGUFWriter(str(tmp), arch)
+    writer = gguf.GGUFWriter(str(path), arch)
     writer.add_name(name)
     writer.add_file_type(getattr(gguf.LlamaFileType, FILE_TYPES[kind]))
-    if kind.startswith("q"):
-        writer.add_quantization_version(gguf.GGML_QUANT_VERSION)
     writer.add_context_length(int(config.max_position_embeddings))
     writer.add_embedding_length(int(config.hidden_size))
     writer.add_block_count(int(config.num_hidden_layers))
@@ -370,31 +426,17 @@ def write_gguf(model: Any, tokenizer: Any, path: str | Path, *, kind: str = "f32
     else:
         assert bpe is not None
         write_bpe_fields(writer, bpe, pre)
-    fallback = []
     with torch.no_grad():
         for tensor_name, weight in gguf_tensors(model):
-            array, raw = encode(tensor_name, weight, kind)
-            if raw is None:
-                writer.add_tensor(tensor_name, array)
-            else:
-                writer.add_tensor(tensor_name, array, raw_dtype=raw)
-            if kind.startswith("q") and weight.dim() == 2 and raw is None:
-                fallback.append(tensor_name)
-    if fallback:
-        log.warning("GGUF %s: %d matrices have rows that are not a multiple of %d values and stay f16 (e.g. %s); "
-                    "a space with align: %d avoids it", path.name, len(fallback), BLOCK, fallback[0], BLOCK)
+            writer.add_tensor(tensor_name, encode((replace or {}).get(tensor_name, weight), kind))
     writer.write_header_to_file()
     writer.write_kv_data_to_file()
     writer.write_tensors_to_file()
     writer.close()
-    tmp.replace(path)
     if source_gguf is None and tokenizer is None:
         pre = "stand-in vocabulary (timing only)"
-    info = {"path": str(path), "type": kind, "arch": arch, "bytes": path.stat().st_size, "tokenizer": pre,
-            "seconds": round(time.perf_counter() - t0, 2), "layers": int(config.num_hidden_layers), **shapes,
-            "head_size": hd, "hidden": int(config.hidden_size), "f16_fallback": len(fallback)}
-    log.info("GGUF %s: %s, %s, %.1f MB (%.1fs)", path.name, kind, arch, info["bytes"] / 1e6, info["seconds"])
-    return info
+    return {"arch": arch, "tokenizer": pre, "layers": int(config.num_hidden_layers), **shapes, "head_size": hd,
+            "hidden": int(config.hidden_size)}
 
 
 # ---------------------------------------------------------------------------- llama.cpp

@@ -1,8 +1,8 @@
-"""llama.cpp as a runtime (through llama-cpp-python): logits, greedy continuations, perplexity, and
-decode / prefill latency paired with the base, on GGUF files written by nas.deploy.gguf.
+"""llama.cpp as a runtime (through llama-cpp-python): logits, greedy continuations, perplexity, and the
+llama.cpp side of nas.cost.latency's paired timing (`LlamaCppPass`), on GGUF files written by nas.deploy.gguf.
 
-Timing follows nas.cost.latency's rule: the candidate and the base (the same type, the same threads)
-are loaded in one process and run the same real prompts in alternating rounds; the speedup is the
+Timing follows nas.cost.latency's rule: the candidate and the base are loaded in one process and run the
+same real prompts, alternating prompt by prompt (nas.cost.latency.paired_rounds); the speedup is the
 median of the per-round ratios. `decode` is the per-token time of `new_tokens` greedy steps after
 the prompt's prefill (each step: one token through the model with the KV cache, then the argmax of
 its logits); `prefill` is the time of the prompt's forward. Both go through llama-cpp-python's
@@ -14,7 +14,7 @@ from __future__ import annotations
 import contextlib
 import math
 import os
-import statistics
+import sys
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -37,16 +37,22 @@ def llama_cpp_available() -> bool:
 
 
 @contextlib.contextmanager
-def _quiet_stderr():
-    """llama.cpp's loader prints to fd 2 even with verbose=False on some paths: keep the run's log readable."""
-    fd = os.dup(2)
+def quiet_stderr(*fds: int):
+    """llama.cpp's loader prints to fd 2 even with verbose=False on some paths, and its quantizer to fd 1 as well:
+    keep the run's log readable (`fds`: the descriptors to silence, default 2)."""
+    fds = fds or (2,)
+    for stream in (sys.stdout, sys.stderr):
+        stream.flush()
+    saved = [os.dup(fd) for fd in fds]
     try:
         with open(os.devnull, "w") as null:
-            os.dup2(null.fileno(), 2)
+            for fd in fds:
+                os.dup2(null.fileno(), fd)
             yield
     finally:
-        os.dup2(fd, 2)
-        os.close(fd)
+        for fd, copy in zip(fds, saved, strict=True):
+            os.dup2(copy, fd)
+            os.close(copy)
 
 
 def load_gguf(path: str | Path, *, n_ctx: int = 512, threads: int = 1, vocab_only: bool = False,
@@ -57,7 +63,7 @@ def load_gguf(path: str | Path, *, n_ctx: int = 512, threads: int = 1, vocab_onl
         raise RuntimeError(reason)
     import llama_cpp
 
-    with _quiet_stderr():
+    with quiet_stderr():
         return llama_cpp.Llama(model_path=str(path), n_ctx=int(n_ctx), n_threads=int(threads),
                                n_threads_batch=int(threads), n_batch=int(n_batch), logits_all=logits_all,
                                vocab_only=vocab_only, verbose=False, n_gpu_layers=0)
@@ -113,34 +119,6 @@ def time_prompts(llm: Any, prompts: Sequence[Sequence[int]], *, mode: str, new_t
         decode = time.perf_counter() - t0
         total += decode / new_tokens if mode == "decode" else prefill + decode
     return total
-
-
-def run_prompts(llm: Any, prompts: Sequence[Sequence[int]], *, mode: str, new_tokens: int) -> float:
-    """Seconds of the counted part per prompt (time_prompts' mean)."""
-    return time_prompts(llm, prompts, mode=mode, new_tokens=new_tokens) / len(prompts)
-
-
-def paired_speedup(base: Any, candidate: Any, prompts: Sequence[Sequence[int]], *, mode: str = "decode",
-                   new_tokens: int = 16, rounds: int = 5, warmup: int = 1) -> dict[str, Any]:
-    """Candidate vs base in alternating rounds on the same prompts: median per-round ratio and p10-p90."""
-    if mode not in ("decode", "prefill"):
-        raise ValueError(f"llama.cpp timing mode {mode!r} is not known; allowed: decode, prefill")
-    for llm in (base, candidate):
-        run_prompts(llm, prompts[:warmup], mode=mode, new_tokens=min(new_tokens, 4))
-    ratios, base_s, cand_s = [], [], []
-    for _ in range(rounds):
-        b = run_prompts(base, prompts, mode=mode, new_tokens=new_tokens)
-        c = run_prompts(candidate, prompts, mode=mode, new_tokens=new_tokens)
-        ratios.append(b / c)
-        base_s.append(b)
-        cand_s.append(c)
-    q = sorted(ratios)
-    unit = "ms/token" if mode == "decode" else "ms/prompt"
-    return {"speedup": statistics.median(ratios), "p10": q[int(0.1 * (len(q) - 1))], "p90": q[int(0.9 * (len(q) - 1) + 0.5)],
-            "base_ms": 1000 * statistics.median(base_s), "candidate_ms": 1000 * statistics.median(cand_s),
-            "unit": unit, "rounds": rounds, "prompts": len(prompts), "mode": mode, "new_tokens": new_tokens,
-            "tokens_per_s": 1.0 / statistics.median(cand_s) if mode == "decode" else None,
-            "base_tokens_per_s": 1.0 / statistics.median(base_s) if mode == "decode" else None}
 
 
 class LlamaCppPass:
