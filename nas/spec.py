@@ -22,6 +22,11 @@ class SpecError(ValueError):
     """A SubnetSpec that does not fit its base model."""
 
 
+# What a decoder layer's attention is (SubnetSpec.attn): full attention with its kept heads; one linear map of
+# the normed stream (llama.cpp deci's "linear attention"); or none (the layer is its FFN alone).
+ATTENTION = ("full", "linear", "none")
+
+
 @dataclass(frozen=True)
 class BaseShape:
     """The dimensions of an unpruned base model that bound every spec."""
@@ -54,9 +59,16 @@ class SubnetSpec:
     # Key/value groups kept per layer, for a base with grouped-query attention (heads[i] query
     # heads = kv_heads[i] groups x heads[i] // kv_heads[i] query heads each); None for encoders.
     kv_heads: tuple[int, ...] | None = None
+    # Per kept layer of a decoder, its attention (ATTENTION); None: full attention everywhere. A layer whose
+    # attention is linear or none has heads[i] = kv_heads[i] = 0.
+    attn: tuple[str, ...] | None = None
 
     def __post_init__(self) -> None:
         # Normalise lists (YAML, JSON) to tuples so specs hash and compare by value.
+        if self.attn is not None:
+            if isinstance(self.attn, (str, bytes)) or not isinstance(self.attn, Sequence):
+                raise SpecError(f"SubnetSpec.attn={self.attn!r} must be a list of {', '.join(ATTENTION)}")
+            object.__setattr__(self, "attn", tuple(str(a) for a in self.attn))
         for name in ("layers", "heads", "ffn", "kv_heads"):
             value = getattr(self, name)
             if name == "kv_heads" and value is None:
@@ -107,14 +119,43 @@ class SubnetSpec:
                     f"SubnetSpec.{name} has {len(values)} entries; it needs one per kept layer ({len(self.layers)})"
                 )
             for i, v in enumerate(values):
+                if name == "heads" and self.attention(i) != "full":
+                    continue
+                if name == "ffn" and v == 0 and self.kv_heads is not None:
+                    raise SpecError(f"SubnetSpec.ffn[{i}]=0: a layer without its FFN is not built right by llama.cpp "
+                                    "(its deci graph then skips the layer's residual add, attention included); keep "
+                                    "an FFN of 1..{top} or drop the layer".replace("{top}", str(top)))
                 if not 1 <= v <= top:
                     raise SpecError(f"SubnetSpec.{name}[{i}]={v} is out of range; allowed 1..{top}")
+        self._validate_attention()
         self._validate_groups(base)
         if not 1 <= self.hidden <= base.hidden_size:
             raise SpecError(f"SubnetSpec.hidden={self.hidden} is out of range; allowed 1..{base.hidden_size}")
         if not 1 <= self.context <= base.max_positions:
             raise SpecError(f"SubnetSpec.context={self.context} is out of range; allowed 1..{base.max_positions}")
         return self
+
+    def attention(self, i: int) -> str:
+        """Kept layer i's attention: full, linear or none."""
+        return "full" if self.attn is None else self.attn[i]
+
+    def _validate_attention(self) -> None:
+        if self.attn is None:
+            return
+        if self.kv_heads is None:
+            raise SpecError("SubnetSpec.attn is for decoders (grouped-query attention); an encoder keeps attention in "
+                            "every layer: leave attn out")
+        if len(self.attn) != len(self.layers):
+            raise SpecError(f"SubnetSpec.attn has {len(self.attn)} entries; it needs one per kept layer ({len(self.layers)})")
+        for i, kind in enumerate(self.attn):
+            if kind not in ATTENTION:
+                raise SpecError(f"SubnetSpec.attn[{i}]={kind!r} is not known; allowed: {', '.join(ATTENTION)}")
+            if kind != "full" and (self.heads[i] or self.kv_heads[i]):
+                raise SpecError(f"SubnetSpec.attn[{i}]={kind} keeps no heads: heads[{i}] and kv_heads[{i}] must be 0 "
+                                f"(got {self.heads[i]} / {self.kv_heads[i]})")
+        if self.attn[0] != "full":
+            raise SpecError(f"SubnetSpec.attn[0]={self.attn[0]}: the first kept layer keeps its attention (llama.cpp "
+                            "reads the head size from layer 0, and the KV cache counts positions there)")
 
     def _validate_groups(self, base: BaseShape) -> None:
         """Grouped-query attention: whole key/value groups, the same number of query heads in each."""
@@ -127,6 +168,8 @@ class SubnetSpec:
             raise SpecError(f"SubnetSpec.kv_heads={self.kv_heads and list(self.kv_heads)} needs one entry per kept "
                             f"layer ({len(self.layers)}): the key/value groups kept, 1..{base.num_kv_heads}")
         for i, (h, g) in enumerate(zip(self.heads, self.kv_heads, strict=True)):
+            if self.attention(i) != "full":
+                continue
             if not 1 <= g <= base.num_kv_heads:
                 raise SpecError(f"SubnetSpec.kv_heads[{i}]={g} is out of range; allowed 1..{base.num_kv_heads}")
             if h % g or not 1 <= h // g <= base.group_size:
@@ -139,8 +182,9 @@ class SubnetSpec:
     # ---- serialisation --------------------------------------------------------------------
     def to_dict(self) -> dict[str, Any]:
         out = {k: list(v) if isinstance(v, tuple) else v for k, v in dataclasses.asdict(self).items()}
-        if out["kv_heads"] is None:  # encoders: the same dict as before the field existed
-            del out["kv_heads"]
+        for key in ("kv_heads", "attn"):  # encoders / full attention: the same dict as before the field existed
+            if out[key] is None:
+                del out[key]
         return out
 
     @classmethod
@@ -150,11 +194,12 @@ class SubnetSpec:
         fields = {f.name for f in dataclasses.fields(cls)}
         data = dict(data)
         unknown = sorted(set(data) - fields)
-        missing = sorted(fields - set(data) - {"kv_heads"})
+        missing = sorted(fields - set(data) - {"kv_heads", "attn"})
         if unknown or missing:
             raise SpecError(
                 f"SubnetSpec fields: unknown {unknown} / missing {missing}; expected exactly "
-                f"{sorted(fields - {'kv_heads'})} (plus kv_heads for a model with grouped-query attention)"
+                f"{sorted(fields - {'kv_heads', 'attn'})} (plus kv_heads for a model with grouped-query attention, and "
+                "attn for per-layer attention variants)"
             )
         return cls(**{k: (list(v) if isinstance(v, (list, tuple)) else v) for k, v in data.items()})
 
@@ -189,11 +234,16 @@ class SubnetSpec:
         """A short human-readable shape, e.g. 'L4 H8 F768 D320 C128'."""
 
         def span(values: tuple[int, ...]) -> str:
+            values = values or (0,)
             lo, hi = min(values), max(values)
             return str(lo) if lo == hi else f"{lo}-{hi}"
 
-        groups = "" if self.kv_heads is None else f"/G{span(self.kv_heads)}"
-        return f"L{len(self.layers)} H{span(self.heads)}{groups} F{span(self.ffn)} D{self.hidden} C{self.context}"
+        full = [i for i in range(len(self.layers)) if self.attention(i) == "full"]
+        heads = tuple(self.heads[i] for i in full)
+        groups = "" if self.kv_heads is None else f"/G{span(tuple(self.kv_heads[i] for i in full))}"
+        variants = "".join(f" A{kind[:3]}{self.attn.count(kind)}" for kind in ATTENTION[1:]
+                           if self.attn is not None and kind in self.attn)
+        return f"L{len(self.layers)} H{span(heads)}{groups} F{span(self.ffn)} D{self.hidden} C{self.context}{variants}"
 
 
 def _as_int(name: str, value: Any) -> int:

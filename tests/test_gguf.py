@@ -29,6 +29,7 @@ from nas.deploy.gguf import (
     write_gguf,
     write_vocab_only,
 )
+from nas.deploy.gguf_quant import file_tensors
 from nas.deploy.llamacpp import all_logits, greedy, llama_cpp_reason, load_gguf
 from nas.models.decoder import prune_decoder
 from nas.models.gguf import smollm2_gguf
@@ -180,7 +181,7 @@ def test_refusals_name_the_problem_in_one_line(env):
     with pytest.raises(ValueError, match="GGUF export is for decoder LMs .* 'bert', an encoder") as e:
         check_request(tiny.bert(), ["q8_0"])
     assert "\n" not in str(e.value)
-    with pytest.raises(ValueError, match="gguf type 'q5_k' is not known; allowed: f32, f16, q8_0, q4_0"):
+    with pytest.raises(ValueError, match="GGUF type 'q5_k' is not known; allowed: f32, f16, q8_0, q6_k, q5_k_m"):
         check_request(env["model"], ["q5_k"])
     with pytest.raises(ValueError, match="gguf arch 'gpt2' is not known"):
         check_request(env["model"], ["f32"], "gpt2")
@@ -197,7 +198,9 @@ def test_widths_off_the_quantization_block_stay_f16_and_still_load(env):
                                                  hidden=128, context=128)).eval()
     path = env["root"] / "odd.q8_0.gguf"
     info = write_gguf(odd, env["tokenizer"], path, kind="q8_0", texts=env["texts"][:20])
-    assert info["arch"] == "deci" and info["f16_fallback"] == 1  # layer 1's ffn_down: rows of 40 values
+    # llama.cpp's quantizer keeps layer 1's ffn_down (rows of 40 values: no whole 32-value block) at f16
+    assert info["arch"] == "deci" and info["tensor_types"].get("F16") == 1
+    assert file_tensors(path)["blk.1.ffn_down.weight"][0] == "F16"
     ours, _ = llama_cpp_side(path, env["ids"])
     ref = hf_logits(odd, env["ids"])
     assert np.abs(ours - ref).max() <= Q8_TOL * np.abs(ref).max()
@@ -238,3 +241,59 @@ def test_nas_train_writes_gguf_files_that_llama_cpp_scores_like_torch(env, tmp_p
     assert saved["test_perplexity_gguf_q8_0"] == pytest.approx(metrics["test_perplexity_gguf_q8_0"])
     readme = (out / "README.md").read_text()
     assert "## llama.cpp (GGUF)" in readme and "model.q8_0.gguf" in readme and "deci" in readme
+
+
+@needs_llama_cpp
+def test_deci_layers_without_attention_or_with_linear_attention_match_hf(env):
+    """Per-layer blocks of llama.cpp's deci graph: a layer without attention and a layer whose attention is one
+    linear map (fitted by closed-form healing, with healed biases on the other layers' output projections) give
+    HF's next-token logits in llama.cpp at f32, and the same 16 greedy tokens."""
+    from nas.cut.heal import Calibration, HealSettings, heal
+
+    spec = SubnetSpec(layers=(0, 1, 2, 3), heads=(4, 0, 0, 4), kv_heads=(2, 0, 0, 2), ffn=(96, 96, 64, 96), hidden=128,
+                      context=128, attn=("full", "linear", "none", "full"))
+    model = prune_decoder(env["model"], spec).eval()
+    stream = env["tokenizer"](" ".join(env["texts"][:60]))["input_ids"]
+    ids = torch.tensor(stream[: 8 * 32]).reshape(8, 32)  # calibration blocks
+    heal(model, env["model"], spec, None, Calibration.of(env["model"], ids), HealSettings(method="lsq", batch_size=4))
+    body = model.model
+    assert body.layers[1].self_attn.kind == "linear" and bool(body.layers[1].self_attn.o_proj.weight.abs().max() > 0)
+    assert body.layers[2].self_attn.kind == "none" and body.layers[3].mlp.down_proj.bias is not None
+    path = env["root"] / "variants.f32.gguf"
+    info = write_gguf(model, env["tokenizer"], path, kind="f32", texts=env["texts"][:20])
+    assert info["arch"] == "deci" and info["heads"] == [4, 4, 0, 4] and info["kv_heads"] == [2, 0, 0, 2]
+    ours, continuation = llama_cpp_side(path, env["ids"])
+    ref = hf_logits(model, env["ids"])
+    assert np.abs(ours - ref).max() <= F32_TOL * np.abs(ref).max()
+    assert continuation == hf_greedy(model, env["ids"], CONTINUATION)
+
+
+def test_layer_variants_llama_cpp_builds_wrongly_are_refused_in_one_line(env):
+    from nas.spec import SpecError
+
+    with pytest.raises(SpecError, match="attn\\[0\\]=none: the first kept layer keeps its attention") as e:
+        SubnetSpec(layers=(0, 1), heads=(0, 4), kv_heads=(0, 2), ffn=(96, 96), hidden=128, context=128,
+                   attn=("none", "full")).validate(prune_decoder_shape(env["model"]))
+    assert "\n" not in str(e.value)
+    with pytest.raises(SpecError, match="ffn\\[1\\]=0: a layer without its FFN is not built right by llama.cpp"):
+        SubnetSpec(layers=(0, 1), heads=(4, 4), kv_heads=(2, 2), ffn=(96, 0), hidden=128, context=128
+                   ).validate(prune_decoder_shape(env["model"]))
+    with pytest.raises(SpecError, match="attn\\[1\\]=linear keeps no heads"):
+        SubnetSpec(layers=(0, 1), heads=(4, 4), kv_heads=(2, 2), ffn=(96, 96), hidden=128, context=128,
+                   attn=("full", "linear")).validate(prune_decoder_shape(env["model"]))
+    # a model built some other way with layer 0 without attention, or an FFN-less layer that keeps attention
+    odd = SimpleNamespace(model_type="llama", num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
+                          intermediate_size=96, hidden_size=128, head_dim=32, nas_heads=[0, 4], nas_kv_heads=[0, 2],
+                          nas_ffn=[96, 96], nas_attn=["none", "full"])
+    with pytest.raises(ValueError, match="layer 0 has attention 'none': llama.cpp reads the head size from layer 0"):
+        check_request(odd, ["f32"])
+    no_ffn = SimpleNamespace(**{**vars(odd), "nas_heads": [4, 4], "nas_kv_heads": [2, 2], "nas_ffn": [96, 0],
+                                "nas_attn": ["full", "full"]})
+    with pytest.raises(ValueError, match="layer 1 has no FFN but keeps its attention"):
+        check_request(no_ffn, ["f32"])
+
+
+def prune_decoder_shape(model):
+    from nas.models.decoder import decoder_base_shape
+
+    return decoder_base_shape(model.config)

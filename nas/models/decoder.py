@@ -90,6 +90,57 @@ def is_tied(model: nn.Module) -> bool:
     return head is not None and head.weight is backbone(model).embed_tokens.weight
 
 
+# ---------------------------------------------------------------------------- per-layer attention variants
+
+
+ATTENTION_KINDS = ("full", "linear", "none")
+
+
+class LinearAttention(nn.Module):
+    """A layer's attention replaced by one linear map of its normed input (llama.cpp deci's "linear
+    attention": `n_head > 0` with `n_head_kv == 0`, only the output projection), fitted by nas.cut.heal."""
+
+    kind = "linear"
+
+    def __init__(self, hidden: int, layer_idx: int) -> None:
+        super().__init__()
+        self.layer_idx = layer_idx
+        self.o_proj = nn.Linear(hidden, hidden, bias=False)
+        nn.init.zeros_(self.o_proj.weight)  # a layer that adds nothing until it is fitted
+
+    def forward(self, hidden_states: torch.Tensor, *args: Any, **kwargs: Any) -> tuple[torch.Tensor, None]:
+        return self.o_proj(hidden_states), None
+
+
+class NoAttention(nn.Module):
+    """A layer without attention (deci's `n_head == 0`): its FFN reads the stream as it arrives."""
+
+    kind = "none"
+
+    def __init__(self, layer_idx: int) -> None:
+        super().__init__()
+        self.layer_idx = layer_idx
+
+    def forward(self, hidden_states: torch.Tensor, *args: Any, **kwargs: Any) -> tuple[torch.Tensor, None]:
+        return torch.zeros_like(hidden_states), None
+
+
+def attention_kind(layer: nn.Module) -> str:
+    """full | linear | none: what a decoder layer's attention is."""
+    return str(getattr(layer.self_attn, "kind", "full"))
+
+
+def causal_inputs(body: nn.Module, hidden: torch.Tensor) -> tuple[Any, Any]:
+    """(causal mask, rotary position embeddings) a decoder layer needs for full blocks `hidden` (b, t, d)
+    run on their own (no padding, no cache), as the model's forward builds them."""
+    from transformers.masking_utils import create_causal_mask
+
+    positions = torch.arange(hidden.shape[1], device=hidden.device)[None]
+    mask = create_causal_mask(config=body.config, inputs_embeds=hidden, attention_mask=None, past_key_values=None,
+                              position_ids=positions)
+    return mask, body.rotary_emb(hidden, position_ids=positions)
+
+
 # ---------------------------------------------------------------------------- which units to keep
 
 
@@ -141,21 +192,29 @@ def prune_decoder(base: nn.Module, spec: SubnetSpec, scores: Any = None) -> nn.M
                                                          strict=True)):
         layer = body.layers[new_pos]
         att, mlp = layer.self_attn, layer.mlp
-        kv_idx, q_idx = select_heads(None if scores is None else scores.heads[old], kv_heads=kv, heads=heads,
-                                     shape=shape)
-        q_rows, kv_rows = head_rows(q_idx, hd), head_rows(kv_idx, hd)
-        shrink_linear(att.q_proj, out_idx=q_rows, in_idx=hidden_idx)
-        shrink_linear(att.k_proj, out_idx=kv_rows, in_idx=hidden_idx)
-        shrink_linear(att.v_proj, out_idx=kv_rows, in_idx=hidden_idx)
-        shrink_linear(att.o_proj, out_idx=hidden_idx, in_idx=q_rows)
-        att.num_key_value_groups = heads // kv
-        att.head_dim = hd
-        att.layer_idx = new_pos  # its slot in the KV cache
+        kind = spec.attention(new_pos)
+        if kind == "full":
+            kv_idx, q_idx = select_heads(None if scores is None else scores.heads[old], kv_heads=kv, heads=heads,
+                                         shape=shape)
+            q_rows, kv_rows = head_rows(q_idx, hd), head_rows(kv_idx, hd)
+            shrink_linear(att.q_proj, out_idx=q_rows, in_idx=hidden_idx)
+            shrink_linear(att.k_proj, out_idx=kv_rows, in_idx=hidden_idx)
+            shrink_linear(att.v_proj, out_idx=kv_rows, in_idx=hidden_idx)
+            shrink_linear(att.o_proj, out_idx=hidden_idx, in_idx=q_rows)
+            att.num_key_value_groups = heads // kv
+            att.head_dim = hd
+            att.layer_idx = new_pos  # its slot in the KV cache
+            shrink_norm(layer.input_layernorm, hidden_idx)
+        elif kind == "linear":  # fitted by nas.cut.heal; until then it adds nothing
+            layer.self_attn = LinearAttention(spec.hidden, new_pos).to(att.o_proj.weight.dtype)
+            shrink_norm(layer.input_layernorm, hidden_idx)
+        else:  # no attention: no norm in front of it either
+            layer.self_attn = NoAttention(new_pos)
+            layer.input_layernorm = nn.Identity()
         ffn_idx = select_units(scores, "ffn", old, ffn, shape.ffn_size)
         shrink_linear(mlp.gate_proj, out_idx=ffn_idx, in_idx=hidden_idx)
         shrink_linear(mlp.up_proj, out_idx=ffn_idx, in_idx=hidden_idx)
         shrink_linear(mlp.down_proj, out_idx=hidden_idx, in_idx=ffn_idx)
-        shrink_norm(layer.input_layernorm, hidden_idx)
         shrink_norm(layer.post_attention_layernorm, hidden_idx)
 
     shrink_embedding(body.embed_tokens, cols=hidden_idx)
@@ -191,6 +250,7 @@ def update_config(config: Any, spec: SubnetSpec, base: BaseShape) -> None:
     config.nas_heads = list(spec.heads)
     config.nas_kv_heads = list(spec.kv_heads)
     config.nas_ffn = list(spec.ffn)
+    config.nas_attn = list(spec.attn) if spec.attn is not None else None
     config.nas_spec = spec.to_dict()
     config.nas_base_shape = {
         "num_layers": base.num_layers, "num_heads": base.num_heads, "head_size": base.head_size,
@@ -204,6 +264,8 @@ def is_uniform(config: Any) -> bool:
     heads, kv, ffn = (getattr(config, k, None) for k in ("nas_heads", "nas_kv_heads", "nas_ffn"))
     if heads is None:
         return True
+    if set(getattr(config, "nas_attn", None) or ["full"]) != {"full"}:
+        return False
     return (set(heads) == {config.num_attention_heads} and set(kv) == {config.num_key_value_heads}
             and set(ffn) == {config.intermediate_size})
 
@@ -217,12 +279,15 @@ def decoder_params(spec: SubnetSpec, *, vocab: int, head_size: int, tied: bool, 
     assert spec.kv_heads is not None
     d, a = spec.hidden, head_size
     total = vocab * d + d  # embeddings + final RMSNorm
-    for h, g, f in zip(spec.heads, spec.kv_heads, spec.ffn, strict=True):
-        total += d * h * a + 2 * d * g * a + h * a * d  # q, k, v, o
-        if qkv_bias:
-            total += h * a + 2 * g * a
-        total += 3 * d * f  # gate, up, down
-        total += 2 * d  # two RMSNorms
+    for i, (h, g, f) in enumerate(zip(spec.heads, spec.kv_heads, spec.ffn, strict=True)):
+        kind = spec.attention(i)
+        if kind == "full":
+            total += d * h * a + 2 * d * g * a + h * a * d + d  # q, k, v, o, the attention's RMSNorm
+            if qkv_bias:
+                total += h * a + 2 * g * a
+        elif kind == "linear":
+            total += d * d + d  # one map of the normed stream, its RMSNorm
+        total += 3 * d * f + d  # gate, up, down, the FFN's RMSNorm
     if labels is not None:
         total += d * labels  # score (no bias)
     elif not tied:
@@ -267,14 +332,15 @@ def save_decoder_folder(model: Any, tokenizer: Any, out: str | Path, *, context:
                                                   auto_class(model): f"modeling_nas_llama.{cls}"})
         shutil.copyfile(REMOTE_CODE, out / "modeling_nas_llama.py")
     else:
-        for key in ("nas_heads", "nas_kv_heads", "nas_ffn", "nas_head_size", "auto_map"):
+        for key in ("nas_heads", "nas_kv_heads", "nas_ffn", "nas_head_size", "nas_attn", "auto_map"):
             cfg.pop(key, None)
         cfg["architectures"] = [type(model).__name__]
         (out / "modeling_nas_llama.py").unlink(missing_ok=True)
     cfg.pop("transformers_version", None)
-    (out / "config.json").write_text(json.dumps(cfg, indent=2, sort_keys=True) + "\n")
     state = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()
              if not (k == "lm_head.weight" and is_tied(model))}
+    cfg.update(healed_bias_state(model, state))
+    (out / "config.json").write_text(json.dumps(cfg, indent=2, sort_keys=True) + "\n")
     save_file(state, str(out / "model.safetensors"), metadata={"format": "pt"})
     tokenizer.save_pretrained(out)
     tok_path = out / "tokenizer_config.json"
@@ -285,11 +351,36 @@ def save_decoder_folder(model: Any, tokenizer: Any, out: str | Path, *, context:
     return {"remote_code": remote}
 
 
+def healed_bias_state(model: nn.Module, state: dict[str, torch.Tensor]) -> dict[str, bool]:
+    """Biases that closed-form healing (nas.cut.heal) gave o_proj / down_proj, in a form stock configs load:
+    Llama's `attention_bias` gives every attention projection a bias and `mlp_bias` every FFN projection,
+    so the projections without one get zeros (in `state`, in place). Returns the config flags to set."""
+    layers = list(backbone(model).layers)
+    prefix = next(k for k in state if k.endswith("layers.0.mlp.down_proj.weight")).rsplit("layers.0.", 1)[0]
+    groups = {"attention_bias": ("self_attn", ("q_proj", "k_proj", "v_proj", "o_proj")),
+              "mlp_bias": ("mlp", ("gate_proj", "up_proj", "down_proj"))}
+    flags: dict[str, bool] = {}
+    for flag, (part, names) in groups.items():
+        # linear / no attention: the remote code builds those without biases
+        owners = [(i, getattr(layer, part)) for i, layer in enumerate(layers)
+                  if part == "mlp" or attention_kind(layer) == "full"]
+        if not any(getattr(owner, name).bias is not None for _, owner in owners for name in names):
+            continue
+        flags[flag] = True
+        for i, owner in owners:
+            for name in names:
+                linear = getattr(owner, name)
+                state.setdefault(f"{prefix}layers.{i}.{part}.{name}.bias",
+                                 torch.zeros(linear.out_features, dtype=linear.weight.dtype))
+    return flags
+
+
 class DecoderFamily(Family):
     name = "decoder"
     model_types = DECODER_TYPES
     causal_lm = True
     recovery = False  # nas.cut.recovery and hidden-state distillation know the encoders' layers only
+    heals = True  # nas.cut.heal refits o_proj / down_proj layer by layer
 
     def base_shape(self, config: Any) -> BaseShape:
         return decoder_base_shape(config)

@@ -7,7 +7,8 @@ A family says, in one place, for every model type it covers:
 - how to cut a base to a SubnetSpec, physically (`prune`);
 - where importance masks go (`mask_sites`, read by nas.cut.importance);
 - which training-free recovery and hidden-state distillation apply (`recovery`: the closed-form
-  corrections of nas.cut.recovery and train.distill=hidden know its layers);
+  corrections of nas.cut.recovery and train.distill=hidden know its layers; `heals`: nas.cut.heal's
+  layer-by-layer refits of a decoder's output projections);
 - whether it is a causal LM that can model text (`causal_lm`);
 - how to make it a classifier (`classifier_config`) and how to export it as an HF folder that loads
   outside this project (`save_folder`, `loads_with`).
@@ -54,6 +55,7 @@ class Family:
     model_types: tuple[str, ...] = ()
     causal_lm: bool = False  # can model text (a language-modelling task needs one)
     recovery: bool = False  # nas.cut.recovery and train.distill=hidden know its layers
+    heals: bool = False  # nas.cut.heal (closed-form healing of decoder cuts) knows its layers
     latency_table: bool = False  # drop_layers is answered: nas.cost.table can time its stem and layers
 
     def covers(self, config: Any) -> bool:

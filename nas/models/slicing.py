@@ -88,6 +88,8 @@ def kept_units(shape: BaseShape, spec: SubnetSpec, scores: Any = None) -> Kept:
 
 
 def select_units(scores: Any, axis: str, layer: int | None, k: int, total: int) -> torch.Tensor:
+    if k == 0:  # none kept (a decoder layer whose attention was removed or replaced)
+        return torch.zeros(0, dtype=torch.long)
     if k == total:
         return torch.arange(total)
     if scores is None:

@@ -8,13 +8,12 @@ from typing import Any
 
 import optuna
 from omegaconf import OmegaConf
-from safetensors.torch import load_model
 
 from nas.cut.prune import prune_model
 from nas.models.loading import load_base_model, load_causal_lm
 from nas.redact import ENV_VAR, is_masked, mask_url
 from nas.study.storage import check_reachable, make_storage
-from nas.study.weights import final_path, trial_path
+from nas.study.weights import final_path, load_weights, trial_path
 
 
 def load_run(run_dir: str | Path) -> tuple[Any, Any]:
@@ -78,5 +77,5 @@ def rebuild_trial_model(cfg: Any, run_dir: Path, number: int, spec: Any, num_lab
     else:
         base = load_base_model(cfg.model.name_or_path, num_labels=num_labels, label_names=label_names)
     model = prune_model(base, spec)
-    load_model(model, str(path))  # a tied matrix was stored once
+    load_weights(model, path)
     return model.eval()

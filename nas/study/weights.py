@@ -12,10 +12,27 @@ from pathlib import Path
 from typing import Any
 
 from optuna.trial import TrialState
+from safetensors import safe_open
 from safetensors.torch import load_model, save_model
+from torch import nn
 
 from nas.cut.prune import prune_model
 from nas.spec import SubnetSpec
+
+
+def load_weights(model: Any, path: str | Path) -> Any:
+    """Load a saved model file over `model` (the base cut to the same spec). Biases the file has and the cut lacks
+    (closed-form healing, nas.cut.heal, gives output projections one) are added first, as zeros."""
+    with safe_open(str(path), framework="pt") as f:
+        keys = list(f.keys())
+    modules = dict(model.named_modules())
+    for key in keys:
+        owner, _, leaf = key.rpartition(".")
+        linear = modules.get(owner)
+        if leaf == "bias" and isinstance(linear, nn.Linear) and linear.bias is None:
+            linear.bias = nn.Parameter(linear.weight.new_zeros(linear.out_features))
+    load_model(model, str(path))  # a tied matrix was stored once
+    return model
 
 
 def trial_path(run_dir: Path, number: int) -> Path:
@@ -54,8 +71,7 @@ class RunWeights:
         """Rebuild a trial's fine-tuned model: prune the base to its spec, load its weights."""
         spec = SubnetSpec.from_dict(trial.user_attrs["spec"])
         model = prune_model(self.base, spec, self.scores)
-        load_model(model, str(self.trial_path(trial.number)))
-        return model.eval()
+        return load_weights(model, self.trial_path(trial.number)).eval()
 
     def drop_partial(self) -> None:
         """What a killed worker left: its half-written model files."""
