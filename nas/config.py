@@ -58,6 +58,9 @@ class PruneSchema:
     calibration: int = MISSING
     calibration_batch_size: int = MISSING
     ridge: float = MISSING
+    heal: str = MISSING
+    heal_blocks: int = MISSING
+    heal_ridge: float = MISSING
 
 
 @dataclass
@@ -99,6 +102,8 @@ class LatencySchema:
     keep_fp32: List[str] = MISSING
     calibration: int = MISSING
     model: str = MISSING
+    imatrix: Optional[str] = MISSING
+    rounding: str = MISSING
 
 
 @dataclass
@@ -141,6 +146,7 @@ class TrainSchema:
     distill: str = MISSING
     hidden_weight: float = MISSING
     distill_topk: int = MISSING
+    precision: str = MISSING
     eval_batch_size: int = MISSING
     seed: int = MISSING
     threads: int = MISSING

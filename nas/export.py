@@ -41,6 +41,8 @@ from nas.cost.latency import (
 from nas.data.tasks import load_task
 from nas.deploy.bundle import export_all, export_gguf_set
 from nas.deploy.gguf import GGUF_ARCHES, GGUF_TYPES, bpe_fields, check_request
+from nas.deploy.gguf_quant import check_precision
+from nas.deploy.imatrix import calibration_ids, moments_of
 from nas.deploy.llamacpp import llama_cpp_available
 from nas.models.gguf import gguf_file_of
 from nas.models.loading import load_base_model, load_causal_lm, load_tokenizer
@@ -196,8 +198,7 @@ def settings_of(cfg: Any) -> dict[str, Any]:
                                                 "gguf_arch")}
     args["gguf"] = None if cfg.gguf is None else [str(t) for t in cfg.gguf]
     for t in args["gguf"] or []:
-        if t not in GGUF_TYPES:
-            raise ValueError(f"gguf type {t!r} is not known; allowed: {', '.join(GGUF_TYPES)}")
+        check_precision(t, allowed_bodies=GGUF_TYPES)
     if args["gguf_arch"] not in GGUF_ARCHES:
         raise ValueError(f"gguf_arch={args['gguf_arch']!r} is not known; allowed: {', '.join(GGUF_ARCHES)}")
     args["latency"] = {k: v for k, v in OmegaConf.to_container(cfg.latency).items() if v is not None}
@@ -260,7 +261,6 @@ def run(args: dict[str, Any], console: Any) -> int:
         if args.get("gguf") and not lm_study:
             raise ValueError(f"gguf={args['gguf']}: GGUF files are for language models that llama.cpp runs; this run's "
                              "model is a classifier: its deployable file is the ONNX one (onnx=true)")
-        args["gguf_types"] = list(args["gguf"]) if args.get("gguf") is not None else (["q8_0"] if lm_study else [])
         args["latency_settings"] = latency_settings(cfg, args["latency"])
         # Every argument error comes back before torch / transformers are even imported.
         row = pick_row(study, args)
@@ -273,6 +273,9 @@ def run(args: dict[str, Any], console: Any) -> int:
         if not weights.is_file():
             raise ValueError(f"trial {int(row['number'])}'s weights are not in {weights.parent} "
                              "(only Pareto members keep weights)")
+        # a language model's default GGUF type: the one the chosen trial was searched at (q8_0 without a precision axis)
+        searched = study.trials[int(row["number"])].user_attrs.get("precision") or "q8_0"
+        args["gguf_types"] = list(args["gguf"]) if args.get("gguf") is not None else ([searched] if lm_study else [])
         return _export(console, args, run_dir, cfg, study, row)
     except ValueError as e:
         console.print(f"[red]error:[/red] {escape(str(e))}", highlight=False)
@@ -336,8 +339,12 @@ def _export(console: Any, args: Mapping[str, Any], run_dir: Path, cfg: Any, stud
         "torch", "onnxruntime")
     if gguf_types and llama_cpp_available():  # each GGUF type in llama.cpp, paired with the base written the same way
         runtimes += tuple(gguf_variant(t) for t in gguf_types)
+    moments = None
+    if gguf_types:  # quantized files: GPTQ and the importance matrix read the models' inputs on training text
+        moments = moments_of(calibration_ids(task, tokenizer, blocks=int(cfg.get("prune", {}).get("heal_blocks", 64)),
+                                             max_length=max_length, seed=int(cfg.get("train", {}).get("seed", 0))))
     measured = measure_runtimes(model, context=spec.context, base=base, task=task, tokenizer=tokenizer,
-                                settings=settings, max_length=max_length, runtimes=runtimes)
+                                settings=settings, max_length=max_length, runtimes=runtimes, moments=moments)
     for runtime, m in measured.items():
         console.print(speedup_line(runtime, m), highlight=False)
     metrics.update(flat_latency_metrics(measured))
@@ -350,7 +357,9 @@ def _export(console: Any, args: Mapping[str, Any], run_dir: Path, cfg: Any, stud
     if gguf_types:
         gguf_lines = export_gguf_set(model, tokenizer, out, gguf_types, arch=args.get("gguf_arch", "auto"),
                                      source_gguf=gguf_file_of(cfg.model.name_or_path), task=task, context=spec.context,
-                                     max_length=max_length, threads=settings.threads, metrics=metrics)
+                                     max_length=max_length, threads=settings.threads, metrics=metrics,
+                                     moments=moments(model) if moments else None,
+                                     imatrix=settings.imatrix not in (None, "none"), gptq=settings.rounding == "gptq")
         for line in gguf_lines:
             console.print(line, highlight=False)
     console.print(f"wrote {out}: config.yaml, config.json, model.safetensors, tokenizer"

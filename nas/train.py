@@ -30,10 +30,12 @@ from nas.cost.latency import (
     model_size,
     speedup_line,
 )
+from nas.cut.heal import heal_settings
 from nas.cut.recovery import RecoverySettings
 from nas.data.transfer import TransferSettings
 from nas.deploy.bundle import export_all, export_gguf_set
 from nas.deploy.gguf import GGUF_TYPES
+from nas.deploy.gguf_quant import check_precision
 from nas.deploy.llamacpp import llama_cpp_available
 from nas.models.registry import family_for
 from nas.redact import protect_run
@@ -92,8 +94,7 @@ def run_final(cfg: Any, arch_path: str | Path, out_dir: str | Path, *, overrides
     recovery = RecoverySettings.from_cfg(container.get("prune")).resolved("finetune")  # it trains afterwards
 
     for kind in (container.get("final") or {}).get("gguf") or []:
-        if kind not in GGUF_TYPES:
-            raise ValueError(f"final.gguf type {kind!r} is not known; allowed: {', '.join(GGUF_TYPES)}")
+        check_precision(str(kind), allowed_bodies=GGUF_TYPES)
     transfer = TransferSettings.from_cfg(container.get("final") or {})
     transfer.check()  # a missing transfer file or column: refused before the base is loaded
     preflight(cfg, out_dir)  # settings, files, max_length, output folder: before the base is loaded
@@ -106,13 +107,20 @@ def run_final(cfg: Any, arch_path: str | Path, out_dir: str | Path, *, overrides
         settings = replace(settings, distill="logits")
     lm = bool(getattr(prep.task, "is_lm", False))  # a language-modelling task: perplexity (nas.quality.lm)
     # the search's own steps: the same cut, recovery, fine-tune and evaluation as a trial and the final stage
-    ev = Evaluator(prep=prep, timer=None, train=settings, recovery=recovery, lm=lm)
-    model, _ = ev.candidate(spec)
-    if lm:  # a language model: a fixed number of steps with the trials' trainer
-        console.print(f"final training of {spec.describe()}: {settings.max_steps} steps (distill {settings.distill})",
-                      highlight=False)
-        result = ev.fit(model, spec, settings)
-        steps = settings.max_steps
+    ev = Evaluator(prep=prep, timer=None, train=settings, recovery=recovery, lm=lm,
+                   heal_settings=heal_settings(container.get("prune")))
+    model, cut = ev.candidate(spec)  # a decoder's cut is healed in closed form first (nas.cut.heal)
+    if lm:  # a language model: up to final.max_steps steps, the best validation checkpoint (the healed cut included)
+        budget = (container.get("final") or {}).get("time_budget")
+        console.print(f"final training of {spec.describe()}: up to {settings.max_steps} steps"
+                      + (f" within {budget:g}s" if budget else "") + f" (distill {settings.distill}, "
+                      f"{settings.resolved_precision})" + (f"; healed first (stream error x{cut['heal_error_ratio']:.2f})"
+                                                            if "heal_error_ratio" in cut else ""), highlight=False)
+        result = ev.fit_lm(model, spec, settings, progress="final training",
+                           deadline=time.perf_counter() + float(budget) if budget else None,
+                           eval_every=recipe.eval_every, patience=recipe.patience)
+        result["seconds"] = result["train_seconds"]
+        steps = result["steps"]
     else:  # the final recipe (nas.quality.distill): to convergence, best validation checkpoint
         model, result = train_to_convergence(ev, model, spec, recipe, transfer, say=console.print)
         steps = result["steps"]
@@ -137,14 +145,14 @@ def run_final(cfg: Any, arch_path: str | Path, out_dir: str | Path, *, overrides
         if llama_cpp_available():
             runtimes += tuple(gguf_variant(t) for t in gguf_types)
     measured = measure_runtimes(model, context=spec.context, base=prep.base, task=prep.task, tokenizer=prep.tokenizer,
-                                settings=lat, max_length=int(cfg.max_length), runtimes=runtimes)
+                                settings=lat, max_length=int(cfg.max_length), runtimes=runtimes,
+                                moments=ev.moments if lm else None)
     metrics.update(**flat_latency_metrics(measured), **model_size(model))
     metrics[f"base_val_{q}"] = prep.base_info[f"validation_{q}"]
     metrics[f"base_test_{q}"] = prep.base_info[f"test_{q}"]
     metrics["final_steps"] = steps
     metrics["train_seconds"] = result["seconds"]
-    if not lm:
-        metrics.update(best_step=result["best_step"], stopped_early=result["stopped_early"])
+    metrics.update(best_step=result["best_step"], stopped_early=result["stopped_early"])
 
     source = {**(arch_file.get("source") or {}), "final_training": True,
               "cfg": OmegaConf.to_container(cfg, resolve=False)}
@@ -157,7 +165,8 @@ def run_final(cfg: Any, arch_path: str | Path, out_dir: str | Path, *, overrides
     if gguf_types:
         for line in export_gguf_set(model, prep.tokenizer, out_dir, gguf_types, source_gguf=prep.source_gguf,
                                     task=prep.task, context=spec.context, max_length=int(cfg.max_length),
-                                    threads=lat.threads, metrics=metrics):
+                                    threads=lat.threads, metrics=metrics, moments=ev.moments(model),
+                                    imatrix=lat.imatrix not in (None, "none"), gptq=lat.rounding == "gptq"):
             console.print(line, highlight=False)
     console.print(
         f"{spec.describe()}: val {q} {metrics[f'val_{q}']:.4f}, test {q} {metrics[f'test_{q}']:.4f} "

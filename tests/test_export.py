@@ -470,7 +470,7 @@ def test_cli_failures_are_one_line_naming_the_value(search_run, front, tmp_path)
         "bad_sample": (["latency.sample_size=0"], ["latency.sample_size=0 must be an integer >= 1"]),
         "gguf_of_an_encoder": (["gguf=[q8_0]"], ["gguf=['q8_0']", "GGUF files are for language models",
                                                  "classifier", "onnx=true"]),
-        "unknown_gguf_type": (["gguf=[q5_k]"], ["gguf type 'q5_k' is not known; allowed: f32, f16, q8_0, q4_0"]),
+        "unknown_gguf_type": (["gguf=[q5_k]"], ["GGUF type 'q5_k' is not known; allowed: f32, f16, q8_0, q6_k"]),
         "unknown_gguf_arch": (["gguf_arch=gpt2"], ["gguf_arch='gpt2' is not known; allowed: auto, llama, deci"]),
     }
     procs = {name: subprocess.Popen([PYTHON, "-m", "nas.export", f"run_dir={search_run}", *args], cwd=tmp_path,

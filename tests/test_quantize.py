@@ -103,7 +103,7 @@ def test_keep_fp32_names_modules_of_the_model():
 
 
 @pytest.mark.parametrize("settings, expected", [
-    ({"precision": "int4"}, "latency.precision='int4' is not known; allowed: fp32, int8, f16, q8_0, q4_0, auto"),
+    ({"precision": "int4"}, "latency.precision='int4' is not known; allowed: fp32, int8, f16, q8_0, q6_k, q5_k_m, q5_0, q4_k_m, iq4_nl, q4_0, auto"),
     ({"runtime": "tvm"}, "latency.runtime='tvm' is not known; allowed: torch, onnxruntime, llamacpp, auto"),
     ({"runtime": "torch", "precision": "int8"},
      "latency.precision=int8 has no path in torch eager here; use latency.runtime=onnxruntime (onnxruntime's int8 "
@@ -136,7 +136,7 @@ def test_auto_resolves_per_task_kind():
     assert (lm.runtime, lm.precision, lm.model, lm.variant) == want
     assert parse_variant("onnxruntime_int8") == ("onnxruntime", "int8") and parse_variant("torch") == ("torch", "fp32")
     with pytest.raises(ValueError, match="runtime 'torch_int8' is not known; allowed: torch, onnxruntime, "
-                                         "onnxruntime_int8, llamacpp, llamacpp_f16, llamacpp_q8_0, llamacpp_q4_0"):
+                                         "onnxruntime_int8, llamacpp, llamacpp_f16, llamacpp_q8_0, llamacpp_q6_k"):
         parse_variant("torch_int8")
 
 
@@ -189,7 +189,7 @@ def test_precision_axis_needs_onnxruntime(tiny_env, tmp_path):
     with pytest.raises(ValueError) as info:
         Search(tiny.make_cfg(tiny_env, space=space), tmp_path / "run")
     assert str(info.value) == (f"space {space['name']}: precision=['fp32', 'int8'] needs latency.runtime=onnxruntime "
-                               "(a classifier; int8 has no path in torch here)")
+                               "and fp32 / int8 (a classifier; int8 has no path in torch here)")
     with pytest.raises(ValueError, match=r"precision=\['int4'\] must be a list of fp32, int8"):
         Search(tiny.make_cfg(tiny_env, space={**tiny.TINY_SPACE, "precision": ["int4"]}), tmp_path / "run")
 

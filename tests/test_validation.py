@@ -203,14 +203,14 @@ def test_cache_dir_under_a_file(env):
     ("importance.max_batches=0", "importance.max_batches=0 must be an integer >= 1"),
     ("base.max_steps=-1", "base.max_steps=-1 must be an integer >= 0"),
     ("search.stale_timeout=0", "search.stale_timeout=0 must be >= 1 (seconds)"),
-    ("search.estimator=proxy", "search.estimator='proxy' is not known; allowed: finetune, supernet, none"),
+    ("search.estimator=proxy", "search.estimator='proxy' is not known; allowed: finetune, supernet, none, auto"),
     ("search.final_k=-1", "search.final_k=-1 must be an integer >= 0 (0: no final training)"),
     ("prune.recovery=lsq", "prune.recovery='lsq' is not known; allowed: auto, none, bias, rescale, both"),
     ("train.distill=attention", "train.distill='attention' is not known; allowed: logits, hidden"),
     ("base.patience=-1", "base.patience=-1 must be >= 0 (0: never stop early)"),
     ("supernet.steps=-1", "supernet.steps=-1 must be >= 0"),
     ("supernet.distill=teacher", "supernet.distill='teacher' is not known; allowed: largest, base, none"),
-    ("latency.precision=int4", "latency.precision='int4' is not known; allowed: fp32, int8, f16, q8_0, q4_0, auto"),
+    ("latency.precision=int4", "latency.precision='int4' is not known; allowed: fp32, int8, f16, q8_0, q6_k, q5_k_m, q5_0, q4_k_m, iq4_nl, q4_0, auto"),
     ("latency.runtime=tvm", "latency.runtime='tvm' is not known; allowed: torch, onnxruntime, llamacpp, auto"),
     ("latency.precision=int8", "latency.precision=int8 has no path in torch eager here; use "
      "latency.runtime=onnxruntime (onnxruntime's int8 kernels) or latency.precision=fp32"),
@@ -332,7 +332,8 @@ CLI_CASES = {
                     "latency.inputs, latency.runtime, latency.batch_size, latency.seq_len, latency.threads, "
                     "latency.sample_size, latency.rounds, latency.warmup, latency.chunk, latency.seed, latency.split, "
                     "latency.generation, latency.new_tokens, latency.precision, latency.quantization, "
-                    "latency.activations, latency.per_channel, latency.keep_fp32, latency.calibration, latency.model"),
+                    "latency.activations, latency.per_channel, latency.keep_fp32, latency.calibration, latency.model, "
+                    "latency.imatrix, latency.rounding"),
     "run_dir_under_a_file": (["hydra.run.dir={tmp}/afile/run"],
                              "error: hydra.run.dir='{tmp}/afile/run' cannot be a folder: '{tmp}/afile' is a file; "
                              "give a folder path"),

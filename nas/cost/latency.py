@@ -52,6 +52,8 @@ from torch.utils.flop_counter import FlopCounterMode
 from nas.cost.generation import check, generation_pass, prompt_cap, resolve_mode
 from nas.data.tasks import token_lengths
 from nas.deploy.gguf import GGUF_TYPES, carried_tokenizer, write_gguf
+from nas.deploy.gguf_quant import QUANT_TYPES, check_precision, split_precision
+from nas.deploy.imatrix import check_split, diagonal
 from nas.deploy.llamacpp import LlamaCppPass, llama_cpp_available, llama_cpp_reason
 from nas.deploy.onnx import export_onnx, onnx_session
 from nas.deploy.quantize import PRECISIONS, QuantSettings, quantize_onnx
@@ -63,12 +65,27 @@ ALL_PRECISIONS = (*PRECISIONS, *GGUF_PRECISIONS)
 RUNTIMES = ("torch", "onnxruntime", "llamacpp")
 # what each runtime runs at: llama.cpp reads GGUF files (nas.deploy.gguf; fp32 is GGUF f32)
 RUNTIME_PRECISIONS = {"torch": ("fp32",), "onnxruntime": PRECISIONS, "llamacpp": ("fp32", *GGUF_PRECISIONS)}
+
+
+def is_gguf_precision(precision: str) -> bool:
+    """A GGUF type llama.cpp runs (f16, a quantization type, or one with its own head type: iq4_nl_head_q5_0)."""
+    try:
+        check_precision(precision, allowed_bodies=GGUF_PRECISIONS)
+    except ValueError:
+        return False
+    return True
+
+
+def precision_known(runtime: str, precision: str) -> bool:
+    return precision in RUNTIME_PRECISIONS[runtime] or (runtime == "llamacpp" and is_gguf_precision(precision))
 LATENCY_MODELS = ("measured", "table")
+ROUNDINGS = ("gptq", "llamacpp")  # how quantized GGUF weights are rounded (latency.rounding)
 # The three baselines a speedup is taken over, by name (printed and stored beside every figure).
 BASELINES = {
     "torch_fp32_base": "the unpruned base in torch fp32",
     "runtime_fp32_base": "the unpruned base in the same runtime at fp32",
     "quantized_base": "the unpruned base in the same runtime and precision (quantization alone)",
+    "reference_base": "the unpruned base in the same runtime at the run's reference precision (latency.precision)",
 }
 SAMPLE_SPLITS = ("validation", "train")
 MAX_POOL = 5000  # texts whose lengths are read to stratify the sample
@@ -97,6 +114,9 @@ class LatencySettings:
     calibration: int = 64  # static int8: training inputs that fix the activation ranges
     model: str = "measured"  # measured | table (nas.cost.table: predicted from per-layer timings) | auto (table
     #   for classifiers, measured for LMs)
+    imatrix: str | None = "train"  # llama.cpp: the quantizer's importance matrix from this split (train only) | None
+    rounding: str = "gptq"  # llama.cpp: gptq (error-compensating rounding onto its grids first, nas.deploy.gptq) |
+    #   llamacpp (its own block-by-block rounding, weighted by the importance matrix)
 
     def __post_init__(self) -> None:
         keep = self.keep_fp32
@@ -143,21 +163,25 @@ class LatencySettings:
             raise ValueError(f"latency.inputs={self.inputs!r} is not known; allowed: {', '.join(INPUT_MODES)}")
         if self.runtime not in (*RUNTIMES, "auto"):
             raise ValueError(f"latency.runtime={self.runtime!r} is not known; allowed: {', '.join(RUNTIMES)}, auto")
-        if self.precision not in (*ALL_PRECISIONS, "auto"):
+        if self.precision not in (*ALL_PRECISIONS, "auto") and not is_gguf_precision(self.precision):
             raise ValueError(f"latency.precision={self.precision!r} is not known; allowed: {', '.join(ALL_PRECISIONS)}, "
                              "auto")
         if self.precision == "int8" and self.runtime == "torch":
             raise ValueError("latency.precision=int8 has no path in torch eager here; use latency.runtime=onnxruntime "
                              "(onnxruntime's int8 kernels) or latency.precision=fp32")
-        if self.precision in GGUF_PRECISIONS and self.runtime != "llamacpp":
+        if is_gguf_precision(self.precision) and self.runtime != "llamacpp":
             raise ValueError(f"latency.precision={self.precision} is a GGUF type: it needs latency.runtime=llamacpp")
-        if self.runtime == "llamacpp" and self.precision not in (*RUNTIME_PRECISIONS["llamacpp"], "auto"):
+        if self.runtime == "llamacpp" and self.precision != "auto" and not precision_known("llamacpp", self.precision):
             raise ValueError(f"latency.precision={self.precision} has no GGUF type; llama.cpp runs: "
                              f"{', '.join(RUNTIME_PRECISIONS['llamacpp'])} (q8_0 is its 8-bit type)")
         if self.runtime == "llamacpp" and self.batch_size != 1:
             raise ValueError(f"latency.batch_size={self.batch_size}: llama.cpp is timed at batch 1")
         if self.runtime == "llamacpp" and llama_cpp_reason():
             raise ValueError(f"latency.runtime=llamacpp: {llama_cpp_reason()}")
+        if self.imatrix not in (None, "none"):
+            check_split(str(self.imatrix))
+        if self.rounding not in ROUNDINGS:
+            raise ValueError(f"latency.rounding={self.rounding!r} is not known; allowed: {', '.join(ROUNDINGS)}")
         if self.model not in (*LATENCY_MODELS, "auto"):
             raise ValueError(f"latency.model={self.model!r} is not known; allowed: {', '.join(LATENCY_MODELS)}, auto")
         self.quant.validate()
@@ -234,7 +258,7 @@ def parse_variant(name: str) -> tuple[str, str]:
     """'onnxruntime_int8' -> ('onnxruntime', 'int8'); 'torch' -> ('torch', 'fp32'). Refuses unknown names."""
     runtime, _, precision = name.partition("_")
     precision = precision or "fp32"
-    if runtime not in RUNTIMES or precision not in RUNTIME_PRECISIONS[runtime]:
+    if runtime not in RUNTIMES or not precision_known(runtime, precision):
         allowed = [variant_name(r, p) for r in RUNTIMES for p in RUNTIME_PRECISIONS[r]]
         raise ValueError(f"runtime {name!r} is not known; allowed: {', '.join(allowed)}")
     return runtime, precision
@@ -500,6 +524,9 @@ class PairedTimer:
     fast_export: bool = False
     tokenizer: Any = None  # llama.cpp: the GGUF files carry it
     source_gguf: Path | None = None  # llama.cpp: the base came from this GGUF (its tokenizer fields are copied)
+    # llama.cpp: model -> its input second moments per GGUF tensor on calibration text (nas.deploy.imatrix), for the
+    # quantizer's importance matrix (latency.imatrix) and GPTQ (latency.rounding); None: llama.cpp's plain rounding
+    moments: Any = None
     _passes: dict[str, Pass] = field(default_factory=dict)
     _tmp: Any = None
 
@@ -543,9 +570,8 @@ class PairedTimer:
         runtime, precision = parse_variant(variant or self.settings.variant)
         if runtime == "llamacpp":
             path = self.gguf_path(name, precision)
-            if not (reuse and path.is_file()):  # a tokenizer GGUF cannot carry gets a stand-in: ids are fed directly
-                write_gguf(model, None if self.source_gguf else carried_tokenizer(self.tokenizer), path,
-                           kind=gguf_kind(precision), source_gguf=self.source_gguf)
+            if not (reuse and path.is_file()):
+                self.write_gguf(model, path, precision=precision)
             return LlamaCppPass(path, batches, mode=self.settings.generation, new_tokens=self.settings.new_tokens,
                                 threads=self.settings.threads)
         if self.settings.generation in ("decode", "generate"):
@@ -555,6 +581,19 @@ class PairedTimer:
         return runtime_pass(model, batches, runtime=runtime, precision=precision, threads=self.settings.threads,
                             workdir=self._workdir(), name=name, cap=cap, quant=self.settings.quant,
                             calibration=calibration, reuse_export=reuse, fast_export=fast_export or self.fast_export)
+
+    def write_gguf(self, model: Any, path: Path, *, precision: str | None = None) -> dict[str, Any]:
+        """`model` as a GGUF file at `precision` (default latency.precision): written at f32 and, for a quantized
+        type, quantized by llama.cpp with the model's importance matrix (`imatrix`). A tokenizer GGUF cannot
+        carry gets a stand-in vocabulary: the timer feeds token ids directly."""
+        kind = gguf_kind(precision or self.settings.precision)
+        moments = None
+        if split_precision(kind)[0] in QUANT_TYPES and self.moments is not None:
+            moments = self.moments(model)
+        return write_gguf(model, None if self.source_gguf else carried_tokenizer(self.tokenizer), path, kind=kind,
+                          source_gguf=self.source_gguf,
+                          imatrix=diagonal(moments) if moments and self.settings.imatrix not in (None, "none") else None,
+                          moments=moments if moments and self.settings.rounding == "gptq" else None)
 
     def gguf_path(self, name: str, precision: str | None = None) -> Path:
         """The GGUF file a candidate `name` runs from in llama.cpp at this precision."""
@@ -617,58 +656,65 @@ class PairedTimer:
         int8 = (precision or self.settings.precision) == "int8"
         return self._workdir() / (f"{name}.int8.onnx" if int8 else f"{name}.onnx")
 
-    def baseline_variants(self) -> dict[str, str]:
-        """The base's variant for each baseline (BASELINES) of this timer's runtime and precision."""
+    def baseline_variants(self, precision: str | None = None) -> dict[str, str]:
+        """The base's variant for each baseline (BASELINES) of a candidate at `precision` (default latency.precision)
+        in this timer's runtime; `reference_base` is the base at latency.precision (the run's reference type)."""
         runtime = self.settings.runtime
-        return {"torch_fp32_base": "torch", "runtime_fp32_base": runtime, "quantized_base": self.settings.variant}
+        return {"torch_fp32_base": "torch", "runtime_fp32_base": runtime,
+                "quantized_base": variant_name(runtime, precision or self.settings.precision),
+                "reference_base": self.settings.variant}
 
-    def measure_baselines(self, model: Any, *, context: int, name: str = "candidate",
-                          rounds: int | None = None, precision: str | None = None) -> dict[str, Any]:
-        """`model` in this timer's runtime and precision, timed in paired rounds with the base in each
-        baseline's variant in turn (torch fp32, same runtime fp32, same runtime and precision), in this
-        process, and itself at fp32 against the fp32 base: every speedup of a deployed model, each
-        naming its baseline.
+    def measure_baselines(self, model: Any, *, context: int, name: str = "candidate", rounds: int | None = None,
+                          precision: str | None = None, baselines: Sequence[str] | None = None) -> dict[str, Any]:
+        """`model` in this timer's runtime at `precision` (default latency.precision), timed in paired rounds with
+        the base in each baseline's variant in turn, in this process, and (with runtime_fp32_base) itself at fp32
+        against the fp32 base: every speedup of a deployed model, each naming its baseline.
 
-        Flat keys: latency_ms (deployed), latency_ms_fp32 (the candidate in the same runtime at fp32),
-        base_latency_ms_<baseline>, speedup_over_<baseline> with _p10 / _p90."""
-        if precision is not None and precision != self.settings.precision:  # a trial of a precision axis
-            self._workdir()
-            # shares this timer's folder (and its base exports); the folder stays this timer's to remove
-            other = replace(self, settings=replace(self.settings, precision=precision), _passes={}, base_rounds=[])
-            try:
-                return other.measure_baselines(model, context=context, name=name, rounds=rounds)
-            finally:
-                other._tmp = None
+        `baselines`: which of BASELINES (default: torch fp32, same runtime fp32, quantized alike; plus the
+        reference type when `precision` differs from it). Flat keys: latency_ms (deployed), latency_ms_fp32 (the
+        candidate in the same runtime at fp32, when measured), base_latency_ms_<baseline>,
+        speedup_over_<baseline> with _p10 / _p90."""
+        precision = precision or self.settings.precision
+        variants = self.baseline_variants(precision)
+        if baselines is None:
+            baselines = ["torch_fp32_base", "runtime_fp32_base", "quantized_base"]
+            if precision != self.settings.precision:
+                baselines.append("reference_base")
+        unknown = [b for b in baselines if b not in variants]
+        if unknown:
+            raise ValueError(f"baseline {unknown[0]!r} is not known; allowed: {', '.join(variants)}")
         cap = self.caps(context)[0]
-        variants = self.baseline_variants()
+        deployed_variant = variant_name(self.settings.runtime, precision)
         was_training = model.training
         n = dict(n_batches=len(self.sample.batches(cap)), n_inputs=len(self.sample), rounds=rounds or self.settings.rounds,
                  warmup=self.settings.warmup, chunk=self.settings.chunk)
         pairs: dict[str, PairedRounds] = {}
         with num_threads(self.settings.threads):
-            candidate = self._make_pass(model, cap, name=name)
+            candidate = self._make_pass(model, cap, name=name, variant=deployed_variant)
             try:
                 # one pair of sides at a time, each in alternating rounds: the definition of a measured speedup
                 # (a side's forward evicts the other's weights from cache; more sides in a round would evict more)
-                for baseline, variant in variants.items():
-                    pairs[baseline] = paired_rounds(self.base_pass(variant), candidate, **n)
+                for baseline in dict.fromkeys(baselines):
+                    pairs[baseline] = paired_rounds(self.base_pass(variants[baseline]), candidate, **n)
             finally:
                 close_pass(candidate)
             fp32 = self.settings.runtime
-            if fp32 != self.settings.variant:  # the candidate itself at fp32, against the base at fp32
+            if fp32 != deployed_variant and "runtime_fp32_base" in pairs:  # the candidate at fp32, against the base
                 at_fp32 = self._make_pass(model, cap, name=name, variant=fp32, reuse=True)
                 try:
                     pairs["fp32"] = paired_rounds(self.base_pass(fp32), at_fp32, **n)
                 finally:
                     close_pass(at_fp32)
         model.train(was_training)
-        deployed = pairs["quantized_base"].summary()
-        out: dict[str, Any] = {"latency_ms": deployed["latency_ms"],
-                               "latency_ms_fp32": pairs.get("fp32", pairs["quantized_base"]).summary()["latency_ms"],
-                               "mean_tokens": self.sample.mean_tokens(cap), "variant": self.settings.variant,
-                               "definition": replace(self.settings, model="measured").describe(),
-                               "unit": self.settings.unit}
-        for baseline in variants:
+        first = pairs["quantized_base" if "quantized_base" in pairs else baselines[0]].summary()
+        out: dict[str, Any] = {"latency_ms": first["latency_ms"], "mean_tokens": self.sample.mean_tokens(cap),
+                               "variant": deployed_variant, "unit": self.settings.unit,
+                               "definition": replace(self.settings, model="measured", precision=precision).describe()}
+        if "fp32" in pairs or deployed_variant == fp32:
+            out["latency_ms_fp32"] = pairs.get("fp32", pairs.get("quantized_base", pairs[baselines[0]])).summary()["latency_ms"]
+        for baseline in pairs:
+            if baseline == "fp32":
+                continue
             pair = pairs[baseline].summary()
             out[f"base_latency_ms_{baseline}"] = pair["base_latency_ms"]
             out[f"speedup_over_{baseline}"] = pair["speedup"]
@@ -710,14 +756,16 @@ class PairedTimer:
 
 
 def measure_runtimes(model: Any, *, context: int, base: Any, task: Any, tokenizer: Any, settings: LatencySettings,
-                     max_length: int, runtimes: Sequence[str] | None = None) -> dict[str, dict[str, Any]]:
+                     max_length: int, runtimes: Sequence[str] | None = None,
+                     moments: Callable[[Any], Any] | None = None) -> dict[str, dict[str, Any]]:
     """`model` against `base` in each runtime (default: settings' runtime and precision; names as
     `variant_name`: torch, onnxruntime, onnxruntime_int8), each with its own paired rounds, the base in
     the same runtime and precision.
 
     What nas.export, nas.train's final report and the benchmarks print and write: the flat
     keys `latency_ms_<runtime>`, `base_latency_ms_<runtime>`, `speedup_<runtime>` and the p10 / p90
-    of the rounds, plus `latency_definition` (how they were taken).
+    of the rounds, plus `latency_definition` (how they were taken). `moments` (model -> its input second moments
+    on calibration text): quantized GGUF files are written as the exported ones are (GPTQ, importance matrix).
     """
 
     prep = SimpleNamespace(base=base, task=task, tokenizer=tokenizer, shape=base_shape(base.config))
@@ -726,6 +774,7 @@ def measure_runtimes(model: Any, *, context: int, base: Any, task: Any, tokenize
         runtime, precision = parse_variant(variant)
         timer = PairedTimer.for_prepared(prep, replace(settings, runtime=runtime, precision=precision,
                                                        model="measured"), max_length=max_length)
+        timer.moments = moments
         try:
             out[variant] = {**timer.measure(model, context=context), "definition": timer.settings.describe(),
                             "common_definition": timer.settings.describe(runtime=False), "unit": timer.settings.unit}

@@ -53,7 +53,8 @@ class RecoverySettings:
     @classmethod
     def from_cfg(cls, cfg: Any) -> RecoverySettings:
         cfg = dict(cfg or {})
-        known = {"recovery", "calibration", "ridge", "calibration_batch_size"}
+        known = {"recovery", "calibration", "ridge", "calibration_batch_size",
+                 "heal", "heal_blocks", "heal_ridge"}  # the last three: decoders' healing (nas.cut.heal)
         unknown = sorted(set(cfg) - known)
         if unknown:
             raise ValueError(f"prune.{unknown[0]} is not a setting; allowed: {', '.join(sorted(known))}")

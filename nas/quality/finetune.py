@@ -19,6 +19,7 @@ from torch import nn
 
 from nas.data.tasks import make_loader, sorted_by_length, tokenize
 from nas.models.loading import load_base_model, load_tokenizer
+from nas.quality.autocast import resolve_precision
 from nas.quality.lm import Progress, lm_loss, teacher_topk_logits
 from nas.quality.metrics import accuracy, model_inputs
 from nas.util import cache_key
@@ -46,6 +47,7 @@ class TrainSettings:
     distill: str = "logits"  # logits: KL on the teacher's logits | hidden: also the kept layers' hidden states
     hidden_weight: float = 1.0  # weight of the hidden-state term (distill=hidden)
     distill_topk: int = 0  # causal LMs: KL over the teacher's top-k next tokens, cached (0: full vocabulary, online)
+    precision: str = "fp32"  # auto | fp32 | bf16 (nas.quality.autocast): a language model's training loop runs in it
 
     @classmethod
     def from_cfg(cls, cfg: Mapping[str, Any], **overrides: Any) -> TrainSettings:
@@ -73,6 +75,12 @@ class TrainSettings:
             raise ValueError(f"train.hidden_weight={self.hidden_weight} must be >= 0")
         if isinstance(self.distill_topk, bool) or not isinstance(self.distill_topk, int) or self.distill_topk < 0:
             raise ValueError(f"train.distill_topk={self.distill_topk!r} must be an integer >= 0 (0: full-vocabulary KL)")
+        resolve_precision(self.precision)
+
+    @property
+    def resolved_precision(self) -> str:
+        """fp32 or bf16: `precision` as this machine runs it (auto: bf16 where the CPU has it natively)."""
+        return resolve_precision(self.precision)
 
 
 DISTILL = ("logits", "hidden")

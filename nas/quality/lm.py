@@ -34,6 +34,7 @@ from torch import nn
 
 from nas.data.text import lm_blocks, lm_loader
 from nas.models.loading import load_causal_lm, load_tokenizer
+from nas.quality.autocast import training_autocast
 from nas.quality.metrics import perplexity
 from nas.util import cache_key
 
@@ -137,15 +138,23 @@ class Progress:
 
 
 def finetune_lm(model: nn.Module, loader: Any, val_loader: Any, *, steps: int, lr: float, weight_decay: float,
-                warmup_ratio: float, eval_every: int, patience: int, what: str = "base LM") -> dict[str, Any]:
-    """Next-token training of `model` in place for up to `steps` steps (AdamW, warmup then linear decay),
-    validation perplexity every `eval_every` steps (step 0 included), `patience` validations without a
-    new best stop it, and the best checkpoint (possibly the untrained model) is what it ends with."""
+                warmup_ratio: float, eval_every: int, patience: int, what: str = "base LM", teacher: nn.Module | None = None,
+                distill_weight: float = 0.0, temperature: float = 1.0, topk: int = 0,
+                teacher_cache: dict[bytes, Any] | None = None, precision: str = "fp32",
+                deadline: float | None = None) -> dict[str, Any]:
+    """Next-token training of `model` in place for up to `steps` steps (AdamW, warmup then linear decay over
+    `steps`), validation perplexity every `eval_every` steps (step 0 included), `patience` validations without a
+    new best stop it, and the best checkpoint (possibly the model as it came) is what it ends with.
+
+    With a `teacher` and `distill_weight` > 0 the loss mixes in the KL to the teacher's next-token distribution
+    (over its top-`topk` tokens, cached in `teacher_cache`; 0: the whole vocabulary). `precision`: fp32, or bf16
+    autocast for the forward and loss (nas.quality.autocast; validation stays fp32). `deadline`: a
+    time.perf_counter() value after which no step starts (the stage's time budget)."""
     t0 = time.perf_counter()
-    curve = [{"step": 0, "validation": perplexity(model, val_loader)}]
+    curve = [{"step": 0, "validation": perplexity(model, val_loader), "seconds": 0.0}]
     best, best_step, bad = curve[0]["validation"], 0, 0
     best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
-    log.info("%s: validation perplexity %.2f before training; up to %d steps", what, best, steps)
+    log.info("%s: validation perplexity %.2f before training; up to %d steps (%s)", what, best, steps, precision)
     decay = [p for p in model.parameters() if p.ndim >= 2]
     rest = [p for p in model.parameters() if p.ndim < 2]
     opt = torch.optim.AdamW([{"params": decay, "weight_decay": weight_decay}, {"params": rest, "weight_decay": 0.0}],
@@ -155,12 +164,23 @@ def finetune_lm(model: nn.Module, loader: Any, val_loader: Any, *, steps: int, l
         opt, lambda i: (i + 1) / warm if i < warm else max(0.0, (steps - i) / max(1, steps - warm)))
     progress = Progress(what, steps)
     losses: list[float] = []
-    done, stopped = 0, False
+    done, stop = 0, None
+    distill = teacher is not None and distill_weight > 0
+    if distill:
+        teacher.eval()
     model.train()
-    while done < steps and not stopped:
+    while done < steps and stop is None:
         for batch in loader:
-            out = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"])
-            loss = lm_loss(out.logits, batch, teacher=None, distill_weight=0.0, temperature=1.0)
+            if deadline is not None and time.perf_counter() >= deadline:
+                stop = "time budget"
+                break
+            topk_logits = teacher_topk_logits(teacher, batch, topk, teacher_cache, temperature=temperature) \
+                if distill and topk else None
+            with training_autocast(precision):
+                out = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"])
+                loss = lm_loss(out.logits, batch, teacher=teacher if distill and not topk else None,
+                               distill_weight=distill_weight if distill else 0.0, temperature=temperature,
+                               teacher_topk=topk_logits)
             if not torch.isfinite(loss):
                 raise FloatingPointError(f"{what}: non-finite loss {loss.item()} at step {done}")
             opt.zero_grad(set_to_none=True)
@@ -172,23 +192,31 @@ def finetune_lm(model: nn.Module, loader: Any, val_loader: Any, *, steps: int, l
             losses.append(float(loss.detach()))
             if done % eval_every == 0 or done == steps:
                 ppl = perplexity(model, val_loader)
-                curve.append({"step": done, "validation": ppl})
+                curve.append({"step": done, "validation": ppl, "seconds": round(time.perf_counter() - t0, 1)})
                 if ppl < best:
                     best, best_step, bad = ppl, done, 0
                     best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
                 else:
                     bad += 1
-                    stopped = bool(patience) and bad >= patience
+                    if patience and bad >= patience:
+                        stop = "converged"
                 model.train()
                 progress.step(done, f"validation perplexity {ppl:.2f} (best {best:.2f} at step {best_step})", force=True)
             else:
                 progress.step(done, f"loss {sum(losses[-10:]) / len(losses[-10:]):.3f}")
-            if done >= steps or stopped:
+            if done >= steps or stop is not None:
                 break
+    if stop == "time budget" and curve[-1]["step"] != done and done:  # the steps since the last validation count too
+        ppl = perplexity(model, val_loader)
+        curve.append({"step": done, "validation": ppl, "seconds": round(time.perf_counter() - t0, 1)})
+        if ppl < best:
+            best, best_step = ppl, done
+            best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
     model.load_state_dict(best_state)
     model.eval()
     return {"steps": done, "best_step": best_step, "validation_perplexity": best, "curve": curve,
-            "stopped_early": stopped, "train_seconds": time.perf_counter() - t0,
+            "stopped_early": stop is not None, "stopped": stop or "planned length", "precision": precision,
+            "train_seconds": time.perf_counter() - t0,
             "final_loss": sum(losses[-10:]) / max(1, len(losses[-10:])) if losses else math.nan}
 
 
@@ -205,6 +233,9 @@ def lm_base_cached(*, model_name: str | None, task: Any, max_length: int, cache_
     tokenizer = load_tokenizer(model_name)
     batch = int(getattr(settings, "batch_size", 4) or 4)
     fields = {k: getattr(settings, k) for k in ("lr", "weight_decay", "warmup_ratio", "seed")} if settings else {}
+    precision = settings.resolved_precision if settings is not None else "fp32"
+    if precision != "fp32":  # the base's weights depend on it (fp32 keeps the keys bases were cached under)
+        fields["precision"] = precision
     key = cache_key(what="lm_base", version=LM_BASE_VERSION, max_length=max_length, batch_size=batch,
                     recipe=asdict(recipe) if recipe is not None else None, settings=fields, **dict(key_parts))
     folder = Path(cache_dir) / "lm_base" / key if cache_dir is not None else None
@@ -229,7 +260,7 @@ def lm_base_cached(*, model_name: str | None, task: Any, max_length: int, cache_
             torch.manual_seed(int(fields.get("seed", 0)))
             result = finetune_lm(model, loader, val_loader, steps=steps, lr=float(fields["lr"]),
                                  weight_decay=float(fields["weight_decay"]), warmup_ratio=float(fields["warmup_ratio"]),
-                                 eval_every=recipe.eval_every, patience=recipe.patience)
+                                 eval_every=recipe.eval_every, patience=recipe.patience, precision=precision)
             info.update(result, steps=result["best_step"], steps_run=result["steps"], max_steps=steps,
                         tokens_trained=result["steps"] * batch * max_length, batch_size=batch,
                         pretrained_validation_perplexity=result["curve"][0]["validation"],

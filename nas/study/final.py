@@ -30,7 +30,7 @@ import pandas as pd
 from nas.quality.metrics import evaluate
 from nas.spec import SubnetSpec
 from nas.study.report import DEPLOYED_KEYS, choose_final, cost_column, pareto_frame, quality_column
-from nas.study.weights import RunWeights
+from nas.study.weights import RunWeights, load_weights
 
 PLAN_ATTR = "final_plan"  # the halving's candidates, rungs and survivors' progress (study attribute)
 WINNER_ATTR = "final_winner"
@@ -244,7 +244,6 @@ class FinalStage:
     def _start(self, number: int, trial: Any, plan: Mapping[str, Any]) -> Any:
         """A candidate's DistillRun: cut from the base (final.start=base) or its trial weights, or resumed
         from the weights saved at the end of its last rung."""
-        from safetensors.torch import load_model
 
         ev, recipe = self.evaluator, self.settings.recipe
         spec = self._spec(trial)
@@ -254,7 +253,7 @@ class FinalStage:
         else:
             model, _ = ev.candidate(spec)
         if start_step and self.weights.rung_path(number).is_file():
-            load_model(model, str(self.weights.rung_path(number)))
+            load_weights(model, self.weights.rung_path(number))
         else:
             start_step = 0
         return ev.distill_run(model, spec, recipe, self._data(spec.context), start_step=start_step)
@@ -321,15 +320,24 @@ def lm_members(front: pd.DataFrame, k: int, *, base_ppl: float, slack: float, co
     return chosen
 
 
+def lm_speedup(result: Mapping[str, Any]) -> float | None:
+    """A final member's decode speedup over the run's reference: the base at latency.precision (reference_base when
+    the member runs at another GGUF type, else quantized_base, the same thing)."""
+    for key in ("speedup_over_reference_base", "speedup_over_quantized_base", "speedup"):
+        if result.get(key) is not None:
+            return float(result[key])
+    return None
+
+
 def lm_winner(final: Mapping[str, Mapping[str, Any]], *, base_ppl: float, band: float) -> int | None:
-    """The fastest final member (deployed speedup over the base quantized alike) whose validation perplexity as
-    deployed is within `band` (a fraction) of the base's as deployed; none within: the lowest perplexity."""
+    """The fastest final member (deployed speedup over the base at the reference type) whose validation perplexity
+    as deployed is within `band` (a fraction) of the base's as deployed; none within: the lowest perplexity."""
     rows = []
     for n, r in final.items():
         ppl = r.get("val_perplexity_deployed", r.get("val_perplexity"))
-        speed = r.get("speedup_over_quantized_base", r.get("speedup"))
+        speed = lm_speedup(r)
         if ppl is not None:
-            rows.append((int(n), float(ppl), float(speed) if speed is not None else 0.0))
+            rows.append((int(n), float(ppl), speed if speed is not None else 0.0))
     if not rows:
         return None
     within = [r for r in rows if r[1] <= base_ppl * (1 + band) + 1e-12]
@@ -341,10 +349,11 @@ def lm_winner(final: Mapping[str, Mapping[str, Any]], *, base_ppl: float, band: 
 def lm_final_stage(study: Any, *, weights: RunWeights, evaluator: Any, objectives: Any, settings: Any, recipe: Any,
                    say: Callable[[str], None], clock: Callable[[str, float], None], write: Callable[[Any], Any]) -> None:
     """A language model's final stage: the final_k fastest front members within settings.ppl_slack of the base's
-    perplexity, each trained `recipe.max_steps` more steps from its trial weights (the trials' trainer, top-k
-    distillation, progress printed), then measured as deployed (evaluator.deployed: in llama.cpp, its GGUF
-    file's perplexity and its speedups over the three baselines). The winner: the fastest within
-    settings.ppl_band of the base's deployed validation perplexity."""
+    validation perplexity (as deployed), each trained from its (healed) trial weights by evaluator.fit_lm within
+    an equal share of what is left of final.time_budget (best validation checkpoint: no worse than it came), then
+    measured as deployed at its own GGUF type (evaluator.deployed: its file's perplexity in llama.cpp, its decode
+    speedup over the base at the reference type and over the base quantized alike). The winner: the fastest
+    within settings.ppl_band of the base's deployed validation perplexity."""
     quality = quality_column(objectives)  # val_perplexity
     cost = cost_column(objectives)
     front = pareto_frame(study, None, cost=cost, quality=quality)
@@ -355,10 +364,12 @@ def lm_final_stage(study: Any, *, weights: RunWeights, evaluator: Any, objective
     if not chosen:
         return
     started = time.perf_counter()
+    deadline = None if settings.time_budget is None else started + float(settings.time_budget)
     done = {int(n) for n in (study.user_attrs.get("final") or {})}
     todo = [n for n in chosen if n not in done or not weights.final_path(n).is_file()]
     fs = recipe
-    shapes = ", ".join(f"{n} ({study.trials[n].user_attrs.get('shape')}, {study.trials[n].user_attrs.get('speedup', 0):.2f}x, "
+    shapes = ", ".join(f"{n} ({study.trials[n].user_attrs.get('shape')} {study.trials[n].user_attrs.get('precision') or ''}, "
+                       f"{study.trials[n].user_attrs.get('speedup', 0):.2f}x, "
                        f"val ppl {study.trials[n].user_attrs.get(quality, float('nan')):.1f})" for n in chosen)
     cap = base_ppl * (1 + settings.ppl_slack)
     close = sum(study.trials[n].user_attrs.get(quality, math.inf) <= cap for n in chosen)
@@ -366,27 +377,34 @@ def lm_final_stage(study: Any, *, weights: RunWeights, evaluator: Any, objective
            if close == len(chosen) else
            f"{close} front member(s) within {1 + settings.ppl_slack:g}x the base's perplexity ({base_ppl:.2f}), the "
            "lowest perplexities fill up")
-    say(f"final stage: {how}: {shapes}; each {fs.max_steps} more steps (lr {fs.lr:g}, distill weight "
-        f"{fs.distill_weight:g}, top-{fs.distill_topk or 'all'} KL)"
+    budget = "" if settings.time_budget is None else f" within final.time_budget={settings.time_budget:g}s"
+    say(f"final stage: {how}: {shapes}; each up to {fs.max_steps} more steps{budget} (lr {fs.lr:g}, distill weight "
+        f"{fs.distill_weight:g}, top-{fs.distill_topk or 'all'} KL, {fs.resolved_precision})"
         + (f"; {len(chosen) - len(todo)} done before" if len(todo) < len(chosen) else ""))
     base_deployed_ppl = float(base.get("val_perplexity_deployed") or base_ppl)
-    for number in todo:
+    for i, number in enumerate(todo):
         trial = study.trials[number]
         if not weights.trial_path(number).is_file():
             say(f"final stage: trial {number}'s weights are not in this run folder (another worker's); skipped")
             continue
         spec = SubnetSpec.from_dict(trial.user_attrs["spec"])
+        precision = trial.user_attrs.get("precision")
         model = weights.load(trial)
         t0 = time.perf_counter()
-        evaluator.fit(model, spec, fs, progress=f"final member {number}")
+        # an equal share of what is left: a member that stops early leaves its time to the next ones
+        share = None if deadline is None else t0 + max(0.0, deadline - t0) / (len(todo) - i)
+        trained = evaluator.fit_lm(model, spec, fs, progress=f"final member {number}", deadline=share,
+                                   eval_every=settings.recipe.eval_every, patience=settings.recipe.patience)
         seconds = time.perf_counter() - t0
         clock("final training", seconds)
         t0 = time.perf_counter()
-        result = {"val_perplexity": evaluator.quality_of(model, spec, "validation")[1],
-                  "test_perplexity": evaluator.quality_of(model, spec, "test")[1], "steps": fs.max_steps,
-                  "seconds": round(seconds, 1)}
+        result = {"val_perplexity": trained["validation_perplexity"],
+                  "test_perplexity": evaluator.quality_of(model, spec, "test")[1], "steps": trained["steps"],
+                  "best_step": trained["best_step"], "stopped": trained["stopped"], "precision": precision,
+                  "train_precision": trained["precision"], "seconds": round(seconds, 1)}
         clock("evaluation", time.perf_counter() - t0)
-        result.update(evaluator.deployed(model, spec, name=f"final_{number}"))
+        result.update(evaluator.deployed(model, spec, name=f"final_{number}", precision=precision,
+                                         baselines=evaluator.lm_baselines(precision)))
         weights.save(model, weights.final_path(number))
         latest = dict(study.user_attrs.get("final") or {})  # other workers may have added theirs
         latest[str(number)] = result
@@ -395,10 +413,11 @@ def lm_final_stage(study: Any, *, weights: RunWeights, evaluator: Any, objective
         deployed = ""
         if "val_perplexity_deployed" in result:
             deployed = (f"; as deployed ({result.get('variant')}): val ppl {result['val_perplexity_deployed']:.2f}, "
-                        f"decode {result['speedup_over_quantized_base']:.2f}x over the base quantized alike, "
-                        f"{result['speedup_over_torch_fp32_base']:.2f}x over torch fp32")
-        say(f"final    {number:3d} {a['shape']:28s} val ppl {a[quality]:.2f} -> {result['val_perplexity']:.2f}"
-            f"  test ppl {result['test_perplexity']:.2f} ({seconds:.0f}s){deployed}")
+                        f"test ppl {result['test_perplexity_deployed']:.2f}, decode {lm_speedup(result):.2f}x over the "
+                        f"base at {evaluator.timer.settings.precision}")
+        say(f"final    {number:3d} {a['shape']:28s} val ppl {a[quality]:.2f} -> {result['val_perplexity']:.2f} (torch "
+            f"fp32, best of {trained['steps']} steps at step {trained['best_step']}, {trained['stopped']}; "
+            f"{seconds:.0f}s){deployed}")
         write(study)
     final = {str(n): r for n, r in (study.user_attrs.get("final") or {}).items() if int(n) in chosen}
     best = lm_winner(final, base_ppl=base_deployed_ppl, band=settings.ppl_band)
@@ -407,7 +426,8 @@ def lm_final_stage(study: Any, *, weights: RunWeights, evaluator: Any, objective
         r = final[str(best)]
         ppl = r.get("val_perplexity_deployed", r["val_perplexity"])
         within = ppl <= base_deployed_ppl * (1 + settings.ppl_band) + 1e-12
-        say(f"final stage winner: trial {best} ({study.trials[best].user_attrs.get('shape')}), "
+        say(f"final stage winner: trial {best} ({study.trials[best].user_attrs.get('shape')} "
+            f"{r.get('precision') or ''}), "
             + (f"the fastest member within {100 * settings.ppl_band:g}% of the base's perplexity" if within else
                f"no member is within {100 * settings.ppl_band:g}% of the base's perplexity: the lowest")
             + f": val ppl {ppl:.2f} (base {base_deployed_ppl:.2f}), test ppl "

@@ -25,7 +25,9 @@ METRIC_COLUMNS = [
 # A language-modelling study's final stage measures perplexity instead of accuracy.
 # And it measures each member as deployed (latency.runtime / latency.precision, e.g. int8 ONNX): its
 # accuracy there, and its measured speedups over the three baselines (nas.cost.latency.BASELINES).
-DEPLOYED_KEYS = ["val_accuracy_deployed", "test_accuracy_deployed", "variant", "latency_ms", "latency_ms_fp32",
+DEPLOYED_KEYS = ["val_accuracy_deployed", "test_accuracy_deployed", "val_perplexity_deployed", "test_perplexity_deployed",
+                 "speedup_over_reference_base", "speedup_over_reference_base_p10", "speedup_over_reference_base_p90",
+                 "precision", "variant", "latency_ms", "latency_ms_fp32",
                  "speedup_over_quantized_base", "speedup_over_quantized_base_p10", "speedup_over_quantized_base_p90",
                  "speedup_over_runtime_fp32_base", "speedup_over_torch_fp32_base", "base_latency_ms_quantized_base",
                  "base_latency_ms_runtime_fp32_base", "base_latency_ms_torch_fp32_base", "definition"]
@@ -104,6 +106,24 @@ def base_row(base: Mapping[str, Any]) -> dict[str, Any]:
     return row
 
 
+def quantization_alone_rows(study: Any, base: Mapping[str, Any]) -> list[dict[str, Any]]:
+    """A language model's base at each other GGUF type of the run (study attribute `quantization_alone`, measured
+    by nas.study.search): reference rows beside the front, state QUANT_ALONE (never front members)."""
+    rows = []
+    reference = (study.user_attrs.get("latency") or {}).get("precision")
+    for precision, m in (study.user_attrs.get("quantization_alone") or {}).items():
+        if precision == reference:
+            continue
+        row = base_row(base)
+        row.update(state="QUANT_ALONE", precision=precision, val_perplexity=m.get("val_perplexity"),
+                   test_perplexity=m.get("test_perplexity"), speedup=m.get("speedup"), speedup_p10=m.get("speedup_p10"),
+                   speedup_p90=m.get("speedup_p90"), latency_ms=m.get("latency_ms"),
+                   latency_ratio=1.0 / m["speedup"] if m.get("speedup") else None,
+                   size_mb=m["bytes"] / 1e6 if m.get("bytes") else None)
+        rows.append(row)
+    return rows
+
+
 def pareto_frame(study: Any, base: Mapping[str, Any] | None = None, *, cost: str = "latency_ms",
                  quality: str = "val_accuracy") -> pd.DataFrame:
     """The Pareto-optimal completed trials sorted by cost, plus the base as a reference row."""
@@ -114,7 +134,9 @@ def pareto_frame(study: Any, base: Mapping[str, Any] | None = None, *, cost: str
     front["is_base"] = False
     front = front.sort_values([cost, quality], ascending=[True, quality != "val_perplexity"])
     if base is not None:
-        front = pd.concat([front, pd.DataFrame([base_row(base)])], ignore_index=True)
+        reference = base_row(base)
+        reference["precision"] = reference.get("precision") or (study.user_attrs.get("latency") or {}).get("precision")
+        front = pd.concat([front, pd.DataFrame([reference, *quantization_alone_rows(study, base)])], ignore_index=True)
     return front.reset_index(drop=True)
 
 
@@ -214,9 +236,15 @@ def plot_pareto_png(trials: pd.DataFrame, front: pd.DataFrame, path: str | Path,
     members = front[~front["is_base"].astype(bool)]
     if not members.empty:
         ax.plot(members[cost], members[quality], "-o", color="#d64545", ms=6, label="Pareto front")
-    base = front[front["is_base"].astype(bool)]
+    base = front[front["is_base"].astype(bool) & (front["state"] == "BASE")]
     if not base.empty and pd.notna(base.iloc[0][cost]):
         ax.scatter(base[cost], base[quality], marker="*", s=180, color="#1f6feb", label="unpruned base", zorder=5)
+    alone = front[front["state"] == "QUANT_ALONE"].dropna(subset=[quality, cost])
+    if not alone.empty:
+        ax.scatter(alone[cost], alone[quality], marker="D", s=40, color="#2da44e", label="base, quantization alone",
+                   zorder=4)
+        for _, r in alone.iterrows():
+            ax.annotate(str(r["precision"]), (r[cost], r[quality]), fontsize=7, xytext=(4, 2), textcoords="offset points")
     if knee is not None and knee in front.index:
         k = front.loc[knee]
         ax.scatter([k[cost]], [k[quality]], s=140, facecolors="none", edgecolors="black", label="knee (best.yaml)")
@@ -246,10 +274,15 @@ def plot_pareto_html(trials: pd.DataFrame, front: pd.DataFrame, path: str | Path
     fig.add_trace(go.Scatter(x=members[cost], y=members[quality], mode="lines+markers", name="Pareto front",
                              customdata=members[["number", "shape"]].values, hovertemplate=hover,
                              marker={"color": "#d64545", "size": 9}))
-    base = front[front["is_base"].astype(bool)]
+    base = front[front["is_base"].astype(bool) & (front["state"] == "BASE")]
     if not base.empty:
         fig.add_trace(go.Scatter(x=base[cost], y=base[quality], mode="markers", name="unpruned base",
                                  marker={"symbol": "star", "size": 16, "color": "#1f6feb"}))
+    alone = front[front["state"] == "QUANT_ALONE"]
+    if not alone.empty:
+        fig.add_trace(go.Scatter(x=alone[cost], y=alone[quality], mode="markers+text", name="base, quantization alone",
+                                 text=alone["precision"], textposition="top right",
+                                 marker={"symbol": "diamond", "size": 9, "color": "#2da44e"}))
     fig.update_layout(xaxis_title=COST_LABEL.get(cost, cost), yaxis_title="validation " + quality[4:], template="plotly_white")
     atomic_write_text(path, fig.to_html(include_plotlyjs=True, full_html=True))
 

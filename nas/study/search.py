@@ -26,6 +26,7 @@ from omegaconf import OmegaConf
 from nas.cost.generation import resolve_mode
 from nas.cost.latency import LatencySettings, PairedTimer, model_size
 from nas.cost.table import Grid, cached_table, sample_widths
+from nas.cut.heal import heal_settings
 from nas.cut.recovery import RecoverySettings
 from nas.data.tasks import length_summary, split_token_lengths
 from nas.data.text import is_lm_data
@@ -44,12 +45,13 @@ from nas.study.report import write_reports
 from nas.study.settings import (
     LATENCY_DEFINITION,
     OBJECTIVE_ATTR,
+    QUANT_ALONE_ATTR,
     FinalSettings,
     SearchSettings,
     chosen_space,
     final_train_settings,
 )
-from nas.study.space import context_cap, task_token_lengths
+from nas.study.space import ATTENTION_AXES, check_precision_axis, context_cap, task_token_lengths
 from nas.study.storage import open_study, storage_url
 from nas.study.trial import Evaluator, Infeasible
 from nas.study.weights import RunWeights
@@ -78,20 +80,24 @@ class Search:
         self.settings = SearchSettings.from_cfg(container.get("search", {}))
         # A language-modelling task (plain text, nas.data.text): its quality is perplexity (nas.quality.lm).
         self.lm = is_lm_data(container.get("data"))
-        self.settings = replace(self.settings, objectives=quality_objective(self.settings.objectives, lm=self.lm))
+        # auto: a language model's trials are scored right after closed-form healing (no training: on a CPU a
+        # trial's steps cannot heal a deep cut); a classifier's get a brief fine-tune
+        estimator = self.settings.estimator if self.settings.estimator != "auto" else ("none" if self.lm else "finetune")
+        self.settings = replace(self.settings, objectives=quality_objective(self.settings.objectives, lm=self.lm),
+                                estimator=estimator)
         if self.lm and self.settings.estimator == "supernet":
             raise ValueError("search.estimator=supernet is for classification tasks; a language-modelling task "
                              "allows: finetune, none")
         self.train_settings = TrainSettings.from_cfg(container.get("train", {}))
         self.latency_model_asked = str((container.get("latency") or {}).get("model", "measured"))
         self.latency = LatencySettings.from_cfg(container.get("latency")).resolved(lm=self.lm)
-        if self.space.precisions and (self.lm or self.latency.runtime != "onnxruntime"):
-            raise ValueError(f"space {self.space.name}: precision={list(self.space.precisions)} needs "
-                             f"latency.runtime=onnxruntime (a classifier; int8 has no path in torch here)")
+        if self.space.precisions:
+            check_precision_axis(self.space, lm=self.lm, runtime=self.latency.runtime)
         if self.lm and self.latency.model == "table":
             raise ValueError("latency.model=table knows encoder classifiers; a language-modelling task is timed "
                              "generating: set latency.model=measured (or auto)")
         self.recovery = RecoverySettings.from_cfg(container.get("prune")).resolved(self.settings.estimator)
+        self.heal = heal_settings(container.get("prune"))
         self.supernet_settings = SupernetSettings.from_cfg(container.get("supernet"))
         self.supernet: Any = None
         self.final_settings = final_train_settings(container)  # a language model's fixed-length final training
@@ -157,7 +163,9 @@ class Search:
         self.evaluator = Evaluator(prep=self.prep, timer=self.timer, train=self.train_settings, recovery=self.recovery,
                                    estimator=self.settings.estimator, max_latency_ms=self.settings.max_latency_ms,
                                    clock=self.clock.add, teacher_cache=self.teacher_cache, supernet=self.supernet,
-                                   lm=self.lm)
+                                   lm=self.lm, heal_settings=self.heal)
+        if self.timer.settings.runtime == "llamacpp":  # GPTQ and the quantizer's importance matrix read them
+            self.timer.moments = self.evaluator.moments
         self.weights = RunWeights(self.run_dir, self.prep.base, self.prep.scores)
         self.base_metrics = self._base_metrics()
         self._say(
@@ -227,10 +235,15 @@ class Search:
         latency_ms = self.timer.base_latency_ms()
         self.clock.add("latency", time.perf_counter() - t0)
         info = self.prep.base_info
+        quality = {key.replace("validation", "val"): value for key, value in info.items()
+                   if key.endswith(("_accuracy", "_perplexity"))}  # the quality: accuracy, or perplexity
+        if self.lm and self.evaluator.in_llamacpp:  # scored as the trials are: its GGUF file in llama.cpp
+            quality["val_perplexity_fp32"] = quality["val_perplexity"]
+            quality["val_perplexity"] = self.evaluator.gguf_perplexity(self.timer.gguf_path("base"), spec.context,
+                                                                       "validation")
         return {
             **shape_attrs(spec),
-            **{key.replace("validation", "val"): value for key, value in info.items()
-               if key.endswith(("_accuracy", "_perplexity"))},  # the quality: accuracy, or perplexity
+            **quality,
             "latency_ms": latency_ms,
             "base_latency_ms": latency_ms,
             "speedup": 1.0,
@@ -242,7 +255,10 @@ class Search:
 
     # -- one trial ------------------------------------------------------------------------
     def propose(self, trial: Any) -> SubnetSpec:
-        spec = self.space.suggest(trial, self.prep.shape, self.prep.scores)
+        attention = None
+        if any(axis in self.space.axes for axis in ATTENTION_AXES):  # which layers lose their attention first
+            attention = self.evaluator.calibration().influence()["attention"]
+        spec = self.space.suggest(trial, self.prep.shape, self.prep.scores, attention=attention)
         precision = self.space.suggest_precision(trial)
         if precision is not None:
             trial.set_user_attr("precision", precision)
@@ -285,6 +301,12 @@ class Search:
         self.loop.run(study)
         self.weights.drop_dominated(study)  # the front as it ends, other workers' last trials included
         deployed_key = "val_perplexity_deployed" if self.lm else "val_accuracy_deployed"
+        if self.lm and self.evaluator.in_llamacpp:  # the base at every GGUF type: where cutting pays and where not
+            alone = self._quantization_alone(study)
+            reference = alone[self.timer.settings.precision]
+            self.base_metrics.update(val_perplexity_deployed=reference["val_perplexity"],
+                                     test_perplexity_deployed=reference["test_perplexity"])
+            study.set_user_attr("base", self.base_metrics)
         if self.settings.final_k and deployed_key not in self.base_metrics:
             t0 = time.perf_counter()
             self.base_metrics.update(self.evaluator.base_deployed())  # what quantization alone gives
@@ -297,6 +319,38 @@ class Search:
                                batch_size=self.train_settings.eval_batch_size, clock=self.clock.add)
         self.write(study)
         return study
+
+    def _quantization_alone(self, study: Any) -> dict[str, dict[str, Any]]:
+        """The unpruned base at the run's reference GGUF type and at every type of the space's precision axis, each
+        written as the trials are (llama.cpp's quantizer, the same importance matrix), timed against the base at the
+        reference type and scored by llama.cpp on its own file (validation and test): what quantization alone gives,
+        shown beside the front. Recorded as the study attribute `quantization_alone` (resumable)."""
+        known = dict(study.user_attrs.get(QUANT_ALONE_ATTR) or {})
+        reference = self.timer.settings.precision
+        context = int(self.prep.shape.max_positions)
+        for precision in dict.fromkeys([reference, *self.space.precisions]):
+            if precision in known:
+                continue
+            t0 = time.perf_counter()
+            if precision == reference:
+                row = {"speedup": 1.0, "speedup_p10": 1.0, "speedup_p90": 1.0, "latency_ms": self.timer.base_latency_ms()}
+                path = self.timer.gguf_path("base")
+            else:
+                measured = self.timer.measure(self.prep.base, context=context, name="alone", precision=precision)
+                row = {k: measured[k] for k in ("speedup", "speedup_p10", "speedup_p90", "latency_ms")}
+                path = self.timer.gguf_path("alone", precision)
+            row.update({f"{key}_perplexity": self.evaluator.gguf_perplexity(path, context, split)
+                        for split, key in (("validation", "val"), ("test", "test"))})
+            row.update(bytes=path.stat().st_size, seconds=round(time.perf_counter() - t0, 1))
+            if precision != reference:
+                path.unlink(missing_ok=True)
+            known[precision] = row
+            study.set_user_attr(QUANT_ALONE_ATTR, known)
+            self.clock.add("quantization alone", row["seconds"])
+            self._say(f"quantization alone: the base at {precision}: decode {row['speedup']:.2f}x "
+                      f"[{row['speedup_p10']:.2f}-{row['speedup_p90']:.2f}] over the base at {reference}, val ppl "
+                      f"{row['val_perplexity']:.2f}, test ppl {row['test_perplexity']:.2f}, {row['bytes'] / 1e6:.0f} MB")
+        return known
 
     def _out_of_time(self) -> bool:
         """search.time_budget: seconds since this process began the run (preparation, supernet training
@@ -332,7 +386,7 @@ class Search:
 
     def _say(self, text: str) -> None:
         if self.console is not None:
-            self.console.print(text, highlight=False)
+            self.console.print(text, highlight=False, markup=False)  # "[q8_0, q4_0]" is text, not markup
         else:
             log.info(text)
 

@@ -21,6 +21,8 @@ OBJECTIVES = ("accuracy", "perplexity", "latency", "params", "flops", "size")
 # stays comparable across workers, machines and a busier moment, where milliseconds do not.
 OBJECTIVE_ATTR = {"accuracy": "val_accuracy", "perplexity": "val_perplexity", "latency": "latency_ratio", "params": "params", "flops": "flops",
                   "size": "size_mb"}
+# A language model's base at each GGUF type of the run (nas.study.search.Search._quantization_alone)
+QUANT_ALONE_ATTR = "quantization_alone"
 # What makes two runs' latencies comparable: a study continued with other values is refused.
 LATENCY_DEFINITION = ("inputs", "runtime", "precision", "quantization", "activations", "per_channel", "keep_fp32",
                       "calibration", "model", "batch_size", "seq_len", "threads", "sample_size", "seed", "split",
@@ -94,8 +96,8 @@ class SearchSettings:
         if self.max_consecutive_failures < 1:
             raise ValueError(f"search.max_consecutive_failures={self.max_consecutive_failures} must be >= 1")
 
-        if self.estimator not in ESTIMATORS:
-            raise ValueError(f"search.estimator={self.estimator!r} is not known; allowed: {', '.join(ESTIMATORS)}")
+        if self.estimator not in (*ESTIMATORS, "auto"):
+            raise ValueError(f"search.estimator={self.estimator!r} is not known; allowed: {', '.join(ESTIMATORS)}, auto")
         if isinstance(self.final_k, bool) or not isinstance(self.final_k, int) or self.final_k < 0:
             raise ValueError(f"search.final_k={self.final_k!r} must be an integer >= 0 (0: no final training)")
         if self.stale_timeout < 1:

@@ -32,12 +32,17 @@ from typing import Any
 
 import numpy as np
 
+from nas.cost.latency import GGUF_PRECISIONS, is_gguf_precision
 from nas.data.tasks import load_task, token_lengths
 from nas.deploy.quantize import PRECISIONS
 from nas.models.loading import load_tokenizer
 from nas.spec import BaseShape, SubnetSpec
 
-AXES = ("layers", "heads", "ffn", "hidden", "context", "groups")
+AXES = ("layers", "heads", "ffn", "hidden", "context", "groups", "attn_none", "attn_linear")
+# Decoders only (llama.cpp's deci per-layer blocks, nas.models.decoder): how many kept layers lose their attention
+# (`attn_none`) or have it replaced by one linear map of the normed stream (`attn_linear`, fitted by nas.cut.heal);
+# the layers are those whose attention changes the stream least on calibration text (never the first kept layer).
+ATTENTION_AXES = ("attn_none", "attn_linear")
 # On a decoder with grouped-query attention (nas.models.decoder) `heads` counts query heads per key/value
 # group (its sizes are of the base's group size) and `groups` counts whole key/value groups; an
 # encoder has no groups: there `heads` counts heads and a `groups` axis is dropped at resolve.
@@ -121,6 +126,20 @@ class Units:
                 raise ValueError(f"Units.{name}={getattr(self, name)} must be >= 1")
 
 
+def check_precision_axis(space: Any, *, lm: bool, runtime: str) -> None:
+    """A space's precision axis fits the run's runtime: int8 / fp32 in onnxruntime for a classifier, GGUF types
+    in llama.cpp for a language model. One-line ValueError otherwise."""
+    gguf = [p for p in space.precisions if is_gguf_precision(p)]
+    if lm:
+        if runtime != "llamacpp" or len(gguf) != len(space.precisions):
+            raise ValueError(f"space {space.name}: precision={list(space.precisions)}: a language model's precision "
+                             "axis holds GGUF types and needs latency.runtime=llamacpp (allowed types: "
+                             f"{', '.join(GGUF_PRECISIONS)})")
+    elif runtime != "onnxruntime" or gguf:
+        raise ValueError(f"space {space.name}: precision={list(space.precisions)} needs latency.runtime=onnxruntime "
+                         "and fp32 / int8 (a classifier; int8 has no path in torch here)")
+
+
 def context_cap(shape: BaseShape, max_length: int | None) -> int:
     """The longest input a run tokenizes: relative and quantile context choices are bounded by it."""
     return shape.max_positions if max_length is None else max(1, min(int(max_length), shape.max_positions))
@@ -154,9 +173,10 @@ class SearchSpace:
             raise ValueError(f"space {name}: align={align} must be >= 1")
         axes = {axis: _parse_axis(name, axis, raw) for axis, raw in raw_axes.items()}
         precisions = cfg.get("precision") or ()
-        if isinstance(precisions, str) or not all(p in PRECISIONS for p in precisions):
+        if isinstance(precisions, str) or not all(p in PRECISIONS or is_gguf_precision(p) for p in precisions):
             raise ValueError(f"space {name}: precision={list(precisions) if not isinstance(precisions, str) else precisions!r} "
-                             f"must be a list of {', '.join(PRECISIONS)}")
+                             f"must be a list of {', '.join(PRECISIONS)} (onnxruntime), or of GGUF types for llama.cpp: "
+                             f"{', '.join(GGUF_PRECISIONS)} (a head type of its own: <type>_head_<head>)")
         return cls(name=name, axes=axes, per_layer=bool(cfg.get("per_layer", False)), align=align,
                    precisions=tuple(dict.fromkeys(precisions)))
 
@@ -172,9 +192,12 @@ class SearchSpace:
         for axis, spec in self.axes.items():
             if axis == "groups" and shape.num_kv_heads is None:
                 continue
+            if axis in ATTENTION_AXES and shape.num_kv_heads is None:
+                raise ValueError(f"space {self.name}: axis {axis} is for decoders (llama.cpp's per-layer blocks); "
+                                 "an encoder keeps attention in every layer")
             if isinstance(spec, Axis):
                 for value in spec.values:
-                    if not 1 <= value <= tops[axis]:
+                    if not (0 if axis in ATTENTION_AXES else 1) <= value <= tops[axis]:
                         raise ValueError(
                             f"space {self.name}: {axis} choice {value} is outside the base model's range 1..{tops[axis]}"
                         )
@@ -204,6 +227,7 @@ class SearchSpace:
             "hidden": math.lcm(self.align, units.hidden_multiple),
             "context": 1,
             "groups": 1,
+            **dict.fromkeys(ATTENTION_AXES, 1),
         }
         if tops["heads"] % units.head_multiple:
             raise ValueError(
@@ -214,7 +238,9 @@ class SearchSpace:
             if axis == "groups" and shape.num_kv_heads is None:
                 continue  # an encoder: every head is its own group; the heads axis decides
             top, unit = tops[axis], steps[axis]
-            if isinstance(spec, Axis):
+            if axis in ATTENTION_AXES and isinstance(spec, RelativeAxis):  # counts of layers: 0 allowed
+                axes[axis] = _resolve_count(spec, top)
+            elif isinstance(spec, Axis):
                 axes[axis] = _resolve_absolute(spec, unit, top)
             elif isinstance(spec, RelativeAxis):
                 axes[axis] = _resolve_relative(spec, unit, top)
@@ -244,8 +270,10 @@ class SearchSpace:
         if self.base is None:
             raise ValueError(f"space {self.name}: resolve it against the base model first (SearchSpace.resolve)")
 
-    def suggest(self, trial: Any, shape: BaseShape, scores: Any) -> SubnetSpec:
-        """Sample one SubnetSpec. `scores` (ImportanceScores) picks which layers to keep."""
+    def suggest(self, trial: Any, shape: BaseShape, scores: Any, attention: Any = None) -> SubnetSpec:
+        """Sample one SubnetSpec. `scores` (ImportanceScores) picks which layers to keep; `attention` (per base layer,
+        how much its attention changes the stream: nas.cut.heal.Calibration.influence) which lose their attention
+        first (the attention axes)."""
         self._require_resolved()
         if shape != self.base:
             raise ValueError(f"space {self.name} was resolved for {self.base}, not for {shape}; resolve it again")
@@ -269,8 +297,25 @@ class SearchSpace:
         ffn = per_layer("ffn", shape.ffn_size)
         hidden = axes["hidden"].suggest(trial, "hidden") if "hidden" in axes else shape.hidden_size
         context = axes["context"].suggest(trial, "context") if "context" in axes else shape.max_positions
+        attn = None
+        if any(a in axes for a in ATTENTION_AXES):
+            counts = {a: axes[a].suggest(trial, a) if a in axes else 0 for a in ATTENTION_AXES}
+            attn = attention_variants(layers, counts["attn_none"], counts["attn_linear"], attention)
+            heads = tuple(h if a == "full" else 0 for h, a in zip(heads, attn, strict=True))
+            kv_heads = tuple(g if a == "full" else 0 for g, a in zip(kv_heads, attn, strict=True))
         return SubnetSpec(layers=layers, heads=heads, ffn=ffn, hidden=hidden, context=context,
-                          kv_heads=kv_heads).validate(shape)
+                          kv_heads=kv_heads, attn=attn if attn and set(attn) != {"full"} else None).validate(shape)
+
+
+def attention_variants(layers: Sequence[int], n_none: int, n_linear: int, influence: Any) -> tuple[str, ...]:
+    """Per kept layer: full, none or linear. The kept layers whose attention changes the stream least (`influence`
+    per base layer; None: the last layers first) lose theirs: the least `n_none`, then the next `n_linear` get a
+    linear map. The first kept layer keeps its attention (llama.cpp reads the head size there); counts beyond the
+    other layers are cut to fit."""
+    order = sorted(layers[1:], key=lambda b: (float(influence[b]), -b) if influence is not None else (-b, 0))
+    none = set(order[:n_none])
+    linear = set(order[n_none:n_none + n_linear])
+    return tuple("none" if b in none else "linear" if b in linear else "full" for b in layers)
 
 
 def task_token_lengths(cfg: Any, *, cap: int) -> Any:
@@ -289,7 +334,7 @@ def _tops(shape: BaseShape) -> dict[str, int]:
     grouped = shape.num_kv_heads is not None
     return {"layers": shape.num_layers, "heads": shape.group_size if grouped else shape.num_heads,
             "ffn": shape.ffn_size, "hidden": shape.hidden_size, "context": shape.max_positions,
-            "groups": shape.num_kv_heads or shape.num_heads}
+            "groups": shape.num_kv_heads or shape.num_heads, **dict.fromkeys(ATTENTION_AXES, shape.num_layers - 1)}
 
 
 def _snap(x: Fraction | int, unit: int, top: int) -> int:
@@ -331,6 +376,14 @@ def _resolve_relative(spec: RelativeAxis, unit: int, top: int) -> Axis:
     n = round((spec.high - spec.low) / spec.step)
     fractions = [spec.low + k * spec.step for k in range(n)] + [spec.high]
     return _as_axis(spec.name, [_snap(f * top, unit, top) for f in fractions], as_range=True)
+
+
+def _resolve_count(spec: RelativeAxis, top: int) -> Axis:
+    """A count of layers (0..top) as fractions of the base's layers: rounded, 0 kept."""
+    if spec.choices is not None:
+        return _as_axis(spec.name, [min(top, round(f * top)) for f in spec.choices], as_range=False)
+    assert spec.low is not None and spec.high is not None
+    return Axis(name=spec.name, low=min(top, round(spec.low * top)), high=min(top, round(spec.high * top)))
 
 
 def _resolve_quantiles(space: str, spec: QuantileAxis, lengths: Sequence[int] | None, cap: int) -> Axis:

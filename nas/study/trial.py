@@ -18,15 +18,18 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from nas.cost.latency import model_size
+from nas.cut.heal import Calibration, HealSettings, heal
 from nas.cut.prune import prune_model
 from nas.cut.recovery import calibration_batches, recover
 from nas.data.transfer import build_transfer_texts
+from nas.deploy.imatrix import calibration_ids, input_moments
 from nas.deploy.llamacpp import file_perplexity
 from nas.deploy.onnx import onnx_session, session_accuracy
 from nas.models.registry import family_for
 from nas.models.slicing import kept_units
 from nas.quality.distill import DistillData, DistillRun, cached_teacher_logits
 from nas.quality.finetune import HiddenMap, finetune
+from nas.quality.lm import finetune_lm
 from nas.quality.metrics import evaluate
 from nas.util import cfg_get
 
@@ -49,7 +52,11 @@ class Evaluator:
     teacher_cache: dict[bytes, Any] = field(default_factory=dict)
     supernet: Any = None  # nas.quality.supernet.Supernet, for estimator=supernet
     lm: bool = False  # a language-modelling task: the quality is perplexity (nas.quality.lm)
+    heal_settings: HealSettings = field(default_factory=lambda: HealSettings(method="none"))  # decoders (nas.cut.heal)
     _transfer: list[str] | None = field(default=None, repr=False)  # the final stage's transfer texts, built once
+    _calibration: Calibration | None = field(default=None, repr=False)  # the base's streams on calibration blocks
+    _base_moments: dict[str, Any] | None = field(default=None, repr=False)  # the base's input moments (GGUF names)
+    _calibration_ids: Any = field(default=None, repr=False)
 
     def __post_init__(self) -> None:
         if self.estimator not in ESTIMATORS:
@@ -67,6 +74,13 @@ class Evaluator:
         metrics: dict[str, Any] = {"seconds_prune": time.perf_counter() - t0}
         self.clock("pruning", metrics["seconds_prune"])
 
+        if self.heal_settings.active and self.family.heals:  # decoders: closed-form healing from calibration text
+            t0 = time.perf_counter()
+            report = heal(model, self.prep.base, spec, self.prep.scores, self.calibration(), self.heal_settings)
+            metrics["heal_error_ratio"] = report.ratio()
+            metrics["seconds_heal"] = time.perf_counter() - t0
+            model.nas_moments = report.moments  # read off the same pass; dropped once the model trains (fit)
+            self.clock("healing", metrics["seconds_heal"])
         # a supernet slice was trained to work as it is; decoders have no recovery (yet)
         if self.recovery.active and self.estimator != "supernet" and family_for(self.prep.base).recovery:
             t0 = time.perf_counter()
@@ -90,7 +104,8 @@ class Evaluator:
 
     def quality(self, model: Any, spec: Any, *, name: str = "candidate", precision: str | None = None) -> dict[str, Any]:
         """`precision` (a space's precision axis): the validation accuracy is the model's as it will run
-        there (its ONNX session, int8 quantized), with the fp32 accuracy beside it."""
+        there (its ONNX session, int8 quantized), with the fp32 accuracy beside it. A language model timed in
+        llama.cpp is scored there too: the validation perplexity of the GGUF file it was timed from."""
         metrics: dict[str, Any] = {}
         if self.estimator == "finetune":
             t0 = time.perf_counter()
@@ -100,6 +115,15 @@ class Evaluator:
             if result["losses"]:
                 metrics["final_loss"] = float(sum(result["losses"][-5:]) / len(result["losses"][-5:]))
         t0 = time.perf_counter()
+        if self.lm and self.in_llamacpp:
+            path = self.timer.gguf_path(name, precision)
+            if not path.is_file():  # a trial whose cost was not measured in this process
+                self.timer.write_gguf(model, path, precision=precision)
+            metrics["val_perplexity"] = self.gguf_perplexity(path, spec.context, "validation")
+            path.unlink(missing_ok=True)  # the final stage writes its members again
+            metrics["seconds_eval"] = time.perf_counter() - t0
+            self.clock("evaluation", metrics["seconds_eval"])
+            return metrics
         quality, value = self.quality_of(model, spec, "validation")
         metrics[f"val_{quality}"] = value
         path = self.timer.deployed_file(model, context=spec.context, name=name, precision=precision) \
@@ -129,6 +153,7 @@ class Evaluator:
 
     # -- shared by the steps and the final stage ---------------------------------------------------
     def fit(self, model: Any, spec: Any, settings: Any, *, progress: str | None = None) -> dict[str, Any]:
+        model.__dict__.pop("nas_moments", None)  # the healing pass's input moments no longer hold
         loader = self.prep.loader("train", spec.context, batch_size=settings.batch_size, shuffle=True, seed=settings.seed)
 
         hidden = settings.distill == "hidden" and family_for(self.prep.base).recovery  # encoders' layers only
@@ -136,22 +161,49 @@ class Evaluator:
         return finetune(model, loader, settings, teacher=teacher, teacher_cache=self.teacher_cache,
                         hidden_map=self.hidden_map(spec) if hidden else None, progress=progress)
 
+    def fit_lm(self, model: Any, spec: Any, settings: Any, *, progress: str, deadline: float | None = None,
+               eval_every: int = 25, patience: int = 3) -> dict[str, Any]:
+        """A language model's final training (nas.quality.lm.finetune_lm): up to settings.max_steps steps distilled
+        from the base (top-k KL, cached per block), in settings' precision (bf16 where native), validation
+        perplexity every `eval_every` steps with early stopping, the best checkpoint kept (possibly the model as it
+        came), no step started after `deadline` (time.perf_counter())."""
+        model.__dict__.pop("nas_moments", None)  # the healing pass's input moments no longer hold
+        loader = self.prep.loader("train", spec.context, batch_size=settings.batch_size, shuffle=True, seed=settings.seed)
+        val = self.prep.loader("validation", spec.context, batch_size=self.train.eval_batch_size, shuffle=False)
+        return finetune_lm(model, loader, val, steps=settings.max_steps, lr=settings.lr,
+                           weight_decay=settings.weight_decay, warmup_ratio=settings.warmup_ratio,
+                           eval_every=eval_every, patience=patience, what=progress, teacher=self.prep.base,
+                           distill_weight=settings.distill_weight, temperature=settings.temperature,
+                           topk=settings.distill_topk, teacher_cache=self.teacher_cache,
+                           precision=settings.resolved_precision, deadline=deadline)
+
+    def lm_baselines(self, precision: str | None) -> tuple[str, ...]:
+        """What a language model's final member is timed against: the base at the run's reference type, and the
+        base quantized alike when the member runs at another type (nas.cost.latency.BASELINES)."""
+        if precision in (None, self.timer.settings.precision):
+            return ("quantized_base",)
+        return ("reference_base", "quantized_base")
+
     def quality_of(self, model: Any, spec: Any, split: str) -> tuple[str, float]:
         """("accuracy", value), or ("perplexity", value) on a language-modelling task."""
 
         loader = self.prep.loader(split, spec.context, batch_size=self.train.eval_batch_size, shuffle=False)
         return evaluate(model, loader, lm=self.lm)
 
-    def deployed(self, model: Any, spec: Any, *, name: str, precision: str | None = None) -> dict[str, Any]:
-        """The model as it will run (latency.runtime and latency.precision, e.g. its int8 ONNX export):
-        validation and test accuracy there, and its speedups over each baseline, each timed in paired
-        rounds with the base (nas.cost.latency.PairedTimer.measure_baselines). Classification only."""
+    def deployed(self, model: Any, spec: Any, *, name: str, precision: str | None = None,
+                 baselines: Any = None) -> dict[str, Any]:
+        """The model as it will run (latency.runtime and latency.precision, e.g. its int8 ONNX export, or `precision`
+        from a space's precision axis): validation and test accuracy there, and its speedups over each baseline
+        (`baselines`: nas.cost.latency.BASELINES names, default the timer's), each timed in paired rounds with the
+        base (nas.cost.latency.PairedTimer.measure_baselines). A language model: its perplexity as it runs (its GGUF
+        file in llama.cpp), or in torch."""
         t0 = time.perf_counter()
-        out = self.timer.measure_baselines(model, context=spec.context, name=name, precision=precision)
+        out = self.timer.measure_baselines(model, context=spec.context, name=name, precision=precision,
+                                           baselines=baselines)
         self.clock("latency", time.perf_counter() - t0)
-        if self.lm:  # a language model: its perplexity as it runs (its GGUF file in llama.cpp), or in torch
+        if self.lm:
             t0 = time.perf_counter()
-            gguf = self.timer.gguf_path(name) if self.timer.settings.runtime == "llamacpp" else None
+            gguf = self.timer.gguf_path(name, precision) if self.in_llamacpp else None
             for split, key in (("validation", "val"), ("test", "test")):
                 out[f"{key}_perplexity_deployed"] = (self.gguf_perplexity(gguf, spec.context, split) if gguf else
                                                      self.quality_of(model, spec, split)[1])
@@ -199,6 +251,43 @@ class Evaluator:
     @property
     def family(self) -> Any:
         return family_for(self.prep.base)
+
+    @property
+    def in_llamacpp(self) -> bool:
+        return self.timer is not None and self.timer.settings.runtime == "llamacpp"
+
+    def calibration_ids(self) -> Any:
+        """The calibration blocks (prune.heal_blocks of them, max_length tokens, from the training split only):
+        what healing fits and importance matrices are computed on. Seeded by train.seed."""
+        if self._calibration_ids is None:
+            self._calibration_ids = calibration_ids(self.prep.task, self.prep.tokenizer, blocks=self.heal_settings.blocks,
+                                                    max_length=int(cfg_get(self.prep.cfg, "max_length", 128)),
+                                                    seed=self.train.seed)
+        return self._calibration_ids
+
+    def calibration(self) -> Calibration:
+        """The base's residual streams on the calibration blocks (computed once per run)."""
+        if self._calibration is None:
+            t0 = time.perf_counter()
+            self._calibration = Calibration.of(self.prep.base, self.calibration_ids(),
+                                               batch_size=self.heal_settings.batch_size)
+            self.clock("healing", time.perf_counter() - t0)
+        return self._calibration
+
+    def moments(self, model: Any) -> dict[str, Any]:
+        """`model`'s input second moments per GGUF tensor on the calibration blocks (training text only): what GPTQ
+        rounds under and, on their diagonal, the importance matrix llama.cpp's quantizer weighs by. The base's are
+        computed once per run; a healed candidate's are read off its healing pass; any other's computed here."""
+        t0 = time.perf_counter()
+        try:
+            if model is self.prep.base:
+                if self._base_moments is None:
+                    self._base_moments = input_moments(model, self.calibration_ids())
+                return self._base_moments
+            stash = getattr(model, "nas_moments", None)
+            return stash if stash else input_moments(model, self.calibration_ids())
+        finally:
+            self.clock("calibration statistics", time.perf_counter() - t0)
 
     @property
     def pad_id(self) -> int:
