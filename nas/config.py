@@ -147,6 +147,7 @@ class TrainSchema:
     hidden_weight: float = MISSING
     distill_topk: int = MISSING
     precision: str = MISSING
+    lm_positions: str = MISSING
     eval_batch_size: int = MISSING
     seed: int = MISSING
     threads: int = MISSING

@@ -20,7 +20,7 @@ from torch import nn
 from nas.data.tasks import make_loader, sorted_by_length, tokenize
 from nas.models.loading import load_base_model, load_tokenizer
 from nas.quality.autocast import resolve_precision
-from nas.quality.lm import Progress, lm_loss, teacher_topk_logits
+from nas.quality.lm import Progress, lm_train_loss, positions_fraction, teacher_topk_logits
 from nas.quality.metrics import accuracy, model_inputs
 from nas.util import cache_key
 
@@ -48,6 +48,9 @@ class TrainSettings:
     hidden_weight: float = 1.0  # weight of the hidden-state term (distill=hidden)
     distill_topk: int = 0  # causal LMs: KL over the teacher's top-k next tokens, cached (0: full vocabulary, online)
     precision: str = "fp32"  # auto | fp32 | bf16 (nas.quality.autocast): a language model's training loop runs in it
+    # causal LMs: the share of each block's predicted positions a step's loss is taken on (the vocabulary head runs
+    # on those alone); auto: as much as keeps the head's cost under the layers' (nas.quality.lm.positions_fraction)
+    lm_positions: Any = "auto"
 
     @classmethod
     def from_cfg(cls, cfg: Mapping[str, Any], **overrides: Any) -> TrainSettings:
@@ -76,6 +79,13 @@ class TrainSettings:
         if isinstance(self.distill_topk, bool) or not isinstance(self.distill_topk, int) or self.distill_topk < 0:
             raise ValueError(f"train.distill_topk={self.distill_topk!r} must be an integer >= 0 (0: full-vocabulary KL)")
         resolve_precision(self.precision)
+        if self.lm_positions != "auto":
+            try:
+                share = float(self.lm_positions)
+            except (TypeError, ValueError):
+                share = -1.0
+            if not 0 < share <= 1:
+                raise ValueError(f"train.lm_positions={self.lm_positions!r} must be auto or a share in (0, 1]")
 
     @property
     def resolved_precision(self) -> str:
@@ -232,6 +242,8 @@ def _lightning_module_class() -> type:
             self.teacher_cache = teacher_cache if teacher_cache is not None else {}
             self.losses: list[float] = []
             self.hidden_losses: list[float] = []
+            self.positions = positions_fraction(model, settings.lm_positions)  # causal LMs (nas.quality.lm)
+            self.draws = torch.Generator().manual_seed(settings.seed)
 
         def on_fit_start(self) -> None:
             if self.teacher is not None:
@@ -254,17 +266,21 @@ def _lightning_module_class() -> type:
 
         def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
             hidden = self.teacher is not None and self.hidden_map is not None
-            out = self.model(**model_inputs(batch), output_hidden_states=hidden)
             w = self.settings.distill_weight
-            if out.logits.dim() == 3:  # a causal LM (nas.quality.lm): next-token loss, KL on next-token distributions
+            if batch["labels"].dim() == 2:  # a causal LM (nas.quality.lm): next-token loss, KL on next-token distributions
                 k = self.settings.distill_topk
                 topk = teacher_topk_logits(self.teacher, batch, k, self.teacher_cache,
                                            temperature=self.settings.temperature) \
                     if k and self.teacher is not None and w > 0 else None
-                loss = lm_loss(out.logits, batch, teacher=None if topk is not None else self.teacher, distill_weight=w,
-                               temperature=self.settings.temperature, teacher_topk=topk)
-            else:
-                loss = nn.functional.cross_entropy(out.logits.float(), batch["labels"])
+                loss = lm_train_loss(self.model, batch, fraction=self.positions, generator=self.draws,
+                                     teacher=None if topk is not None else self.teacher, distill_weight=w,
+                                     temperature=self.settings.temperature, teacher_topk=topk)
+                if not torch.isfinite(loss):
+                    raise FloatingPointError(f"non-finite training loss {loss.item()} at step {self.global_step}")
+                self.losses.append(float(loss.detach()))
+                return loss
+            out = self.model(**model_inputs(batch), output_hidden_states=hidden)
+            loss = nn.functional.cross_entropy(out.logits.float(), batch["labels"])
             teacher_logits = None
             if hidden:  # one teacher forward gives both its hidden states and its logits
                 with torch.no_grad():

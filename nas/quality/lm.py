@@ -33,6 +33,7 @@ from filelock import FileLock
 from torch import nn
 
 from nas.data.text import lm_blocks, lm_loader
+from nas.models.decoder import backbone
 from nas.models.loading import load_causal_lm, load_tokenizer
 from nas.quality.autocast import training_autocast
 from nas.quality.metrics import perplexity
@@ -49,7 +50,8 @@ log = logging.getLogger(__name__)
 
 def lm_loss(logits: torch.Tensor, batch: Mapping[str, torch.Tensor], *, teacher: nn.Module | None,
             distill_weight: float, temperature: float,
-            teacher_topk: tuple[torch.Tensor, torch.Tensor] | None = None) -> torch.Tensor:
+            teacher_topk: tuple[torch.Tensor, torch.Tensor] | None = None,
+            keep: torch.Tensor | None = None) -> torch.Tensor:
     """Next-token cross-entropy, mixed with KL(teacher || student) on next-token distributions.
 
     `teacher_topk` = (log-probabilities at the temperature, indices), each (B, T, k): the teacher's k most
@@ -58,16 +60,23 @@ def lm_loss(logits: torch.Tensor, batch: Mapping[str, torch.Tensor], *, teacher:
     whose probability is what the k leave (1 - their sum) on each side. It is a lower bound of the full
     KL (equal at k = vocabulary) with the same minimiser; renormalising the teacher over the k tokens
     instead would ask the student to put all its mass on them (measured: a 22-layer SmolLM2 cut went
-    from 110 to 167 validation perplexity in 10 steps that way, to 83 with the full KL)."""
+    from 110 to 167 validation perplexity in 10 steps that way, to 83 with the full KL).
+
+    `keep` (B, T - 1), optional: the positions the loss is taken on; `logits` then holds only those rows, in
+    order ((N, V): lm_train_loss computes the vocabulary head on the sampled positions alone)."""
     labels = batch["labels"][:, 1:]
     mask = batch.get("attention_mask")
     valid = (labels != -100) if mask is None else (mask[:, 1:].bool() & (labels != -100))
-    student = logits[:, :-1].float()  # position t predicts token t + 1
-    ce = nn.functional.cross_entropy(student[valid], labels[valid])
+    if keep is not None:
+        valid = keep
+        student = logits.float()  # (N, V): already the kept positions
+    else:
+        student = logits[:, :-1].float()[valid]  # position t predicts token t + 1
+    ce = nn.functional.cross_entropy(student, labels[valid])
     if distill_weight <= 0 or (teacher is None and teacher_topk is None):
         return ce
     t = temperature
-    log_q = nn.functional.log_softmax(student[valid] / t, dim=-1)  # (N, V)
+    log_q = nn.functional.log_softmax(student / t, dim=-1)  # (N, V)
     if teacher_topk is not None:
         log_p, index = (x[:, :-1][valid] for x in teacher_topk)  # (N, k) each
         log_p = log_p.float()
@@ -81,6 +90,46 @@ def lm_loss(logits: torch.Tensor, batch: Mapping[str, torch.Tensor], *, teacher:
             target = nn.functional.log_softmax(teacher(**inputs).logits[:, :-1].float()[valid] / t, dim=-1)
         kd = nn.functional.kl_div(log_q, target, log_target=True, reduction="batchmean") * (t * t)  # per token
     return (1 - distill_weight) * ce + distill_weight * kd
+
+
+POSITIONS_FLOOR = 1 / 16  # auto never trains a step on fewer than 1 in 16 of its predicted positions
+
+
+def positions_fraction(model: nn.Module, setting: Any) -> float:
+    """Of each block's predicted positions, the share a training step takes its loss on (train.lm_positions).
+    `auto`: the body's weights per token over the vocabulary head's (clamped to [1/16, 1]), so that the head's
+    logits (and softmax, and KL) cost a step no more than the model's layers do: 1 for SmolLM2 (106M in its
+    layers, 28M in its head), ~0.1 for a 4-layer 128-wide Llama with a 30,522-token vocabulary."""
+    if setting != "auto":
+        return float(setting)
+    head = getattr(model, "lm_head", None)
+    if not isinstance(head, nn.Linear):
+        return 1.0
+    body = sum(p.numel() for p in backbone(model).layers.parameters())
+    return max(POSITIONS_FLOOR, min(1.0, body / head.weight.numel()))
+
+
+def lm_train_loss(model: nn.Module, batch: Mapping[str, torch.Tensor], *, fraction: float = 1.0,
+                  generator: torch.Generator | None = None, teacher: nn.Module | None = None,
+                  distill_weight: float = 0.0, temperature: float = 1.0,
+                  teacher_topk: tuple[torch.Tensor, torch.Tensor] | None = None) -> torch.Tensor:
+    """A training step's loss (lm_loss) on a random `fraction` of each block's predicted positions: the model's
+    layers run on every token (each position still reads the whole context), the vocabulary head only on the
+    positions drawn, so a small model's step is not dominated by its logits. fraction 1: every position."""
+    if fraction >= 1:
+        out = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"])
+        return lm_loss(out.logits, batch, teacher=teacher, distill_weight=distill_weight, temperature=temperature,
+                       teacher_topk=teacher_topk)
+    hidden = backbone(model)(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).last_hidden_state
+    labels = batch["labels"][:, 1:]
+    valid = batch["attention_mask"][:, 1:].bool() & (labels != -100)
+    draw = torch.rand(valid.shape, generator=generator, device=valid.device) < fraction
+    keep = valid & draw
+    if not bool(keep.any()):
+        keep = valid
+    logits = model.lm_head(hidden[:, :-1][keep])  # (N, V): the head on the drawn positions only
+    return lm_loss(logits, batch, teacher=teacher, distill_weight=distill_weight, temperature=temperature,
+                   teacher_topk=teacher_topk, keep=keep)
 
 
 @torch.no_grad()
@@ -141,7 +190,7 @@ def finetune_lm(model: nn.Module, loader: Any, val_loader: Any, *, steps: int, l
                 warmup_ratio: float, eval_every: int, patience: int, what: str = "base LM", teacher: nn.Module | None = None,
                 distill_weight: float = 0.0, temperature: float = 1.0, topk: int = 0,
                 teacher_cache: dict[bytes, Any] | None = None, precision: str = "fp32",
-                deadline: float | None = None) -> dict[str, Any]:
+                deadline: float | None = None, positions: float = 1.0, seed: int = 0) -> dict[str, Any]:
     """Next-token training of `model` in place for up to `steps` steps (AdamW, warmup then linear decay over
     `steps`), validation perplexity every `eval_every` steps (step 0 included), `patience` validations without a
     new best stop it, and the best checkpoint (possibly the model as it came) is what it ends with.
@@ -149,12 +198,14 @@ def finetune_lm(model: nn.Module, loader: Any, val_loader: Any, *, steps: int, l
     With a `teacher` and `distill_weight` > 0 the loss mixes in the KL to the teacher's next-token distribution
     (over its top-`topk` tokens, cached in `teacher_cache`; 0: the whole vocabulary). `precision`: fp32, or bf16
     autocast for the forward and loss (nas.quality.autocast; validation stays fp32). `deadline`: a
-    time.perf_counter() value after which no step starts (the stage's time budget)."""
+    time.perf_counter() value after which no step starts (the stage's time budget). `positions`: the share of
+    each block's positions the loss is taken on (lm_train_loss; positions_fraction)."""
     t0 = time.perf_counter()
     curve = [{"step": 0, "validation": perplexity(model, val_loader), "seconds": 0.0}]
     best, best_step, bad = curve[0]["validation"], 0, 0
     best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
-    log.info("%s: validation perplexity %.2f before training; up to %d steps (%s)", what, best, steps, precision)
+    log.info("%s: validation perplexity %.2f before training; up to %d steps (%s%s)", what, best, steps, precision,
+             "" if positions >= 1 else f", the loss on {positions:.0%} of the positions")
     decay = [p for p in model.parameters() if p.ndim >= 2]
     rest = [p for p in model.parameters() if p.ndim < 2]
     opt = torch.optim.AdamW([{"params": decay, "weight_decay": weight_decay}, {"params": rest, "weight_decay": 0.0}],
@@ -165,6 +216,7 @@ def finetune_lm(model: nn.Module, loader: Any, val_loader: Any, *, steps: int, l
     progress = Progress(what, steps)
     losses: list[float] = []
     done, stop = 0, None
+    draws = torch.Generator().manual_seed(int(seed))  # which positions each step's loss is taken on
     distill = teacher is not None and distill_weight > 0
     if distill:
         teacher.eval()
@@ -177,10 +229,10 @@ def finetune_lm(model: nn.Module, loader: Any, val_loader: Any, *, steps: int, l
             topk_logits = teacher_topk_logits(teacher, batch, topk, teacher_cache, temperature=temperature) \
                 if distill and topk else None
             with training_autocast(precision):
-                out = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"])
-                loss = lm_loss(out.logits, batch, teacher=teacher if distill and not topk else None,
-                               distill_weight=distill_weight if distill else 0.0, temperature=temperature,
-                               teacher_topk=topk_logits)
+                loss = lm_train_loss(model, batch, fraction=positions, generator=draws,
+                                     teacher=teacher if distill and not topk else None,
+                                     distill_weight=distill_weight if distill else 0.0, temperature=temperature,
+                                     teacher_topk=topk_logits)
             if not torch.isfinite(loss):
                 raise FloatingPointError(f"{what}: non-finite loss {loss.item()} at step {done}")
             opt.zero_grad(set_to_none=True)
@@ -216,6 +268,7 @@ def finetune_lm(model: nn.Module, loader: Any, val_loader: Any, *, steps: int, l
     model.eval()
     return {"steps": done, "best_step": best_step, "validation_perplexity": best, "curve": curve,
             "stopped_early": stop is not None, "stopped": stop or "planned length", "precision": precision,
+            "positions": positions,
             "train_seconds": time.perf_counter() - t0,
             "final_loss": sum(losses[-10:]) / max(1, len(losses[-10:])) if losses else math.nan}
 
@@ -236,6 +289,8 @@ def lm_base_cached(*, model_name: str | None, task: Any, max_length: int, cache_
     precision = settings.resolved_precision if settings is not None else "fp32"
     if precision != "fp32":  # the base's weights depend on it (fp32 keeps the keys bases were cached under)
         fields["precision"] = precision
+    if getattr(settings, "lm_positions", "auto") != "auto":  # so do the positions its loss is taken on
+        fields["lm_positions"] = settings.lm_positions
     key = cache_key(what="lm_base", version=LM_BASE_VERSION, max_length=max_length, batch_size=batch,
                     recipe=asdict(recipe) if recipe is not None else None, settings=fields, **dict(key_parts))
     folder = Path(cache_dir) / "lm_base" / key if cache_dir is not None else None
@@ -249,6 +304,7 @@ def lm_base_cached(*, model_name: str | None, task: Any, max_length: int, cache_
             model = load_causal_lm(str(folder)) if info.get("steps") else load_causal_lm(model_name)
             return model, tokenizer, {**info, "cached": True, "key": key}
         model = load_causal_lm(model_name)
+        fraction = positions_fraction(model, getattr(settings, "lm_positions", "auto"))
         t0 = time.perf_counter()
         val_loader = lm_loader(lm_blocks(task, "validation", tokenizer, block=max_length), batch_size=eval_batch_size,
                                shuffle=False)
@@ -260,7 +316,8 @@ def lm_base_cached(*, model_name: str | None, task: Any, max_length: int, cache_
             torch.manual_seed(int(fields.get("seed", 0)))
             result = finetune_lm(model, loader, val_loader, steps=steps, lr=float(fields["lr"]),
                                  weight_decay=float(fields["weight_decay"]), warmup_ratio=float(fields["warmup_ratio"]),
-                                 eval_every=recipe.eval_every, patience=recipe.patience, precision=precision)
+                                 eval_every=recipe.eval_every, patience=recipe.patience, precision=precision,
+                                 positions=fraction, seed=int(fields.get("seed", 0)))
             info.update(result, steps=result["best_step"], steps_run=result["steps"], max_steps=steps,
                         tokens_trained=result["steps"] * batch * max_length, batch_size=batch,
                         pretrained_validation_perplexity=result["curve"][0]["validation"],
