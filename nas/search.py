@@ -46,7 +46,7 @@ def main() -> None:
 
     @hydra.main(config_path=str(CONF_DIR), config_name="config", version_base="1.3")
     def search(cfg: Any) -> None:
-        console = Console(soft_wrap=True, width=None if sys.stdout.isatty() else 120)
+        console = Console(soft_wrap=True, width=None if sys.stdout.isatty() else 170)
         run_dir = Path(HydraConfig.get().runtime.output_dir)
         protect_run(cfg, run_dir, real_storage)
         logging.getLogger("nas").setLevel(logging.INFO)

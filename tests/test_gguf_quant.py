@@ -15,7 +15,7 @@ import torch
 import tiny
 from nas.deploy.gguf import write_gguf
 from nas.deploy.gguf_quant import QUANT_TYPES, check_precision, file_tensors, llama_quantize
-from nas.deploy.imatrix import check_split, importance_matrix, matmul_modules
+from nas.deploy.imatrix import check_split, diagonal, input_moments, matmul_modules
 from nas.deploy.llamacpp import all_logits, llama_cpp_reason, load_gguf
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -46,7 +46,7 @@ def wide(tmp_path_factory):
     f32 = root / "m.f32.gguf"
     if llama_cpp_reason() is None:
         write_gguf(model, None, f32, kind="f32")
-    return {"root": root, "model": model, "ids": ids, "f32": f32, "imatrix": importance_matrix(model, ids)}
+    return {"root": root, "model": model, "ids": ids, "f32": f32, "imatrix": diagonal(input_moments(model, ids))}
 
 
 def logits(path, ids):

@@ -300,7 +300,7 @@ def test_smollm2_budget_applies_and_the_command_line_wins():
     """model=smollm2 brings conf/budget/smollm2.yaml (short fine-tunes, a 100-step final stage and a 60-step base fine-tune sized
     for a 135M model on 2 cores); any key on the command line overrides it; other models keep theirs."""
     cfg = compose(["model=smollm2", "data=shakespeare"])
-    assert (cfg.train.batch_size, cfg.final.max_steps, cfg.final.time_budget, cfg.search.n_trials) == (4, 100, 120, 5)
+    assert (cfg.train.batch_size, cfg.final.max_steps, cfg.final.time_budget, cfg.search.n_trials) == (4, 100, 60, 5)
     assert (cfg.base.max_steps, cfg.base.batch_size, cfg.base.eval_every) == (60, 4, 20)  # the fine-tuned LM base
     assert compose(["model=smollm2", "final.max_steps=7", "train.max_steps=3"]).final.max_steps == 7
     plain = compose([])
@@ -342,3 +342,60 @@ def test_llamacpp_runtime_times_gguf_decode_paired_with_the_base_and_names_three
         LatencySettings(runtime="onnxruntime", precision="q8_0").validate()
     with pytest.raises(ValueError, match="latency.runtime=llamacpp runs causal language models"):
         LatencySettings(runtime="llamacpp", precision="q8_0").resolved(lm=False)
+
+
+@pytest.mark.skipif(llama_cpp_reason() is not None, reason=str(llama_cpp_reason()))
+def test_gguf_precision_axis_quantization_alone_and_a_final_stage_on_the_clock(lm_env):
+    """A language model's space with a GGUF precision axis: each trial is written at the type it draws and scored by
+    llama.cpp on that file; the base at every offered type is measured beside the front (quantization alone); the
+    final stage stops on final.time_budget and keeps its best checkpoint."""
+    import pandas as pd
+    from omegaconf import open_dict
+
+    from nas.study.search import run_search
+
+    cfg = lm_cfg(lm_env, "search.final_k=1", "final.max_steps=500", "final.time_budget=2", "final.ppl_slack=100")
+    with open_dict(cfg):
+        cfg.space.precision = ["q8_0", "q4_0"]
+    run_dir = lm_env["root"] / "run_precision"
+    study, search = run_search(cfg, run_dir)
+    done = [t for t in study.trials if t.state.name == "COMPLETE" and "repeat_of" not in t.user_attrs]
+    assert done and all(t.user_attrs["precision"] in ("q8_0", "q4_0") for t in done)
+    assert all(t.user_attrs["val_perplexity"] > 1 and t.user_attrs["speedup"] > 0 for t in done)
+    alone = study.user_attrs["quantization_alone"]
+    assert set(alone) == {"q8_0", "q4_0"} and alone["q8_0"]["speedup"] == 1.0
+    assert alone["q4_0"]["val_perplexity"] > 1 and alone["q4_0"]["test_perplexity"] > 1 and alone["q4_0"]["speedup"] > 0
+    assert search.base_metrics["val_perplexity"] == pytest.approx(alone["q8_0"]["val_perplexity"])  # both in llama.cpp
+    front = pd.read_csv(run_dir / "pareto.csv")
+    row = front[front["state"] == "QUANT_ALONE"].iloc[0]
+    assert row["precision"] == "q4_0" and row["val_perplexity"] == pytest.approx(alone["q4_0"]["val_perplexity"])
+    (number, result), = study.user_attrs["final"].items()
+    assert result["stopped"] == "time budget" and result["steps"] < 500  # the clock, not the planned length
+    assert result["precision"] == study.trials[int(number)].user_attrs["precision"]
+    assert result["val_perplexity"] <= study.trials[int(number)].user_attrs["val_perplexity"] * 1.5
+
+
+def test_the_loss_on_a_share_of_the_positions_is_the_loss_of_those_positions():
+    """lm_train_loss with every position equals lm_loss; with a share, it equals lm_loss taken on the drawn
+    positions of the full logits (the head computed on those rows alone); auto keeps the head's cost under the
+    layers': 1 where the layers hold more weights than the head, less for a big vocabulary on a small model."""
+    from nas.quality.lm import lm_loss, lm_train_loss, positions_fraction
+
+    model = tiny.llama(vocab=V, layers=2, positions=64).train(False)
+    ids = torch.randint(3, V, (3, 20), generator=torch.Generator().manual_seed(0))
+    batch = {"input_ids": ids, "attention_mask": torch.ones_like(ids), "labels": ids}
+    teacher = tiny.llama(vocab=V, layers=2, positions=64, seed=1).eval()
+    with torch.no_grad():
+        full = lm_loss(model(input_ids=ids).logits, batch, teacher=teacher, distill_weight=0.5, temperature=2.0)
+        assert torch.allclose(lm_train_loss(model, batch, fraction=1.0, teacher=teacher, distill_weight=0.5,
+                                            temperature=2.0), full)
+        g = torch.Generator().manual_seed(3)
+        part = lm_train_loss(model, batch, fraction=0.3, generator=g, teacher=teacher, distill_weight=0.5,
+                             temperature=2.0)
+        keep = torch.rand((3, 19), generator=torch.Generator().manual_seed(3)) < 0.3  # the same draw
+        logits = model(input_ids=ids).logits[:, :-1][keep]
+        assert torch.allclose(part, lm_loss(logits, batch, teacher=teacher, distill_weight=0.5, temperature=2.0,
+                                            keep=keep), atol=1e-6)
+    assert positions_fraction(model, "auto") == 1.0 and positions_fraction(model, 0.25) == 0.25
+    wide = tiny.llama(vocab=30522, hidden=64, ffn=48, layers=2, positions=64)
+    assert 1 / 16 <= positions_fraction(wide, "auto") < 0.1  # 30,522 x 64 in the head, ~60k in the layers

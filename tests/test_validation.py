@@ -221,6 +221,11 @@ def test_cache_dir_under_a_file(env):
      "latency.keep_fp32 pattern 'clasifier' matches no Linear module of the model; module paths look like: "
      "bert.encoder.layer.0.attention.self.query, bert.encoder.layer.0.attention.self.key, "
      "bert.encoder.layer.0.attention.self.value, classifier"),
+    ("latency.imatrix=validation", "an importance matrix is computed from the training text only; "
+     "split='validation' is not allowed (allowed: train)"),
+    ("latency.rounding=awq", "latency.rounding='awq' is not known; allowed: gptq, llamacpp"),
+    ("prune.heal=ridge", "prune.heal='ridge' is not known; allowed: none, bias, lsq, auto"),
+    ("train.precision=fp16", "train.precision='fp16' is not known; allowed: auto, fp32, bf16"),
     ("final.rule=best", "final.rule='best' is not known; allowed: halving, fastest, accuracy"),
     ("final.time_budget=0", "final.time_budget=0 must be > 0 (seconds) or null (no limit)"),
     ("search.final_k=3 final.candidates=2", "final.candidates=2 is fewer than search.final_k=3: halving starts from "

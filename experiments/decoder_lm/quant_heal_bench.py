@@ -78,6 +78,7 @@ def main() -> None:
     settings = LatencySettings(runtime="llamacpp", precision="q8_0", rounds=args.rounds, sample_size=8, warmup=1,
                                threads=1).resolved(lm=True)
     timer = PairedTimer.for_prepared(prep, settings, max_length=int(cfg.max_length))
+    settings = timer.settings  # as the timer resolved it (decode, on a language-modelling task)
     timer.moments = ev.moments
     ev.timer = timer
     context = int(prep.shape.max_positions)

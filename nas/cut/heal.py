@@ -114,7 +114,8 @@ class Calibration:
         base.eval()
         try:
             for start in range(0, ids.shape[0], batch_size):
-                out = body(input_ids=ids[start:start + batch_size], output_hidden_states=True)
+                # the whole model, head included: hooks a caller holds (input moments for the quantizer) see it all
+                out = base(input_ids=ids[start:start + batch_size], output_hidden_states=True)
                 hidden = out.hidden_states  # (layers + 1) x (b, t, d); the last has the final norm applied
                 for i in range(n_layers):
                     streams[i].append(hidden[i].reshape(-1, hidden[i].shape[-1]).float())

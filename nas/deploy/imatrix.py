@@ -1,9 +1,8 @@
-"""Importance matrices for llama.cpp's quantizer, computed in torch.
-
-For every weight matrix llama.cpp multiplies by (each tensor nas.deploy.gguf writes that reads an
-activation), the mean of x^2 over calibration tokens for each input column, keyed by the GGUF tensor
-name: what llama.cpp's `llama-imatrix` collects, without a second runtime. The tied output layer is
-`token_embd.weight` (llama.cpp multiplies by that tensor); an untied one is `output.weight`.
+"""Calibration statistics for llama.cpp's quantizer, computed in torch: each weight matrix's input second
+moment E[x x^T] on calibration tokens (what GPTQ rounds under, nas.deploy.gptq) and its diagonal, the
+importance matrix (the mean of x^2 per input column: what llama.cpp's `llama-imatrix` collects, without a
+second runtime), keyed by the GGUF tensor name of every matrix llama.cpp multiplies by. The tied output layer
+is `token_embd.weight` (llama.cpp multiplies by that tensor); an untied one is `output.weight`.
 
 Calibration text comes from the task's training split only (`IMATRIX_SPLITS`): a matrix fitted on
 validation or test text would tune the rounding to the text the model is judged on.
@@ -11,13 +10,9 @@ validation or test text would tune the rounding to the text the model is judged 
 
 from __future__ import annotations
 
-import hashlib
-import json
+import contextlib
 import logging
-import os
-import time
-from collections.abc import Callable, Mapping, Sequence
-from pathlib import Path
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -74,42 +69,10 @@ def matmul_modules(model: nn.Module) -> list[tuple[str, nn.Module]]:
     return [(name, module) for names, module in input_sites(model) for name in names]
 
 
-@torch.no_grad()
-def importance_matrix(model: nn.Module, blocks: Sequence[Sequence[int]] | torch.Tensor, *,
-                      batch_size: int = 8) -> dict[str, np.ndarray]:
-    """{GGUF tensor name: mean x^2 per input column} of `model` over the token `blocks` (equal lengths)."""
-    sums: dict[str, torch.Tensor] = {}
-    counts: dict[str, int] = {}
-    hooks = []
-
-    def hook(name: str):
-        def record(module: nn.Module, args: tuple[torch.Tensor, ...]) -> None:
-            x = args[0].detach().reshape(-1, args[0].shape[-1]).double()
-            sums[name] = sums.get(name, 0) + (x * x).sum(0)
-            counts[name] = counts.get(name, 0) + x.shape[0]
-        return record
-
-    for name, module in matmul_modules(model):
-        hooks.append(module.register_forward_pre_hook(hook(name)))
-    ids = torch.as_tensor(np.asarray(blocks if not torch.is_tensor(blocks) else blocks.cpu()), dtype=torch.long)
-    was_training = model.training
-    model.eval()
-    try:
-        for start in range(0, ids.shape[0], batch_size):
-            model(input_ids=ids[start:start + batch_size])
-    finally:
-        for h in hooks:
-            h.remove()
-        model.train(was_training)
-    return {name: (sums[name] / counts[name]).float().numpy() for name in sums}
-
-
-@torch.no_grad()
-def input_moments(model: nn.Module, blocks: Sequence[Sequence[int]] | torch.Tensor, *,
-                  batch_size: int = 8) -> dict[str, torch.Tensor]:
-    """{GGUF tensor name: E[x x^T] over the tokens of `blocks`} for every matrix llama.cpp multiplies by: the
-    second moment of its inputs (what GPTQ rounds under, nas.deploy.gptq; its diagonal is the importance
-    matrix). Matrices that read the same input share one tensor object."""
+@contextlib.contextmanager
+def recording_moments(model: nn.Module) -> Iterator[Callable[[], dict[str, torch.Tensor]]]:
+    """While open, every forward of `model` adds its matrices' inputs to running second moments; the yielded
+    function returns them as input_moments does ({GGUF name: E[x x^T]}, one tensor per shared input)."""
     sums: dict[int, torch.Tensor] = {}
     counts: dict[int, int] = {}
     sites = input_sites(model)
@@ -121,22 +84,37 @@ def input_moments(model: nn.Module, blocks: Sequence[Sequence[int]] | torch.Tens
             counts[key] = counts.get(key, 0) + x.shape[0]
         return hook
 
+    def moments() -> dict[str, torch.Tensor]:
+        out: dict[str, torch.Tensor] = {}
+        for k, (names, _) in enumerate(sites):
+            if k in sums:
+                out.update(dict.fromkeys(names, (sums[k] / counts[k]).float()))
+        return out
+
     hooks = [module.register_forward_pre_hook(record(k)) for k, (_, module) in enumerate(sites)]
+    try:
+        yield moments
+    finally:
+        for h in hooks:
+            h.remove()
+
+
+@torch.no_grad()
+def input_moments(model: nn.Module, blocks: Sequence[Sequence[int]] | torch.Tensor, *,
+                  batch_size: int = 8) -> dict[str, torch.Tensor]:
+    """{GGUF tensor name: E[x x^T] over the tokens of `blocks`} for every matrix llama.cpp multiplies by: the
+    second moment of its inputs (what GPTQ rounds under, nas.deploy.gptq; its diagonal is the importance
+    matrix). Matrices that read the same input share one tensor object."""
     ids = torch.as_tensor(np.asarray(blocks if not torch.is_tensor(blocks) else blocks.cpu()), dtype=torch.long)
     was_training = model.training
     model.eval()
     try:
-        for start in range(0, ids.shape[0], batch_size):
-            model(input_ids=ids[start:start + batch_size])
+        with recording_moments(model) as moments:
+            for start in range(0, ids.shape[0], batch_size):
+                model(input_ids=ids[start:start + batch_size])
     finally:
-        for h in hooks:
-            h.remove()
         model.train(was_training)
-    out: dict[str, torch.Tensor] = {}
-    for k, (names, _) in enumerate(sites):
-        moment = (sums[k] / counts[k]).float()
-        out.update(dict.fromkeys(names, moment))
-    return out
+    return moments()
 
 
 def moments_of(ids: torch.Tensor) -> Callable[[nn.Module], dict[str, torch.Tensor]]:
@@ -154,28 +132,3 @@ def moments_of(ids: torch.Tensor) -> Callable[[nn.Module], dict[str, torch.Tenso
 def diagonal(moments: Mapping[str, torch.Tensor]) -> dict[str, np.ndarray]:
     """The importance matrix (mean x^2 per input column) of input second moments."""
     return {name: m.diagonal().numpy().copy() for name, m in moments.items()}
-
-
-def blocks_digest(blocks: Any) -> str:
-    return hashlib.sha256(np.ascontiguousarray(np.asarray(blocks, dtype=np.int64)).tobytes()).hexdigest()[:16]
-
-
-def cached_importance_matrix(model: nn.Module, blocks: Any, *, cache_dir: str | Path | None, key: str,
-                             batch_size: int = 8) -> dict[str, np.ndarray]:
-    """importance_matrix, cached on disk under cache_dir/imatrix by `key` (the model's identity: the base's
-    cache key, or a candidate's) and the blocks' digest; no cache_dir: computed each time."""
-    if cache_dir is None:
-        return importance_matrix(model, blocks, batch_size=batch_size)
-    path = Path(cache_dir) / "imatrix" / f"{key}-{blocks_digest(blocks)}.npz"
-    if path.is_file():
-        with np.load(path) as data:
-            return {name: data[name] for name in data.files}
-    t0 = time.perf_counter()
-    out = importance_matrix(model, blocks, batch_size=batch_size)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + f".tmp{os.getpid()}.npz")
-    np.savez(tmp, **out)
-    tmp.replace(path)
-    (path.with_suffix(".json")).write_text(json.dumps({"tensors": len(out), "seconds": round(time.perf_counter() - t0, 2),
-                                                       "blocks": int(np.asarray(blocks).shape[0])}))
-    return out

@@ -443,8 +443,8 @@ def evaluate_front_on_test(study: Any, *, weights: RunWeights, prep: Any, lm: bo
     attr = "test_perplexity" if lm else "test_accuracy"
     known = {int(k): v for k, v in (study.user_attrs.get(attr) or {}).items()}
     for trial in study.best_trials:
-        if trial.number in known or not weights.trial_path(trial.number).is_file():
-            continue
+        if trial.number in known or attr in trial.user_attrs or not weights.trial_path(trial.number).is_file():
+            continue  # a language model scored in llama.cpp has its test perplexity as deployed already
         model = weights.load(trial)
         loader = prep.loader("test", trial.user_attrs["context"], batch_size=batch_size, shuffle=False)
         known[trial.number] = evaluate(model, loader, lm=lm)[1]

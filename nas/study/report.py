@@ -251,7 +251,7 @@ def plot_pareto_png(trials: pd.DataFrame, front: pd.DataFrame, path: str | Path,
     ax.set_xlabel(COST_LABEL.get(cost, cost))
     ax.set_ylabel("validation " + quality[4:])
     ax.grid(alpha=0.3)
-    ax.legend(loc="lower right", fontsize=8)
+    ax.legend(loc="upper right" if quality.endswith("perplexity") else "lower right", fontsize=8)  # the empty corner
     fig.tight_layout()
     path = Path(path)
     tmp = path.with_name(f".{path.stem}.tmp{os.getpid()}{path.suffix}")

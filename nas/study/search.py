@@ -335,15 +335,13 @@ class Search:
             if precision == reference:
                 row = {"speedup": 1.0, "speedup_p10": 1.0, "speedup_p90": 1.0, "latency_ms": self.timer.base_latency_ms()}
                 path = self.timer.gguf_path("base")
-            else:
-                measured = self.timer.measure(self.prep.base, context=context, name="alone", precision=precision)
+            else:  # written where the base's own file at that type goes: the final stage's baselines reuse it
+                measured = self.timer.measure(self.prep.base, context=context, name="base", precision=precision)
                 row = {k: measured[k] for k in ("speedup", "speedup_p10", "speedup_p90", "latency_ms")}
-                path = self.timer.gguf_path("alone", precision)
+                path = self.timer.gguf_path("base", precision)
             row.update({f"{key}_perplexity": self.evaluator.gguf_perplexity(path, context, split)
                         for split, key in (("validation", "val"), ("test", "test"))})
             row.update(bytes=path.stat().st_size, seconds=round(time.perf_counter() - t0, 1))
-            if precision != reference:
-                path.unlink(missing_ok=True)
             known[precision] = row
             study.set_user_attr(QUANT_ALONE_ATTR, known)
             self.clock.add("quantization alone", row["seconds"])

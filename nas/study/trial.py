@@ -22,14 +22,14 @@ from nas.cut.heal import Calibration, HealSettings, heal
 from nas.cut.prune import prune_model
 from nas.cut.recovery import calibration_batches, recover
 from nas.data.transfer import build_transfer_texts
-from nas.deploy.imatrix import calibration_ids, input_moments
+from nas.deploy.imatrix import calibration_ids, input_moments, recording_moments
 from nas.deploy.llamacpp import file_perplexity
 from nas.deploy.onnx import onnx_session, session_accuracy
 from nas.models.registry import family_for
 from nas.models.slicing import kept_units
 from nas.quality.distill import DistillData, DistillRun, cached_teacher_logits
 from nas.quality.finetune import HiddenMap, finetune
-from nas.quality.lm import finetune_lm
+from nas.quality.lm import finetune_lm, positions_fraction
 from nas.quality.metrics import evaluate
 from nas.util import cfg_get
 
@@ -120,6 +120,8 @@ class Evaluator:
             if not path.is_file():  # a trial whose cost was not measured in this process
                 self.timer.write_gguf(model, path, precision=precision)
             metrics["val_perplexity"] = self.gguf_perplexity(path, spec.context, "validation")
+            # test as deployed too, while the file is here (a report only: nothing in the search reads it)
+            metrics["test_perplexity"] = self.gguf_perplexity(path, spec.context, "test")
             path.unlink(missing_ok=True)  # the final stage writes its members again
             metrics["seconds_eval"] = time.perf_counter() - t0
             self.clock("evaluation", metrics["seconds_eval"])
@@ -167,15 +169,19 @@ class Evaluator:
         from the base (top-k KL, cached per block), in settings' precision (bf16 where native), validation
         perplexity every `eval_every` steps with early stopping, the best checkpoint kept (possibly the model as it
         came), no step started after `deadline` (time.perf_counter())."""
-        model.__dict__.pop("nas_moments", None)  # the healing pass's input moments no longer hold
+        moments = model.__dict__.pop("nas_moments", None)  # the healing pass's input moments hold until it trains
         loader = self.prep.loader("train", spec.context, batch_size=settings.batch_size, shuffle=True, seed=settings.seed)
         val = self.prep.loader("validation", spec.context, batch_size=self.train.eval_batch_size, shuffle=False)
-        return finetune_lm(model, loader, val, steps=settings.max_steps, lr=settings.lr,
+        result = finetune_lm(model, loader, val, steps=settings.max_steps, lr=settings.lr,
                            weight_decay=settings.weight_decay, warmup_ratio=settings.warmup_ratio,
                            eval_every=eval_every, patience=patience, what=progress, teacher=self.prep.base,
                            distill_weight=settings.distill_weight, temperature=settings.temperature,
                            topk=settings.distill_topk, teacher_cache=self.teacher_cache,
-                           precision=settings.resolved_precision, deadline=deadline)
+                           precision=settings.resolved_precision, deadline=deadline,
+                           positions=positions_fraction(model, settings.lm_positions), seed=settings.seed)
+        if result["best_step"] == 0 and moments:  # it ends with the weights it came with: their moments still hold
+            model.nas_moments = moments
+        return result
 
     def lm_baselines(self, precision: str | None) -> tuple[str, ...]:
         """What a language model's final member is timed against: the base at the run's reference type, and the
@@ -269,8 +275,10 @@ class Evaluator:
         """The base's residual streams on the calibration blocks (computed once per run)."""
         if self._calibration is None:
             t0 = time.perf_counter()
-            self._calibration = Calibration.of(self.prep.base, self.calibration_ids(),
-                                               batch_size=self.heal_settings.batch_size)
+            with recording_moments(self.prep.base) as moments:  # one pass of the base gives both
+                self._calibration = Calibration.of(self.prep.base, self.calibration_ids(),
+                                                   batch_size=self.heal_settings.batch_size)
+            self._base_moments = self._base_moments or moments()
             self.clock("healing", time.perf_counter() - t0)
         return self._calibration
 
@@ -281,6 +289,8 @@ class Evaluator:
         t0 = time.perf_counter()
         try:
             if model is self.prep.base:
+                if self._base_moments is None and self.heal_settings.active:
+                    self.calibration()  # its pass records the base's moments too
                 if self._base_moments is None:
                     self._base_moments = input_moments(model, self.calibration_ids())
                 return self._base_moments
