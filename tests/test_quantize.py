@@ -208,3 +208,27 @@ def test_latency_table_is_for_encoders(tiny_env, tmp_path):
     assert str(info.value) == ("latency.model=table knows encoder classifiers; decoder models: set "
                                "latency.model=measured (or auto)")
     assert not (tmp_path / "cache" / "base").exists()
+
+
+def test_int8_accuracy_is_scored_as_served_one_review_at_a_time(exported, reviews, minilm_tokenizer):
+    """session_accuracy (final stage, nas.export, nas.train, benchmarks) equals a loop that feeds each review alone,
+    tokenized alone (no padding), exactly; a padded batch moves dynamic int8's activation scale."""
+    from nas.config import compose
+    from nas.data.tasks import load_task
+    from nas.deploy.onnx import session_accuracy
+
+    int8 = quantize_onnx(exported / "model.onnx", exported / "served.int8.onnx", QuantSettings())
+    session = onnx_session(int8, threads=1)
+    texts = load_task(compose([])["data"]).validation["text"][:200]
+    labels = np.array([1, 0] * 100)  # any labels: both sides are scored against the same ones
+    batches = [{**b, "labels": labels[i * 20:(i + 1) * 20]} for i, b in enumerate(reviews)]
+    served = session_accuracy(session, batches)
+    alone, logits = [], []
+    for text in texts:
+        enc = minilm_tokenizer(text, truncation=True, max_length=64, return_tensors="np")
+        feed = {"input_ids": enc["input_ids"].astype(np.int64), "attention_mask": enc["attention_mask"].astype(np.int64)}
+        logits.append(session.run(None, feed)[0][0])
+        alone.append(int(logits[-1].argmax()))
+    assert served == float(np.mean(np.array(alone) == labels))
+    padded = np.concatenate([session.run(None, {k: b[k] for k in ("input_ids", "attention_mask")})[0] for b in reviews])
+    assert np.abs(padded - np.array(logits)).max() > 1e-4  # why: padding rows move dynamic int8's activation scale

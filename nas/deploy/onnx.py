@@ -70,16 +70,19 @@ def onnx_session(path: str | Path, *, threads: int) -> Any:
 
 
 def session_accuracy(session: Any, batches: Iterable[Mapping[str, Any]]) -> float:
-    """Accuracy of a classifier's ONNX session over a loader's batches ({input_ids, attention_mask, labels})."""
+    """Accuracy of a classifier's ONNX session over a loader's batches ({input_ids, attention_mask, labels}), scored
+    as the model is served: one input at a time, its real tokens only. Batched, an int8 model would score another
+    accuracy: dynamic quantization takes one activation scale per tensor, so padding rows move it (the same int8
+    model: 0.8155 batched in the final stage, 0.8111 batched in an export, 0.8133 one review at a time)."""
     wanted = {i.name for i in session.get_inputs()}
     correct = total = 0
     for batch in batches:
-        feed = {k: np.asarray(v.numpy() if hasattr(v, "numpy") else v, dtype=np.int64)
-                for k, v in batch.items() if k in wanted}
-        logits = session.run(None, feed)[0]
-        labels = np.asarray(batch["labels"])
-        correct += int((logits.argmax(-1) == labels).sum())
-        total += int(labels.shape[0])
+        arrays = {k: np.asarray(v.numpy() if hasattr(v, "numpy") else v) for k, v in batch.items()}
+        mask = arrays.get("attention_mask", np.ones_like(arrays["input_ids"])).astype(bool)
+        for i, label in enumerate(arrays["labels"]):
+            feed = {k: arrays[k][i][mask[i]][None].astype(np.int64) for k in wanted if k in arrays}  # (1, tokens)
+            correct += int(session.run(None, feed)[0][0].argmax() == label)
+            total += 1
     if total == 0:
         raise ValueError("no inputs to evaluate the ONNX session on")
     return correct / total
