@@ -222,7 +222,7 @@ def test_cache_dir_under_a_file(env):
      "bert.encoder.layer.0.attention.self.query, bert.encoder.layer.0.attention.self.key, "
      "bert.encoder.layer.0.attention.self.value, classifier"),
     ("latency.imatrix=validation", "an importance matrix is computed from the training text only; "
-     "split='validation' is not allowed (allowed: train)"),
+     "split='validation' is not allowed (allowed: train): validation and test judge the model"),
     ("latency.rounding=awq", "latency.rounding='awq' is not known; allowed: gptq, llamacpp"),
     ("prune.heal=ridge", "prune.heal='ridge' is not known; allowed: none, bias, lsq, auto"),
     ("train.precision=fp16", "train.precision='fp16' is not known; allowed: auto, fp32, bf16"),
