@@ -297,10 +297,10 @@ def test_final_training_of_an_lm_shape(lm_env, tmp_path):
 
 
 def test_smollm2_budget_applies_and_the_command_line_wins():
-    """model=smollm2 brings conf/budget/smollm2.yaml (short fine-tunes, a 100-step final stage and a 60-step base fine-tune sized
+    """model=smollm2 brings conf/budget/smollm2.yaml (short fine-tunes, a final stage that measures its members untrained and a 60-step base fine-tune sized
     for a 135M model on 2 cores); any key on the command line overrides it; other models keep theirs."""
     cfg = compose(["model=smollm2", "data=shakespeare"])
-    assert (cfg.train.batch_size, cfg.final.max_steps, cfg.final.time_budget, cfg.search.n_trials) == (4, 100, 60, 5)
+    assert (cfg.train.batch_size, cfg.final.max_steps, cfg.final.time_budget, cfg.search.n_trials) == (4, 0, 60, 5)
     assert (cfg.base.max_steps, cfg.base.batch_size, cfg.base.eval_every) == (60, 4, 20)  # the fine-tuned LM base
     assert compose(["model=smollm2", "final.max_steps=7", "train.max_steps=3"]).final.max_steps == 7
     plain = compose([])
@@ -373,6 +373,20 @@ def test_gguf_precision_axis_quantization_alone_and_a_final_stage_on_the_clock(l
     assert result["stopped"] == "time budget" and result["steps"] < 500  # the clock, not the planned length
     assert result["precision"] == study.trials[int(number)].user_attrs["precision"]
     assert result["val_perplexity"] <= study.trials[int(number)].user_attrs["val_perplexity"] * 1.5
+
+
+@pytest.mark.skipif(llama_cpp_reason() is not None, reason=str(llama_cpp_reason()))
+def test_a_final_stage_of_zero_steps_measures_its_members_untrained(lm_env):
+    """final.max_steps=0 (the SmolLM2 budget's: training after healing does not pay there): the member is its healed
+    trial as it is, measured as deployed; its file scores what the trial's scored."""
+    from nas.study.search import run_search
+
+    cfg = lm_cfg(lm_env, "search.final_k=1", "final.max_steps=0", "final.ppl_slack=100")
+    study, _ = run_search(cfg, lm_env["root"] / "run_zero")
+    (number, result), = study.user_attrs["final"].items()
+    assert result["steps"] == 0 and result["stopped"] == "final.max_steps=0"
+    trial = study.trials[int(number)].user_attrs
+    assert result["val_perplexity_deployed"] == pytest.approx(trial["val_perplexity"], rel=0.02)
 
 
 def test_the_loss_on_a_share_of_the_positions_is_the_loss_of_those_positions():

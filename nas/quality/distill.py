@@ -59,8 +59,9 @@ class FinalRecipe:
     def validate(self) -> None:
         if self.max_steps is None and not self.max_epochs > 0:
             raise ValueError(f"final.max_epochs={self.max_epochs} must be > 0 (or set final.max_steps)")
-        if self.max_steps is not None and self.max_steps < 1:
-            raise ValueError(f"final.max_steps={self.max_steps} must be >= 1 or null (null: final.max_epochs decides)")
+        if self.max_steps is not None and self.max_steps < 0:
+            raise ValueError(f"final.max_steps={self.max_steps} must be >= 0 or null (null: final.max_epochs decides; "
+                             "0: members are not trained, only measured as deployed)")
         if self.eval_every < 1:
             raise ValueError(f"final.eval_every={self.eval_every} must be >= 1 (steps)")
         if self.patience < 0:

@@ -3,10 +3,11 @@
 `final_stage` chooses front members by final.rule (nas.study.settings.FinalSettings), trains them to
 convergence with the final recipe (nas.quality.distill: epochs, validation early stopping, best
 checkpoint), measures each on validation and test and as deployed, and names the winner: the fastest
-member within final.band points of the base. With the halving rule, several fast candidates are
-trained briefly first and only the better half goes on, rung after rung. The whole stage keeps to
-final.time_budget. It is resumable: members done are not trained again, candidates eliminated stay
-out, and survivors of a finished rung resume from the weights saved at its end.
+member within final.band points of the base on the judge rows (validation rows no selection read). With
+the halving rule, several fast candidates are trained briefly first and only the half whose validation
+curves project highest at their planned length (projected_accuracy) goes on, rung after rung. The whole
+stage keeps to final.time_budget. It is resumable: members done are not trained again, candidates
+eliminated stay out, and survivors of a finished rung resume from the weights saved at its end.
 
 A language-modelling study's final stage (`lm_final_stage`) trains the fastest front members within
 final.ppl_slack of the base's perplexity a fixed final.max_steps with the trials' trainer
@@ -378,8 +379,10 @@ def lm_final_stage(study: Any, *, weights: RunWeights, evaluator: Any, objective
            f"{close} front member(s) within {1 + settings.ppl_slack:g}x the base's perplexity ({base_ppl:.2f}), the "
            "lowest perplexities fill up")
     budget = "" if settings.time_budget is None else f" within final.time_budget={settings.time_budget:g}s"
-    say(f"final stage: {how}: {shapes}; each up to {fs.max_steps} more steps{budget} (lr {fs.lr:g}, distill weight "
-        f"{fs.distill_weight:g}, top-{fs.distill_topk or 'all'} KL, {fs.resolved_precision})"
+    training = (f"each up to {fs.max_steps} more steps{budget} (lr {fs.lr:g}, distill weight {fs.distill_weight:g}, "
+                f"top-{fs.distill_topk or 'all'} KL, {fs.resolved_precision})" if fs.max_steps > 0 else
+                "not trained (final.max_steps=0): measured as deployed")
+    say(f"final stage: {how}: {shapes}; {training}"
         + (f"; {len(chosen) - len(todo)} done before" if len(todo) < len(chosen) else ""))
     base_deployed_ppl = float(base.get("val_perplexity_deployed") or base_ppl)
     for i, number in enumerate(todo):
@@ -393,8 +396,12 @@ def lm_final_stage(study: Any, *, weights: RunWeights, evaluator: Any, objective
         t0 = time.perf_counter()
         # an equal share of what is left: a member that stops early leaves its time to the next ones
         share = None if deadline is None else t0 + max(0.0, deadline - t0) / (len(todo) - i)
-        trained = evaluator.fit_lm(model, spec, fs, progress=f"final member {number}", deadline=share,
-                                   eval_every=settings.recipe.eval_every, patience=settings.recipe.patience)
+        if fs.max_steps > 0:
+            trained = evaluator.fit_lm(model, spec, fs, progress=f"final member {number}", deadline=share,
+                                       eval_every=settings.recipe.eval_every, patience=settings.recipe.patience)
+        else:  # final.max_steps=0: the healed trial as it is, measured as deployed
+            trained = {"validation_perplexity": evaluator.quality_of(model, spec, "validation")[1], "steps": 0,
+                       "best_step": 0, "stopped": "final.max_steps=0", "precision": "none"}
         seconds = time.perf_counter() - t0
         clock("final training", seconds)
         t0 = time.perf_counter()
