@@ -5,7 +5,7 @@ in onnxruntime int8, each speedup over its named baseline, with paired bootstrap
 
 For every front member (final-trained weights where the final stage trained it) and for the unpruned
 base quantized alone (the int8-only row):
-- test accuracy as deployed (its int8 ONNX session) and in fp32 (torch), per review;
+- test accuracy as deployed (its int8 ONNX session, one review at a time as served) and in fp32 (torch), per review;
 - its speedup, timed in paired rounds with each baseline in turn on real validation reviews (batch 1,
   1 thread), over (a) the base in torch fp32, (b) the base in onnxruntime fp32, (c) the base in
   onnxruntime int8 quantized the same way (quantization alone);
@@ -30,20 +30,19 @@ sys.path.insert(0, str(HERE.parent.parent))
 
 
 def correct(session_or_model, loader) -> np.ndarray:
-    """Per-review correctness (1/0) of an onnxruntime session or a torch model over a loader."""
+    """Per-review correctness (1/0) of an onnxruntime session (as served: one review at a time, its real tokens;
+    nas.deploy.onnx.session_correct) or a torch fp32 model (batched: padding is masked out exactly in fp32)."""
     import torch
 
+    from nas.deploy.onnx import session_correct
+
+    if hasattr(session_or_model, "run"):
+        return session_correct(session_or_model, loader)
     out = []
     for batch in loader:
-        labels = batch["labels"].numpy()
-        if hasattr(session_or_model, "run"):
-            feed = {k: batch[k].numpy().astype(np.int64) for k in ("input_ids", "attention_mask")}
-            logits = session_or_model.run(None, feed)[0]
-        else:
-            with torch.inference_mode():
-                logits = session_or_model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
-            logits = logits.numpy()
-        out.append((logits.argmax(-1) == labels).astype(np.int8))
+        with torch.inference_mode():
+            logits = session_or_model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+        out.append((logits.numpy().argmax(-1) == batch["labels"].numpy()).astype(np.int8))
     return np.concatenate(out)
 
 

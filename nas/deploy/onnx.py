@@ -69,20 +69,26 @@ def onnx_session(path: str | Path, *, threads: int) -> Any:
     return ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
 
 
-def session_accuracy(session: Any, batches: Iterable[Mapping[str, Any]]) -> float:
-    """Accuracy of a classifier's ONNX session over a loader's batches ({input_ids, attention_mask, labels}), scored
-    as the model is served: one input at a time, its real tokens only. Batched, an int8 model would score another
-    accuracy: dynamic quantization takes one activation scale per tensor, so padding rows move it (the same int8
-    model: 0.8155 batched in the final stage, 0.8111 batched in an export, 0.8133 one review at a time)."""
+def session_correct(session: Any, batches: Iterable[Mapping[str, Any]]) -> np.ndarray:
+    """Per input of a loader's batches ({input_ids, attention_mask, labels}), 1 where a classifier's ONNX session
+    predicts its label, scored as the model is served: one input at a time, its real tokens only. Batched, an int8
+    model would score another accuracy: dynamic quantization takes one activation scale per tensor, so padding rows
+    move it (the same int8 model: 0.8155 batched in the final stage, 0.8111 batched in an export, 0.8133 one review
+    at a time)."""
     wanted = {i.name for i in session.get_inputs()}
-    correct = total = 0
+    out: list[int] = []
     for batch in batches:
         arrays = {k: np.asarray(v.numpy() if hasattr(v, "numpy") else v) for k, v in batch.items()}
         mask = arrays.get("attention_mask", np.ones_like(arrays["input_ids"])).astype(bool)
         for i, label in enumerate(arrays["labels"]):
             feed = {k: arrays[k][i][mask[i]][None].astype(np.int64) for k in wanted if k in arrays}  # (1, tokens)
-            correct += int(session.run(None, feed)[0][0].argmax() == label)
-            total += 1
-    if total == 0:
+            out.append(int(session.run(None, feed)[0][0].argmax() == label))
+    return np.asarray(out, dtype=np.int8)
+
+
+def session_accuracy(session: Any, batches: Iterable[Mapping[str, Any]]) -> float:
+    """Accuracy of a classifier's ONNX session as served (session_correct: one input at a time)."""
+    correct = session_correct(session, batches)
+    if correct.size == 0:
         raise ValueError("no inputs to evaluate the ONNX session on")
-    return correct / total
+    return float(correct.mean())
