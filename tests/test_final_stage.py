@@ -166,7 +166,8 @@ def four_candidates(monkeypatch):
 
 def test_halving_trains_exactly_its_budget_and_export_takes_the_winner(tiny_env, fits, members, four_candidates,
                                                                       tmp_path):
-    """Four candidates, final_k=2: four members start, one rung of 2 steps each, the better two go on to
+    """Four candidates, final_k=2: four members start, one rung of 2 steps each (validated at 1 and 2), the two
+    projected best go on to
     the planned 6 steps, nobody else trains; best.yaml and nas.export take the winner's weights."""
     from omegaconf import OmegaConf
 
@@ -219,7 +220,7 @@ def test_a_run_killed_in_the_final_stage_resumes_it(tiny_env, fits, members, fou
 
     run_dir = tmp_path / "run"
     cfg = make_cfg(tiny_env, *FINAL)
-    members.kill = 6  # 4 rung advances, the first survivor's, then the second's: killed
+    members.kill = 10  # 8 rung advances (validated at steps 1 and 2), the first survivor's, then the second's: killed
     with pytest.raises(KeyboardInterrupt):
         run_search(cfg, run_dir)
     trial_fits = len(fits)
@@ -269,6 +270,19 @@ def test_the_member_rules_choose_from_the_front():
     assert survivors(acc, cost, 2) == [3, 1]
     assert survivors(acc, cost, 3) == [3, 1, 2]
     assert survivors(acc, cost, 4) == [3, 1, 2, 4]
+    # a rung ranks where each curve is heading: a deep cut still climbing steeply goes on, a mild cut that has
+    # plateaued higher for now goes out
+    from nas.study.final import projected_accuracy
+    late = [{"step": s, "validation": a} for s, a in ((25, 0.62), (50, 0.68), (75, 0.72), (100, 0.75))]
+    flat = [{"step": s, "validation": 0.79} for s in (25, 50, 75, 100)]
+    projected = {1: projected_accuracy(late, 800), 2: projected_accuracy(flat, 800)}
+    assert projected[2] == pytest.approx(0.79) and projected[1] > projected[2]
+    assert survivors(projected, {1: 0.2, 2: 0.3}, 1) == [1]
+    assert survivors({1: 0.75, 2: 0.79}, {1: 0.2, 2: 0.3}, 1) == [2]  # by the best seen, it would have gone out
+    assert projected_accuracy(late, 800) <= 0.75 + 0.05  # never more than MAX_PROJECTED_GAIN above the best seen
+    falling = [{"step": s, "validation": a} for s, a in ((25, 0.80), (50, 0.78), (75, 0.77), (100, 0.76))]
+    assert projected_accuracy(falling, 800) == 0.80  # a curve projects no loss below its best
+    assert projected_accuracy(late[:1], 800) == 0.62  # one point: the best seen
     # the winner: the fastest within the band, as deployed; none within: the most accurate
     final = {"2": {"val_accuracy": 0.84, "val_accuracy_deployed": 0.851, "speedup_over_torch_fp32_base": 9.0},
              "3": {"val_accuracy": 0.86, "val_accuracy_deployed": 0.857, "speedup_over_torch_fp32_base": 6.0},

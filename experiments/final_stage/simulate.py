@@ -9,6 +9,9 @@ accuracy every 100 steps, with the seconds each step and each validation took) a
               rungs of 100, 100, 200... steps keeping the more accurate half (nas.study.final.survivors),
               until final_k are left; those share the remaining time and stop after `patience`
               validations without gain
+    halving-projected  the same, each rung ranking by the accuracy the curve so far projects at the planned
+              length (nas.study.final.projected_accuracy; these curves have a point every 100 steps, so the
+              first rung has one point and ranks as halving does)
     halving-pareto  the same with the rung keeping whole Pareto layers of (accuracy, latency) instead
     fastest   the final_k fastest within the slack, sharing the time
     accuracy  the front's most accurate members at spread ranks (the rule before this one)
@@ -33,7 +36,7 @@ HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent.parent
 sys.path.insert(0, str(ROOT))
 
-from nas.study.final import survivors  # noqa: E402  the rung rule the stage itself uses
+from nas.study.final import projected_accuracy, survivors  # noqa: E402  the rung rule the stage itself uses
 
 
 def prefix(entry: dict, steps: int, *, patience: int = 3) -> dict:
@@ -103,6 +106,9 @@ def run_rule(rule: str, curves: dict, budget: float, *, base_val: float, k: int 
                 spent += after["seconds"] - before
                 steps_done[n] = after["steps"]
                 acc[n] = after["val"]
+                if rule == "halving-projected":  # where the curve so far projects at the planned length
+                    seen = [p for p in members[n]["curve"] if p["step"] <= until]
+                    acc[n] = projected_accuracy(seen, members[n]["planned"])
             keep = keep_rule(acc, cost, max(k, math.ceil(len(alive) / 2)))
             history.append({"steps": until, "val": acc, "kept": keep})
             alive, r = keep, r + 1
@@ -140,7 +146,7 @@ def main() -> None:
                  "speedup (a) / (b) / (c) |")
     lines.append("|---|---|---|---|---|---|---|")
     for budget in args.budgets:
-        for rule in ("halving", "halving-pareto", "fastest", "accuracy"):
+        for rule in ("halving", "halving-projected", "halving-pareto", "fastest", "accuracy"):
             out = run_rule(rule, curves, budget, base_val=base_val)
             w = out["winner"]
             m = out["members"][w]

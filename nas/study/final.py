@@ -71,10 +71,38 @@ def choose_members(front: pd.DataFrame, settings: Any, *, base_quality: float, c
 
 
 def survivors(accuracy: Mapping[int, float], cost: Mapping[int, float], keep: int) -> list[int]:
-    """The `keep` best candidates of a rung: the most accurate on validation (a tie: the faster). The
+    """The `keep` best candidates of a rung: the most accurate on validation (projected_accuracy: where each
+    will end; a tie: the faster). The
     pool is already the fastest front members, so accuracy decides; by Pareto layers instead, the
     fastest candidate would always go on, however far below the band it is."""
     return sorted(accuracy, key=lambda n: (-accuracy[n], cost[n]))[:keep]
+
+
+RUNG_POINTS = 4  # validations per rung: the points a candidate's curve is projected from
+MAX_PROJECTED_GAIN = 0.05  # a projection adds at most this much accuracy to the best a candidate has shown
+
+
+def projected_accuracy(curve: Sequence[Mapping[str, float]], total: int) -> float:
+    """A candidate's validation accuracy projected to its planned length `total` from the curve so far
+    ({step, validation} points), so that a rung compares candidates where they will end, not where they are: a deep
+    cut that is still climbing steeply ranks above a mild one that has plateaued, though it is behind now.
+
+    The points after step 0 are fitted by least squares with a - b / sqrt(step) (learning curves of fine-tuning
+    flatten like a power of the step), b >= 0 (a curve projects no loss), then evaluated at `total`. The projection
+    lies between the best accuracy seen and that plus MAX_PROJECTED_GAIN (a few noisy points do not project a
+    jump); under two points it is the best seen."""
+    points = [(float(p["step"]), float(p["validation"])) for p in curve if p["step"] > 0]
+    best = max((float(p["validation"]) for p in curve), default=float("nan"))
+    if len({s for s, _ in points}) < 2:
+        return best
+    xs = [s ** -0.5 for s, _ in points]
+    ys = [a for _, a in points]
+    mx, my = sum(xs) / len(xs), sum(ys) / len(ys)
+    slope = sum((x - mx) * (y - my) for x, y in zip(xs, ys)) / sum((x - mx) ** 2 for x in xs)
+    b = max(0.0, -slope)  # accuracy = a - b * x: rises as x = step^-0.5 falls
+    a = my + b * mx
+    projected = a - b * float(max(total, max(s for s, _ in points))) ** -0.5
+    return min(max(projected, best), best + MAX_PROJECTED_GAIN)
 
 
 def within_band(accuracy: float, *, base_quality: float, band: float) -> bool:
@@ -82,12 +110,22 @@ def within_band(accuracy: float, *, base_quality: float, band: float) -> bool:
     return accuracy >= base_quality - band / 100 - 1e-12
 
 
+def band_accuracy(result: Mapping[str, Any]) -> float | None:
+    """The accuracy a final member is judged on for the band: on the judge rows as deployed where they are held
+    out (no early stopping, checkpoint or rung read them), else on validation (as deployed where measured)."""
+    for key in ("judge_accuracy_deployed", "val_accuracy_deployed", "val_accuracy"):
+        if result.get(key) is not None:
+            return float(result[key])
+    return None
+
+
 def winner(final: Mapping[str, Mapping[str, Any]], *, base_quality: float, band: float) -> int | None:
-    """The fastest final member within `band` points of the base's validation accuracy, as deployed
-    (its deployed accuracy and measured speedup where it has them); none within: the most accurate."""
+    """The fastest final member within `band` points of the base's accuracy (`base_quality`: on the judge rows
+    where held out), each member as deployed (band_accuracy; its measured speedup where it has one); none within:
+    the most accurate."""
     rows = []
     for n, r in final.items():
-        acc = r.get("val_accuracy_deployed", r.get("val_accuracy"))
+        acc = band_accuracy(r)
         speed = r.get("speedup_over_torch_fp32_base", r.get("speedup"))
         if acc is not None:
             rows.append((int(n), float(acc), float(speed) if speed is not None else 0.0))
@@ -216,14 +254,19 @@ class FinalStage:
             for n in alive:
                 run = runs.get(n) or self._start(n, trials[n], plan)
                 runs[n] = run
-                run.advance(until=until, deadline=self.deadline)
+                start = run.step  # validated up to RUNG_POINTS times on the way: the curve it is projected from
+                for stop in sorted({start + math.ceil((until - start) * i / RUNG_POINTS) for i in range(1, RUNG_POINTS + 1)}):
+                    run.advance(until=stop, deadline=self.deadline)
             self._add(f"halving rung {rung}", time.perf_counter() - t0)
             accuracy = {n: runs[n].best_accuracy for n in alive}
-            keep = survivors(accuracy, costs, max(k, math.ceil(len(alive) / 2)))
-            self.say(f"final rung {rung}: {len(alive)} candidates at {until} steps: "
-                     + ", ".join(f"{n} {accuracy[n]:.4f} ({1 / costs[n]:.2f}x){'' if n in keep else ' out'}" for n in alive)
-                     + f" [{time.perf_counter() - t0:.0f}s]")
+            projected = {n: projected_accuracy(runs[n].curve, runs[n].total) for n in alive}
+            keep = survivors(projected, costs, max(k, math.ceil(len(alive) / 2)))
+            self.say(f"final rung {rung}: {len(alive)} candidates at {until} steps, best val acc -> projected to their "
+                     "planned length: " + ", ".join(
+                         f"{n} {accuracy[n]:.4f} -> {projected[n]:.4f} ({1 / costs[n]:.2f}x){'' if n in keep else ' out'}"
+                         for n in alive) + f" [{time.perf_counter() - t0:.0f}s]")
             plan["rungs"].append({"steps": until, "val_accuracy": {str(n): accuracy[n] for n in alive},
+                                  "projected": {str(n): projected[n] for n in alive},
                                   "kept": keep, "seconds": round(time.perf_counter() - t0, 1)})
             self._eliminate(plan, alive, keep, runs, rung=rung)
             alive = keep

@@ -152,13 +152,15 @@ class FinalSettings:
     """The final stage (final.*, search.final_k): which front members train to convergence, and for how long.
 
     rule halving: the `candidates` fastest front members whose trial accuracy is within `slack` of the
-    base's are trained `rung_steps` steps each; the more accurate half goes on, for as many steps again
+    base's are trained `rung_steps` steps each; the half projected most accurate at its planned length
+    (nas.study.final.projected_accuracy) goes on, for as many steps again
     (each rung doubles the steps done), until `members` (search.final_k) are left; those train to
     convergence. fastest: the `members` fastest such members, trained to convergence. accuracy: the
     front's most accurate members at evenly spaced ranks (the rule before halving). `time_budget`
     (seconds) bounds the whole stage: a member whose time is spent ends at its best checkpoint so far.
-    The winner (best.yaml, nas.export) is the fastest member within `band` points of the base's
-    validation accuracy, as deployed; none within: the most accurate."""
+    The winner (best.yaml, nas.export) is the fastest member within `band` points of the base's accuracy on the
+    judge rows (`judge_share` of validation, held out from every selection), as deployed; none within: the most
+    accurate there."""
 
     recipe: Any  # nas.quality.distill.FinalRecipe
     members: int
