@@ -113,6 +113,7 @@ class FinalSchema:
     slack: float = MISSING
     rung_steps: int = MISSING
     band: float = MISSING
+    judge_share: float = MISSING
     time_budget: Optional[float] = MISSING
     max_epochs: float = MISSING
     max_steps: Optional[int] = MISSING

@@ -196,8 +196,9 @@ def test_halving_trains_exactly_its_budget_and_export_takes_the_winner(tiny_env,
     assert fits == [2] * len(fits)  # the trials' own fine-tunes only: the final stage does not use them
 
     champion = study.user_attrs["final_winner"]
-    base = study.user_attrs["base"]["val_accuracy"]
-    assert champion == winner(final, base_quality=base, band=1.0)
+    base = study.user_attrs["base"]
+    assert "judge_accuracy" in base and all("judge_accuracy_deployed" in r for r in final.values())
+    assert champion == winner(final, base_quality=base["judge_accuracy"], band=1.0)  # judged on the held-out rows
     best = yaml.safe_load((run_dir / "best.yaml").read_text())
     assert best["trial"] == champion and best["weights"] == f"models/final_{champion}.safetensors"
     out = tmp_path / "export"
@@ -290,6 +291,9 @@ def test_the_member_rules_choose_from_the_front():
     assert winner(final, base_quality=0.86, band=1.0) == 2
     assert winner(final, base_quality=0.86, band=0.5) == 3
     assert winner(final, base_quality=0.90, band=1.0) == 3
+    # judged on the held-out rows where a member has them: validation (what its checkpoint was chosen on) flatters 2
+    final["2"]["judge_accuracy_deployed"], final["3"]["judge_accuracy_deployed"] = 0.835, 0.846
+    assert winner(final, base_quality=0.85, band=1.0) == 3
 
 
 # ---- recovery and the zero-cost estimator in the search -----------------------------------------------

@@ -207,6 +207,28 @@ def test_trial_settings_reuse_the_cached_base_and_its_scores(tiny_env, tmp_path,
     assert [len(files) for files in cached_files()] == [2, 2]  # the new base got its own scores
 
 
+def test_the_band_rows_are_held_out_of_every_selection(tiny_env, tmp_path):
+    """final.judge_share of the validation rows go to `judge`, which only the final stage's band reads: the base's
+    early stopping, the trials, the rungs and the members' checkpoints read `validation`, the rest; the two are a
+    seeded partition of the task's validation split, and share 0 holds nothing out."""
+    from collections import Counter
+
+    from nas.data.tasks import load_task
+    from nas.study.prepare import prepare
+
+    cfg = make_cfg(tiny_env, f"cache_dir={tmp_path / 'cache'}")
+    whole = list(load_task(cfg.data).validation["text"])
+    prep = prepare(cfg)
+    select, judge = list(prep.task.validation["text"]), list(prep.task.judge["text"])
+    assert Counter(select) + Counter(judge) == Counter(whole)  # every row in exactly one of them
+    assert len(judge) == round(0.5 * len(whole)) and select and judge
+    again = prepare(cfg)
+    assert list(again.task.judge["text"]) == judge  # the same rows every run (seeded)
+    none = prepare(make_cfg(tiny_env, f"cache_dir={tmp_path / 'cache'}", "final.judge_share=0"))
+    assert none.task.judge is None and sorted(none.task.validation["text"]) == sorted(whole)
+    assert none.base_info["key"] != prep.base_info["key"]  # a base stopped early on other rows is another base
+
+
 def test_same_seed_same_shapes_in_separate_runs(tiny_env, first_run):
     from nas.study.search import run_search
 

@@ -227,6 +227,8 @@ def test_cache_dir_under_a_file(env):
     ("prune.heal=ridge", "prune.heal='ridge' is not known; allowed: none, bias, lsq, auto"),
     ("train.precision=fp16", "train.precision='fp16' is not known; allowed: auto, fp32, bf16"),
     ("final.rule=best", "final.rule='best' is not known; allowed: halving, fastest, accuracy"),
+    ("final.judge_share=1", "final.judge_share=1 must be in [0, 1) (the share of the validation rows held out for "
+     "the band; 0: none)"),
     ("final.time_budget=0", "final.time_budget=0 must be > 0 (seconds) or null (no limit)"),
     ("search.final_k=3 final.candidates=2", "final.candidates=2 is fewer than search.final_k=3: halving starts from "
      "at least the members it ends with"),

@@ -5,6 +5,7 @@ and plain text (nas.data.text). Importing it is cheap: numpy and datasets load w
 from __future__ import annotations
 
 import copy
+import dataclasses
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -30,6 +31,9 @@ class TaskData:
     test: datasets.Dataset
     label_names: tuple[str, ...]  # id -> name
     fingerprint: str  # stable hash of (source, settings, sizes) for cache keys
+    # validation rows held out from everything that selects (early stopping, checkpoints, rungs, the front): only
+    # the final stage's band reads them (hold_out_judge); None: not held out
+    judge: datasets.Dataset | None = None
 
     @property
     def num_labels(self) -> int:
@@ -37,6 +41,26 @@ class TaskData:
 
     def sizes(self) -> dict[str, int]:
         return {name: len(getattr(self, name)) for name in SPLITS}
+
+
+def hold_out_judge(task: TaskData, share: float, *, seed: int = 0) -> TaskData:
+    """`task` with a seeded `share` of its validation rows moved to `judge`: the rows the winner's band is judged on,
+    which no early stopping, checkpoint choice or rung has seen (those read `validation`, now the rest). Under 2
+    validation rows, or share 0: `task` unchanged. The fingerprint changes with the split, so a base fine-tuned with
+    early stopping on the whole validation split is not reused."""
+    import hashlib
+
+    import numpy as np
+
+    n = len(task.validation)
+    if share <= 0 or n < 2 or task.judge is not None:
+        return task
+    order = np.random.default_rng([int(seed), 4]).permutation(n)
+    held = min(n - 1, max(1, round(n * float(share))))
+    judge = task.validation.select(sorted(order[:held].tolist()))
+    rest = task.validation.select(sorted(order[held:].tolist()))
+    fingerprint = hashlib.sha256(f"{task.fingerprint}|judge {float(share):g} {int(seed)}".encode()).hexdigest()[:16]
+    return dataclasses.replace(task, validation=rest, judge=judge, fingerprint=fingerprint)
 
 
 def as_dict(cfg: Mapping[str, Any]) -> dict[str, Any]:

@@ -162,8 +162,11 @@ class FinalStage:
         self.study, self.weights, self.evaluator, self.settings = study, weights, evaluator, settings
         self.say, self.clock, self.write = say, clock, write
         self.cost = cost_column(objectives)
-        self.base_quality = float(study.user_attrs.get("base", {}).get("val_accuracy") or
-                                  evaluator.prep.base_info["validation_accuracy"])
+        base = study.user_attrs.get("base", {})
+        self.base_quality = float(base.get("val_accuracy") or evaluator.prep.base_info["validation_accuracy"])
+        # the band's reference: the base on the judge rows where they are held out (members are judged there too)
+        self.band_reference = float(base.get("judge_accuracy") or self.base_quality)
+        self.band_rows = "judge" if base.get("judge_accuracy") is not None else "validation"
         self.data: dict[int, Any] = {}  # DistillData per context
         self.minutes: dict[str, float] = {}
         self.started = time.perf_counter()
@@ -221,16 +224,17 @@ class FinalStage:
             self._add(f"member {n}", time.perf_counter() - t0)
             self._finish(n, trials[n], run, plan)
         final = {str(n): r for n, r in (self.study.user_attrs.get("final") or {}).items()}
-        best = winner(final, base_quality=self.base_quality, band=s.band)
+        best = winner(final, base_quality=self.band_reference, band=s.band)
         if best is not None:
             self.study.set_user_attr(WINNER_ATTR, best)
             r = final[str(best)]
-            acc = r.get("val_accuracy_deployed", r["val_accuracy"])
-            why = (f"the fastest member within {s.band:g} validation points of the base" if
-                   within_band(acc, base_quality=self.base_quality, band=s.band) else
-                   f"no member is within {s.band:g} validation points of the base: the most accurate")
+            acc = band_accuracy(r)
+            rows = f"{self.band_rows} rows" if self.band_rows == "judge" else "validation"
+            why = (f"the fastest member within {s.band:g} points of the base on the {rows}" if
+                   within_band(acc, base_quality=self.band_reference, band=s.band) else
+                   f"no member is within {s.band:g} points of the base on the {rows}: the most accurate")
             self.say(f"final stage winner: trial {best} ({self.study.trials[best].user_attrs.get('shape')}), {why}: "
-                     f"val acc {acc:.4f} as deployed (base {self.base_quality:.4f}), test acc "
+                     f"{acc:.4f} as deployed (base {self.band_reference:.4f} in fp32), test acc "
                      f"{r.get('test_accuracy_deployed', r['test_accuracy']):.4f}")
         spent = ", ".join(f"{k} {v / 60:.1f} min" for k, v in self.minutes.items())
         self.say(f"final stage: {(time.perf_counter() - self.started) / 60:.1f} min"
@@ -337,8 +341,9 @@ class FinalStage:
                  f"  test acc {result['test_accuracy']:.4f}  {run.step} steps (best {run.best_step}; {why})"
                  f"  speedup {a['speedup']:.2f}x  ({run.seconds:.0f}s)")
         if deployed:
+            judge = deployed.get("judge_accuracy_deployed")
             self.say(f"deployed {number:3d} {deployed['variant']}: val acc {deployed['val_accuracy_deployed']:.4f}  "
-                     f"test acc {deployed['test_accuracy_deployed']:.4f}  speedup "
+                     + (f"judge acc {judge:.4f}  " if judge is not None else "") + f"test acc {deployed['test_accuracy_deployed']:.4f}  speedup "
                      f"{deployed['speedup_over_quantized_base']:.2f}x over the base in the same runtime and precision, "
                      f"{deployed['speedup_over_runtime_fp32_base']:.2f}x over it at fp32, "
                      f"{deployed['speedup_over_torch_fp32_base']:.2f}x over it in torch fp32 (measured: "

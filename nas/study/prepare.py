@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from nas.cut.importance import cached_scores
+from nas.data.splits import hold_out_judge
 from nas.data.tasks import load_task, make_loader, sorted_by_length, tokenize
 from nas.data.text import lm_blocks, lm_loader
 from nas.models.gguf import gguf_file_of
@@ -89,6 +90,12 @@ def prepare(cfg: Any, *, importance_method: str | None = None) -> Prepared:
     model_name = cfg_get(cfg, "model.name_or_path")
     t0 = time.perf_counter()
     task = load_task(cfg["data"])
+    if not getattr(task, "is_lm", False):  # the band's rows, out of every selection, the base's early stopping included
+        task = hold_out_judge(task, float(cfg_get(cfg, "final.judge_share", 0.5)),
+                              seed=int(cfg_get(cfg, "data.seed", 0) or 0))
+        if task.judge is not None:
+            log.info("validation: %d rows select (early stopping, checkpoints, rungs, trials), %d judge the band",
+                     len(task.validation), len(task.judge))
     timings["data"] = time.perf_counter() - t0
 
     settings = base_train_settings(cfg)

@@ -19,13 +19,14 @@ from optuna.trial import TrialState
 SHAPE_COLUMNS = ["n_layers", "heads", "ffn", "hidden", "context", "shape", "precision"]
 METRIC_COLUMNS = [
     "val_accuracy", "test_accuracy", "val_perplexity", "test_perplexity", "latency_ms", "latency_p90_ms", "base_latency_ms", "speedup", "speedup_p10",
-    "speedup_p90", "latency_ratio", "mean_tokens", "params", "flops", "size_mb", "val_accuracy_fp32",
+    "speedup_p90", "latency_ratio", "mean_tokens", "params", "flops", "size_mb", "val_accuracy_fp32", "judge_accuracy",
 ]
 # The final stage (search.final_k): the chosen front members trained longer, from their trial weights.
 # A language-modelling study's final stage measures perplexity instead of accuracy.
 # And it measures each member as deployed (latency.runtime / latency.precision, e.g. int8 ONNX): its
 # accuracy there, and its measured speedups over the three baselines (nas.cost.latency.BASELINES).
-DEPLOYED_KEYS = ["val_accuracy_deployed", "test_accuracy_deployed", "val_perplexity_deployed", "test_perplexity_deployed",
+DEPLOYED_KEYS = ["val_accuracy_deployed", "test_accuracy_deployed", "judge_accuracy_deployed",
+                 "val_perplexity_deployed", "test_perplexity_deployed",
                  "speedup_over_reference_base", "speedup_over_reference_base_p10", "speedup_over_reference_base_p90",
                  "precision", "variant", "latency_ms", "latency_ms_fp32",
                  "speedup_over_quantized_base", "speedup_over_quantized_base_p10", "speedup_over_quantized_base_p90",

@@ -310,6 +310,9 @@ class Search:
         if self.settings.final_k and deployed_key not in self.base_metrics:
             t0 = time.perf_counter()
             self.base_metrics.update(self.evaluator.base_deployed())  # what quantization alone gives
+            judge = None if self.lm else self.evaluator.judge_accuracy(self.prep.base, SubnetSpec.full(self.prep.shape))
+            if judge is not None:  # the band's reference: the fp32 base on the rows no selection read
+                self.base_metrics["judge_accuracy"] = judge
             self.clock.add("evaluation", time.perf_counter() - t0)
             study.set_user_attr("base", self.base_metrics)
         final_stage(study, weights=self.weights, evaluator=self.evaluator, objectives=self.settings.objectives,

@@ -169,6 +169,7 @@ class FinalSettings:
     slack: float = 0.15
     rung_steps: int = 100
     band: float = 1.0
+    judge_share: float = 0.5  # classifiers: validation rows held out for the band (nas.data.splits.hold_out_judge)
     time_budget: float | None = 480.0
     transfer: Any = None  # nas.data.transfer.TransferSettings
     ppl_slack: float = 3.0  # language models: members' trial perplexity at most (1 + this) x the base's
@@ -181,7 +182,7 @@ class FinalSettings:
         settings = cls(recipe=final_recipe(cfg), members=search.get("final_k", 0),
                        rule=str(final.get("rule", "halving")), candidates=final.get("candidates", 6),
                        slack=final.get("slack", 0.15), rung_steps=final.get("rung_steps", 100),
-                       band=final.get("band", 1.0),
+                       band=final.get("band", 1.0), judge_share=final.get("judge_share", 0.5),
                        time_budget=_seconds_or_none(final.get("time_budget"), "final.time_budget"),
                        transfer=TransferSettings.from_cfg(final), ppl_slack=final.get("ppl_slack", 3.0),
                        ppl_band=final.get("ppl_band", 0.10))
@@ -201,6 +202,11 @@ class FinalSettings:
             raise ValueError(f"final.slack={self.slack!r} must be between 0 and 1 (accuracy below the base's)")
         if isinstance(self.band, bool) or not isinstance(self.band, (int, float)) or not 0 <= self.band <= 100:
             raise ValueError(f"final.band={self.band!r} must be between 0 and 100 (accuracy points below the base)")
+        if isinstance(self.judge_share, bool) or not isinstance(self.judge_share, (int, float)) \
+                or not 0 <= self.judge_share < 1:
+            shown = f"{self.judge_share:g}" if isinstance(self.judge_share, float) else repr(self.judge_share)
+            raise ValueError(f"final.judge_share={shown} must be in [0, 1) (the share of the validation "
+                             "rows held out for the band; 0: none)")
         if self.time_budget is not None and not self.time_budget > 0:
             raise ValueError(f"final.time_budget={self.time_budget:g} must be > 0 (seconds) or null (no limit)")
         for key, value in (("final.ppl_slack", self.ppl_slack), ("final.ppl_band", self.ppl_band)):

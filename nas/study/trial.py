@@ -217,14 +217,22 @@ class Evaluator:
             return out
         path = self.timer.deployed_path(name, precision)
         t0 = time.perf_counter()
-        if path is None:  # torch eager fp32 is how it runs: the accuracy is the trained model's own
-            for split, key in (("validation", "val"), ("test", "test")):
-                out[f"{key}_accuracy_deployed"] = self.accuracy(model, spec, split)
-        else:
-            for split, key in (("validation", "val"), ("test", "test")):
-                out[f"{key}_accuracy_deployed"] = self.session_accuracy(path, spec.context, split)
+        for split, key in self.scored_splits:
+            out[f"{key}_accuracy_deployed"] = (self.accuracy(model, spec, split) if path is None else  # torch eager fp32
+                                               self.session_accuracy(path, spec.context, split))
         self.clock("evaluation", time.perf_counter() - t0)
         return out
+
+    @property
+    def scored_splits(self) -> tuple[tuple[str, str], ...]:
+        """(split, key) a classifier is scored on as deployed: validation, test, and the judge rows where held out
+        (nas.data.splits.hold_out_judge: the final stage's band reads only those)."""
+        judge = (("judge", "judge"),) if getattr(self.prep.task, "judge", None) is not None else ()
+        return (("validation", "val"), ("test", "test"), *judge)
+
+    def judge_accuracy(self, model: Any, spec: Any) -> float | None:
+        """Accuracy on the judge rows (in torch), or None where none are held out."""
+        return self.accuracy(model, spec, "judge") if getattr(self.prep.task, "judge", None) is not None else None
 
     def session_accuracy(self, path: Any, context: int, split: str) -> float:
         """Accuracy on `split` of the ONNX model at `path` (its onnxruntime session), inputs cut at `context`."""
@@ -252,7 +260,7 @@ class Evaluator:
             return {}
         context = int(self.prep.shape.max_positions)
         return {f"{key}_accuracy_deployed": self.session_accuracy(path, context, split)
-                for split, key in (("validation", "val"), ("test", "test"))}
+                for split, key in self.scored_splits}
 
     @property
     def family(self) -> Any:
