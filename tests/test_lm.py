@@ -378,15 +378,23 @@ def test_gguf_precision_axis_quantization_alone_and_a_final_stage_on_the_clock(l
 @pytest.mark.skipif(llama_cpp_reason() is not None, reason=str(llama_cpp_reason()))
 def test_a_final_stage_of_zero_steps_measures_its_members_untrained(lm_env):
     """final.max_steps=0 (the SmolLM2 budget's: training after healing does not pay there): the member is its healed
-    trial as it is, measured as deployed; its file scores what the trial's scored."""
+    trial as it is, measured as deployed; its file scores what the trial's scored, and the trial's paired rounds
+    against the reference base (q8_0) stand for the same file: only the base quantized alike is timed again."""
+    from omegaconf import open_dict
+
     from nas.study.search import run_search
 
     cfg = lm_cfg(lm_env, "search.final_k=1", "final.max_steps=0", "final.ppl_slack=100")
+    with open_dict(cfg):
+        cfg.space.precision = ["q4_0"]
     study, _ = run_search(cfg, lm_env["root"] / "run_zero")
     (number, result), = study.user_attrs["final"].items()
     assert result["steps"] == 0 and result["stopped"] == "final.max_steps=0"
     trial = study.trials[int(number)].user_attrs
+    assert result["precision"] == trial["precision"] == "q4_0"
     assert result["val_perplexity_deployed"] == pytest.approx(trial["val_perplexity"], rel=0.02)
+    assert result["speedup_over_reference_base"] == trial["speedup"]  # the trial's own paired rounds
+    assert result["speedup_over_quantized_base"] > 0  # timed here, against the base at q4_0
 
 
 def test_the_loss_on_a_share_of_the_positions_is_the_loss_of_those_positions():

@@ -458,8 +458,14 @@ def lm_final_stage(study: Any, *, weights: RunWeights, evaluator: Any, objective
                   "best_step": trained["best_step"], "stopped": trained["stopped"], "precision": precision,
                   "train_precision": trained["precision"], "seconds": round(seconds, 1)}
         clock("evaluation", time.perf_counter() - t0)
-        result.update(evaluator.deployed(model, spec, name=f"final_{number}", precision=precision,
-                                         baselines=evaluator.lm_baselines(precision)))
+        baselines, reused = evaluator.lm_baselines(precision), {}
+        if fs.max_steps <= 0 and "reference_base" in baselines:
+            # untrained, the member's file is the trial's: its paired rounds against the reference base stand
+            a = trial.user_attrs
+            reused = {f"speedup_over_reference_base{k}": a.get(f"speedup{k}") for k in ("", "_p10", "_p90")}
+            baselines = tuple(b for b in baselines if b != "reference_base")
+        result.update(evaluator.deployed(model, spec, name=f"final_{number}", precision=precision, baselines=baselines))
+        result.update({k: v for k, v in reused.items() if v is not None})
         weights.save(model, weights.final_path(number))
         latest = dict(study.user_attrs.get("final") or {})  # other workers may have added theirs
         latest[str(number)] = result
