@@ -63,7 +63,12 @@ def say(text: str) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--run", default=None, help="the README decoder command's run folder (part 3)")
+    parser.add_argument("--run-minutes", type=float, default=None,
+                        help="the search command's wall time (its log's `time`), recorded beside the front")
     parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--recover-log", default=None,
+                        help="this script's own log of an earlier run whose later part failed: its parts 1 and 2 are "
+                             "read back from the lines it printed (run the missing parts with --parts)")
     parser.add_argument("--parts", default="1,2,3")
     parser.add_argument("--out", default=str(HERE / "results_llamacpp"))
     args = parser.parse_args()
@@ -88,6 +93,8 @@ def main() -> None:
     path = Path(args.out + ".json")
     if path.is_file():  # parts run separately add to one file
         results = {**json.loads(path.read_text()), **results}
+    if args.recover_log:
+        results.update(recover_log(Path(args.recover_log)))
 
     def measure(model, name: str, precision: str) -> dict:
         m = timer.measure(model, context=context, name=name, precision=precision)
@@ -119,8 +126,11 @@ def main() -> None:
             results["quantization_alone"] = alone
         if 2 in parts:
             results["healing"] = healing_part(prep, ev, say)
+        if "healing" in results:
+            results["healing"]["base_val_ppl"] = prep.base_info["validation_perplexity"]
         if 3 in parts and args.run:
             results["search"] = search_part(Path(args.run).resolve(), prep, measure, base_ppl, say)
+            results["search"]["minutes"] = args.run_minutes
     finally:
         timer.close()
     within = [r for r in (results.get("quantization_alone") or {}).values() if r["test_ppl"] <= 1.1 * base_ppl]
@@ -132,6 +142,45 @@ def main() -> None:
     path.write_text(json.dumps(results, indent=2, default=float))
     write_md(Path(args.out + ".md"), results)
     say(f"wrote {path} and .md")
+
+
+def recover_log(path: Path) -> dict:
+    """Parts 1 and 2 as an earlier run of this script printed them (say()'s lines), for a run whose part 3 failed.
+    A quantization-alone row's seconds are the time between its line and the one before."""
+    import re
+    from datetime import datetime
+
+    num = r"([-+]?[0-9.]+)"
+    alone, cuts, curves, out = {}, {}, {}, {}
+    last = None
+    for line in path.read_text().splitlines():
+        stamp = re.match(r"\[(\d\d:\d\d:\d\d)\] (.*)", line)
+        if not stamp:
+            continue
+        when, text = datetime.strptime(stamp[1], "%H:%M:%S"), stamp[2]
+        m = re.match(rf"quantization alone (\S+) \((\S+)\): test ppl {num} \({num}%\), decode {num}x \[{num}-{num}\], "
+                     rf"{num} MB", text)
+        if m:
+            alone[f"{m[1]} {m[2]}"] = {"precision": m[1], "rounding": m[2], "test_ppl": float(m[3]),
+                                      "vs_base": float(m[4]) / 100, "speedup": float(m[5]), "speedup_p10": float(m[6]),
+                                      "speedup_p90": float(m[7]), "mb": float(m[8]),
+                                      "seconds": (when - last).total_seconds() if last else None}
+        m = re.match(rf"healing (.+) \((.+)\): val ppl as cut {num}, bias {num}, least squares {num} \({num}s\)", text)
+        if m:
+            cuts[m[1]] = {"shape": m[2], "none": {"val_ppl": float(m[3])}, "bias": {"val_ppl": float(m[4])},
+                          "lsq": {"val_ppl": float(m[5]), "seconds": float(m[6])}}
+        m = re.match(r"(.+), (healed|as cut), trained: (.*)", text)
+        if m:
+            curves[m[2]] = [{"step": int(a), "validation": float(b), "seconds": float(c)}
+                            for a, b, c in re.findall(rf"(\d+): {num} \({num}s\)", m[3])]
+            out["cut"] = m[1]
+        last = when
+    recovered: dict = {"quantization_alone": alone} if alone else {}
+    if cuts:
+        name = out.get("cut", next(iter(cuts)))
+        recovered["healing"] = {"cuts": cuts, "recovered_from": path.name, "training": {
+            "cut": name, "shape": cuts[name]["shape"], "curves": curves, "heal_seconds": cuts[name]["lsq"]["seconds"]}}
+    return recovered
 
 
 def healing_part(prep, ev, say) -> dict:
@@ -190,6 +239,8 @@ def search_part(run_dir: Path, prep, measure, base_ppl: float, say) -> dict:
     models = {}
     for trial in study.best_trials:
         n = trial.number
+        if "repeat_of" in trial.user_attrs:  # a repeated shape: not trained again, no weights of its own
+            continue
         spec = SubnetSpec.from_dict(trial.user_attrs["spec"])
         precision = trial.user_attrs.get("precision") or "q8_0"
         model = rebuild_trial_model(run_cfg, run_dir, n, spec, 0, None).eval()
@@ -214,12 +265,17 @@ def write_md(path: Path, results: dict) -> None:
             f"Reference: the fine-tuned base at q8_0, test perplexity {base:.2f} in llama.cpp "
             f"({results['base']['test_perplexity']:.2f} in torch fp32). Timing: {results['timing']}; speedup over the "
             "base at q8_0, median of the rounds [p10-p90].", ""]
+    recovered = (results.get("healing") or {}).get("recovered_from")
+    if recovered:
+        text += [f"Parts 1 and 2 are read back from `{recovered}`, the lines their run printed (its part 3 stopped on a "
+                 "repeated trial that keeps no weights; fixed, and part 3 run again with `--parts 3 --recover-log`).", ""]
     alone = results.get("quantization_alone") or {}
     if alone:
         text += ["## 1. Quantization alone (the fine-tuned base)", "",
-                 "| type | rounding | test ppl | vs base | decode speedup | MB |", "|---|---|---|---|---|---|"]
+                 "| type | rounding | test ppl | vs base | decode speedup | MB | seconds (write + measure) |",
+                 "|---|---|---|---|---|---|---|"]
         text += [f"| {r['precision']} | {r['rounding']} | {r['test_ppl']:.2f} | {100 * r['vs_base']:+.1f}% | "
-                 f"{r['speedup']:.2f}x [{r['speedup_p10']:.2f}-{r['speedup_p90']:.2f}] | {r['mb']:.0f} |"
+                 f"{r['speedup']:.2f}x [{r['speedup_p10']:.2f}-{r['speedup_p90']:.2f}] | {r['mb']:.0f} | {r['seconds']:.0f} |"
                  for r in alone.values()]
         text.append("")
     healing = results.get("healing")
@@ -238,7 +294,8 @@ def write_md(path: Path, results: dict) -> None:
         text.append("")
     search = results.get("search")
     if search:
-        text += ["## 3. The search (re-measured)", "", "| trial | shape | type | test ppl | vs base | decode speedup |",
+        spent = f"; the command took {search['minutes']:.1f} min from a cold cache" if search.get("minutes") else ""
+        text += [f"## 3. The search (re-measured{spent})", "", "| trial | shape | type | test ppl | vs base | decode speedup |",
                  "|---|---|---|---|---|---|"]
         text += [f"| {n}{' (winner)' if r['winner'] else ''} | {r['shape']} | {r['precision']} | {r['test_ppl']:.2f} | "
                  f"{100 * r['vs_base']:+.1f}% | {r['speedup']:.2f}x [{r['speedup_p10']:.2f}-{r['speedup_p90']:.2f}] |"
