@@ -39,7 +39,7 @@ from omegaconf import OmegaConf  # noqa: E402
 
 from nas.config import compose  # noqa: E402
 from nas.cost.latency import LatencySettings, PairedTimer  # noqa: E402
-from nas.cut.heal import HealSettings, heal, heal_settings  # noqa: E402
+from nas.cut.heal import heal, heal_settings  # noqa: E402
 from nas.cut.prune import count_parameters, prune_model  # noqa: E402
 from nas.cut.recovery import RecoverySettings  # noqa: E402
 from nas.deploy.llamacpp import file_perplexity  # noqa: E402
