@@ -125,7 +125,7 @@ def restore_storage(cfg: Any, real_url: str | None) -> None:
 PASSWORD_WARNING = (
     "warning: search.storage has a password on the command line: it is masked (***) in the run folder and in "
     f"the output, but shell history and the process list still show it; put the URL in the environment variable "
-    f"{ENV_VAR} instead and leave search.storage unset (README: Scaling out)"
+    f"{ENV_VAR} instead and leave search.storage unset (docs/scaling.md)"
 )
 
 

@@ -327,8 +327,8 @@ CLI_CASES = {
     "db_unreachable": (["search.storage=postgresql://nas:S3cretPa55word@127.0.0.1:1/nas"],
                        ["warning: search.storage has a password on the command line: it is masked (***) in the run "
                         "folder and in the output, but shell history and the process list still show it; put the URL "
-                        "in the environment variable NAS_STORAGE_URL instead and leave search.storage unset (README: "
-                        "Scaling out)",
+                        "in the environment variable NAS_STORAGE_URL instead and leave search.storage unset "
+                        "(docs/scaling.md)",
                         "error: search.storage='postgresql://nas:***@127.0.0.1:1/nas': cannot connect to the database "
                         "at host 127.0.0.1, port 1: connection to server at \"127.0.0.1\", port 1 failed: Connection "
                         "refused; Is the server running on that host and accepting TCP/IP connections?"]),
