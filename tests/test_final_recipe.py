@@ -85,6 +85,24 @@ def test_patience_stops_a_member_early(tiny_task, monkeypatch):
     assert (run.step, run.best_step, run.converged, run.summary()["stopped_early"]) == (3, 1, True, True)
 
 
+def test_extra_validations_of_a_rung_do_not_use_up_patience(tiny_task, monkeypatch):
+    """A halving rung validates between the regular points to project a curve: patience counts steps since the
+    best point (patience x eval_every), so those extra points cannot stop a member sooner."""
+    import nas.quality.distill as distill
+
+    model, data = student_and_data(tiny_task)
+    scripted = iter([0.8] + [0.7] * 20)
+    monkeypatch.setattr(distill, "accuracy", lambda m, loader: next(scripted))
+    run = DistillRun(model, data, FinalRecipe(train=TrainSettings(batch_size=4), max_steps=20, eval_every=4,
+                                              patience=2), val_loader=None, pad_id=0)
+    for until in (1, 2, 3):  # three validations without improvement, 2 steps after the best
+        run.advance(until=until)
+    assert (run.best_step, run.converged) == (1, False)
+    run.advance()  # regular points at 4, 8: still within 2 x 4 steps of step 1; at 12 patience is spent
+    assert (run.step, run.best_step, run.converged) == (12, 1, True)
+    assert [p["step"] for p in run.curve] == [1, 2, 3, 4, 8, 12]
+
+
 def test_training_paused_and_resumed_equals_training_straight_through(tiny_task):
     """A halving rung pauses a member and resumes it later: the same weights as one uninterrupted run
     (same data order, same schedule)."""

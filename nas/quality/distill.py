@@ -29,6 +29,7 @@ from filelock import FileLock
 from torch import nn
 
 from nas.data.tasks import LengthGroupedBatchSampler
+from nas.quality.autocast import training_autocast
 from nas.quality.finetune import HiddenMap, TrainSettings, hidden_loss
 from nas.quality.metrics import accuracy, model_inputs
 from nas.util import cache_key
@@ -41,8 +42,8 @@ LAYERS = ("auto", "bottom", "trial")
 @dataclass(frozen=True)
 class FinalRecipe:
     """How long one final member trains. `max_epochs` passes over the training split (or exactly
-    `max_steps`), validated every `eval_every` steps; `patience` validations without improvement stop
-    it; its best validation checkpoint is what it ends with. `train` holds the optimiser and loss
+    `max_steps`), validated every `eval_every` steps; `patience` x `eval_every` steps without a better
+    validation stop it; its best validation checkpoint is what it ends with. `train` holds the optimiser and loss
     settings (train.*, with final.lr). `start`: base (cut again from the fine-tuned base) or trial
     (continue from the trial's fine-tuned weights). `layers` (start=base): which base layers a depth cut
     keeps, bottom (drop from the top) or trial (the trial's own, by block influence); auto: bottom for
@@ -227,11 +228,14 @@ class DistillData:
 
 
 def distill_loss(student: nn.Module, batch: Mapping[str, torch.Tensor], settings: TrainSettings, *,
-                 teacher: nn.Module | None = None, hidden_map: HiddenMap | None = None) -> torch.Tensor:
+                 teacher: nn.Module | None = None, hidden_map: HiddenMap | None = None,
+                 precision: str = "fp32") -> torch.Tensor:
     """(1 - w) * cross-entropy on labelled rows + w * T^2 * KL(teacher || student) on every row, plus
-    the hidden-state term when `hidden_map` is given (the teacher then runs live, for its hidden states)."""
+    the hidden-state term when `hidden_map` is given (the teacher then runs live, for its hidden states).
+    `precision`: fp32, or bf16 autocast for the forwards (nas.quality.autocast); the losses are fp32."""
     hidden = hidden_map is not None and teacher is not None
-    out = student(**model_inputs(batch), output_hidden_states=hidden)
+    with training_autocast(precision):
+        out = student(**model_inputs(batch), output_hidden_states=hidden)
     logits = out.logits.float()
     labels = batch["labels"]
     loss = logits.new_zeros(())
@@ -241,11 +245,12 @@ def distill_loss(student: nn.Module, batch: Mapping[str, torch.Tensor], settings
     target = batch.get("teacher")
     h = None
     if hidden or (target is None and teacher is not None):
-        with torch.no_grad():
+        with torch.no_grad(), training_autocast(precision):
             t_out = teacher(**model_inputs(batch), output_hidden_states=hidden)
         target = t_out.logits.float()
         if hidden:
-            h = hidden_loss(out.hidden_states, t_out.hidden_states, hidden_map, batch.get("attention_mask"))
+            h = hidden_loss(tuple(x.float() for x in out.hidden_states), tuple(x.float() for x in t_out.hidden_states),
+                            hidden_map, batch.get("attention_mask"))
     if target is not None and w > 0:
         t = settings.temperature
         kd = nn.functional.kl_div(nn.functional.log_softmax(logits / t, dim=-1),
@@ -269,13 +274,13 @@ class DistillRun:
         self.val_loader, self.pad_id = val_loader, pad_id
         self.teacher = teacher if (data.teacher is None or hidden_map is not None) else None
         self.hidden_map = hidden_map
+        self.precision = self.settings.resolved_precision  # fp32, or bf16 autocast where the CPU has it natively
         self.total = recipe.steps(data.batches_per_epoch(self.settings.batch_size))
         self.step = start_step
         self.curve: list[dict[str, float]] = []
         self.best_accuracy = -1.0
         self.best_step = 0
         self.best_state: dict[str, torch.Tensor] | None = None
-        self.bad = 0
         self.converged = False  # patience ran out, or the planned length is done
         self.seconds = 0.0
         self.losses: list[float] = []
@@ -302,12 +307,12 @@ class DistillRun:
         acc = accuracy(self.model, self.val_loader)
         self.curve.append({"step": self.step, "validation": acc})
         if acc > self.best_accuracy:
-            self.best_accuracy, self.best_step, self.bad = acc, self.step, 0
+            self.best_accuracy, self.best_step = acc, self.step
             self.best_state = {k: v.detach().clone() for k, v in self.model.state_dict().items()}
-        else:
-            self.bad += 1
-            if self.recipe.patience and self.bad >= self.recipe.patience:
-                self.converged = True
+        # patience counts steps (patience x eval_every without a better point), not validations: the extra
+        # validations a halving rung takes to project a curve must not stop a member sooner
+        elif self.recipe.patience and self.step - self.best_step >= self.recipe.patience * self.recipe.eval_every:
+            self.converged = True
         return acc
 
     def advance(self, until: int | None = None, *, deadline: float | None = None) -> None:
@@ -325,7 +330,8 @@ class DistillRun:
         while self.step < until and not (deadline is not None and time.perf_counter() >= deadline):
             rows = next(self._batches)
             batch = self.data.collate(rows, self.pad_id)
-            loss = distill_loss(self.model, batch, self.settings, teacher=self.teacher, hidden_map=self.hidden_map)
+            loss = distill_loss(self.model, batch, self.settings, teacher=self.teacher, hidden_map=self.hidden_map,
+                                precision=self.precision)
             if not torch.isfinite(loss):
                 raise FloatingPointError(f"non-finite training loss {loss.item()} at final step {self.step}")
             self.optimizer.zero_grad(set_to_none=True)

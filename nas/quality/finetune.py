@@ -19,7 +19,7 @@ from torch import nn
 
 from nas.data.tasks import make_loader, sorted_by_length, tokenize
 from nas.models.loading import load_base_model, load_tokenizer
-from nas.quality.autocast import resolve_precision
+from nas.quality.autocast import resolve_precision, training_autocast
 from nas.quality.lm import Progress, lm_train_loss, positions_fraction, teacher_topk_logits
 from nas.quality.metrics import accuracy, model_inputs
 from nas.util import cache_key
@@ -47,7 +47,7 @@ class TrainSettings:
     distill: str = "logits"  # logits: KL on the teacher's logits | hidden: also the kept layers' hidden states
     hidden_weight: float = 1.0  # weight of the hidden-state term (distill=hidden)
     distill_topk: int = 0  # causal LMs: KL over the teacher's top-k next tokens, cached (0: full vocabulary, online)
-    precision: str = "fp32"  # auto | fp32 | bf16 (nas.quality.autocast): a language model's training loop runs in it
+    precision: str = "fp32"  # auto | fp32 | bf16 (nas.quality.autocast): the training forwards run in it
     # causal LMs: the share of each block's predicted positions a step's loss is taken on (the vocabulary head runs
     # on those alone); auto: as much as keeps the head's cost under the layers' (nas.quality.lm.positions_fraction)
     lm_positions: Any = "auto"
@@ -244,6 +244,7 @@ def _lightning_module_class() -> type:
             self.hidden_losses: list[float] = []
             self.positions = positions_fraction(model, settings.lm_positions)  # causal LMs (nas.quality.lm)
             self.draws = torch.Generator().manual_seed(settings.seed)
+            self.precision = settings.resolved_precision  # fp32, or bf16 autocast where the CPU has it natively
 
         def on_fit_start(self) -> None:
             if self.teacher is not None:
@@ -258,7 +259,7 @@ def _lightning_module_class() -> type:
             keys = [ids[i, : int(n)].numpy().tobytes() for i, n in enumerate(lengths)]
             if all(k in self.teacher_cache for k in keys):
                 return torch.stack([self.teacher_cache[k] for k in keys]).to(self.device)
-            with torch.no_grad():
+            with torch.no_grad(), training_autocast(self.precision):
                 logits = self.teacher(**model_inputs(batch)).logits.float()
             for k, row in zip(keys, logits.cpu()):
                 self.teacher_cache[k] = row
@@ -279,14 +280,17 @@ def _lightning_module_class() -> type:
                     raise FloatingPointError(f"non-finite training loss {loss.item()} at step {self.global_step}")
                 self.losses.append(float(loss.detach()))
                 return loss
-            out = self.model(**model_inputs(batch), output_hidden_states=hidden)
+            with training_autocast(self.precision):  # the forwards in bf16 where native; losses in fp32
+                out = self.model(**model_inputs(batch), output_hidden_states=hidden)
+                teacher_logits = None
+                if hidden:  # one teacher forward gives both its hidden states and its logits
+                    with torch.no_grad():
+                        t_out = self.teacher(**model_inputs(batch), output_hidden_states=True)
+                    teacher_logits = t_out.logits.float()
             loss = nn.functional.cross_entropy(out.logits.float(), batch["labels"])
-            teacher_logits = None
-            if hidden:  # one teacher forward gives both its hidden states and its logits
-                with torch.no_grad():
-                    t_out = self.teacher(**model_inputs(batch), output_hidden_states=True)
-                teacher_logits = t_out.logits.float()
-                h = hidden_loss(out.hidden_states, t_out.hidden_states, self.hidden_map, batch.get("attention_mask"))
+            if hidden:
+                h = hidden_loss(tuple(x.float() for x in out.hidden_states),
+                                tuple(x.float() for x in t_out.hidden_states), self.hidden_map, batch.get("attention_mask"))
                 self.hidden_losses.append(float(h.detach()))
             if self.teacher is not None and w > 0 and out.logits.dim() == 2:
                 t = self.settings.temperature
@@ -396,6 +400,7 @@ def base_cache_key(settings: TrainSettings, recipe: BaseRecipe, *, max_length: i
     settings in BASE_KEY_FIELDS. Runs that differ only in trial settings share one cached base."""
 
     optimiser = {name: getattr(settings, name) for name in BASE_KEY_FIELDS}
+    optimiser["precision"] = settings.resolved_precision  # a bf16-trained base is another model
     return cache_key(what="base", version=BASE_VERSION, settings=optimiser, recipe=asdict(recipe),
                      max_length=max_length, **dict(key_parts))
 
