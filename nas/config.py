@@ -149,6 +149,7 @@ class TrainSchema:
     distill_topk: int = MISSING
     precision: str = MISSING
     lm_positions: str = MISSING
+    freeze_embeddings: bool = MISSING
     eval_batch_size: int = MISSING
     seed: int = MISSING
     threads: int = MISSING

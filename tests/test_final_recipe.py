@@ -256,3 +256,18 @@ def test_final_members_keep_the_bottom_layers_where_final_layers_says_so():
     assert (moved.heads, moved.ffn, moved.hidden, moved.context) == (spec.heads, spec.ffn, spec.hidden, spec.context)
     with pytest.raises(ValueError, match=r"^final.layers='top' is not known; allowed: auto, bottom, trial$"):
         FinalRecipe(layers="top").validate()
+
+
+def test_freeze_embeddings_keeps_the_table_as_cut_and_trains_the_rest(tiny_task):
+    """train.freeze_embeddings: the token table of a member is exactly what it came with after training, the rest
+    moved; without it the table trains too."""
+    for freeze in (True, False):
+        model, data = student_and_data(tiny_task)
+        table = model.get_input_embeddings().weight.detach().clone()
+        layer = next(p for n, p in model.named_parameters() if "encoder" in n and p.ndim == 2).detach().clone()
+        recipe = FinalRecipe(train=TrainSettings(lr=1e-2, batch_size=4, freeze_embeddings=freeze), max_steps=3,
+                             eval_every=3, patience=0)
+        DistillRun(model, data, recipe, val_loader=val_loader(tiny_task, data), pad_id=0).advance()
+        moved = next(p for n, p in model.named_parameters() if "encoder" in n and p.ndim == 2)
+        assert torch.equal(model.get_input_embeddings().weight, table) is freeze
+        assert not torch.equal(moved, layer)

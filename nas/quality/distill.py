@@ -30,8 +30,9 @@ from torch import nn
 
 from nas.data.tasks import LengthGroupedBatchSampler
 from nas.quality.autocast import training_autocast
-from nas.quality.finetune import HiddenMap, TrainSettings, hidden_loss
+from nas.quality.finetune import HiddenMap, TrainSettings, freeze_token_embeddings, hidden_loss
 from nas.quality.metrics import accuracy, model_inputs
+from nas.quality.optim import adamw, trainable
 from nas.util import cache_key
 
 log = logging.getLogger(__name__)
@@ -101,9 +102,10 @@ class FinalRecipe:
 
 @torch.inference_mode()
 def teacher_logits(teacher: nn.Module, texts: Sequence[str], tokenizer: Any, *, max_length: int,
-                   batch_size: int = 128) -> torch.Tensor:
+                   batch_size: int = 128, precision: str = "fp32") -> torch.Tensor:
     """(len(texts), num_labels) float32 logits of `teacher` on each text truncated at max_length, in
-    the texts' order (computed in length-sorted batches: little padding)."""
+    the texts' order (computed in length-sorted batches: little padding; the forwards under bf16 autocast with
+    precision=bf16, as the members' own training forwards run)."""
     was_training = teacher.training
     teacher.eval()
     enc = tokenizer(list(texts), truncation=True, max_length=max_length)
@@ -113,7 +115,8 @@ def teacher_logits(teacher: nn.Module, texts: Sequence[str], tokenizer: Any, *, 
     for start in range(0, len(order), batch_size):
         rows = order[start:start + batch_size]
         batch = tokenizer.pad({k: [enc[k][i] for i in rows] for k in keys}, return_tensors="pt")
-        out[rows] = teacher(**model_inputs(batch)).logits.float()
+        with training_autocast(precision):
+            out[rows] = teacher(**model_inputs(batch)).logits.float()
     teacher.train(was_training)
     return out
 
@@ -131,14 +134,14 @@ def texts_digest(texts: Sequence[str]) -> str:
 
 def cached_teacher_logits(teacher: nn.Module, texts: Sequence[str], tokenizer: Any, *, max_length: int,
                           cache_dir: str | Path | None, base_key: str, name: str,
-                          say: Callable[[str], None] = log.info) -> torch.Tensor:
+                          say: Callable[[str], None] = log.info, precision: str = "fp32") -> torch.Tensor:
     """teacher_logits, cached under cache_dir/teacher by the base's cache key, the texts and max_length:
     a transfer set of 20,000 texts is labelled once per base, not once per run."""
     key = cache_key(what="teacher_logits", base=base_key, texts=texts_digest(texts), n=len(texts),
-                    max_length=int(max_length))
+                    max_length=int(max_length), **({"precision": precision} if precision != "fp32" else {}))
     path = Path(cache_dir) / "teacher" / f"{key}.pt" if cache_dir is not None else None
     if path is None:
-        return teacher_logits(teacher, texts, tokenizer, max_length=max_length)
+        return teacher_logits(teacher, texts, tokenizer, max_length=max_length, precision=precision)
     path.parent.mkdir(parents=True, exist_ok=True)
     with FileLock(str(path) + ".lock"):
         if path.is_file():
@@ -146,7 +149,7 @@ def cached_teacher_logits(teacher: nn.Module, texts: Sequence[str], tokenizer: A
             if logits.shape[0] == len(texts):
                 return logits
         t0 = time.perf_counter()
-        logits = teacher_logits(teacher, texts, tokenizer, max_length=max_length)
+        logits = teacher_logits(teacher, texts, tokenizer, max_length=max_length, precision=precision)
         tmp = path.with_name(path.name + ".tmp")
         torch.save(logits, tmp)
         tmp.replace(path)
@@ -287,10 +290,11 @@ class DistillRun:
         if self.settings.threads:
             torch.set_num_threads(self.settings.threads)
         torch.manual_seed(self.settings.seed)
-        decay = [p for p in model.parameters() if p.ndim >= 2]
-        no_decay = [p for p in model.parameters() if p.ndim < 2]
-        self.optimizer = torch.optim.AdamW([{"params": decay, "weight_decay": self.settings.weight_decay},
-                                            {"params": no_decay, "weight_decay": 0.0}], lr=self.settings.lr)
+        freeze_token_embeddings(model, self.settings)
+        decay = [p for p in trainable(model) if p.ndim >= 2]
+        no_decay = [p for p in trainable(model) if p.ndim < 2]
+        self.optimizer = adamw([{"params": decay, "weight_decay": self.settings.weight_decay},
+                                {"params": no_decay, "weight_decay": 0.0}], lr=self.settings.lr)
         warm = max(1, int(self.total * self.settings.warmup_ratio))
         total = self.total
 
@@ -336,7 +340,7 @@ class DistillRun:
                 raise FloatingPointError(f"non-finite training loss {loss.item()} at final step {self.step}")
             self.optimizer.zero_grad(set_to_none=True)
             loss.backward()
-            nn.utils.clip_grad_norm_(self.model.parameters(), 1.0)
+            nn.utils.clip_grad_norm_(trainable(self.model), 1.0)
             self.optimizer.step()
             self.scheduler.step()
             self.step += 1

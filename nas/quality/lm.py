@@ -37,6 +37,7 @@ from nas.models.decoder import backbone
 from nas.models.loading import load_causal_lm, load_tokenizer
 from nas.quality.autocast import training_autocast
 from nas.quality.metrics import perplexity
+from nas.quality.optim import adamw
 from nas.util import cache_key
 
 log = logging.getLogger(__name__)
@@ -208,8 +209,7 @@ def finetune_lm(model: nn.Module, loader: Any, val_loader: Any, *, steps: int, l
              "" if positions >= 1 else f", the loss on {positions:.0%} of the positions")
     decay = [p for p in model.parameters() if p.ndim >= 2]
     rest = [p for p in model.parameters() if p.ndim < 2]
-    opt = torch.optim.AdamW([{"params": decay, "weight_decay": weight_decay}, {"params": rest, "weight_decay": 0.0}],
-                            lr=lr)
+    opt = adamw([{"params": decay, "weight_decay": weight_decay}, {"params": rest, "weight_decay": 0.0}], lr=lr)
     warm = max(1, int(steps * warmup_ratio))
     sched = torch.optim.lr_scheduler.LambdaLR(
         opt, lambda i: (i + 1) / warm if i < warm else max(0.0, (steps - i) / max(1, steps - warm)))

@@ -48,6 +48,7 @@ from nas.models.encoder import arch_for
 from nas.models.registry import base_shape
 from nas.models.slicing import head_rows, kept_units
 from nas.quality.metrics import accuracy
+from nas.quality.optim import adamw
 from nas.spec import BaseShape, SubnetSpec
 from nas.util import cache_key, cfg_get
 
@@ -397,8 +398,8 @@ def sandwich_losses(net: Supernet, specs: Sequence[SubnetSpec], batch: Mapping[s
 def _optimizer(model: nn.Module, settings: SupernetSettings) -> tuple[Any, Any]:
     decay = [p for p in model.parameters() if p.ndim >= 2]
     no_decay = [p for p in model.parameters() if p.ndim < 2]
-    opt = torch.optim.AdamW([{"params": decay, "weight_decay": settings.weight_decay},
-                             {"params": no_decay, "weight_decay": 0.0}], lr=settings.lr)
+    opt = adamw([{"params": decay, "weight_decay": settings.weight_decay},
+                 {"params": no_decay, "weight_decay": 0.0}], lr=settings.lr)
     total = max(1, settings.steps)
     warm = max(1, int(total * settings.warmup_ratio))
 

@@ -166,7 +166,6 @@ class FinalStage:
         self.base_quality = float(base.get("val_accuracy") or evaluator.prep.base_info["validation_accuracy"])
         # the band's reference: the base on the judge rows where they are held out (members are judged there too)
         self.band_reference = float(base.get("judge_accuracy") or self.base_quality)
-        self.band_rows = "judge" if base.get("judge_accuracy") is not None else "validation"
         self.data: dict[int, Any] = {}  # DistillData per context
         self.minutes: dict[str, float] = {}
         self.started = time.perf_counter()
@@ -229,7 +228,7 @@ class FinalStage:
             self.study.set_user_attr(WINNER_ATTR, best)
             r = final[str(best)]
             acc = band_accuracy(r)
-            rows = f"{self.band_rows} rows" if self.band_rows == "judge" else "validation"
+            rows = "judge rows" if self.study.user_attrs.get("base", {}).get("judge_accuracy") is not None else "validation"
             why = (f"the fastest member within {s.band:g} points of the base on the {rows}" if
                    within_band(acc, base_quality=self.band_reference, band=s.band) else
                    f"no member is within {s.band:g} points of the base on the {rows}: the most accurate")

@@ -227,12 +227,17 @@ class Evaluator:
     def scored_splits(self) -> tuple[tuple[str, str], ...]:
         """(split, key) a classifier is scored on as deployed: validation, test, and the judge rows where held out
         (nas.data.splits.hold_out_judge: the final stage's band reads only those)."""
-        judge = (("judge", "judge"),) if getattr(self.prep.task, "judge", None) is not None else ()
+        judge = (("judge", "judge"),) if self.judge_held_out else ()
         return (("validation", "val"), ("test", "test"), *judge)
 
     def judge_accuracy(self, model: Any, spec: Any) -> float | None:
         """Accuracy on the judge rows (in torch), or None where none are held out."""
-        return self.accuracy(model, spec, "judge") if getattr(self.prep.task, "judge", None) is not None else None
+        return self.accuracy(model, spec, "judge") if self.judge_held_out else None
+
+    @property
+    def judge_held_out(self) -> bool:
+        """Whether part of validation is held out for the final stage's band (nas.data.splits.hold_out_judge)."""
+        return getattr(self.prep.task, "judge", None) is not None
 
     def session_accuracy(self, path: Any, context: int, split: str) -> float:
         """Accuracy on `split` of the ONNX model at `path` (its onnxruntime session), inputs cut at `context`."""
@@ -319,7 +324,8 @@ class Evaluator:
         prep = self.prep
         max_length = int(cfg_get(prep.cfg, "max_length", 128))
         texts = [str(t) for t in prep.task.train["text"]]
-        common = {"max_length": max_length, "cache_dir": prep.cache_dir, "base_key": prep.base_info["key"], "say": say}
+        common = {"max_length": max_length, "cache_dir": prep.cache_dir, "base_key": prep.base_info["key"], "say": say,
+                  "precision": self.train.resolved_precision}
         logits = cached_teacher_logits(prep.base, texts, prep.tokenizer, name="training", **common)
         if transfer is not None:
             transfer = transfer.for_task(len(texts))  # auto: augment on a task with few labels
