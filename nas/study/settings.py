@@ -165,9 +165,9 @@ class FinalSettings:
     recipe: Any  # nas.quality.distill.FinalRecipe
     members: int
     rule: str = "halving"
-    candidates: int = 6
-    slack: float = 0.15
-    rung_steps: int = 100
+    candidates: int = 4
+    slack: float = 0.08
+    rung_steps: int = 200
     band: float = 1.0
     judge_share: float = 0.5  # classifiers: validation rows held out for the band (nas.data.splits.hold_out_judge)
     time_budget: float | None = 480.0
@@ -180,8 +180,8 @@ class FinalSettings:
         final = dict(cfg.get("final") or {})
         search = dict(cfg.get("search") or {})
         settings = cls(recipe=final_recipe(cfg), members=search.get("final_k", 0),
-                       rule=str(final.get("rule", "halving")), candidates=final.get("candidates", 6),
-                       slack=final.get("slack", 0.15), rung_steps=final.get("rung_steps", 100),
+                       rule=str(final.get("rule", "halving")), candidates=final.get("candidates", 4),
+                       slack=final.get("slack", 0.08), rung_steps=final.get("rung_steps", 200),
                        band=final.get("band", 1.0), judge_share=final.get("judge_share", 0.5),
                        time_budget=_seconds_or_none(final.get("time_budget"), "final.time_budget"),
                        transfer=TransferSettings.from_cfg(final), ppl_slack=final.get("ppl_slack", 3.0),
