@@ -53,11 +53,8 @@ if (( plan )); then  # what a call would do, one step a line (tests/test_setup.p
   exit 0
 fi
 
-pip() {  # quiet pip; drops the "Location ... is ignored" lines a local index config prints. --no-compile: no .pyc
-  # for the ~30,000 installed files up front (torch alone is most of them); Python writes one for each module it
-  # imports, the first time (a few hundred)
-  { "$VENV/bin/python" -m pip --disable-pip-version-check -q "$@" --no-compile 2>&1; } \
-    | { grep -v "is ignored: it is neither" || true; }
+pip() {  # quiet pip; drops the "Location ... is ignored" lines a local index config prints
+  { "$VENV/bin/python" -m pip --disable-pip-version-check -q "$@" 2>&1; } | { grep -v "is ignored: it is neither" || true; }
 }
 if (( ! main_done )); then
   [[ -x "$VENV/bin/python" ]] || "$PY" -m venv "$VENV"
