@@ -291,10 +291,7 @@ class DistillRun:
             torch.set_num_threads(self.settings.threads)
         torch.manual_seed(self.settings.seed)
         freeze_token_embeddings(model, self.settings)
-        decay = [p for p in trainable(model) if p.ndim >= 2]
-        no_decay = [p for p in trainable(model) if p.ndim < 2]
-        self.optimizer = adamw([{"params": decay, "weight_decay": self.settings.weight_decay},
-                                {"params": no_decay, "weight_decay": 0.0}], lr=self.settings.lr)
+        self.optimizer = adamw(model, lr=self.settings.lr, weight_decay=self.settings.weight_decay)
         warm = max(1, int(self.total * self.settings.warmup_ratio))
         total = self.total
 

@@ -22,7 +22,7 @@ from nas.models.loading import load_base_model, load_tokenizer
 from nas.quality.autocast import resolve_precision, training_autocast
 from nas.quality.lm import Progress, lm_train_loss, positions_fraction, teacher_topk_logits
 from nas.quality.metrics import accuracy, model_inputs
-from nas.quality.optim import adamw, trainable
+from nas.quality.optim import adamw
 from nas.util import cache_key
 
 log = logging.getLogger(__name__)
@@ -110,7 +110,6 @@ def freeze_token_embeddings(model: nn.Module, settings: TrainSettings) -> None:
     embeddings = model.get_input_embeddings()
     if embeddings is not None:
         embeddings.weight.requires_grad_(False)
-
 
 
 @dataclass(frozen=True)
@@ -327,11 +326,7 @@ def _lightning_module_class() -> type:
 
         def configure_optimizers(self) -> Any:
             s = self.settings
-            decay, no_decay = [], []
-            for p in trainable(self.model):
-                (no_decay if p.ndim < 2 else decay).append(p)
-            opt = adamw([{"params": decay, "weight_decay": s.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
-                        lr=s.lr)
+            opt = adamw(self.model, lr=s.lr, weight_decay=s.weight_decay)
             total = max(1, s.max_steps)
             warm = max(1, int(total * s.warmup_ratio))
 

@@ -207,9 +207,7 @@ def finetune_lm(model: nn.Module, loader: Any, val_loader: Any, *, steps: int, l
     best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
     log.info("%s: validation perplexity %.2f before training; up to %d steps (%s%s)", what, best, steps, precision,
              "" if positions >= 1 else f", the loss on {positions:.0%} of the positions")
-    decay = [p for p in model.parameters() if p.ndim >= 2]
-    rest = [p for p in model.parameters() if p.ndim < 2]
-    opt = adamw([{"params": decay, "weight_decay": weight_decay}, {"params": rest, "weight_decay": 0.0}], lr=lr)
+    opt = adamw(model, lr=lr, weight_decay=weight_decay)
     warm = max(1, int(steps * warmup_ratio))
     sched = torch.optim.lr_scheduler.LambdaLR(
         opt, lambda i: (i + 1) / warm if i < warm else max(0.0, (steps - i) / max(1, steps - warm)))

@@ -396,10 +396,7 @@ def sandwich_losses(net: Supernet, specs: Sequence[SubnetSpec], batch: Mapping[s
 
 
 def _optimizer(model: nn.Module, settings: SupernetSettings) -> tuple[Any, Any]:
-    decay = [p for p in model.parameters() if p.ndim >= 2]
-    no_decay = [p for p in model.parameters() if p.ndim < 2]
-    opt = adamw([{"params": decay, "weight_decay": settings.weight_decay},
-                 {"params": no_decay, "weight_decay": 0.0}], lr=settings.lr)
+    opt = adamw(model, lr=settings.lr, weight_decay=settings.weight_decay)
     total = max(1, settings.steps)
     warm = max(1, int(total * settings.warmup_ratio))
 
