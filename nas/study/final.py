@@ -9,10 +9,7 @@ curves project highest at their planned length (projected_accuracy) goes on, run
 stage keeps to final.time_budget. It is resumable: members done are not trained again, candidates
 eliminated stay out, and survivors of a finished rung resume from the weights saved at its end.
 
-A language-modelling study's final stage (`lm_final_stage`) trains the fastest front members within
-final.ppl_slack of the base's perplexity a fixed final.max_steps with the trials' trainer
-(nas.quality.finetune), then measures each as deployed (llama.cpp, GGUF) and names the winner: the
-fastest within final.ppl_band of the base's perplexity.
+A language-modelling study's final stage is nas.study.lm_final.lm_final_stage.
 
 `evaluate_front_on_test` scores every front member's trial weights on the test split. Both record
 their results as study attributes (a finished trial's own attributes are frozen); the reports merge
@@ -30,20 +27,15 @@ import pandas as pd
 
 from nas.quality.metrics import evaluate
 from nas.spec import SubnetSpec
-from nas.study.report import DEPLOYED_KEYS, choose_final, cost_column, pareto_frame, quality_column
+from nas.study.report import (DEPLOYED_KEYS, WINNER_ATTR, choose_final, cost_column, measured_members, pareto_frame,
+                              quality_column)
+from nas.study.lm_final import lm_final_stage
 from nas.study.weights import RunWeights, load_weights
 
 PLAN_ATTR = "final_plan"  # the halving's candidates, rungs and survivors' progress (study attribute)
-WINNER_ATTR = "final_winner"
 
 
 # ---------------------------------------------------------------------------- choosing members
-
-
-def measured_members(front: pd.DataFrame, *, quality: str, cost: str) -> pd.DataFrame:
-    """The front's trials (the base row left out) that have both their quality and their cost."""
-    is_base = front.get("is_base", pd.Series(False, index=front.index)).fillna(False).astype(bool)
-    return front[~is_base].dropna(subset=[quality, cost])
 
 
 def eligible(front: pd.DataFrame, *, base_quality: float, slack: float, cost: str,
@@ -351,149 +343,6 @@ class FinalStage:
 
     def _add(self, what: str, seconds: float) -> None:
         self.minutes[what] = self.minutes.get(what, 0.0) + seconds
-
-
-def lm_members(front: pd.DataFrame, k: int, *, base_ppl: float, slack: float, cost: str,
-               quality: str = "val_perplexity") -> list[int]:
-    """A language model's final members: the `k` fastest front members whose trial validation perplexity is
-    at most (1 + slack) times the base's; too few such members: the lowest perplexities fill up."""
-    members = measured_members(front, quality=quality, cost=cost)
-    close = members[members[quality] <= base_ppl * (1 + slack)].sort_values([cost, quality])
-    chosen = [int(n) for n in close["number"]][:k]
-    for n in members.sort_values([quality, cost])["number"]:
-        if len(chosen) >= k:
-            break
-        if int(n) not in chosen:
-            chosen.append(int(n))
-    return chosen
-
-
-def lm_speedup(result: Mapping[str, Any]) -> float | None:
-    """A final member's decode speedup over the run's reference: the base at latency.precision (reference_base when
-    the member runs at another GGUF type, else quantized_base, the same thing)."""
-    for key in ("speedup_over_reference_base", "speedup_over_quantized_base", "speedup"):
-        if result.get(key) is not None:
-            return float(result[key])
-    return None
-
-
-def lm_winner(final: Mapping[str, Mapping[str, Any]], *, base_ppl: float, band: float) -> int | None:
-    """The fastest final member (deployed speedup over the base at the reference type) whose validation perplexity
-    as deployed is within `band` (a fraction) of the base's as deployed; none within: the lowest perplexity."""
-    rows = []
-    for n, r in final.items():
-        ppl = r.get("val_perplexity_deployed", r.get("val_perplexity"))
-        speed = lm_speedup(r)
-        if ppl is not None:
-            rows.append((int(n), float(ppl), speed if speed is not None else 0.0))
-    if not rows:
-        return None
-    within = [r for r in rows if r[1] <= base_ppl * (1 + band) + 1e-12]
-    if within:
-        return max(within, key=lambda r: (r[2], -r[1]))[0]
-    return min(rows, key=lambda r: (r[1], -r[2]))[0]
-
-
-def lm_final_stage(study: Any, *, weights: RunWeights, evaluator: Any, objectives: Any, settings: Any, recipe: Any,
-                   say: Callable[[str], None], clock: Callable[[str, float], None], write: Callable[[Any], Any]) -> None:
-    """A language model's final stage: the final_k fastest front members within settings.ppl_slack of the base's
-    validation perplexity (as deployed), each trained from its (healed) trial weights by evaluator.fit_lm within
-    an equal share of what is left of final.time_budget (best validation checkpoint: no worse than it came), then
-    measured as deployed at its own GGUF type (evaluator.deployed: its file's perplexity in llama.cpp, its decode
-    speedup over the base at the reference type and over the base quantized alike). The winner: the fastest
-    within settings.ppl_band of the base's deployed validation perplexity."""
-    quality = quality_column(objectives)  # val_perplexity
-    cost = cost_column(objectives)
-    front = pareto_frame(study, None, cost=cost, quality=quality)
-    base = study.user_attrs.get("base", {})
-    base_ppl = float(base.get("val_perplexity") or evaluator.prep.base_info["validation_perplexity"])
-    chosen = lm_members(front, settings.members, base_ppl=base_ppl, slack=settings.ppl_slack, cost=cost,
-                        quality=quality)
-    if not chosen:
-        return
-    started = time.perf_counter()
-    deadline = None if settings.time_budget is None else started + float(settings.time_budget)
-    done = {int(n) for n in (study.user_attrs.get("final") or {})}
-    todo = [n for n in chosen if n not in done or not weights.final_path(n).is_file()]
-    fs = recipe
-    shapes = ", ".join(f"{n} ({study.trials[n].user_attrs.get('shape')} {study.trials[n].user_attrs.get('precision') or ''}, "
-                       f"{study.trials[n].user_attrs.get('speedup', 0):.2f}x, "
-                       f"val ppl {study.trials[n].user_attrs.get(quality, float('nan')):.1f})" for n in chosen)
-    cap = base_ppl * (1 + settings.ppl_slack)
-    close = sum(study.trials[n].user_attrs.get(quality, math.inf) <= cap for n in chosen)
-    how = (f"the fastest front members within {1 + settings.ppl_slack:g}x the base's perplexity ({base_ppl:.2f})"
-           if close == len(chosen) else
-           f"{close} front member(s) within {1 + settings.ppl_slack:g}x the base's perplexity ({base_ppl:.2f}), the "
-           "lowest perplexities fill up")
-    budget = "" if settings.time_budget is None else f" within final.time_budget={settings.time_budget:g}s"
-    training = (f"each up to {fs.max_steps} more steps{budget} (lr {fs.lr:g}, distill weight {fs.distill_weight:g}, "
-                f"top-{fs.distill_topk or 'all'} KL, {fs.resolved_precision})" if fs.max_steps > 0 else
-                "not trained (final.max_steps=0): measured as deployed")
-    say(f"final stage: {how}: {shapes}; {training}"
-        + (f"; {len(chosen) - len(todo)} done before" if len(todo) < len(chosen) else ""))
-    base_deployed_ppl = float(base.get("val_perplexity_deployed") or base_ppl)
-    for i, number in enumerate(todo):
-        trial = study.trials[number]
-        if not weights.trial_path(number).is_file():
-            say(f"final stage: trial {number}'s weights are not in this run folder (another worker's); skipped")
-            continue
-        spec = SubnetSpec.from_dict(trial.user_attrs["spec"])
-        precision = trial.user_attrs.get("precision")
-        model = weights.load(trial)
-        t0 = time.perf_counter()
-        # an equal share of what is left: a member that stops early leaves its time to the next ones
-        share = None if deadline is None else t0 + max(0.0, deadline - t0) / (len(todo) - i)
-        if fs.max_steps > 0:
-            trained = evaluator.fit_lm(model, spec, fs, progress=f"final member {number}", deadline=share,
-                                       eval_every=settings.recipe.eval_every, patience=settings.recipe.patience)
-        else:  # final.max_steps=0: the healed trial as it is, measured as deployed
-            trained = {"validation_perplexity": evaluator.quality_of(model, spec, "validation")[1], "steps": 0,
-                       "best_step": 0, "stopped": "final.max_steps=0", "precision": "none"}
-        seconds = time.perf_counter() - t0
-        clock("final training", seconds)
-        t0 = time.perf_counter()
-        result = {"val_perplexity": trained["validation_perplexity"],
-                  "test_perplexity": evaluator.quality_of(model, spec, "test")[1], "steps": trained["steps"],
-                  "best_step": trained["best_step"], "stopped": trained["stopped"], "precision": precision,
-                  "train_precision": trained["precision"], "seconds": round(seconds, 1)}
-        clock("evaluation", time.perf_counter() - t0)
-        baselines, reused = evaluator.lm_baselines(precision), {}
-        if fs.max_steps <= 0 and "reference_base" in baselines:
-            # untrained, the member's file is the trial's: its paired rounds against the reference base stand
-            a = trial.user_attrs
-            reused = {f"speedup_over_reference_base{k}": a.get(f"speedup{k}") for k in ("", "_p10", "_p90")}
-            baselines = tuple(b for b in baselines if b != "reference_base")
-        result.update(evaluator.deployed(model, spec, name=f"final_{number}", precision=precision, baselines=baselines))
-        result.update({k: v for k, v in reused.items() if v is not None})
-        weights.save(model, weights.final_path(number))
-        latest = dict(study.user_attrs.get("final") or {})  # other workers may have added theirs
-        latest[str(number)] = result
-        study.set_user_attr("final", latest)
-        a = trial.user_attrs
-        deployed = ""
-        if "val_perplexity_deployed" in result:
-            deployed = (f"; as deployed ({result.get('variant')}): val ppl {result['val_perplexity_deployed']:.2f}, "
-                        f"test ppl {result['test_perplexity_deployed']:.2f}, decode {lm_speedup(result):.2f}x over the "
-                        f"base at {evaluator.timer.settings.precision}")
-        say(f"final    {number:3d} {a['shape']:28s} val ppl {a[quality]:.2f} -> {result['val_perplexity']:.2f} (torch "
-            f"fp32, best of {trained['steps']} steps at step {trained['best_step']}, {trained['stopped']}; "
-            f"{seconds:.0f}s){deployed}")
-        write(study)
-    final = {str(n): r for n, r in (study.user_attrs.get("final") or {}).items() if int(n) in chosen}
-    best = lm_winner(final, base_ppl=base_deployed_ppl, band=settings.ppl_band)
-    if best is not None:
-        study.set_user_attr(WINNER_ATTR, best)
-        r = final[str(best)]
-        ppl = r.get("val_perplexity_deployed", r["val_perplexity"])
-        within = ppl <= base_deployed_ppl * (1 + settings.ppl_band) + 1e-12
-        say(f"final stage winner: trial {best} ({study.trials[best].user_attrs.get('shape')} "
-            f"{r.get('precision') or ''}), "
-            + (f"the fastest member within {100 * settings.ppl_band:g}% of the base's perplexity" if within else
-               f"no member is within {100 * settings.ppl_band:g}% of the base's perplexity: the lowest")
-            + f": val ppl {ppl:.2f} (base {base_deployed_ppl:.2f}), test ppl "
-            f"{r.get('test_perplexity_deployed', r['test_perplexity']):.2f}")
-    say(f"final stage: {(time.perf_counter() - started) / 60:.1f} min")
-    write(study)
 
 
 def evaluate_front_on_test(study: Any, *, weights: RunWeights, prep: Any, lm: bool, batch_size: int,

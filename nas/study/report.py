@@ -43,6 +43,15 @@ COST_LABEL = {"latency_ratio": "latency / base latency (timed in pairs; lower is
               "size_mb": "size (MB)"}
 
 
+WINNER_ATTR = "final_winner"  # study attribute: the final stage's winner (a trial number)
+
+
+def measured_members(front: pd.DataFrame, *, quality: str, cost: str) -> pd.DataFrame:
+    """The front's trials (the base row left out) that have both their quality and their cost."""
+    is_base = front.get("is_base", pd.Series(False, index=front.index)).fillna(False).astype(bool)
+    return front[~is_base].dropna(subset=[quality, cost])
+
+
 def cost_column(objectives: Sequence[str]) -> str:
     costs = [o for o in objectives if o not in ("accuracy", "perplexity")]
     return COST_COLUMN[costs[0]] if costs else "latency_ms"
@@ -303,7 +312,7 @@ def write_reports(study: Any, run_dir: str | Path, *, base: Mapping[str, Any], o
     finals = final_trained(front)
     knee = (knee_index(finals, acc="final_" + quality, cost=cost) if not finals.empty
             else knee_index(front, acc=quality, cost=cost))
-    winner = study.user_attrs.get("final_winner")  # the final stage's: the fastest member within final.band
+    winner = study.user_attrs.get(WINNER_ATTR)  # the final stage's: the fastest member within final.band
     if winner is not None and not finals.empty and (finals["number"] == winner).any():
         knee = int(finals.index[finals["number"] == winner][0])
     plot_pareto_png(trials, front, run_dir / "pareto.png", cost=cost, knee=knee, quality=quality)
