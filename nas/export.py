@@ -38,6 +38,7 @@ from nas.cost.latency import (
     measure_runtimes,
     speedup_line,
 )
+from nas.cut.vocab import tokenizer_for
 from nas.data.tasks import load_task
 from nas.deploy.bundle import export_all, export_gguf_set
 from nas.deploy.gguf import GGUF_ARCHES, GGUF_TYPES, bpe_fields, check_request
@@ -47,9 +48,13 @@ from nas.deploy.llamacpp import llama_cpp_available
 from nas.models.gguf import gguf_file_of
 from nas.models.loading import load_base_model, load_causal_lm, load_tokenizer
 from nas.redact import guard_output
+from nas.cut.prune import prune_model
 from nas.spec import SubnetSpec
 from nas.study.deployed import deployed_line, measure_deployed
-from nas.study.report import cost_column, final_quality, knee_index, pareto_frame, trials_frame
+from nas.study.lm_final import ALONE_PREFIX
+from nas.study.prepare import prepare
+from nas.study.report import WINNER_ATTR, cost_column, final_quality, knee_index, pareto_frame, trials_frame
+from nas.study.settings import QUANT_ALONE_ATTR
 from nas.study.runs import load_run, rebuild_trial_model, trial_weights
 from nas.util import quiet_libraries
 
@@ -77,8 +82,9 @@ def choose(front: Any, *, pick: str = "knee", trial: int | None = None, max_late
         raise ValueError(f"pick={pick!r} is not known; allowed: {', '.join(PICKS)}")
     members = front[~front["is_base"].fillna(False).astype(bool)]
     # the quality: accuracy, or perplexity (lower is better) for a language-modelling study (nas.quality.lm)
-    perplexity = "val_perplexity" in members and members["val_perplexity"].notna().any()
-    q = acc = "val_perplexity" if perplexity else "val_accuracy"
+    perplexity = next((c for c in ("val_byte_perplexity", "val_perplexity") if c in members
+                       and members[c].notna().any()), None)  # per byte of the text (a cut vocabulary compares)
+    q = acc = perplexity or "val_accuracy"
 
     final = final_quality(members) if pick != "trial" else None
     if final is not None:
@@ -122,9 +128,9 @@ def choose(front: Any, *, pick: str = "knee", trial: int | None = None, max_late
     if pick == "winner" and winner is not None and (ok["number"] == winner).any():
         return ok[ok["number"] == winner].iloc[0]
     if pick == "max_accuracy":
-        return ok.sort_values([q, cost], ascending=[q == "val_perplexity", True]).iloc[0]
+        return ok.sort_values([q, cost], ascending=[q.endswith("perplexity"), True]).iloc[0]
     if pick == "min_latency":
-        return ok.sort_values(["latency_ms", q], ascending=[True, q == "val_perplexity"]).iloc[0]
+        return ok.sort_values(["latency_ms", q], ascending=[True, q.endswith("perplexity")]).iloc[0]
     k = knee_index(ok.assign(is_base=False), acc=q, cost=cost)
     if k is None:
         raise ValueError(f"no Pareto trial has both val_accuracy and {cost}; pick another rule")
@@ -170,7 +176,7 @@ class ExportSettings:
     onnx: bool = True
     # language models: GGUF files for llama.cpp (f32, f16, q8_0, q4_0); null: q8_0 for a language model, none otherwise
     gguf: Optional[List[str]] = None  # noqa: UP045
-    gguf_arch: str = "auto"  # auto (llama when every layer has the same shape, else deci) | llama | deci
+    gguf_arch: str = "auto"  # auto (llama, deci for per-layer shapes, or the family's own: qwen3, smollm3) | llama | deci
     latency: Any = field(default_factory=LatencyOverrides)
 
 
@@ -262,6 +268,14 @@ def run(args: dict[str, Any], console: Any) -> int:
             raise ValueError(f"gguf={args['gguf']}: GGUF files are for language models that llama.cpp runs; this run's "
                              "model is a classifier: its deployable file is the ONNX one (onnx=true)")
         args["latency_settings"] = latency_settings(cfg, args["latency"])
+        winner = study.user_attrs.get(WINNER_ATTR)
+        if (args["pick"] == "winner" and isinstance(winner, str) and args["max_latency_ms"] is None
+                and args["min_accuracy"] is None):  # the base alone (quantized, its vocabulary cut) won
+            alone = (study.user_attrs.get(QUANT_ALONE_ATTR) or {}).get(winner.removeprefix(ALONE_PREFIX))
+            if alone is None:
+                raise ValueError(f"the final stage's winner {winner!r} is not among this run's quantization_alone rows")
+            args["gguf_types"] = list(args["gguf"]) if args.get("gguf") is not None else [alone["precision"]]
+            return _export_alone(console, args, run_dir, cfg, study, winner, alone)
         # Every argument error comes back before torch / transformers are even imported.
         row = pick_row(study, args)
         repeat_of = row.get("repeat_of")
@@ -300,12 +314,12 @@ def _export(console: Any, args: Mapping[str, Any], run_dir: Path, cfg: Any, stud
     if args.get("gguf") and gguf_file_of(cfg.model.name_or_path) is None:
         bpe_fields(tokenizer)  # asked for GGUF: a tokenizer it cannot carry is refused before anything is written
     out = Path(args.get("out") or run_dir / "export" / f"trial_{number}").resolve()
-    metrics = {k: row[k] for k in ("val_accuracy", "test_accuracy", "val_perplexity", "test_perplexity", "params",
-                                   "flops", "size_mb")
+    metrics = {k: row[k] for k in ("val_accuracy", "test_accuracy", "val_byte_perplexity", "test_byte_perplexity",
+                                   "val_perplexity", "test_perplexity", "params", "flops", "size_mb")
                if k in row and row[k] == row[k] and row[k] is not None}
     final = trial_weights(run_dir, number).name.startswith("final_")
-    if final:  # the final stage's weights and accuracies (perplexities for a language model)
-        q = "perplexity" if notna(row.get("final_val_perplexity")) else "accuracy"
+    if final:  # the final stage's weights and accuracies (perplexities per byte for a language model)
+        q = "byte_perplexity" if notna(row.get("final_val_byte_perplexity")) else "accuracy"
         metrics.update({f"val_{q}": row[f"final_val_{q}"], f"test_{q}": row[f"final_test_{q}"],
                         f"trial_val_{q}": trial.user_attrs.get(f"val_{q}"), "final_steps": row["final_steps"]})
     source = {"model": cfg.model.name_or_path or "embedded:all-MiniLM-L6-v2", "trial": number,
@@ -313,6 +327,35 @@ def _export(console: Any, args: Mapping[str, Any], run_dir: Path, cfg: Any, stud
               "cfg": OmegaConf.to_container(cfg, resolve=False)}
     console.print(f"exporting trial {number} ({spec.describe()}) by pick={args['pick']} to {out}"
                   + (" (final-trained weights)" if final else ""), highlight=False)
+    return _write(console, args, cfg, model, spec, tokenizer, out, metrics, source, num_labels=num_labels,
+                  gguf_types=gguf_types)
+
+
+def _export_alone(console: Any, args: Mapping[str, Any], run_dir: Path, cfg: Any, study: Any, key: str,
+                  alone: Mapping[str, Any]) -> int:
+    """The final stage's winner is the base alone (quantized, its vocabulary cut: a quantization_alone row): the
+    run's fine-tuned base (cached by the search), its vocabulary cut as the row's spec says, as GGUF files."""
+    quiet_libraries()
+    spec = SubnetSpec.from_dict(alone["spec"])
+    prep = prepare(cfg)  # the fine-tuned base and the vocabulary's ranking, from the search's cache
+    model = prune_model(prep.base, spec, prep.scores).eval()
+    gguf_types = list(args.get("gguf_types") or [])
+    check_request(model, gguf_types, args.get("gguf_arch", "auto"))
+    label = key.removeprefix(ALONE_PREFIX).replace(" ", "_")
+    out = Path(args.get("out") or run_dir / "export" / f"base_{label}").resolve()
+    metrics = {k: v for k, v in alone.items() if k.startswith(("val_", "test_")) and v is not None}
+    source = {"model": cfg.model.name_or_path, "trial": None, "alone": key, "space": study.user_attrs.get("space"),
+              "run_dir": str(run_dir), "pick": args["pick"], "cfg": OmegaConf.to_container(cfg, resolve=False)}
+    console.print(f"exporting the final stage's winner, {key} (the fine-tuned base alone: no member was faster within "
+                  f"the band; {spec.describe()}) to {out}", highlight=False)
+    return _write(console, args, cfg, model, spec, prep.tokenizer, out, metrics, source, num_labels=0,
+                  gguf_types=gguf_types)
+
+
+def _write(console: Any, args: Mapping[str, Any], cfg: Any, model: Any, spec: Any, tokenizer: Any, out: Path,
+           metrics: dict[str, Any], source: Mapping[str, Any], *, num_labels: int, gguf_types: list[str]) -> int:
+    """The export folder of `model` (cut to `spec`): config.yaml, the HF folder, ONNX (classifiers) or GGUF files
+    (language models), README.md; each timed in paired rounds with the base."""
 
     # Latency of the export vs the base: paired rounds in this process, on the task's inputs, in
     # each runtime (the base's weights do not change its speed, so the pretrained one stands in).
@@ -341,8 +384,9 @@ def _export(console: Any, args: Mapping[str, Any], run_dir: Path, cfg: Any, stud
         runtimes += tuple(gguf_variant(t) for t in gguf_types)
     moments = None
     if gguf_types:  # quantized files: GPTQ and the importance matrix read the models' inputs on training text
-        moments = moments_of(calibration_ids(task, tokenizer, blocks=int(cfg.get("prune", {}).get("heal_blocks", 64)),
-                                             max_length=max_length, seed=int(cfg.get("train", {}).get("seed", 0))))
+        moments = moments_of(lambda m: calibration_ids(  # in each model's own ids (a cut vocabulary reads its own)
+            task, tokenizer_for(m, tokenizer), blocks=int(cfg.get("prune", {}).get("heal_blocks", 64)),
+            max_length=max_length, seed=int(cfg.get("train", {}).get("seed", 0))))
     measured = measure_runtimes(model, context=spec.context, base=base, task=task, tokenizer=tokenizer,
                                 settings=settings, max_length=max_length, runtimes=runtimes, moments=moments)
     for runtime, m in measured.items():

@@ -40,6 +40,8 @@ class BaseShape:
     # Decoders with grouped-query attention (nas.models.decoder): key/value heads, each shared by
     # num_heads // num_kv_heads query heads. None for encoders (every head has its own K/V).
     num_kv_heads: int | None = None
+    # Token ids of a causal language model's vocabulary (SubnetSpec.vocab cuts it); None where it is not cut.
+    vocab_size: int | None = None
 
     @property
     def group_size(self) -> int:
@@ -62,6 +64,9 @@ class SubnetSpec:
     # Per kept layer of a decoder, its attention (ATTENTION); None: full attention everywhere. A layer whose
     # attention is linear or none has heads[i] = kv_heads[i] = 0.
     attn: tuple[str, ...] | None = None
+    # A causal language model's vocabulary: the token ids kept (the most used by the training text first,
+    # nas.cut.vocab); None: the whole vocabulary.
+    vocab: int | None = None
 
     def __post_init__(self) -> None:
         # Normalise lists (YAML, JSON) to tuples so specs hash and compare by value.
@@ -78,6 +83,8 @@ class SubnetSpec:
             object.__setattr__(self, name, tuple(_as_int(f"{name}[{i}]", v) for i, v in enumerate(value)))
         for name in ("hidden", "context"):
             object.__setattr__(self, name, _as_int(name, getattr(self, name)))
+        if self.vocab is not None:
+            object.__setattr__(self, "vocab", _as_int("vocab", self.vocab))
 
     # ---- construction -------------------------------------------------------------------
     @classmethod
@@ -133,6 +140,12 @@ class SubnetSpec:
             raise SpecError(f"SubnetSpec.hidden={self.hidden} is out of range; allowed 1..{base.hidden_size}")
         if not 1 <= self.context <= base.max_positions:
             raise SpecError(f"SubnetSpec.context={self.context} is out of range; allowed 1..{base.max_positions}")
+        if self.vocab is not None:
+            if base.vocab_size is None:
+                raise SpecError(f"SubnetSpec.vocab={self.vocab}: vocabulary pruning is for causal language models "
+                                "(byte-level BPE); this base is an encoder classifier: leave vocab out")
+            if not 1 <= self.vocab <= base.vocab_size:
+                raise SpecError(f"SubnetSpec.vocab={self.vocab} is out of range; allowed 1..{base.vocab_size}")
         return self
 
     def attention(self, i: int) -> str:
@@ -182,7 +195,7 @@ class SubnetSpec:
     # ---- serialisation --------------------------------------------------------------------
     def to_dict(self) -> dict[str, Any]:
         out = {k: list(v) if isinstance(v, tuple) else v for k, v in dataclasses.asdict(self).items()}
-        for key in ("kv_heads", "attn"):  # encoders / full attention: the same dict as before the field existed
+        for key in ("kv_heads", "attn", "vocab"):  # encoders / full attention / whole vocabulary: the dict as before
             if out[key] is None:
                 del out[key]
         return out
@@ -194,12 +207,12 @@ class SubnetSpec:
         fields = {f.name for f in dataclasses.fields(cls)}
         data = dict(data)
         unknown = sorted(set(data) - fields)
-        missing = sorted(fields - set(data) - {"kv_heads", "attn"})
+        missing = sorted(fields - set(data) - {"kv_heads", "attn", "vocab"})
         if unknown or missing:
             raise SpecError(
                 f"SubnetSpec fields: unknown {unknown} / missing {missing}; expected exactly "
-                f"{sorted(fields - {'kv_heads', 'attn'})} (plus kv_heads for a model with grouped-query attention, and "
-                "attn for per-layer attention variants)"
+                f"{sorted(fields - {'kv_heads', 'attn', 'vocab'})} (plus kv_heads for a model with grouped-query "
+                "attention, attn for per-layer attention variants, vocab for a cut vocabulary)"
             )
         return cls(**{k: (list(v) if isinstance(v, (list, tuple)) else v) for k, v in data.items()})
 
@@ -243,7 +256,9 @@ class SubnetSpec:
         groups = "" if self.kv_heads is None else f"/G{span(tuple(self.kv_heads[i] for i in full))}"
         variants = "".join(f" A{kind[:3]}{self.attn.count(kind)}" for kind in ATTENTION[1:]
                            if self.attn is not None and kind in self.attn)
-        return f"L{len(self.layers)} H{span(heads)}{groups} F{span(self.ffn)} D{self.hidden} C{self.context}{variants}"
+        vocab = "" if self.vocab is None else f" V{self.vocab}"
+        return (f"L{len(self.layers)} H{span(heads)}{groups} F{span(self.ffn)} D{self.hidden} C{self.context}{variants}"
+                f"{vocab}")
 
 
 def _as_int(name: str, value: Any) -> int:

@@ -129,6 +129,9 @@ def run_final(cfg: Any, arch_path: str | Path, out_dir: str | Path, *, overrides
         f"val_{q}": val,
         f"test_{q}": ev.quality_of(model, spec, "test")[1],
     }
+    if lm:  # per byte of the text and per token of the base's tokenizer (nas.quality.metrics)
+        for split, key in (("validation", "val"), ("test", "test")):
+            metrics.update(ev.text_metrics(model, spec, split, key))
 
     lat = replace(latency_settings(cfg, {}).resolved(lm=lm), model="measured")
     deployed_file, timer = None, None
@@ -148,8 +151,13 @@ def run_final(cfg: Any, arch_path: str | Path, out_dir: str | Path, *, overrides
                                 settings=lat, max_length=int(cfg.max_length), runtimes=runtimes,
                                 moments=ev.moments if lm else None)
     metrics.update(**flat_latency_metrics(measured), **model_size(model))
-    metrics[f"base_val_{q}"] = prep.base_info[f"validation_{q}"]
-    metrics[f"base_test_{q}"] = prep.base_info[f"test_{q}"]
+    if lm:  # the base on the same text, per byte (a cut vocabulary tokenizes it otherwise)
+        full = SubnetSpec.full(prep.shape)
+        for split, key in (("validation", "base_val"), ("test", "base_test")):
+            metrics.update(ev.text_metrics(prep.base, full, split, key))
+    else:
+        metrics[f"base_val_{q}"] = prep.base_info[f"validation_{q}"]
+        metrics[f"base_test_{q}"] = prep.base_info[f"test_{q}"]
     metrics["final_steps"] = steps
     metrics["train_seconds"] = result["seconds"]
     metrics.update(best_step=result["best_step"], stopped_early=result["stopped_early"])

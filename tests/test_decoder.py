@@ -35,7 +35,7 @@ def random_scores(shape: BaseShape, seed: int = 0) -> ImportanceScores:
                             hidden=torch.rand(shape.hidden_size, generator=g), method="fisher")
 
 
-SHAPE = BaseShape(num_layers=L, num_heads=H, head_size=A, hidden_size=D, ffn_size=F, max_positions=P, num_kv_heads=KV)
+SHAPE = BaseShape(num_layers=L, num_heads=H, head_size=A, hidden_size=D, ffn_size=F, max_positions=P, num_kv_heads=KV, vocab_size=V)
 FULL = SubnetSpec.full(SHAPE)
 AXIS_SPECS = {
     "depth": SubnetSpec(layers=(0, 2, 3), heads=(4,) * 3, kv_heads=(2,) * 3, ffn=(F,) * 3, hidden=D, context=P),

@@ -17,6 +17,7 @@ from nas.deploy.llamacpp import llama_cpp_reason
 from nas.models.decoder import decoder_params
 from nas.models.registry import base_shape
 from nas.spec import SubnetSpec
+from nas.study.lm_final import lm_quality, lm_speedup
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -195,30 +196,40 @@ def test_search_end_to_end_on_perplexity(lm_env):
     done = [t for t in study.trials if t.state.name == "COMPLETE" and "repeat_of" not in t.user_attrs]
     assert len(done) == 2
     base = AutoModelForCausalLM.from_pretrained(lm_env["model"])
-    for t in done:
-        assert t.values[0] == t.user_attrs["val_perplexity"] > 1
+    for t in done:  # the quality: perplexity per byte of the validation text (and per token of the base's tokenizer)
+        assert t.values[0] == t.user_attrs["val_byte_perplexity"] > 1 and t.user_attrs["val_perplexity"] > 1
         spec = SubnetSpec.from_dict(t.user_attrs["spec"])
+        text = search.prep.chunks("validation", spec.context)  # one total NLL over the same text, two denominators
+        assert math.log(t.user_attrs["val_byte_perplexity"]) * text.bytes == pytest.approx(
+            math.log(t.user_attrs["val_perplexity"]) * text.base_tokens, rel=1e-9)
         assert spec.kv_heads is not None
         # closed form, plus the biases closed-form healing gave each kept layer's o_proj / down_proj (hidden each)
         extra = t.user_attrs["params"] - decoder_params(spec, vocab=V, head_size=16, tied=True)
         assert extra % spec.hidden == 0 and 0 <= extra // spec.hidden <= 2 * len(spec.layers)
         assert t.user_attrs["heal_error_ratio"] < 1 or spec.is_full(search.prep.shape)
     assert count_parameters(base) == search.base_metrics["params"]
-    assert search.base_metrics["val_perplexity"] > 1 and search.base_metrics["test_perplexity"] > 1
+    assert search.base_metrics["val_byte_perplexity"] > 1 and search.base_metrics["test_byte_perplexity"] > 1
     front = pd.read_csv(run_dir / "pareto.csv")
     members = front[~front["is_base"].astype(bool)]
-    assert members["test_perplexity"].notna().all() and (run_dir / "best.yaml").is_file()
+    assert members["test_byte_perplexity"].notna().all() and (run_dir / "best.yaml").is_file()
     # the final stage trains the front's fastest member within 4x the base's perplexity (else the lowest) on
     (number, result), = study.user_attrs["final"].items()
-    base_ppl = search.base_metrics["val_perplexity"]
-    close = members[members["val_perplexity"] <= 4 * base_ppl].sort_values("latency_ratio")
-    expected = close if len(close) else members.sort_values("val_perplexity")
-    assert int(number) == int(expected.iloc[0]["number"]) == study.user_attrs["final_winner"]
-    assert result["steps"] == 3 and result["val_perplexity"] > 1 and result["test_perplexity"] > 1
+    base_ppl = search.base_metrics["val_byte_perplexity"]
+    close = members[members["val_byte_perplexity"] <= 4 * base_ppl].sort_values("latency_ratio")
+    expected = close if len(close) else members.sort_values("val_byte_perplexity")
+    assert int(number) == int(expected.iloc[0]["number"])
+    assert result["steps"] == 3 and result["val_byte_perplexity"] > 1 and result["test_byte_perplexity"] > 1
+    # the winner: the fastest file within final.ppl_band of the base per byte, a member or the base alone
+    band = (1 + search.final.ppl_band) * search.base_metrics.get("val_byte_perplexity_deployed", base_ppl)
+    winner = study.user_attrs["final_winner"]
+    candidates = {int(number): result, **{f"base {k}": r for k, r in study.user_attrs["quantization_alone"].items()}}
+    within = {k: r for k, r in candidates.items() if lm_quality(r) <= band + 1e-12}
+    if within:
+        assert lm_speedup(candidates[winner]) == max(lm_speedup(r) for r in within.values())
     if llama_cpp_reason() is None:  # measured as deployed: its q8_0 GGUF in llama.cpp, beside the base's
         assert result["variant"] == "llamacpp_q8_0" and result["speedup_over_quantized_base"] > 0
-        assert result["val_perplexity_deployed"] == pytest.approx(result["val_perplexity"], rel=0.05)
-        assert search.base_metrics["val_perplexity_deployed"] == pytest.approx(base_ppl, rel=0.05)
+        assert result["val_byte_perplexity_deployed"] == pytest.approx(result["val_byte_perplexity"], rel=0.05)
+        assert search.base_metrics["val_byte_perplexity_deployed"] == pytest.approx(base_ppl, rel=0.05)
     assert (run_dir / "models" / f"final_{number}.safetensors").is_file()
     row = members[members["number"] == int(number)].iloc[0]
     assert row["final_val_perplexity"] == pytest.approx(result["val_perplexity"])

@@ -51,6 +51,7 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from nas.cost.generation import check, generation_pass, prompt_cap, resolve_mode
 from nas.data.tasks import token_lengths
+from nas.cut.vocab import tokenizer_for
 from nas.deploy.gguf import GGUF_TYPES, carried_tokenizer, write_gguf
 from nas.deploy.gguf_quant import QUANT_TYPES, check_precision, split_precision
 from nas.deploy.imatrix import check_split, diagonal
@@ -338,6 +339,17 @@ class InputSample:
     def __len__(self) -> int:
         return len(self.texts) if self.texts is not None else self.settings.sample_size
 
+    def with_tokenizer(self, tokenizer: Any) -> InputSample:
+        """The same texts as another tokenizer reads them (a language model with a cut vocabulary, nas.cut.vocab:
+        its own ids for the same prompts), memoised per tokenizer."""
+        if tokenizer is self.tokenizer:
+            return self
+        others = self.__dict__.setdefault("_others", {})
+        if id(tokenizer) not in others:
+            others[id(tokenizer)] = InputSample(self.settings, tokenizer=tokenizer, texts=self.texts,
+                                                vocab_size=len(tokenizer))
+        return others[id(tokenizer)]
+
     def batches(self, cap: int) -> list[dict[str, Any]]:
         cap = int(cap)
         if cap not in self._cache:
@@ -566,7 +578,9 @@ class PairedTimer:
 
     def _make_pass(self, model: Any, cap: int, *, name: str, variant: str | None = None, reuse: bool = False,
                    fast_export: bool = False) -> Pass:
-        batches = self.sample.batches(cap)
+        # the task's prompts as the model's tokenizer reads them (a cut vocabulary: its own ids for the same texts)
+        sample = self.sample if self.tokenizer is None else self.sample.with_tokenizer(tokenizer_for(model, self.tokenizer))
+        batches = sample.batches(cap)
         runtime, precision = parse_variant(variant or self.settings.variant)
         if runtime == "llamacpp":
             path = self.gguf_path(name, precision)

@@ -47,6 +47,9 @@ class ImportanceScores:
     ffn: torch.Tensor  # (L, F)
     hidden: torch.Tensor  # (D,)
     method: str
+    # A causal LM's vocabulary ranking on the training text (nas.cut.vocab.rank_vocabulary), for SubnetSpec.vocab:
+    # attached by nas.study.prepare, not part of the cached scores (cheap, and independent of the method)
+    vocab: Any = None
 
     def check_fits(self, shape: BaseShape) -> None:
         want = {
@@ -61,7 +64,7 @@ class ImportanceScores:
                 raise ValueError(f"importance scores '{name}' have shape {got}; the base model needs {expected}")
 
     def to_dict(self) -> dict[str, Any]:
-        return {k: getattr(self, k) for k in ("layers", "heads", "ffn", "hidden", "method")}
+        return {k: getattr(self, k) for k in ("layers", "heads", "ffn", "hidden", "method")}  # vocab: not cached
 
     def save(self, path: str | Path) -> None:
         path = Path(path)

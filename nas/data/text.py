@@ -14,6 +14,11 @@ becomes training blocks by tokenizing its documents, appending the EOS token to 
 them and cutting ``block`` tokens at a time (the remainder dropped): the standard way GPT-style
 LMs are trained and evaluated, so perplexity at context C is the perplexity of a model that
 sees C tokens at most.
+
+Scored per byte (`lm_chunks`): models whose tokenizers differ (a cut vocabulary splits rare words into more
+pieces) are compared on the same text, not the same ids. A split's evaluation text is its documents, in order,
+cut at the base tokenizer's token boundaries into pieces of `block` base tokens (exact substrings: together
+they are the documents' first max_eval_tokens tokens' worth), each scored on its own after one anchor token.
 """
 
 from __future__ import annotations
@@ -214,6 +219,47 @@ def lm_blocks(task: TextTask, split: str, tokenizer: Any, *, block: int) -> dict
         raise ValueError(f"the {split} split has {len(stream)} tokens, fewer than one block of {block}")
     ids = torch.tensor(stream[: n * block], dtype=torch.long).view(n, block)  # (N * block,) -> (N, block)
     return {"input_ids": ids, "attention_mask": torch.ones_like(ids), "labels": ids.clone()}
+
+
+@dataclass(frozen=True)
+class TextChunks:
+    """A split's evaluation text for per-byte scores: `texts` (exact substrings of its documents, in order), the
+    base tokenizer's token count in them and their UTF-8 bytes."""
+
+    texts: tuple[str, ...]
+    base_tokens: int
+    bytes: int
+
+
+def lm_chunks(task: TextTask, split: str, tokenizer: Any, *, block: int) -> TextChunks:
+    """The documents of `split` cut into pieces of `block` tokens of `tokenizer` (the base's) at token boundaries,
+    up to max_eval_tokens tokens (validation, test; the training split whole). A piece ends where its last token's
+    characters end, so the pieces of a document concatenate to it; no piece crosses a document."""
+    if block < 1:
+        raise ValueError(f"block={block} must be >= 1 token")
+    budget = None if split == "train" else max(block, int(task.max_eval_tokens))
+    texts: list[str] = []
+    used = 0
+    for doc in getattr(task, split)["text"]:
+        if budget is not None and used >= budget:
+            break
+        offsets = tokenizer(doc, add_special_tokens=False, return_offsets_mapping=True)["offset_mapping"]
+        start = 0
+        for first in range(0, len(offsets), block):
+            take = min(block, len(offsets) - first)
+            if budget is not None:
+                take = min(take, budget - used)
+            if take <= 0:
+                break
+            last = first + take
+            end = len(doc) if last == len(offsets) else int(offsets[last - 1][1])
+            if end > start:
+                texts.append(doc[start:end])
+            start = end
+            used += take
+    if not texts:
+        raise ValueError(f"the {split} split has no text to score")
+    return TextChunks(texts=tuple(texts), base_tokens=used, bytes=sum(len(t.encode("utf-8")) for t in texts))
 
 
 def lm_loader(blocks: Mapping[str, Any], *, batch_size: int, shuffle: bool, seed: int = 0) -> Any:

@@ -10,12 +10,14 @@ from typing import Any
 
 import yaml
 
-from nas.data.text import lm_blocks
+from nas.cut.vocab import tokenizer_for
+from nas.data.text import lm_chunks
 from nas.deploy.gguf import bpe_fields, write_gguf
 from nas.deploy.imatrix import diagonal
-from nas.deploy.llamacpp import file_perplexity, llama_cpp_available
+from nas.deploy.llamacpp import file_text_nll, llama_cpp_available
 from nas.deploy.onnx import export_onnx
 from nas.models.registry import family_for
+from nas.quality.metrics import TextScore
 from nas.redact import mask, mask_tree
 
 
@@ -114,10 +116,11 @@ def write_readme(out: Path, *, spec: Any, metrics: Mapping[str, Any], source: Ma
 def export_all(model: Any, tokenizer: Any, spec: Any, out: str | Path, *, metrics: Mapping[str, Any],
                source: Mapping[str, Any], onnx: bool = True, deployed: Path | None = None) -> dict[str, Any]:
     """config.yaml + HF folder + model.onnx + README.md into `out`; `deployed`: the quantized ONNX file
-    whose accuracy and speed `metrics` report, copied in as model.int8.onnx."""
+    whose accuracy and speed `metrics` report, copied in as model.int8.onnx. `tokenizer`: the base's (a model with a
+    cut vocabulary saves its own, nas.cut.vocab.tokenizer_for)."""
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    info = save_hf_folder(model, tokenizer, out, context=spec.context)
+    info = save_hf_folder(model, tokenizer_for(model, tokenizer), out, context=spec.context)
     config = {
         "arch": spec.to_dict(),
         "source": {k: v for k, v in source.items() if k not in ("cfg",)},
@@ -145,8 +148,10 @@ def export_gguf_set(model: Any, tokenizer: Any, out: str | Path, types: Sequence
                     source_gguf: Path | None, task: Any, context: int, max_length: int, threads: int,
                     metrics: dict[str, Any], moments: Mapping[str, Any] | None = None, imatrix: bool = True,
                     gptq: bool = True) -> list[str]:
-    """model.<type>.gguf for each GGUF type into `out` (nas.deploy.gguf), each file's test perplexity in
-    llama.cpp (when llama-cpp-python is installed) added to `metrics`, config.yaml and the README. `moments` (the
+    """model.<type>.gguf for each GGUF type into `out` (nas.deploy.gguf), each file's test scores in llama.cpp (when
+    llama-cpp-python is installed: perplexity per byte of the test text, bits per byte, perplexity per token of the
+    base's tokenizer; nas.quality.metrics) added to `metrics`, config.yaml and the README. `tokenizer`: the base's
+    (a model with a cut vocabulary carries its own, nas.cut.vocab; the test text is cut by the base's). `moments` (the
     model's input second moments on the task's training text, nas.deploy.imatrix): quantized files are weighted by
     their importance matrix (`imatrix`) and rounded GPTQ-style (`gptq`). Returns the lines to print."""
     out = Path(out)
@@ -156,7 +161,7 @@ def export_gguf_set(model: Any, tokenizer: Any, out: str | Path, types: Sequence
         except ValueError as e:
             return [f"GGUF not written: {e}"]
     block = min(int(context), int(max_length))
-    blocks = lm_blocks(task, "test", tokenizer, block=block)["input_ids"] if task is not None else None
+    chunks = lm_chunks(task, "test", tokenizer, block=block) if task is not None else None
     texts = [str(t)[:400] for t in (task.validation["text"][:32] if task is not None else [])]
     lines, rows = [], []
     for kind in types:
@@ -165,26 +170,36 @@ def export_gguf_set(model: Any, tokenizer: Any, out: str | Path, types: Sequence
                           imatrix=diagonal(moments) if moments and imatrix else None,
                           moments=moments if moments and gptq else None)
         metrics[f"gguf_{kind}_mb"] = round(info["bytes"] / 1e6, 1)
-        ppl = None
-        if blocks is not None and llama_cpp_available():
-            ppl = file_perplexity(path, [row.tolist() for row in blocks], threads=threads)
-            metrics[f"test_perplexity_gguf_{kind}"] = ppl
-        rows.append(f"| `{path.name}` | {info['arch']} | {info['bytes'] / 1e6:.1f} MB | "
-                    + (f"{ppl:.2f}" if ppl is not None else "not measured (llama-cpp-python missing)") + " |")
+        score = None
+        if chunks is not None and llama_cpp_available():
+            nll, tokens = file_text_nll(path, chunks.texts, threads=threads)
+            score = TextScore(nll=nll, tokens=tokens, bytes=chunks.bytes, base_tokens=chunks.base_tokens)
+            metrics.update({f"test_byte_perplexity_gguf_{kind}": score.byte_perplexity,
+                            f"test_bits_per_byte_gguf_{kind}": score.bits_per_byte,
+                            f"test_perplexity_gguf_{kind}": score.perplexity})
+        rows.append(f"| `{path.name}` | {info['arch']} | {int(model.config.vocab_size):,} | {info['bytes'] / 1e6:.1f} MB | "
+                    + (f"{score.byte_perplexity:.4f} | {score.bits_per_byte:.4f} | {score.perplexity:.2f}" if score
+                       is not None else "not measured (llama-cpp-python missing) | | ") + " |")
         lines.append(f"GGUF {path.name}: {info['arch']} architecture, {info['bytes'] / 1e6:.1f} MB, tensor types "
                      f"{info['tensor_types']} ({info['rounding']} rounding), tokenizer {info['tokenizer']}"
-                     + (f"; test perplexity in llama.cpp {ppl:.2f}" if ppl is not None else ""))
+                     + (f"; test in llama.cpp: perplexity per byte {score.byte_perplexity:.4f} ({score.bits_per_byte:.4f}"
+                        f" bits per byte), per token of the base's tokenizer {score.perplexity:.2f}" if score else ""))
     config_path = out / "config.yaml"
     config = yaml.safe_load(config_path.read_text())
     config["metrics"].update({k: (v.item() if hasattr(v, "item") else v) for k, v in metrics.items()
-                              if k.startswith(("gguf_", "test_perplexity_gguf_"))})
+                              if k.startswith(("gguf_", "test_perplexity_gguf_", "test_byte_perplexity_gguf_",
+                                               "test_bits_per_byte_gguf_"))})
     config_path.write_text(yaml.safe_dump(mask_tree(config), sort_keys=False))
     first = f"model.{types[0]}.gguf"
     readme = out / "README.md"
     readme.write_text(readme.read_text() + "\n".join([
         "", "## llama.cpp (GGUF)", "",
-        f"Test perplexity is on {block}-token blocks of the task's test split, scored by llama.cpp itself.", "",
-        "| file | architecture | size | test perplexity in llama.cpp |", "|---|---|---|---|", *rows, "",
+        f"Scores are on the task's test text (pieces of {block} tokens of the base's tokenizer, each after one "
+        "EOS token), scored by llama.cpp itself with each file's own tokenizer: perplexity per byte (exp of the "
+        "total negative log-likelihood over the text's UTF-8 bytes), bits per byte, and perplexity per token of "
+        "the base's tokenizer (the same total over the base's token count).", "",
+        "| file | architecture | vocabulary | size | test perplexity per byte | bits per byte | perplexity per base "
+        "token |", "|---|---|---|---|---|---|---|", *rows, "",
         "```bash", f"llama-cli -m {first} -p 'Once upon a time' -n 32", "```", "",
         "```python", "from llama_cpp import Llama", f"llm = Llama(model_path='{first}')",
         "print(llm('Once upon a time', max_tokens=32)['choices'][0]['text'])", "```", "",

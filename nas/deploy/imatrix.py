@@ -117,13 +117,15 @@ def input_moments(model: nn.Module, blocks: Sequence[Sequence[int]] | torch.Tens
     return moments()
 
 
-def moments_of(ids: torch.Tensor) -> Callable[[nn.Module], dict[str, torch.Tensor]]:
-    """model -> input_moments(model, ids), computed once per model object (a timer writes the base at several types)."""
+def moments_of(ids: torch.Tensor | Callable[[nn.Module], torch.Tensor]) -> Callable[[nn.Module], dict[str, torch.Tensor]]:
+    """model -> input_moments(model, ids), computed once per model object (a timer writes the base at several types).
+    `ids` may be a function of the model: the calibration text in its own token ids (a cut vocabulary's)."""
     memo: dict[int, tuple[nn.Module, dict[str, torch.Tensor]]] = {}
 
     def moments(model: nn.Module) -> dict[str, torch.Tensor]:
         if id(model) not in memo:
-            memo[id(model)] = (model, input_moments(model, ids))  # the model is held: its id stays its own
+            rows = ids(model) if callable(ids) else ids
+            memo[id(model)] = (model, input_moments(model, rows))  # the model is held: its id stays its own
         return memo[id(model)][1]
 
     return moments

@@ -146,6 +146,42 @@ class LlamaCppPass:
             self.llm = None
 
 
+def text_nll(llm: Any, texts: Sequence[str], *, token_ids: Sequence[Sequence[int]] | None = None,
+             anchor: int | None = None) -> tuple[float, int]:
+    """(total next-token NLL in nats, tokens predicted) of `texts`, each tokenized by the file's own tokenizer
+    (llama.cpp's) and scored after its EOS token (BOS where it has none): nas.quality.metrics.text_score's
+    definition, in llama.cpp (needs logits_all=True). A file with a stand-in vocabulary (a timing file, which
+    tokenizes nothing) is given the pieces' `token_ids` and the `anchor` id instead."""
+    if anchor is None:
+        anchor = int(llm.token_eos())
+        if anchor < 0:
+            anchor = int(llm.token_bos())
+    nll, count = 0.0, 0
+    for i, text in enumerate(texts):
+        pieces = token_ids[i] if token_ids is not None else llm.tokenize(text.encode("utf-8"), add_bos=False,
+                                                                          special=False)
+        ids = [int(anchor), *pieces]
+        logits = all_logits(llm, ids)[:-1].astype(np.float64)  # position t predicts token t + 1
+        top = logits.max(-1, keepdims=True)
+        logz = np.log(np.exp(logits - top).sum(-1)) + top[:, 0]
+        nll += float((logz - logits[np.arange(len(ids) - 1), ids[1:]]).sum())
+        count += len(ids) - 1
+    return nll, count
+
+
+def file_text_nll(path: str | Path, texts: Sequence[str], *, threads: int = 1, n_ctx: int = 0,
+                  token_ids: Sequence[Sequence[int]] | None = None, anchor: int | None = None) -> tuple[float, int]:
+    """text_nll of the GGUF file at `path`. `n_ctx` 0: room for the longest piece at one token per byte."""
+    n_ctx = n_ctx or max(len(t.encode("utf-8")) for t in texts) + 8
+    if token_ids is not None:
+        n_ctx = max(n_ctx, max(len(r) for r in token_ids) + 8)
+    llm = load_gguf(path, n_ctx=n_ctx, threads=threads, logits_all=True, n_batch=max(512, n_ctx))
+    try:
+        return text_nll(llm, texts, token_ids=token_ids, anchor=anchor)
+    finally:
+        llm.close()
+
+
 def file_perplexity(path: str | Path, blocks: Sequence[Sequence[int]], *, threads: int = 1) -> float:
     """Perplexity of the GGUF file at `path` in llama.cpp over token blocks (each scored on its own)."""
     llm = load_gguf(path, n_ctx=max(len(b) for b in blocks), threads=threads, logits_all=True)

@@ -20,7 +20,7 @@ from torch import nn
 from nas.data.tasks import make_loader, sorted_by_length, tokenize
 from nas.models.loading import load_base_model, load_tokenizer
 from nas.quality.autocast import resolve_precision, training_autocast
-from nas.quality.lm import Progress, lm_train_loss, positions_fraction, teacher_topk_logits
+from nas.quality.lm import Progress, lm_train_loss, positions_fraction, student_vocab, teacher_topk_logits
 from nas.quality.metrics import accuracy, model_inputs
 from nas.quality.optim import adamw
 from nas.util import cache_key
@@ -287,7 +287,7 @@ def _lightning_module_class() -> type:
             if batch["labels"].dim() == 2:  # a causal LM (nas.quality.lm): next-token loss, KL on next-token distributions
                 k = self.settings.distill_topk
                 topk = teacher_topk_logits(self.teacher, batch, k, self.teacher_cache,
-                                           temperature=self.settings.temperature) \
+                                           temperature=self.settings.temperature, vocab=student_vocab(self.model)) \
                     if k and self.teacher is not None and w > 0 else None
                 loss = lm_train_loss(self.model, batch, fraction=self.positions, generator=self.draws,
                                      teacher=None if topk is not None else self.teacher, distill_weight=w,

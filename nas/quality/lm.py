@@ -52,7 +52,7 @@ log = logging.getLogger(__name__)
 def lm_loss(logits: torch.Tensor, batch: Mapping[str, torch.Tensor], *, teacher: nn.Module | None,
             distill_weight: float, temperature: float,
             teacher_topk: tuple[torch.Tensor, torch.Tensor] | None = None,
-            keep: torch.Tensor | None = None) -> torch.Tensor:
+            keep: torch.Tensor | None = None, vocab: torch.Tensor | None = None) -> torch.Tensor:
     """Next-token cross-entropy, mixed with KL(teacher || student) on next-token distributions.
 
     `teacher_topk` = (log-probabilities at the temperature, indices), each (B, T, k): the teacher's k most
@@ -64,7 +64,12 @@ def lm_loss(logits: torch.Tensor, batch: Mapping[str, torch.Tensor], *, teacher:
     from 110 to 167 validation perplexity in 10 steps that way, to 83 with the full KL).
 
     `keep` (B, T - 1), optional: the positions the loss is taken on; `logits` then holds only those rows, in
-    order ((N, V): lm_train_loss computes the vocabulary head on the sampled positions alone)."""
+    order ((N, V): lm_train_loss computes the vocabulary head on the sampled positions alone).
+
+    `vocab` (V,), optional: a student with a cut vocabulary (nas.cut.vocab), the teacher's id of each student id. The
+    teacher reads the student's tokens by their teacher ids (`batch` holds student ids); its top-k tokens that the
+    student lacks join "any other token" (KL over the kept ones and the rest); a live teacher's distribution is
+    taken over the kept ids."""
     labels = batch["labels"][:, 1:]
     mask = batch.get("attention_mask")
     valid = (labels != -100) if mask is None else (mask[:, 1:].bool() & (labels != -100))
@@ -80,15 +85,29 @@ def lm_loss(logits: torch.Tensor, batch: Mapping[str, torch.Tensor], *, teacher:
     log_q = nn.functional.log_softmax(student / t, dim=-1)  # (N, V)
     if teacher_topk is not None:
         log_p, index = (x[:, :-1][valid] for x in teacher_topk)  # (N, k) each
-        log_p = log_p.float()
-        log_qk = log_q.gather(-1, index.long())  # (N, k)
-        tail_p = (1 - log_p.exp().sum(-1)).clamp_min(1e-8)  # what the k tokens leave, each side
-        tail_q = (1 - log_qk.exp().sum(-1)).clamp_min(1e-8)
-        kd = ((log_p.exp() * (log_p - log_qk)).sum(-1) + tail_p * (tail_p.log() - tail_q.log())).mean() * (t * t)
+        log_p, index = log_p.float(), index.long()
+        kept = torch.ones_like(index, dtype=torch.bool)
+        if vocab is not None:  # teacher ids -> the student's (-1: not in its vocabulary: part of the rest)
+            to_student = torch.full((int(vocab.max()) + 1,), -1, dtype=torch.long, device=index.device)
+            to_student[vocab.to(index.device)] = torch.arange(len(vocab), device=index.device)
+            index = torch.where(index <= int(vocab.max()), to_student[index.clamp_max(int(vocab.max()))], -1)
+            kept = index >= 0
+            index = index.clamp_min(0)
+        p = log_p.exp() * kept
+        log_qk = log_q.gather(-1, index)  # (N, k)
+        tail_p = (1 - p.sum(-1)).clamp_min(1e-8)  # what the k tokens leave, each side
+        tail_q = (1 - (log_qk.exp() * kept).sum(-1)).clamp_min(1e-8)
+        kl_k = torch.where(kept, p * (log_p - log_qk), torch.zeros_like(p)).sum(-1)
+        kd = (kl_k + tail_p * (tail_p.log() - tail_q.log())).mean() * (t * t)
     else:
         with torch.no_grad():
             inputs = {k: batch[k] for k in ("input_ids", "attention_mask") if k in batch}
-            target = nn.functional.log_softmax(teacher(**inputs).logits[:, :-1].float()[valid] / t, dim=-1)
+            if vocab is not None:
+                inputs["input_ids"] = vocab.to(inputs["input_ids"].device)[inputs["input_ids"]]
+            teacher_logits = teacher(**inputs).logits[:, :-1].float()[valid]
+            if vocab is not None:
+                teacher_logits = teacher_logits[:, vocab.to(teacher_logits.device)]
+            target = nn.functional.log_softmax(teacher_logits / t, dim=-1)
         kd = nn.functional.kl_div(log_q, target, log_target=True, reduction="batchmean") * (t * t)  # per token
     return (1 - distill_weight) * ce + distill_weight * kd
 
@@ -116,11 +135,13 @@ def lm_train_loss(model: nn.Module, batch: Mapping[str, torch.Tensor], *, fracti
                   teacher_topk: tuple[torch.Tensor, torch.Tensor] | None = None) -> torch.Tensor:
     """A training step's loss (lm_loss) on a random `fraction` of each block's predicted positions: the model's
     layers run on every token (each position still reads the whole context), the vocabulary head only on the
-    positions drawn, so a small model's step is not dominated by its logits. fraction 1: every position."""
+    positions drawn, so a small model's step is not dominated by its logits. fraction 1: every position. A model with
+    a cut vocabulary (config.nas_vocab) is distilled through the map to the teacher's ids (lm_loss's `vocab`)."""
+    vocab = student_vocab(model)
     if fraction >= 1:
         out = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"])
         return lm_loss(out.logits, batch, teacher=teacher, distill_weight=distill_weight, temperature=temperature,
-                       teacher_topk=teacher_topk)
+                       teacher_topk=teacher_topk, vocab=vocab)
     hidden = backbone(model)(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).last_hidden_state
     labels = batch["labels"][:, 1:]
     valid = batch["attention_mask"][:, 1:].bool() & (labels != -100)
@@ -130,18 +151,28 @@ def lm_train_loss(model: nn.Module, batch: Mapping[str, torch.Tensor], *, fracti
         keep = valid
     logits = model.lm_head(hidden[:, :-1][keep])  # (N, V): the head on the drawn positions only
     return lm_loss(logits, batch, teacher=teacher, distill_weight=distill_weight, temperature=temperature,
-                   teacher_topk=teacher_topk, keep=keep)
+                   teacher_topk=teacher_topk, keep=keep, vocab=vocab)
+
+
+def student_vocab(model: nn.Module) -> torch.Tensor | None:
+    """The teacher's (the base's) id of each of `model`'s ids when its vocabulary is cut (nas.cut.vocab), else None."""
+    kept = getattr(getattr(model, "config", None), "nas_vocab", None)
+    return torch.tensor(kept, dtype=torch.long) if kept else None
 
 
 @torch.no_grad()
 def teacher_topk_logits(teacher: nn.Module, batch: Mapping[str, torch.Tensor], k: int,
-                        cache: dict[bytes, Any] | None = None, *, temperature: float = 1.0
-                        ) -> tuple[torch.Tensor, torch.Tensor]:
+                        cache: dict[bytes, Any] | None = None, *, temperature: float = 1.0,
+                        vocab: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """(log-probabilities at `temperature`, indices), each (B, T, k): the teacher's k most likely next tokens
     at every position of each block. Rows are cached by their token bytes, k and the temperature, so trials
     that see the same blocks run the teacher once: (4 + 4) * k bytes per token, 64 KB per 128-token block
-    at k = 64."""
+    at k = 64. `vocab`: a student with a cut vocabulary (student_vocab): `batch` holds its ids, the teacher reads them
+    by their teacher ids, and the indices returned are the teacher's (lm_loss maps them)."""
     ids = batch["input_ids"]
+    if vocab is not None:
+        ids = vocab.to(ids.device)[ids]
+        batch = {**batch, "input_ids": ids}
     k = min(int(k), int(getattr(getattr(teacher, "config", None), "vocab_size", k) or k))  # a tiny vocabulary: all of it
     tag = k.to_bytes(4, "little") + repr(float(temperature)).encode()
     keys = [ids[i].cpu().numpy().tobytes() + tag for i in range(ids.shape[0])]
@@ -224,7 +255,8 @@ def finetune_lm(model: nn.Module, loader: Any, val_loader: Any, *, steps: int, l
             if deadline is not None and time.perf_counter() >= deadline:
                 stop = "time budget"
                 break
-            topk_logits = teacher_topk_logits(teacher, batch, topk, teacher_cache, temperature=temperature) \
+            topk_logits = teacher_topk_logits(teacher, batch, topk, teacher_cache, temperature=temperature,
+                                              vocab=student_vocab(model)) \
                 if distill and topk else None
             with training_autocast(precision):
                 loss = lm_train_loss(model, batch, fraction=positions, generator=draws,

@@ -1,18 +1,28 @@
 """What a model's quality is: accuracy on a classification task (higher is better), perplexity on a
-language-modelling task (exp of the mean next-token NLL over the split's blocks; lower is better).
-The search's first objective is this quality."""
+language-modelling task (lower is better). The search's first objective is this quality.
+
+A language model's quality is its perplexity per byte of the split's evaluation text (nas.data.text.lm_chunks):
+exp(total next-token NLL / UTF-8 bytes), each piece scored after one anchor token (EOS), so that models whose
+tokenizers differ (a cut vocabulary) compare on the same text. Beside it, `perplexity` is per token of the base's
+tokenizer, exp(NLL / the base's token count of the same text): the usual per-token perplexity for a model with the
+base's vocabulary, and for one with a cut vocabulary its NLL of that text spread over the same tokens (both rank
+models alike; a 10% band on the first is about a 4x wider one in log terms on the second for English prose, whose
+tokens hold ~4 bytes). Bits per byte: log2 of the per-byte perplexity. `perplexity(model, loader)` (token blocks)
+stays what training validates on.
+"""
 
 from __future__ import annotations
 
 import math
 from collections.abc import Mapping
+from dataclasses import dataclass
 from typing import Any
 
 import torch
 from torch import nn
 
 # The quality objective of each task kind: (trial attribute, direction).
-QUALITY = {"accuracy": ("val_accuracy", "maximize"), "perplexity": ("val_perplexity", "minimize")}
+QUALITY = {"accuracy": ("val_accuracy", "maximize"), "perplexity": ("val_byte_perplexity", "minimize")}
 
 
 def quality_objective(objectives: tuple[str, ...], *, lm: bool) -> tuple[str, ...]:
@@ -27,16 +37,86 @@ def quality_objective(objectives: tuple[str, ...], *, lm: bool) -> tuple[str, ..
 
 
 def quality_of(info: Mapping[str, Any], prefix: str = "val") -> tuple[str, float]:
-    """(attribute, value) of the quality in a metrics mapping: val_accuracy or val_perplexity."""
-    for name in ("perplexity", "accuracy"):
+    """(attribute, value) of the quality in a metrics mapping: val_accuracy, val_byte_perplexity (or, in records
+    that predate it, val_perplexity)."""
+    for name in ("byte_perplexity", "perplexity", "accuracy"):
         if info.get(f"{prefix}_{name}") is not None:
             return f"{prefix}_{name}", float(info[f"{prefix}_{name}"])
-    raise KeyError(f"no {prefix}_accuracy or {prefix}_perplexity in {sorted(info)}")
+    raise KeyError(f"no {prefix}_accuracy or {prefix}_byte_perplexity in {sorted(info)}")
 
 
 def quality_text(attrs: Mapping[str, Any], prefix: str = "val") -> str:
     name, value = quality_of(attrs, prefix)
+    if name.endswith("byte_perplexity"):
+        token = attrs.get(f"{prefix}_perplexity")
+        return f"ppl/byte {value:.4f}" + (f" (ppl/token {float(token):.2f})" if token is not None else "")
     return f"ppl {value:8.3f}" if name.endswith("perplexity") else f"acc {value:.4f}"
+
+
+@dataclass(frozen=True)
+class TextScore:
+    """A language model's total next-token NLL (nats) over a split's evaluation text (nas.data.text.TextChunks):
+    `tokens` predicted (its own tokenizer's), the text's `bytes` and the base tokenizer's token count of it."""
+
+    nll: float
+    tokens: int
+    bytes: int
+    base_tokens: int
+
+    @property
+    def byte_perplexity(self) -> float:
+        return math.exp(self.nll / self.bytes)
+
+    @property
+    def bits_per_byte(self) -> float:
+        return self.nll / self.bytes / math.log(2)
+
+    @property
+    def perplexity(self) -> float:
+        """Per token of the base's tokenizer (see the module's text)."""
+        return math.exp(self.nll / self.base_tokens)
+
+    def metrics(self, prefix: str, suffix: str = "") -> dict[str, float]:
+        return {f"{prefix}_byte_perplexity{suffix}": self.byte_perplexity, f"{prefix}_perplexity{suffix}": self.perplexity,
+                f"{prefix}_bits_per_byte{suffix}": self.bits_per_byte, f"{prefix}_tokens{suffix}": self.tokens}
+
+
+def anchor_id(tokenizer: Any) -> int:
+    """The token every evaluation piece is scored after: EOS (what training puts between documents), else BOS."""
+    for name in ("eos_token_id", "bos_token_id"):
+        value = getattr(tokenizer, name, None)
+        if isinstance(value, int):
+            return value
+    raise ValueError("per-byte scores need an EOS or BOS token to start each piece from; this tokenizer has neither")
+
+
+@torch.inference_mode()
+def text_score(model: nn.Module, tokenizer: Any, chunks: Any, *, batch_size: int = 8) -> TextScore:
+    """`model`'s NLL over `chunks` (nas.data.text.TextChunks), each tokenized by `tokenizer` (the model's own) and
+    scored after the anchor token; every token of the text is predicted."""
+    was_training = model.training
+    model.eval()
+    device = next(model.parameters()).device
+    anchor = anchor_id(tokenizer)
+    rows = [[anchor, *ids] for ids in tokenizer(list(chunks.texts), add_special_tokens=False)["input_ids"]]
+    order = sorted(range(len(rows)), key=lambda i: len(rows[i]))  # similar lengths batched: little padding
+    nll, count = 0.0, 0
+    for start in range(0, len(order), batch_size):
+        group = [rows[i] for i in order[start:start + batch_size]]
+        width = max(len(r) for r in group)
+        ids = torch.full((len(group), width), anchor, dtype=torch.long)
+        mask = torch.zeros((len(group), width), dtype=torch.long)
+        for i, r in enumerate(group):
+            ids[i, :len(r)] = torch.tensor(r)
+            mask[i, :len(r)] = 1
+        ids, mask = ids.to(device), mask.to(device)
+        logits = model(input_ids=ids, attention_mask=mask).logits.float()
+        loss = nn.functional.cross_entropy(logits[:, :-1].transpose(1, 2), ids[:, 1:], reduction="none")  # (B, T-1)
+        valid = mask[:, 1:].bool()
+        nll += float(loss[valid].double().sum())
+        count += int(valid.sum())
+    model.train(was_training)
+    return TextScore(nll=nll, tokens=count, bytes=int(chunks.bytes), base_tokens=int(chunks.base_tokens))
 
 
 def evaluate(model: nn.Module, loader: Any, *, lm: bool) -> tuple[str, float]:

@@ -43,7 +43,8 @@ def front_table(front: Any, console: Any, *, quality: str = "val_accuracy") -> N
     q, t = quality, quality.replace("val_", "test_")
     final = "final_" + q in front and front["final_" + q].notna().any()
     deployed = "final_test_accuracy_deployed" in front and front["final_test_accuracy_deployed"].notna().any()
-    lm_deployed = "final_test_perplexity_deployed" in front and front["final_test_perplexity_deployed"].notna().any()
+    lm_deployed = ("final_test_byte_perplexity_deployed" in front
+                   and front["final_test_byte_perplexity_deployed"].notna().any())
     precision = "precision" in front and front["precision"].notna().any()
     spread = "speedup_p10" in front and front["speedup_p10"].notna().any()  # measured trials (not predicted)
     table = Table(title="Pareto front (validation; test for members; final: after the final stage's training"
@@ -51,9 +52,10 @@ def front_table(front: Any, console: Any, *, quality: str = "val_accuracy") -> N
                            "measured speedup over (c) the base quantized the same way / (b) the base in the same "
                            "runtime at fp32 / (a) the base in torch fp32" if deployed else "")
                         + "); latency per input, speedup vs the base" + (" (p10-p90 of the rounds)" if spread else ""))
-    cols = ["trial", "shape"] + (["precision"] if precision else []) + [f"val {q[4:7]}", f"test {q[4:7]}"] + (
+    name = {"val_accuracy": "acc", "val_byte_perplexity": "ppl/byte"}.get(q, q[4:7])
+    cols = ["trial", "shape"] + (["precision"] if precision else []) + [f"val {name}", f"test {name}"] + (
         ["final val", "final test"] if final else []) + (["deployed test", "(c) / (b) / (a)"] if deployed else []) + (
-        ["deployed test", "decode vs reference"] if lm_deployed else [])
+        ["deployed test ppl/byte", "decode vs reference"] if lm_deployed else [])
     for col in cols + ["latency ms", "speedup"] + (["p10-p90"] if spread else []) + ["params M"]:
         table.add_column(col, justify="right" if col != "shape" else "left", no_wrap=col == "shape")
 
@@ -65,7 +67,7 @@ def front_table(front: Any, console: Any, *, quality: str = "val_accuracy") -> N
         if lm_speed is None or pd.isna(lm_speed):
             lm_speed = row.get("final_speedup_over_quantized_base")
         table.add_row(
-            ("quantization alone" if row.get("state") == "QUANT_ALONE" else "base") if row.get("is_base")
+            ("base alone" if row.get("state") == "QUANT_ALONE" else "base") if row.get("is_base")
             else str(int(row["number"])),
             str(row["shape"]),
             *([str(row.get("precision") or "")] if precision else []),
@@ -76,7 +78,7 @@ def front_table(front: Any, console: Any, *, quality: str = "val_accuracy") -> N
                "" if pd.isna(row.get("final_speedup_over_quantized_base")) else
                f"{row['final_speedup_over_quantized_base']:.2f}x / {row['final_speedup_over_runtime_fp32_base']:.2f}x / "
                f"{row['final_speedup_over_torch_fp32_base']:.2f}x"] if deployed else []),
-            *([num(row.get("final_test_perplexity_deployed")),
+            *([num(row.get("final_test_byte_perplexity_deployed")),
                "" if lm_speed is None or pd.isna(lm_speed) else f"{lm_speed:.2f}x"] if lm_deployed else []),
             f"{row['latency_ms']:.2f}",
             f"{row['speedup']:.2f}x",

@@ -1,7 +1,11 @@
 """A language-modelling study's final stage (`lm_final_stage`): the fastest front members within
 final.ppl_slack of the base's perplexity, trained a fixed final.max_steps with the trials' trainer
 (nas.quality.finetune) or measured untrained, then each measured as deployed (llama.cpp, GGUF); the winner
-is the fastest within final.ppl_band of the base's perplexity."""
+is the fastest file within final.ppl_band of the base's perplexity per byte, whatever made it: a member, or
+the base alone (quantized, its vocabulary cut: the study's `quantization_alone` rows, nas.study.search).
+
+Perplexity here is per byte of the evaluation text (nas.quality.metrics): a cut vocabulary tokenizes the same
+text into other tokens, so per-token figures of different files do not compare."""
 
 from __future__ import annotations
 
@@ -14,11 +18,15 @@ import pandas as pd
 
 from nas.spec import SubnetSpec
 from nas.study.report import WINNER_ATTR, cost_column, measured_members, pareto_frame, quality_column
+from nas.study.settings import QUANT_ALONE_ATTR
 from nas.study.weights import RunWeights
 
 
+ALONE_PREFIX = "base "  # a winner that is the base alone: "base <precision>[ V<vocab>]" (a quantization_alone key)
+
+
 def lm_members(front: pd.DataFrame, k: int, *, base_ppl: float, slack: float, cost: str,
-               quality: str = "val_perplexity") -> list[int]:
+               quality: str = "val_byte_perplexity") -> list[int]:
     """A language model's final members: the `k` fastest front members whose trial validation perplexity is
     at most (1 + slack) times the base's; too few such members: the lowest perplexities fill up."""
     members = measured_members(front, quality=quality, cost=cost)
@@ -41,21 +49,35 @@ def lm_speedup(result: Mapping[str, Any]) -> float | None:
     return None
 
 
-def lm_winner(final: Mapping[str, Mapping[str, Any]], *, base_ppl: float, band: float) -> int | None:
-    """The fastest final member (deployed speedup over the base at the reference type) whose validation perplexity
-    as deployed is within `band` (a fraction) of the base's as deployed; none within: the lowest perplexity."""
-    rows = []
-    for n, r in final.items():
-        ppl = r.get("val_perplexity_deployed", r.get("val_perplexity"))
-        speed = lm_speedup(r)
-        if ppl is not None:
-            rows.append((int(n), float(ppl), speed if speed is not None else 0.0))
-    if not rows:
+def lm_quality(result: Mapping[str, Any]) -> float | None:
+    """A file's validation perplexity per byte as deployed (a final member's, or a quantization_alone row's)."""
+    for key in ("val_byte_perplexity_deployed", "val_byte_perplexity"):
+        if result.get(key) is not None:
+            return float(result[key])
+    return None
+
+
+def lm_winner(final: Mapping[str, Mapping[str, Any]], *, base_ppl: float, band: float,
+              alone: Mapping[str, Mapping[str, Any]] | None = None) -> int | str | None:
+    """The fastest file (decode speedup over the base at the reference type) whose validation perplexity per byte as
+    deployed is within `band` (a fraction) of the base's as deployed: among the final members (their trial numbers)
+    and the base alone at each type and vocabulary (`alone`: the quantization_alone rows; their key, prefixed
+    ALONE_PREFIX); none within: the lowest perplexity among the members (or, without members, the rows)."""
+    members = [(int(n), lm_quality(r), lm_speedup(r)) for n, r in final.items()]
+    rows = [(f"{ALONE_PREFIX}{key}", lm_quality(r), lm_speedup(r)) for key, r in (alone or {}).items()]
+    members = [(n, float(q), float(s or 0.0)) for n, q, s in members if q is not None]
+    rows = [(n, float(q), float(s or 0.0)) for n, q, s in rows if q is not None]
+    within = [r for r in members + rows if r[1] <= base_ppl * (1 + band) + 1e-12]
+    if within:  # the fastest; a tie goes to the lower perplexity, then to a member
+        return max(within, key=lambda r: (r[2], -r[1], isinstance(r[0], int)))[0]
+    pool = members or rows
+    if not pool:
         return None
-    within = [r for r in rows if r[1] <= base_ppl * (1 + band) + 1e-12]
-    if within:
-        return max(within, key=lambda r: (r[2], -r[1]))[0]
-    return min(rows, key=lambda r: (r[1], -r[2]))[0]
+    return min(pool, key=lambda r: (r[1], -r[2]))[0]
+
+
+def r_precision(result: Mapping[str, Any]) -> str:
+    return str(result.get("precision") or "")
 
 
 def lm_final_stage(study: Any, *, weights: RunWeights, evaluator: Any, objectives: Any, settings: Any, recipe: Any,
@@ -66,11 +88,11 @@ def lm_final_stage(study: Any, *, weights: RunWeights, evaluator: Any, objective
     measured as deployed at its own GGUF type (evaluator.deployed: its file's perplexity in llama.cpp, its decode
     speedup over the base at the reference type and over the base quantized alike). The winner: the fastest
     within settings.ppl_band of the base's deployed validation perplexity."""
-    quality = quality_column(objectives)  # val_perplexity
+    quality = quality_column(objectives)  # val_byte_perplexity
     cost = cost_column(objectives)
     front = pareto_frame(study, None, cost=cost, quality=quality)
     base = study.user_attrs.get("base", {})
-    base_ppl = float(base.get("val_perplexity") or evaluator.prep.base_info["validation_perplexity"])
+    base_ppl = float(base[quality])
     chosen = lm_members(front, settings.members, base_ppl=base_ppl, slack=settings.ppl_slack, cost=cost,
                         quality=quality)
     if not chosen:
@@ -82,12 +104,12 @@ def lm_final_stage(study: Any, *, weights: RunWeights, evaluator: Any, objective
     fs = recipe
     shapes = ", ".join(f"{n} ({study.trials[n].user_attrs.get('shape')} {study.trials[n].user_attrs.get('precision') or ''}, "
                        f"{study.trials[n].user_attrs.get('speedup', 0):.2f}x, "
-                       f"val ppl {study.trials[n].user_attrs.get(quality, float('nan')):.1f})" for n in chosen)
+                       f"val ppl/byte {study.trials[n].user_attrs.get(quality, float('nan')):.4f})" for n in chosen)
     cap = base_ppl * (1 + settings.ppl_slack)
     close = sum(study.trials[n].user_attrs.get(quality, math.inf) <= cap for n in chosen)
-    how = (f"the fastest front members within {1 + settings.ppl_slack:g}x the base's perplexity ({base_ppl:.2f})"
+    how = (f"the fastest front members within {1 + settings.ppl_slack:g}x the base's perplexity per byte ({base_ppl:.4f})"
            if close == len(chosen) else
-           f"{close} front member(s) within {1 + settings.ppl_slack:g}x the base's perplexity ({base_ppl:.2f}), the "
+           f"{close} front member(s) within {1 + settings.ppl_slack:g}x the base's perplexity per byte ({base_ppl:.4f}), the "
            "lowest perplexities fill up")
     budget = "" if settings.time_budget is None else f" within final.time_budget={settings.time_budget:g}s"
     training = (f"each up to {fs.max_steps} more steps{budget} (lr {fs.lr:g}, distill weight {fs.distill_weight:g}, "
@@ -95,7 +117,7 @@ def lm_final_stage(study: Any, *, weights: RunWeights, evaluator: Any, objective
                 "not trained (final.max_steps=0): measured as deployed")
     say(f"final stage: {how}: {shapes}; {training}"
         + (f"; {len(chosen) - len(todo)} done before" if len(todo) < len(chosen) else ""))
-    base_deployed_ppl = float(base.get("val_perplexity_deployed") or base_ppl)
+    base_deployed_ppl = float(base.get("val_byte_perplexity_deployed") or base_ppl)
     for i, number in enumerate(todo):
         trial = study.trials[number]
         if not weights.trial_path(number).is_file():
@@ -111,13 +133,12 @@ def lm_final_stage(study: Any, *, weights: RunWeights, evaluator: Any, objective
             trained = evaluator.fit_lm(model, spec, fs, progress=f"final member {number}", deadline=share,
                                        eval_every=settings.recipe.eval_every, patience=settings.recipe.patience)
         else:  # final.max_steps=0: the healed trial as it is, measured as deployed
-            trained = {"validation_perplexity": evaluator.quality_of(model, spec, "validation")[1], "steps": 0,
-                       "best_step": 0, "stopped": "final.max_steps=0", "precision": "none"}
+            trained = {"steps": 0, "best_step": 0, "stopped": "final.max_steps=0", "precision": "none"}
         seconds = time.perf_counter() - t0
         clock("final training", seconds)
         t0 = time.perf_counter()
-        result = {"val_perplexity": trained["validation_perplexity"],
-                  "test_perplexity": evaluator.quality_of(model, spec, "test")[1], "steps": trained["steps"],
+        result = {**evaluator.text_metrics(model, spec, "validation", "val"),  # in torch fp32, per byte and per token
+                  **evaluator.text_metrics(model, spec, "test", "test"), "steps": trained["steps"],
                   "best_step": trained["best_step"], "stopped": trained["stopped"], "precision": precision,
                   "train_precision": trained["precision"], "seconds": round(seconds, 1)}
         clock("evaluation", time.perf_counter() - t0)
@@ -135,26 +156,32 @@ def lm_final_stage(study: Any, *, weights: RunWeights, evaluator: Any, objective
         study.set_user_attr("final", latest)
         a = trial.user_attrs
         deployed = ""
-        if "val_perplexity_deployed" in result:
-            deployed = (f"; as deployed ({result.get('variant')}): val ppl {result['val_perplexity_deployed']:.2f}, "
-                        f"test ppl {result['test_perplexity_deployed']:.2f}, decode {lm_speedup(result):.2f}x over the "
+        if "val_byte_perplexity_deployed" in result:
+            deployed = (f"; as deployed ({result.get('variant')}): val ppl/byte "
+                        f"{result['val_byte_perplexity_deployed']:.4f}, test ppl/byte "
+                        f"{result['test_byte_perplexity_deployed']:.4f} (test ppl per base token "
+                        f"{result['test_perplexity_deployed']:.2f}), decode {lm_speedup(result):.2f}x over the "
                         f"base at {evaluator.timer.settings.precision}")
-        say(f"final    {number:3d} {a['shape']:28s} val ppl {a[quality]:.2f} -> {result['val_perplexity']:.2f} (torch "
-            f"fp32, best of {trained['steps']} steps at step {trained['best_step']}, {trained['stopped']}; "
+        say(f"final    {number:3d} {a['shape']:28s} val ppl/byte {a[quality]:.4f} -> {result['val_byte_perplexity']:.4f} "
+            f"(torch fp32, best of {trained['steps']} steps at step {trained['best_step']}, {trained['stopped']}; "
             f"{seconds:.0f}s){deployed}")
         write(study)
     final = {str(n): r for n, r in (study.user_attrs.get("final") or {}).items() if int(n) in chosen}
-    best = lm_winner(final, base_ppl=base_deployed_ppl, band=settings.ppl_band)
+    alone = {k: r for k, r in (study.user_attrs.get(QUANT_ALONE_ATTR) or {}).items()}
+    best = lm_winner(final, base_ppl=base_deployed_ppl, band=settings.ppl_band, alone=alone)
     if best is not None:
         study.set_user_attr(WINNER_ATTR, best)
-        r = final[str(best)]
-        ppl = r.get("val_perplexity_deployed", r["val_perplexity"])
+        if isinstance(best, str):
+            r, what = alone[best[len(ALONE_PREFIX):]], f"the base alone at {best[len(ALONE_PREFIX):]}"
+        else:
+            r, what = final[str(best)], f"trial {best} ({study.trials[best].user_attrs.get('shape')} {r_precision(final[str(best)])})"
+        ppl = lm_quality(r)
         within = ppl <= base_deployed_ppl * (1 + settings.ppl_band) + 1e-12
-        say(f"final stage winner: trial {best} ({study.trials[best].user_attrs.get('shape')} "
-            f"{r.get('precision') or ''}), "
-            + (f"the fastest member within {100 * settings.ppl_band:g}% of the base's perplexity" if within else
-               f"no member is within {100 * settings.ppl_band:g}% of the base's perplexity: the lowest")
-            + f": val ppl {ppl:.2f} (base {base_deployed_ppl:.2f}), test ppl "
-            f"{r.get('test_perplexity_deployed', r['test_perplexity']):.2f}")
+        say(f"final stage winner: {what}, "
+            + (f"the fastest file within {100 * settings.ppl_band:g}% of the base's perplexity per byte" if within else
+               f"no member is within {100 * settings.ppl_band:g}% of the base's perplexity per byte: the lowest")
+            + f": val ppl/byte {ppl:.4f} (base {base_deployed_ppl:.4f}), decode {lm_speedup(r) or 1.0:.2f}x over the "
+            f"base at {evaluator.timer.settings.precision}; test ppl/byte "
+            f"{r.get('test_byte_perplexity_deployed', r.get('test_byte_perplexity', float('nan'))):.4f}")
     say(f"final stage: {(time.perf_counter() - started) / 60:.1f} min")
     write(study)

@@ -8,14 +8,15 @@ from __future__ import annotations
 
 import logging
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 from nas.cut.importance import cached_scores
 from nas.data.splits import hold_out_judge
 from nas.data.tasks import load_task, make_loader, sorted_by_length, tokenize
-from nas.data.text import lm_blocks, lm_loader
+from nas.cut.vocab import cached_ranking
+from nas.data.text import lm_blocks, lm_chunks, lm_loader
 from nas.models.gguf import gguf_file_of
 from nas.models.loading import model_fingerprint
 from nas.models.registry import base_shape
@@ -39,15 +40,17 @@ class Prepared:
     cache_dir: Path | None
     timings: dict[str, float] = field(default_factory=dict)
     source_gguf: Path | None = None  # the GGUF file the base model came from (its tokenizer goes into GGUF exports)
-    _tokenized: dict[tuple[str, int], Any] = field(default_factory=dict)
+    _tokenized: dict[tuple[Any, ...], Any] = field(default_factory=dict)
 
-    def tokenized(self, split: str, context: int) -> Any:
-        """A split tokenized at min(context, max_length), memoised per context length."""
+    def tokenized(self, split: str, context: int, *, tokenizer: Any = None) -> Any:
+        """A split tokenized at min(context, max_length), memoised per context length. `tokenizer`: a language
+        model's own when its vocabulary is cut (nas.cut.vocab.tokenizer_for), else the base's."""
 
         length = min(int(context), int(cfg_get(self.cfg, "max_length", 128)))
-        key = (split, length)
+        tokenizer = tokenizer if tokenizer is not None else self.tokenizer
+        key = (split, length) if tokenizer is self.tokenizer else (split, length, id(tokenizer))
         if key not in self._tokenized and getattr(self.task, "is_lm", False):
-            self._tokenized[key] = lm_blocks(self.task, split, self.tokenizer, block=length)
+            self._tokenized[key] = lm_blocks(self.task, split, tokenizer, block=length)
         if key not in self._tokenized:
             ds = tokenize(getattr(self.task, split), self.tokenizer, max_length=length)
             if split != "train":
@@ -57,11 +60,22 @@ class Prepared:
             self._tokenized[key] = ds
         return self._tokenized[key]
 
-    def loader(self, split: str, context: int, *, batch_size: int, shuffle: bool, seed: int = 0) -> Any:
+    def loader(self, split: str, context: int, *, batch_size: int, shuffle: bool, seed: int = 0,
+               tokenizer: Any = None) -> Any:
         if getattr(self.task, "is_lm", False):
-            return lm_loader(self.tokenized(split, context), batch_size=batch_size, shuffle=shuffle, seed=seed)
+            return lm_loader(self.tokenized(split, context, tokenizer=tokenizer), batch_size=batch_size,
+                             shuffle=shuffle, seed=seed)
         return make_loader(self.tokenized(split, context), self.tokenizer, batch_size=batch_size, shuffle=shuffle,
                            seed=seed, group_by_length=shuffle)
+
+    def chunks(self, split: str, context: int) -> Any:
+        """A language-modelling split's evaluation text for per-byte scores (nas.data.text.lm_chunks): pieces of
+        min(context, max_length) tokens of the base's tokenizer, memoised."""
+        length = min(int(context), int(cfg_get(self.cfg, "max_length", 128)))
+        key = ("chunks", split, length)
+        if key not in self._tokenized:
+            self._tokenized[key] = lm_chunks(self.task, split, self.tokenizer, block=length)
+        return self._tokenized[key]
 
 
 def base_recipe(cfg: Any) -> Any:
@@ -133,4 +147,9 @@ def prepare(cfg: Any, *, importance_method: str | None = None) -> Prepared:
         max_batches=int(cfg_get(cfg, "importance.max_batches", 16)),
     )
     timings["importance"] = time.perf_counter() - t0
+    if getattr(task, "is_lm", False):  # the vocabulary's ranking on the training text (SubnetSpec.vocab)
+        t0 = time.perf_counter()
+        ranking = cached_ranking(tokenizer, task, cache_dir=cache_dir)
+        prepared.scores = replace(prepared.scores, vocab=ranking)
+        timings["vocabulary"] = time.perf_counter() - t0
     return prepared

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import optuna
@@ -12,6 +13,7 @@ from omegaconf import OmegaConf
 from nas.cut.prune import prune_model
 from nas.models.loading import load_base_model, load_causal_lm
 from nas.redact import ENV_VAR, is_masked, mask_url
+from nas.study.space import task_vocabulary
 from nas.study.storage import check_reachable, make_storage
 from nas.study.weights import final_path, load_weights, trial_path
 
@@ -66,7 +68,8 @@ def trial_weights(run_dir: Path, number: int) -> Path:
 def rebuild_trial_model(cfg: Any, run_dir: Path, number: int, spec: Any, num_labels: int, label_names: Any) -> Any:
     """The pruned, fine-tuned model of a trial: base architecture cut to `spec`, its weights loaded
     (the final stage's when they exist). Which units were kept does not matter here: the saved
-    weights replace them all."""
+    weights replace them all; a cut vocabulary's ids do (they are the tokenizer's), read from the
+    training text's ranking."""
 
     path = trial_weights(run_dir, number)
     if not path.is_file():
@@ -76,6 +79,9 @@ def rebuild_trial_model(cfg: Any, run_dir: Path, number: int, spec: Any, num_lab
         base = load_causal_lm(cfg.model.name_or_path)
     else:
         base = load_base_model(cfg.model.name_or_path, num_labels=num_labels, label_names=label_names)
-    model = prune_model(base, spec)
+    scores = None
+    if spec.vocab is not None:  # which ids a cut vocabulary keeps: the training text's ranking (cached by the search)
+        scores = SimpleNamespace(vocab=task_vocabulary(cfg))
+    model = prune_model(base, spec, scores)
     load_weights(model, path)
     return model.eval()

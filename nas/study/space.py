@@ -33,12 +33,14 @@ from typing import Any
 import numpy as np
 
 from nas.cost.latency import GGUF_PRECISIONS, is_gguf_precision
+from nas.cut.vocab import cached_ranking, tokenizer_spec
 from nas.data.tasks import load_task, token_lengths
 from nas.deploy.quantize import PRECISIONS
 from nas.models.loading import load_tokenizer
 from nas.spec import BaseShape, SubnetSpec
+from nas.util import resolve_cache_dir
 
-AXES = ("layers", "heads", "ffn", "hidden", "context", "groups", "attn_none", "attn_linear")
+AXES = ("layers", "heads", "ffn", "hidden", "context", "groups", "attn_none", "attn_linear", "vocab")
 # Decoders only (llama.cpp's deci per-layer blocks, nas.models.decoder): how many kept layers lose their attention
 # (`attn_none`) or have it replaced by one linear map of the normed stream (`attn_linear`, fitted by nas.cut.heal);
 # the layers are those whose attention changes the stream least on calibration text (never the first kept layer).
@@ -46,6 +48,8 @@ ATTENTION_AXES = ("attn_none", "attn_linear")
 # On a decoder with grouped-query attention (nas.models.decoder) `heads` counts query heads per key/value
 # group (its sizes are of the base's group size) and `groups` counts whole key/value groups; an
 # encoder has no groups: there `heads` counts heads and a `groups` axis is dropped at resolve.
+# Causal language models: the vocabulary kept (nas.cut.vocab), as coverage shares of the training text's tokens
+# (`vocab: {coverage: [full, 1.0, 0.999]}`; `full` keeps every id) or as sizes / fractions of the base's ids.
 SPACES_DIR = Path(__file__).resolve().parents[2] / "search_spaces"
 
 
@@ -106,7 +110,15 @@ class QuantileAxis:
     quantiles: tuple[float, ...]
 
 
-AnyAxis = Axis | RelativeAxis | QuantileAxis
+@dataclass(frozen=True)
+class CoverageAxis:
+    """Vocabulary sizes at coverage shares of the training text's tokens (None: the whole vocabulary)."""
+
+    name: str
+    shares: tuple[float | None, ...]
+
+
+AnyAxis = Axis | RelativeAxis | QuantileAxis | CoverageAxis
 
 
 @dataclass(frozen=True)
@@ -181,6 +193,11 @@ class SearchSpace:
                    precisions=tuple(dict.fromkeys(precisions)))
 
     @property
+    def needs_vocabulary(self) -> bool:
+        """True when resolving needs the vocabulary's ranking on the training text (coverage shares)."""
+        return isinstance(self.axes.get("vocab"), CoverageAxis)
+
+    @property
     def needs_lengths(self) -> bool:
         """True when resolving needs the task's token lengths (context quantiles)."""
         return any(isinstance(a, QuantileAxis) for a in self.axes.values())
@@ -195,6 +212,9 @@ class SearchSpace:
             if axis in ATTENTION_AXES and shape.num_kv_heads is None:
                 raise ValueError(f"space {self.name}: axis {axis} is for decoders (llama.cpp's per-layer blocks); "
                                  "an encoder keeps attention in every layer")
+            if axis == "vocab" and shape.vocab_size is None:
+                raise ValueError(f"space {self.name}: axis vocab (vocabulary pruning) is for causal language models; "
+                                 "an encoder classifier keeps its vocabulary")
             if isinstance(spec, Axis):
                 for value in spec.values:
                     if not (0 if axis in ATTENTION_AXES else 1) <= value <= tops[axis]:
@@ -210,11 +230,13 @@ class SearchSpace:
         max_length: int | None = None,
         lengths: Sequence[int] | None = None,
         units: Units | None = None,
+        vocabulary: Any = None,
     ) -> SearchSpace:
         """The same space in absolute sizes this base can hold (deterministic: same inputs, same sizes).
 
         `max_length` caps the context (the run's tokenisation cap); `lengths` are the task's token
-        lengths, needed only by context quantiles; `units` are the family's constraints.
+        lengths, needed only by context quantiles; `units` are the family's constraints; `vocabulary` (a
+        nas.cut.vocab.VocabRanking of the training text), needed only by vocabulary coverage shares.
         """
         self.validate(shape)
         units = units or Units()
@@ -227,6 +249,7 @@ class SearchSpace:
             "hidden": math.lcm(self.align, units.hidden_multiple),
             "context": 1,
             "groups": 1,
+            "vocab": 1,
             **dict.fromkeys(ATTENTION_AXES, 1),
         }
         if tops["heads"] % units.head_multiple:
@@ -244,6 +267,8 @@ class SearchSpace:
                 axes[axis] = _resolve_absolute(spec, unit, top)
             elif isinstance(spec, RelativeAxis):
                 axes[axis] = _resolve_relative(spec, unit, top)
+            elif isinstance(spec, CoverageAxis):
+                axes[axis] = _resolve_coverage(self.name, spec, vocabulary, top)
             else:
                 axes[axis] = _resolve_quantiles(self.name, spec, lengths, cap)
         return replace(self, axes=axes, base=shape)
@@ -297,6 +322,9 @@ class SearchSpace:
         ffn = per_layer("ffn", shape.ffn_size)
         hidden = axes["hidden"].suggest(trial, "hidden") if "hidden" in axes else shape.hidden_size
         context = axes["context"].suggest(trial, "context") if "context" in axes else shape.max_positions
+        vocab = axes["vocab"].suggest(trial, "vocab") if "vocab" in axes else None
+        if vocab is not None and shape.vocab_size is not None and vocab >= shape.vocab_size:
+            vocab = None  # the whole vocabulary
         attn = None
         if any(a in axes for a in ATTENTION_AXES):
             counts = {a: axes[a].suggest(trial, a) if a in axes else 0 for a in ATTENTION_AXES}
@@ -304,7 +332,8 @@ class SearchSpace:
             heads = tuple(h if a == "full" else 0 for h, a in zip(heads, attn, strict=True))
             kv_heads = tuple(g if a == "full" else 0 for g, a in zip(kv_heads, attn, strict=True))
         return SubnetSpec(layers=layers, heads=heads, ffn=ffn, hidden=hidden, context=context,
-                          kv_heads=kv_heads, attn=attn if attn and set(attn) != {"full"} else None).validate(shape)
+                          kv_heads=kv_heads, attn=attn if attn and set(attn) != {"full"} else None,
+                          vocab=vocab).validate(shape)
 
 
 def attention_variants(layers: Sequence[int], n_none: int, n_linear: int, influence: Any) -> tuple[str, ...]:
@@ -326,6 +355,14 @@ def task_token_lengths(cfg: Any, *, cap: int) -> Any:
     return token_lengths(task.train["text"], load_tokenizer(cfg["model"]["name_or_path"]), cap=cap)
 
 
+def task_vocabulary(cfg: Any) -> Any:
+    """The vocabulary's ranking on the task's training text (nas.cut.vocab, cached), for the vocab axis: loads the
+    data and the tokenizer, no model. A tokenizer that is not byte-level BPE is refused in one line."""
+    tokenizer = load_tokenizer(cfg["model"]["name_or_path"])
+    tokenizer_spec(tokenizer)  # the reason, in one line, for a tokenizer vocabulary pruning cannot rewrite
+    return cached_ranking(tokenizer, load_task(cfg["data"]), cache_dir=resolve_cache_dir(cfg))
+
+
 # ---------------------------------------------------------------------------- resolution
 
 
@@ -334,7 +371,8 @@ def _tops(shape: BaseShape) -> dict[str, int]:
     grouped = shape.num_kv_heads is not None
     return {"layers": shape.num_layers, "heads": shape.group_size if grouped else shape.num_heads,
             "ffn": shape.ffn_size, "hidden": shape.hidden_size, "context": shape.max_positions,
-            "groups": shape.num_kv_heads or shape.num_heads, **dict.fromkeys(ATTENTION_AXES, shape.num_layers - 1)}
+            "groups": shape.num_kv_heads or shape.num_heads, "vocab": shape.vocab_size or 0,
+            **dict.fromkeys(ATTENTION_AXES, shape.num_layers - 1)}
 
 
 def _snap(x: Fraction | int, unit: int, top: int) -> int:
@@ -386,6 +424,14 @@ def _resolve_count(spec: RelativeAxis, top: int) -> Axis:
     return Axis(name=spec.name, low=min(top, round(spec.low * top)), high=min(top, round(spec.high * top)))
 
 
+def _resolve_coverage(space: str, spec: CoverageAxis, vocabulary: Any, top: int) -> Axis:
+    if vocabulary is None:
+        raise ValueError(f"space {space}: vocab coverage shares need the vocabulary's ranking on the training text "
+                         "(a causal language model with a byte-level BPE tokenizer, on a language-modelling task)")
+    sizes = [top if share is None else min(top, vocabulary.size_for(share)) for share in spec.shares]
+    return _as_axis(spec.name, sizes, as_range=False)
+
+
 def _resolve_quantiles(space: str, spec: QuantileAxis, lengths: Sequence[int] | None, cap: int) -> Axis:
     if lengths is None or len(lengths) == 0:
         raise ValueError(f"space {space}: context quantiles need the task's token lengths; none were given")
@@ -423,6 +469,14 @@ def _parse_axis(space: str, axis: str, raw: Any) -> AnyAxis:
         raw = {"choices": list(raw)}
     if not isinstance(raw, Mapping):
         raise ValueError(f"space {space}: axis {axis}={raw!r} must be {{low, high, step}} or {{choices: [...]}}")
+    if "coverage" in raw:
+        if axis != "vocab":
+            raise ValueError(f"space {space}: axis {axis} cannot take coverage shares; only vocab resolves against "
+                             "the training text's tokens")
+        shares = tuple(_coverage(space, c) for c in raw["coverage"] or ())
+        if not shares:
+            raise ValueError(f"space {space}: axis vocab has an empty coverage list")
+        return CoverageAxis(name=axis, shares=shares)
     if "quantiles" in raw:
         if axis != "context":
             raise ValueError(
@@ -450,6 +504,20 @@ def _parse_axis(space: str, axis: str, raw: Any) -> AnyAxis:
     if (high - low) % step:
         raise ValueError(f"space {space}: axis {axis} high={high} is not low={low} plus a multiple of step={step}")
     return Axis(name=axis, low=low, high=high, step=step)
+
+
+def _coverage(space: str, value: Any) -> float | None:
+    """A vocabulary coverage share in (0, 1], or None for `full` (the whole vocabulary)."""
+    if isinstance(value, str) and value.strip() == "full":
+        return None
+    try:
+        share = float(Fraction(str(value).strip())) if not isinstance(value, bool) else None
+    except (ValueError, ZeroDivisionError):
+        share = None
+    if share is None or not 0 < share <= 1:
+        raise ValueError(f"space {space}: axis vocab coverage {value!r} is not a share in (0, 1] of the training "
+                         "text's tokens (e.g. 1.0, 0.9999, 0.999) or `full` (the whole vocabulary)")
+    return share
 
 
 def _parse_relative_range(space: str, axis: str, raw: Mapping[str, Any]) -> RelativeAxis:

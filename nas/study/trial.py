@@ -14,23 +14,25 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from nas.cost.latency import model_size
 from nas.cut.heal import Calibration, HealSettings, heal
-from nas.cut.prune import prune_model
+from nas.cut.prune import cut_vocabulary, prune_model
 from nas.cut.recovery import calibration_batches, recover
+from nas.cut.vocab import tokenizer_for
 from nas.data.transfer import build_transfer_texts
 from nas.deploy.imatrix import calibration_ids, input_moments, recording_moments
-from nas.deploy.llamacpp import file_perplexity
+from nas.deploy.gguf import carried_tokenizer
+from nas.deploy.llamacpp import file_text_nll
 from nas.deploy.onnx import onnx_session, session_accuracy
 from nas.models.registry import family_for
 from nas.models.slicing import kept_units
 from nas.quality.distill import DistillData, DistillRun, cached_teacher_logits
 from nas.quality.finetune import HiddenMap, finetune
 from nas.quality.lm import finetune_lm, positions_fraction
-from nas.quality.metrics import evaluate
+from nas.quality.metrics import TextScore, anchor_id, evaluate, text_score
 from nas.util import cfg_get
 
 ESTIMATORS = ("finetune", "supernet", "none")
@@ -67,10 +69,11 @@ class Evaluator:
     # -- the four steps ---------------------------------------------------------------------------
     def candidate(self, spec: Any) -> tuple[Any, dict[str, Any]]:
         t0 = time.perf_counter()
+        structure = replace(spec, vocab=None)  # the vocabulary is cut last: healing reads the base's token ids
         if self.estimator == "supernet":  # the same physical cut, of the elastic-trained weights
-            model = self.supernet.slice(spec)
+            model = self.supernet.slice(structure)
         else:
-            model = prune_model(self.prep.base, spec, self.prep.scores)
+            model = prune_model(self.prep.base, structure, self.prep.scores)
         metrics: dict[str, Any] = {"seconds_prune": time.perf_counter() - t0}
         self.clock("pruning", metrics["seconds_prune"])
 
@@ -89,6 +92,9 @@ class Evaluator:
             metrics["recovery_error_ratio"] = report.ratio()
             metrics["seconds_recovery"] = time.perf_counter() - t0
             self.clock("recovery", metrics["seconds_recovery"])
+        if spec.vocab is not None:  # the healing pass's input moments stand: a cut vocabulary leaves every input width
+            cut_vocabulary(model, spec, self.prep.scores)
+            metrics["vocab"] = int(model.config.vocab_size)
         return model, metrics
 
     def cost(self, model: Any, spec: Any, *, name: str = "candidate", precision: str | None = None) -> dict[str, Any]:
@@ -119,10 +125,15 @@ class Evaluator:
             path = self.timer.gguf_path(name, precision)
             if not path.is_file():  # a trial whose cost was not measured in this process
                 self.timer.write_gguf(model, path, precision=precision)
-            metrics["val_perplexity"] = self.gguf_perplexity(path, spec.context, "validation")
+            metrics.update(self.gguf_text_metrics(path, spec, "validation", "val"))
             # test as deployed too, while the file is here (a report only: nothing in the search reads it)
-            metrics["test_perplexity"] = self.gguf_perplexity(path, spec.context, "test")
+            metrics.update(self.gguf_text_metrics(path, spec, "test", "test"))
             path.unlink(missing_ok=True)  # the final stage writes its members again
+            metrics["seconds_eval"] = time.perf_counter() - t0
+            self.clock("evaluation", metrics["seconds_eval"])
+            return metrics
+        if self.lm:  # in torch: per byte of the validation text, its own tokenizer
+            metrics.update(self.text_metrics(model, spec, "validation", "val"))
             metrics["seconds_eval"] = time.perf_counter() - t0
             self.clock("evaluation", metrics["seconds_eval"])
             return metrics
@@ -156,7 +167,8 @@ class Evaluator:
     # -- shared by the steps and the final stage ---------------------------------------------------
     def fit(self, model: Any, spec: Any, settings: Any, *, progress: str | None = None) -> dict[str, Any]:
         model.__dict__.pop("nas_moments", None)  # the healing pass's input moments no longer hold
-        loader = self.prep.loader("train", spec.context, batch_size=settings.batch_size, shuffle=True, seed=settings.seed)
+        loader = self.prep.loader("train", spec.context, batch_size=settings.batch_size, shuffle=True, seed=settings.seed,
+                                  tokenizer=self.tokenizer(model))
 
         hidden = settings.distill == "hidden" and family_for(self.prep.base).recovery  # encoders' layers only
         teacher = self.prep.base if settings.distill_weight > 0 or hidden else None
@@ -170,8 +182,11 @@ class Evaluator:
         perplexity every `eval_every` steps with early stopping, the best checkpoint kept (possibly the model as it
         came), no step started after `deadline` (time.perf_counter())."""
         moments = model.__dict__.pop("nas_moments", None)  # the healing pass's input moments hold until it trains
-        loader = self.prep.loader("train", spec.context, batch_size=settings.batch_size, shuffle=True, seed=settings.seed)
-        val = self.prep.loader("validation", spec.context, batch_size=self.train.eval_batch_size, shuffle=False)
+        tokenizer = self.tokenizer(model)  # a cut vocabulary trains and validates on its own tokenization
+        loader = self.prep.loader("train", spec.context, batch_size=settings.batch_size, shuffle=True, seed=settings.seed,
+                                  tokenizer=tokenizer)
+        val = self.prep.loader("validation", spec.context, batch_size=self.train.eval_batch_size, shuffle=False,
+                               tokenizer=tokenizer)
         result = finetune_lm(model, loader, val, steps=settings.max_steps, lr=settings.lr,
                            weight_decay=settings.weight_decay, warmup_ratio=settings.warmup_ratio,
                            eval_every=eval_every, patience=patience, what=progress, teacher=self.prep.base,
@@ -191,10 +206,35 @@ class Evaluator:
         return ("reference_base", "quantized_base")
 
     def quality_of(self, model: Any, spec: Any, split: str) -> tuple[str, float]:
-        """("accuracy", value), or ("perplexity", value) on a language-modelling task."""
-
+        """("accuracy", value), or ("byte_perplexity", value) on a language-modelling task (in torch, per byte of the
+        split's evaluation text, nas.quality.metrics.text_score)."""
+        if self.lm:
+            return "byte_perplexity", self.text_metrics(model, spec, split, "x")["x_byte_perplexity"]
         loader = self.prep.loader(split, spec.context, batch_size=self.train.eval_batch_size, shuffle=False)
         return evaluate(model, loader, lm=self.lm)
+
+    def tokenizer(self, model: Any) -> Any:
+        """The tokenizer `model` reads: the base's, cut to its vocabulary where that is cut (nas.cut.vocab)."""
+        return tokenizer_for(model, self.prep.tokenizer)
+
+    def text_metrics(self, model: Any, spec: Any, split: str, prefix: str, suffix: str = "") -> dict[str, float]:
+        """A language model's per-byte and per-token scores on `split`'s evaluation text, in torch
+        (nas.quality.metrics.TextScore.metrics: {prefix}_byte_perplexity, _perplexity, _bits_per_byte, _tokens)."""
+        chunks = self.prep.chunks(split, spec.context)
+        score = text_score(model, self.tokenizer(model), chunks, batch_size=self.train.eval_batch_size)
+        return score.metrics(prefix, suffix)
+
+    def gguf_text_metrics(self, path: Any, spec: Any, split: str, prefix: str, suffix: str = "") -> dict[str, float]:
+        """text_metrics of the GGUF file at `path` in llama.cpp, its own tokenizer reading the same text."""
+        chunks = self.prep.chunks(split, spec.context if spec is not None else self.prep.shape.max_positions)
+        ids, anchor = None, None
+        if self.timer.source_gguf is None and carried_tokenizer(self.prep.tokenizer) is None:
+            # a timing file's stand-in vocabulary tokenizes nothing: the pieces in the model's own ids (the base's)
+            ids = self.prep.tokenizer(list(chunks.texts), add_special_tokens=False)["input_ids"]
+            anchor = anchor_id(self.prep.tokenizer)
+        nll, tokens = file_text_nll(path, chunks.texts, threads=max(1, self.timer.settings.threads), token_ids=ids,
+                                    anchor=anchor)
+        return TextScore(nll=nll, tokens=tokens, bytes=chunks.bytes, base_tokens=chunks.base_tokens).metrics(prefix, suffix)
 
     def deployed(self, model: Any, spec: Any, *, name: str, precision: str | None = None,
                  baselines: Any = None) -> dict[str, Any]:
@@ -211,8 +251,8 @@ class Evaluator:
             t0 = time.perf_counter()
             gguf = self.timer.gguf_path(name, precision) if self.in_llamacpp else None
             for split, key in (("validation", "val"), ("test", "test")):
-                out[f"{key}_perplexity_deployed"] = (self.gguf_perplexity(gguf, spec.context, split) if gguf else
-                                                     self.quality_of(model, spec, split)[1])
+                out.update(self.gguf_text_metrics(gguf, spec, split, key, "_deployed") if gguf else
+                           self.text_metrics(model, spec, split, key, "_deployed"))
             self.clock("evaluation", time.perf_counter() - t0)
             return out
         path = self.timer.deployed_path(name, precision)
@@ -245,11 +285,6 @@ class Evaluator:
         loader = self.prep.loader(split, context, batch_size=self.train.eval_batch_size, shuffle=False)
         return session_accuracy(session, loader)
 
-    def gguf_perplexity(self, path: Any, context: int, split: str) -> float:
-        """Perplexity on `split` of the GGUF file at `path` in llama.cpp, on the blocks torch scores (at `context`)."""
-        blocks = self.prep.tokenized(split, context)["input_ids"]
-        return file_perplexity(path, [row.tolist() for row in blocks], threads=max(1, self.timer.settings.threads))
-
     def base_deployed(self) -> dict[str, Any]:
         """The unpruned base as it would run in this runtime and precision (quantization alone): its
         validation and test accuracy there (perplexity: its GGUF file in llama.cpp)."""
@@ -257,9 +292,10 @@ class Evaluator:
         if self.lm:
             if self.timer.settings.runtime != "llamacpp":
                 return {}
-            context = int(self.prep.shape.max_positions)
-            return {f"{key}_perplexity_deployed": self.gguf_perplexity(self.timer.gguf_path("base"), context, split)
-                    for split, key in (("validation", "val"), ("test", "test"))}
+            out: dict[str, Any] = {}
+            for split, key in (("validation", "val"), ("test", "test")):
+                out.update(self.gguf_text_metrics(self.timer.gguf_path("base"), None, split, key, "_deployed"))
+            return out
         path = self.timer.deployed_path("base")
         if path is None:
             return {}
@@ -275,9 +311,13 @@ class Evaluator:
     def in_llamacpp(self) -> bool:
         return self.timer is not None and self.timer.settings.runtime == "llamacpp"
 
-    def calibration_ids(self) -> Any:
+    def calibration_ids(self, tokenizer: Any = None) -> Any:
         """The calibration blocks (prune.heal_blocks of them, max_length tokens, from the training split only):
-        what healing fits and importance matrices are computed on. Seeded by train.seed."""
+        what healing fits and importance matrices are computed on. Seeded by train.seed. `tokenizer`: a cut
+        vocabulary's (the same text in its ids), else the base's (memoised)."""
+        if tokenizer is not None and tokenizer is not self.prep.tokenizer:
+            return calibration_ids(self.prep.task, tokenizer, blocks=self.heal_settings.blocks,
+                                   max_length=int(cfg_get(self.prep.cfg, "max_length", 128)), seed=self.train.seed)
         if self._calibration_ids is None:
             self._calibration_ids = calibration_ids(self.prep.task, self.prep.tokenizer, blocks=self.heal_settings.blocks,
                                                     max_length=int(cfg_get(self.prep.cfg, "max_length", 128)),
@@ -308,7 +348,11 @@ class Evaluator:
                     self._base_moments = input_moments(model, self.calibration_ids())
                 return self._base_moments
             stash = getattr(model, "nas_moments", None)
-            return stash if stash else input_moments(model, self.calibration_ids())
+            if stash:
+                return stash
+            tokenizer = self.tokenizer(model)  # a cut vocabulary reads the calibration text in its own ids
+            ids = self.calibration_ids() if tokenizer is self.prep.tokenizer else self.calibration_ids(tokenizer)
+            return input_moments(model, ids)
         finally:
             self.clock("calibration statistics", time.perf_counter() - t0)
 
