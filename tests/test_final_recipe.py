@@ -103,6 +103,29 @@ def test_extra_validations_of_a_rung_do_not_use_up_patience(tiny_task, monkeypat
     assert [p["step"] for p in run.curve] == [1, 2, 3, 4, 8, 12]
 
 
+def test_timed_steps_are_real_steps_and_a_planned_length_ends_the_schedule(tiny_task, monkeypatch):
+    """time_steps trains real steps (the run goes on from them) after one validation at the step it is at; set_total
+    plans the run shorter: it stops there with its learning rate decayed to zero, as the recipe's length would."""
+    import nas.quality.distill as distill
+
+    monkeypatch.setattr(distill, "accuracy", lambda m, loader: 0.5)
+    model, data = student_and_data(tiny_task)
+    recipe = FinalRecipe(train=TrainSettings(lr=1e-3, batch_size=4), max_steps=10, eval_every=100, patience=0)
+    run = DistillRun(model, data, recipe, val_loader=None, pad_id=0)
+    step_s, validation_s = run.time_steps(3)
+    assert run.step == 3 and [p["step"] for p in run.curve] == [0] and step_s > 0 and validation_s >= 0
+    run.set_total(6)
+    run.advance()
+    assert (run.step, run.total, run.recipe_steps, run.converged) == (6, 6, 10, True)
+    assert run.optimizer.param_groups[0]["lr"] == 0.0  # the schedule ended where the plan did
+    assert run.summary()["planned_steps"] == 6 and run.summary()["recipe_steps"] == 10
+    with pytest.raises(ValueError, match="total=5 must be an integer >= the 6 steps done"):
+        run.set_total(5)
+    unplanned = DistillRun(*student_and_data(tiny_task), recipe, val_loader=None, pad_id=0)
+    unplanned.advance(until=6)
+    assert unplanned.optimizer.param_groups[0]["lr"] > 0.0  # at step 6 of 10 the recipe's schedule is still on
+
+
 def test_training_paused_and_resumed_equals_training_straight_through(tiny_task):
     """A halving rung pauses a member and resumes it later: the same weights as one uninterrupted run
     (same data order, same schedule)."""

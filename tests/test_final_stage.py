@@ -4,6 +4,10 @@ is exact where nothing was cut, the search's final stage trains exactly the K ch
 
 from __future__ import annotations
 
+import logging
+import math
+import re
+
 import pandas as pd
 import pytest
 import torch
@@ -166,9 +170,9 @@ def four_candidates(monkeypatch):
 
 def test_halving_trains_exactly_its_budget_and_export_takes_the_winner(tiny_env, fits, members, four_candidates,
                                                                       tmp_path):
-    """Four candidates, final_k=2: four members start, one rung of 2 steps each (validated at 1 and 2), the two
-    projected best go on to
-    the planned 6 steps, nobody else trains; best.yaml and nas.export take the winner's weights."""
+    """Four candidates, final_k=2: four members start, each timed for one step (validated at 0) for the plan, one
+    rung to 2 steps each, the two projected best go on to the planned 6 steps, nobody else trains; best.yaml and
+    nas.export take the winner's weights."""
     from omegaconf import OmegaConf
 
     from nas.export import main as export_main
@@ -221,7 +225,9 @@ def test_a_run_killed_in_the_final_stage_resumes_it(tiny_env, fits, members, fou
 
     run_dir = tmp_path / "run"
     cfg = make_cfg(tiny_env, *FINAL)
-    members.kill = 10  # 8 rung advances (validated at steps 1 and 2), the first survivor's, then the second's: killed
+    # each candidate's first step is timed for the plan (not an advance), then 4 rung advances (to step 2), the first
+    # survivor's, then the second's: killed
+    members.kill = 6
     with pytest.raises(KeyboardInterrupt):
         run_search(cfg, run_dir)
     trial_fits = len(fits)
@@ -234,6 +240,58 @@ def test_a_run_killed_in_the_final_stage_resumes_it(tiny_env, fits, members, fou
     assert [(until, steps) for _, until, steps in members.advanced] == [(None, 6)]
     assert len(study.user_attrs["final"]) == 2
     assert len(list((run_dir / "models").glob("final_*.safetensors"))) == 2
+
+
+PLAN_LINE = re.compile(r"final plan: (\d+)(?: of (\d+))? candidates, (?:no halving|halving rungs (\d+) x (\d+) steps), "
+                       r"(\d+) members x (\d+)(?: of the planned (\d+))? steps")
+
+
+@pytest.mark.parametrize("budget", [150, 70])
+def test_the_printed_plan_is_what_the_stage_then_does(tiny_env, members, four_candidates, monkeypatch, caplog, tmp_path,
+                                                      budget):
+    """Scripted step costs (10 s a step, the fourth candidate 40 s): 150 s fit a rung of three candidates, not four;
+    70 s not even the two members at their planned 6 steps, so both train fewer, alike. Whatever the line says, the
+    stage does: the candidates it trains, the rung, the members' length (their schedule's too)."""
+    import nas.quality.distill as distill
+    from nas.study.search import run_search
+
+    scripted = iter([10.0, 10.0, 10.0, 40.0])
+    real = distill.DistillRun.time_steps
+
+    def timed(self, steps):
+        real(self, steps)  # the real steps (the run goes on from them), a scripted cost
+        return next(scripted), 0.0
+
+    monkeypatch.setattr(distill.DistillRun, "time_steps", timed)
+    caplog.set_level(logging.INFO, logger="nas")
+    study, _ = run_search(make_cfg(tiny_env, *FINAL, f"final.time_budget={budget}"), tmp_path / "run")
+    said_first = caplog.records[0].getMessage()  # the run's first line: the CPU and its features, also in the study
+    assert said_first.startswith("machine: ") and "AVX2 " in said_first and "VNNI " in said_first
+    assert {"avx2", "avx512", "vnni", "bf16", "training_precision"} <= set(study.user_attrs["machine"])
+    lines = [r.getMessage() for r in caplog.records if r.getMessage().startswith("final plan:")]
+    assert len(lines) == 1
+    said = PLAN_LINE.match(lines[0])
+    assert said, lines[0]
+    count, offered, rung_alive, rung_steps, k, steps, planned = said.groups()
+    plan = study.user_attrs["final_plan"]
+    trained = [n for n in plan["candidates"] if not plan["eliminated"].get(str(n), {}).get("planned_out")]
+    assert len(trained) == int(count) and len(plan["candidates"]) == int(offered or count) == 4
+    assert len(members.started) == 4  # every candidate timed; the planned-out ones train no further
+    rung = [a for a in members.advanced if a[1] is not None]
+    if rung_steps is None:
+        assert rung == [] and plan["rungs"] == []
+    else:
+        assert len({run for run, _, _ in rung}) == int(rung_alive)
+        assert {until for _, until, _ in rung} == {int(rung_steps)}
+        assert [r["steps"] for r in plan["rungs"]] == [int(rung_steps)]
+    final = study.user_attrs["final"]
+    assert len(final) == int(k) == 2
+    assert all(r["steps"] == r["planned_steps"] == int(steps) and r["recipe_steps"] == 6 for r in final.values())
+    if budget == 150:
+        assert (count, offered, rung_alive, steps, planned) == ("3", "4", "3", "6", None)
+    else:
+        assert (count, rung_steps) == ("2", None) and planned == "6" and int(steps) < 6
+        assert f"final.time_budget={math.ceil(plan['schedule']['needed'])}" in lines[0]
 
 
 def test_choose_final_spreads_over_the_front_from_the_most_accurate():

@@ -350,3 +350,65 @@ def test_printed_front_shows_the_deployed_accuracy_and_each_baseline():
     assert "deployed test" in text and "0.8119" in text and "1.44x / 3.27x / 5.82x" in text
     assert "(c) the base quantized the same way" in text and "L6 H12 F640 D320 C128" in text  # shape not wrapped
     assert "p10-p90" not in text  # predicted trials have no spread of rounds
+
+
+def test_pareto_png_shows_the_final_members_as_deployed_and_labels_the_winner(study, tmp_path, monkeypatch):
+    """Two final members measured as deployed (trials 0 and 4): the picture's second panel holds them at their
+    measured speedup over (c) and test accuracy as served, the winner labelled as the winner with its change against
+    the fp32 base, (c) itself at 1x; the search panel keeps the trials at 1 / latency ratio and marks no knee."""
+    import nas.study.report as report
+
+    final = {"0": {"val_accuracy": 0.83, "test_accuracy": 0.82, "test_accuracy_deployed": 0.8119,
+                   "speedup_over_quantized_base": 2.9, "steps": 793},
+             "4": {"val_accuracy": 0.85, "test_accuracy": 0.84, "test_accuracy_deployed": 0.8301,
+                   "speedup_over_quantized_base": 1.4, "steps": 793}}
+    study.set_user_attr("final", final)
+    study.set_user_attr("final_winner", 0)
+    base = {**BASE, "test_accuracy_deployed": 0.8390}
+    drawn = {}
+    real_png, real_html = report.plot_pareto_png, report.plot_pareto_html
+
+    def png(*args, **kwargs):
+        drawn["png"] = real_png(*args, **kwargs)
+        return drawn["png"]
+
+    def html(*args, **kwargs):
+        drawn["html"] = real_html(*args, **kwargs)
+        return drawn["html"]
+
+    monkeypatch.setattr(report, "plot_pareto_png", png)
+    monkeypatch.setattr(report, "plot_pareto_html", html)
+    out = write_reports(study, tmp_path, base=base, objectives=("accuracy", "latency"))
+    s = drawn["png"]
+    members = s["members"].sort_values("x")
+    assert list(members["x"]) == [1.4, 2.9] and list(members["y"]) == [0.8301, 0.8119]
+    assert list(members["label"]) == [shape_of(4), shape_of(0)]
+    assert len(s["winner"]) == 1 and (s["winner"]["x"].iloc[0], s["winner"]["y"].iloc[0]) == (2.9, 0.8119)
+    label = s["winner"]["label"].iloc[0]
+    assert label.startswith(f"winner: trial 0 {shape_of(0)}: 0.8119 (-3.81 pts vs fp32 base), 2.90x over (c)")
+    assert list(s["base_quantized"][["x", "y"]].iloc[0]) == [1.0, 0.8390]
+    assert s["base_fp32"]["y"].iloc[0] == BASE["test_accuracy"]
+    trials = s["trials"].sort_values("x")
+    expected = sorted((BASE["latency_ms"] / lat, acc) for acc, lat, _ in POINTS)  # speedup over the base, validation
+    assert [(round(x, 9), y) for x, y in zip(trials["x"], trials["y"])] == [(round(x, 9), y) for x, y in expected]
+    # best.yaml takes the winner: its trial is the one marked on the search panel, as the winner's
+    assert (s["knee_label"], s["knee"]["x"].tolist(), s["knee"]["y"].tolist()) == ("the winner's trial", [4.0], [0.80])
+    assert out["best"]["trial"] == 0
+    assert drawn["html"]["winner"].equals(s["winner"])
+    assert (tmp_path / "pareto.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert "winner: trial 0" in (tmp_path / "pareto.html").read_text()
+
+
+def test_pareto_png_without_final_members_marks_the_knee(study, tmp_path):
+    from nas.study.report import plot_pareto_png
+
+    trials, front = trials_frame(study), pareto_frame(study, BASE, cost="latency_ratio")
+    s = plot_pareto_png(trials, front, tmp_path / "p.png", cost="latency_ratio", knee=2, base=BASE)
+    assert s["members"].empty and s["winner"].empty and s["base_quantized"].empty
+    assert len(s["knee"]) == 1 and s["knee"]["label"].iloc[0] == front.loc[2, "shape"]
+    assert s["knee_label"] == "knee (best.yaml)"
+    assert s["base"]["x"].tolist() == [1.0] and s["base"]["y"].tolist() == [BASE["val_accuracy"]]
+
+
+def shape_of(number: int) -> str:  # the shape of trial `number` of make_study
+    return spec_for(POINTS[number][2], number).describe()

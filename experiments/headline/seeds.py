@@ -9,7 +9,8 @@ served (one review at a time) against the fp32 base with a paired bootstrap 90% 
 over (a) the base in torch fp32, (b) in onnxruntime fp32, (c) quantized alike (int8, paired rounds on real reviews,
 batch 1, 1 thread), and the run's wall time. `speedup_at_1pt_over_quantized_base` / `_3pt_` are the worst seed's:
 for each seed, the largest speedup over (c) of a final member within 1.0 (3.0) test points of the fp32 base, as
-served; the figure is the smallest of the seeds' (null when a seed has none). A run folder that already holds
+served; the figure is the smallest of the seeds' (null when a seed has none); `machine`: the CPU and its features
+(AVX2, AVX-512, VNNI, bf16, AMX: nas.util.cpu_features), as each run recorded them. A run folder that already holds
 best.yaml is not run again (only re-measured). Run it alone on the machine.
 """
 
@@ -60,6 +61,7 @@ def run_seed(seed: int, root: Path, overrides: list[str]) -> dict:
         "base_test_accuracy_fp32": deployed["base_test_accuracy_fp32"],
         **{k: deployed[k] for k in deployed if k.startswith(("speedup_at_", "chosen_at_"))},
         "latency_definition": deployed["latency_definition"],
+        "machine": study.user_attrs.get("machine"),  # the CPU and its features the run printed first
     }
 
 
@@ -71,8 +73,12 @@ def main() -> None:
     root = Path(args.root).resolve()
     root.mkdir(parents=True, exist_ok=True)
     seeds = [run_seed(s, root, overrides) for s in args.seeds]
+    sys.path.insert(0, str(ROOT))
+    from nas.util import cpu_features, describe_cpu
+
+    machine = next((s["machine"] for s in seeds if s.get("machine")), None) or cpu_features()
     summary: dict = {"command": "python -m nas.search +space=triple search.seed=S " + " ".join(overrides),
-                     "date": time.strftime("%Y-%m-%d"), "seeds": seeds,
+                     "date": time.strftime("%Y-%m-%d"), "machine": machine, "seeds": seeds,
                      "baselines": {"a": "the unpruned base in torch fp32", "b": "the base in onnxruntime fp32",
                                    "c": "the base in onnxruntime int8, quantized the same way (quantization alone)"}}
     for pts in (1, 3):
@@ -81,7 +87,8 @@ def main() -> None:
             values = [s[key] for s in seeds]
             summary[key] = None if any(v is None for v in values) else min(values)  # the worst seed's
     (HERE / "results.json").write_text(json.dumps(summary, indent=1) + "\n")
-    lines = ["| seed | winner | int8 test as served (change, 90% CI) | over (c) | over (b) | over (a) | wall |",
+    lines = [f"Machine: {describe_cpu(machine)}; training precision {machine.get('training_precision', 'n/a')}.", "",
+             "| seed | winner | int8 test as served (change, 90% CI) | over (c) | over (b) | over (a) | wall |",
              "|---|---|---|---|---|---|---|"]
     for s in seeds:
         w = s["winner"] or {}

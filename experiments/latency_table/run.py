@@ -1,14 +1,17 @@
 """Fidelity of the latency table (nas.cost.table) on held-out shapes: predicted speedups against
 speedups measured the project's way (paired rounds with the base, real inputs).
 
-    python experiments/latency_table/run.py [--precision int8] [--shapes 24] [--rounds 9]
+    python experiments/latency_table/run.py [--precision int8] [--shapes 24] [--rounds 9] [hydra overrides]
 
 Builds (or reads from the cache) the table for the triple space on the fine-tuned MiniLM of the
 default task in onnxruntime at this precision (the grid thinned as the search thins it, `--full-grid`:
 every size), then draws held-out shapes from the whole space (seeded, none of them an anchor of the
 table's calibration), measures each in paired rounds with the base (the same
 runtime and precision; `--rounds` rounds, more than a trial's 3 to tame noise) and compares.
-Writes results_<precision>.json and results_<precision>.md here. Run it alone on the machine.
+Writes results_<precision>.json and results_<precision>.md here (`--tag`: results_<precision>_<tag>.*), with the
+machine's CPU features (nas.util.cpu_features): the table is this machine's. Hydra overrides after the options compose
+into the config (e.g. `base.max_steps=1 importance.max_batches=1`: a barely trained base times as the fine-tuned one,
+the quick way to a table on a new machine). Run it alone on the machine.
 """
 
 from __future__ import annotations
@@ -35,7 +38,8 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=9)
     ap.add_argument("--seed", type=int, default=1)
     ap.add_argument("--full-grid", action="store_true", help="time every size of the space (no interpolation)")
-    args = ap.parse_args()
+    ap.add_argument("--tag", default=None, help="results_<precision>_<tag>.*: keep other results beside")
+    args, overrides = ap.parse_known_args()
 
     from omegaconf import OmegaConf
 
@@ -46,10 +50,10 @@ def main() -> None:
     from nas.spec import SubnetSpec
     from nas.study.prepare import prepare
     from nas.study.settings import chosen_space
-    from nas.util import quiet_libraries, resolve_cache_dir
+    from nas.util import cpu_features, describe_cpu, quiet_libraries, resolve_cache_dir
 
     quiet_libraries()
-    cfg = compose(["+space=triple"])
+    cfg = compose(["+space=triple", *overrides])
     c = OmegaConf.to_container(cfg, resolve=True)
     prep = prepare(cfg)  # the fine-tuned base (cached)
     space = chosen_space(c).resolve(prep.shape, max_length=c["max_length"])
@@ -100,20 +104,23 @@ def main() -> None:
 
     errors = [abs(r["error"]) for r in rows]
     tau = kendall_tau([r["predicted_speedup"] for r in rows], [r["measured_speedup"] for r in rows])
+    machine = cpu_features()
     summary = {
-        "precision": args.precision, "runtime": "onnxruntime", "shapes": len(rows),
+        "precision": args.precision, "runtime": "onnxruntime", "shapes": len(rows), "machine": machine,
+        "overrides": overrides,
         "latency_definition": timer.settings.describe(), "reference_rounds": args.rounds,
         "within_10pct": sum(e <= 0.10 for e in errors), "median_abs_error": round(statistics.median(errors), 4),
         "max_abs_error": round(max(errors), 4), "kendall_tau": round(tau, 4),
         "predict_seconds_median": statistics.median(r["predict_seconds"] for r in rows),
         "table_seconds": round(build_s, 1), "table": table.info, "rows": rows,
     }
-    tag = args.precision + ("_full_grid" if args.full_grid else "")
+    tag = args.precision + ("_full_grid" if args.full_grid else "") + (f"_{args.tag}" if args.tag else "")
     summary["grid"] = {"hidden": list(grid.hidden), "heads": list(grid.heads), "ffn": list(grid.ffn)}
     (HERE / f"results_{tag}.json").write_text(json.dumps(summary, indent=1) + "\n")
     lines = [f"# Latency table fidelity: onnxruntime {args.precision}", "",
              f"Grid timed: hidden {list(grid.hidden)}, heads {list(grid.heads)}, FFN {list(grid.ffn)} "
              "(other sizes interpolated).", "",
+             f"Machine: {describe_cpu(machine)}." + (f" Overrides: {' '.join(overrides)}." if overrides else ""), "",
              f"Held-out shapes: {len(rows)} (seed {args.seed}); reference: paired rounds with the base, "
              f"{args.rounds} rounds; {timer.settings.describe()}.", "",
              f"- within 10%: {summary['within_10pct']}/{len(rows)}; median |error| {summary['median_abs_error']:.1%}, "

@@ -6,11 +6,21 @@ As HAT and nn-Meter do, a model's latency is predicted from a lookup table inste
 
 - `stem(D, w)`: the model with no transformer layer (embeddings, pooler, classifier) at hidden D.
 - `layer(D, h, f, w)`: one layer with h heads and FFN width f at hidden D, timed as
-  (k layers - no layer) / k on small-vocabulary copies, each timed in turns with its no-layer twin.
+  (k layers - no layer) / k on small-vocabulary copies.
   Attention and FFN run one after the other, so a layer is split into an attention line (every h
   at f0) and an FFN line (every f at h0): layer(h, f) = layer(h, f0) + layer(h0, f) - layer(h0, f0).
   Values between measured points are interpolated linearly (h, f, D, w).
 - w: the padded width of each forward of the timing sample, batch as in latency.batch_size.
+
+Every model of the table is timed as a candidate is measured (nas.cost.latency.PairedTimer.measure): in
+alternating rounds with the base, at the same width, and kept as its ratio to the base in the same rounds
+(the median over rounds) times the base's median at that width over the whole build. Timed back to back
+instead (each model beside its small no-layer twin), the table missed what a forward pays right after another
+model's: on an AVX2-only EPYC (512 KB of L2 a core) a 1-layer D128 cut ran 0.20 ms back to back and 0.33 ms
+right after the base, a 3-layer D256 cut 1.40 and 1.67 ms (experiments/latency_table/after_the_base.py), a cost
+the anchors' fit of one scale and one overhead could not place; and its absolute milliseconds, taken minutes apart
+on a machine whose speed drifts, disagreed with each other. Anchors were off by up to 28.5% there (experiments/latency_table). For the same reason
+the calibration (`calibrate`) fits the anchors' speedups, ratios taken in the same rounds, not their milliseconds.
 
 Every model is exported, quantized and run exactly as a candidate is (nas.cost.latency.runtime_pass,
 the fast exporter), so the table holds this runtime and precision. It is cached under
@@ -41,7 +51,7 @@ from nas.models.registry import base_shape, family_for
 from nas.spec import SubnetSpec
 from nas.util import cache_key
 
-TABLE_VERSION = 1
+TABLE_VERSION = 3  # 2: each model timed in alternating rounds with the base, as ratios to it; 3: fitted on speedups
 SMALL_VOCAB = 128  # the layer models' vocabulary: the stem's gather cost cancels in the difference
 # Sizes timed per axis at most (the rest interpolated): MiniLM's triple space then times 3 hidden sizes x
 # (6 head counts + 7 FFN widths) instead of 5 x (6 + 12): 45 models instead of 100 (experiments/latency_table).
@@ -84,8 +94,8 @@ class LatencyTable:
     h0: int
     f0: int
     # measured ms per input ~= scale x (table sum + overhead per forward), fitted on anchor models timed
-    # the measured way (paired with the base: the base's forward evicts the candidate's weights from
-    # cache, which the table's back-to-back timings do not see). Speedups depend on overhead only.
+    # the measured way (paired with the base). The table's own models are timed that way too, so the fit
+    # stays near scale 1, overhead 0: it corrects what is left. Speedups depend on overhead only.
     scale: float = 1.0
     overhead: float = 0.0
     info: dict[str, Any] = field(default_factory=dict)
@@ -102,8 +112,8 @@ class LatencyTable:
         def at(d_rows: Mapping[int, list[float]], key: int) -> float:
             return self._over(d_rows, key, lambda s: self._at_width(s, width))
 
-        def one(d: int) -> float:
-            return at(self.attention[d], heads) + at(self.ffn[d], ffn) - at(self.ffn[d], self.f0)
+        def one(d: int) -> float:  # never below 0: far from the lines' crossing, noise could make it so
+            return max(0.0, at(self.attention[d], heads) + at(self.ffn[d], ffn) - at(self.ffn[d], self.f0))
 
         return _interp(hidden, sorted(self.attention), [one(d) for d in sorted(self.attention)])
 
@@ -237,17 +247,38 @@ def _timed(run: Callable[[int, int], float], i: int) -> float:
     return run(i, i + 1) * 1000.0
 
 
+def paired_ratios(base: Callable[[int, int], float], model: Callable[[int, int], float], *, widths: int, reps: int,
+                  base_ms: list[list[float]] | None = None) -> list[float]:
+    """`model`'s time at each width as a ratio to `base`'s in the same rounds: `reps` rounds over the widths, the two
+    taking turns on every forward (the one that goes first flips each round, as nas.cost.latency.paired_rounds does),
+    after one untimed forward each; the median of the per-round ratios. The base's times are added to `base_ms`."""
+    for i in range(widths):
+        base(i, i + 1)
+        model(i, i + 1)
+    ratios: list[list[float]] = [[] for _ in range(widths)]
+    for r in range(reps):
+        for i in range(widths):
+            if r % 2 == 0:
+                b = _timed(base, i)
+                m = _timed(model, i)
+            else:
+                m = _timed(model, i)
+                b = _timed(base, i)
+            ratios[i].append(m / b)
+            if base_ms is not None:
+                base_ms[i].append(b)
+    return [statistics.median(x) for x in ratios]
+
+
 def build_table(base: Any, grid: Grid, settings: LatencySettings, *, reps: int = 9, k: int = 2,
                 calibration: Sequence[Mapping[str, Any]] | None = None,
                 say: Callable[[str], None] = lambda s: None) -> LatencyTable:
-    """Time the stems and the two layer lines at every hidden size of the grid (see the module doc)."""
+    """Time the stems and the two layer lines at every hidden size of the grid, each model in alternating rounds
+    with the base (see the module doc)."""
     shape = base_shape(base.config)
     h0, f0 = max(grid.heads), max(grid.ffn)  # the lines cross at the base's own layer
     batch = settings.batch_size
     t_start = time.perf_counter()
-    stem: dict[int, list[float]] = {}
-    attention: dict[int, dict[int, list[float]]] = {}
-    ffn: dict[int, dict[int, list[float]]] = {}
     n = len(grid.widths)
     with tempfile.TemporaryDirectory(prefix="nas_table_") as tmp, num_threads(settings.threads):
         workdir = Path(tmp)
@@ -261,36 +292,44 @@ def build_table(base: Any, grid: Grid, settings: LatencySettings, *, reps: int =
                                 cap=max(grid.widths), quant=settings.quant, calibration=calibration,
                                 fast_export=True)
 
-        def medians(runs: Sequence[Callable[[int, int], float]]) -> list[list[float]]:
-            times = [[[] for _ in range(n)] for _ in runs]
-            for run in runs:  # warm-up
-                for i in range(n):
-                    run(i, i + 1)
-            for _ in range(reps):
-                for i in range(n):
-                    for j, run in enumerate(runs):
-                        times[j][i].append(_timed(run, i))
-            return [[statistics.median(t) for t in series] for series in times]
-
         vocab = int(base.config.vocab_size)
+        base_run = session(base, min(vocab, 1000))  # every model below is timed right after it, as candidates are
+        base_ms: list[list[float]] = [[] for _ in range(n)]
+
+        def ratios(run: Callable[[int, int], float]) -> list[float]:
+            return paired_ratios(base_run, run, widths=n, reps=reps, base_ms=base_ms)
+
+        stem_ratio: dict[int, list[float]] = {}
+        attention_ratio: dict[int, dict[int, list[float]]] = {}
+        ffn_ratio: dict[int, dict[int, list[float]]] = {}
         for d in grid.hidden:
-            stem[d] = medians([session(_stem_model(base, d, small_vocab=False), min(vocab, 1000))])[0]
-            small = session(_stem_model(base, d, small_vocab=True), SMALL_VOCAB)
+            stem_ratio[d] = ratios(session(_stem_model(base, d, small_vocab=False), min(vocab, 1000)))
+            small = ratios(session(_stem_model(base, d, small_vocab=True), SMALL_VOCAB))
             kk = min(k, shape.num_layers)
 
             def line(points: Sequence[tuple[int, int]]) -> list[list[float]]:
                 out = []
                 for h, f in points:
-                    model_ms, stem_ms = medians([session(_layer_model(base, d, h, f, kk), SMALL_VOCAB), small])
-                    out.append([max(0.0, (m - s) / kk) for m, s in zip(model_ms, stem_ms)])
+                    model = ratios(session(_layer_model(base, d, h, f, kk), SMALL_VOCAB))
+                    out.append([max(0.0, (m - s) / kk) for m, s in zip(model, small)])
                 return out
 
-            attention[d] = dict(zip(grid.heads, line([(h, f0) for h in grid.heads])))
-            ffn[d] = dict(zip(grid.ffn, line([(h0, f) for f in grid.ffn])))
+            attention_ratio[d] = dict(zip(grid.heads, line([(h, f0) for h in grid.heads])))
+            ffn_ratio[d] = dict(zip(grid.ffn, line([(h0, f) for f in grid.ffn])))
             say(f"latency table: hidden {d} done ({time.perf_counter() - t_start:.0f}s)")
+    # ratios to the base -> milliseconds: the base's median at each width over the whole build
+    reference = [statistics.median(b) for b in base_ms]
+
+    def ms(series: Sequence[float]) -> list[float]:
+        return [r * b for r, b in zip(series, reference)]
+
+    stem = {d: ms(v) for d, v in stem_ratio.items()}
+    attention = {d: {h: ms(v) for h, v in line.items()} for d, line in attention_ratio.items()}
+    ffn = {d: {f: ms(v) for f, v in line.items()} for d, line in ffn_ratio.items()}
     return LatencyTable(widths=grid.widths, stem=stem, attention=attention, ffn=ffn, h0=h0, f0=f0,
                         info={"seconds": round(time.perf_counter() - t_start, 1), "models": counter[0],
-                              "reps": reps, "k": k})
+                              "reps": reps, "k": k, "timed": "paired with the base",
+                              "base_ms": [round(b, 4) for b in reference]})
 
 
 def anchor_specs(grid: Grid, shape: Any, contexts: Sequence[int]) -> list[SubnetSpec]:
@@ -312,30 +351,53 @@ def anchor_specs(grid: Grid, shape: Any, contexts: Sequence[int]) -> list[Subnet
     return list(dict.fromkeys(specs))
 
 
-def calibrate(table: LatencyTable, timer: Any, specs: Sequence[SubnetSpec], *, scores: Any = None) -> dict[str, Any]:
-    """Fit table.scale and table.overhead (least squares) so that predictions match the anchors' and the
-    base's latencies measured in paired rounds by `timer` (nas.cost.latency.PairedTimer)."""
+def measure_anchors(timer: Any, specs: Sequence[SubnetSpec], *, scores: Any = None) -> list[dict[str, Any]]:
+    """Each anchor shape cut from the base and measured in paired rounds by `timer` (PairedTimer.measure)."""
     base = timer.base
-    shape = base_shape(base.config)
-    points = []  # (table sum, forwards per input, measured ms)
-    for spec in specs:
-        model = family_for(base).prune(base, spec, scores)
-        batches = timer.sample.batches(timer.caps(spec.context)[0])
-        measured = timer.measure(model, context=spec.context, name="anchor", fast_export=True)
-        per_input = len(batches) / sum(int(b["input_ids"].shape[0]) for b in batches)
-        points.append((table.table_sum(spec, batches), per_input, measured["latency_ms"]))
-        points.append((table.table_sum(SubnetSpec.full(shape), timer.sample.batches(timer.base_cap)),
-                       len(timer.sample.batches(timer.base_cap)) / len(timer.sample), measured["base_latency_ms"]))
-    # measured = scale * sum + (scale * overhead) * per_input: linear in (sum, per_input); each point
-    # weighted by 1 / measured, so the fit minimises relative errors (small models count as much as the base)
-    x = np.array([[p[0], p[1]] for p in points])
-    y = np.array([p[2] for p in points])
-    (scale, shift), *_ = np.linalg.lstsq(x / y[:, None], np.ones_like(y), rcond=None)
-    table.scale = float(scale)
-    table.overhead = float(shift / scale) if scale else 0.0
-    fitted = x @ np.array([scale, shift])
-    return {"anchors": [s.describe() for s in specs], "scale": table.scale, "overhead_ms": table.overhead,
-            "max_anchor_error": float(np.max(np.abs(fitted / y - 1.0)))}
+    return [timer.measure(family_for(base).prune(base, spec, scores), context=spec.context, name="anchor",
+                          fast_export=True) for spec in specs]
+
+
+def calibrate(table: LatencyTable, timer: Any, specs: Sequence[SubnetSpec], *, scores: Any = None,
+              measured: Sequence[Mapping[str, Any]] | None = None) -> dict[str, Any]:
+    """Fit table.overhead (per forward) so that the table's speedups match the anchors' speedups measured in paired
+    rounds with the base by `timer` (nas.cost.latency.PairedTimer), then table.scale so that the base's predicted
+    latency is its median measured one. `measured`: those measurements already taken (measure_anchors), e.g. to fit
+    two tables on the same ones.
+
+    The fit reads ratios taken in the same rounds, as the search uses the table (latency_ratio): a machine whose
+    speed drifts between one anchor's rounds and the next (other work, frequency) moves their milliseconds, not
+    their ratios. Fitted on milliseconds, the base's own latency beside each anchor differed by up to 2x on a busy
+    2-core EPYC, and the fit's error landed on the anchors. The scale changes no speedup: it only puts predictions in
+    this machine's milliseconds (search.max_latency_ms)."""
+    full = SubnetSpec.full(base_shape(timer.base.config))
+    if measured is None:
+        measured = measure_anchors(timer, specs, scores=scores)
+
+    def forwards(batches: Sequence[Mapping[str, Any]]) -> float:  # forwards per input
+        return len(batches) / sum(int(b["input_ids"].shape[0]) for b in batches)
+
+    base_batches = timer.sample.batches(timer.base_cap)
+    s_b, p_b = table.table_sum(full, base_batches), forwards(base_batches)
+    s = np.array([table.table_sum(spec, timer.sample.batches(timer.caps(spec.context)[0])) for spec in specs])
+    p = np.array([forwards(timer.sample.batches(timer.caps(spec.context)[0])) for spec in specs])
+    r = np.array([1.0 / float(m["speedup"]) for m in measured])  # candidate / base, measured
+    # r = (s + o p) / (s_b + o p_b)  <=>  s - r s_b = o (r p_b - p): linear in o; residuals relative to the
+    # candidate's measured time (r s_b), so small anchors count as much as large ones
+    a, b, w = r * p_b - p, s - r * s_b, 1.0 / (r * s_b) ** 2
+    overhead = float(np.sum(w * a * b) / np.sum(w * a * a)) if np.sum(w * a * a) > 0 else 0.0
+    overhead = max(overhead, min(0.0, -0.5 * float(np.min(s / p))))  # never a negative latency
+    predicted = (s_b + overhead * p_b) / (s + overhead * p)  # speedups
+    errors = predicted * r - 1.0  # predicted / measured speedup - 1
+    base_ms = float(np.median([float(m["base_latency_ms"]) for m in measured]))
+    table.overhead = overhead
+    table.scale = base_ms / (s_b + overhead * p_b)
+    return {"anchors": [spec.describe() for spec in specs], "scale": table.scale, "overhead_ms": table.overhead,
+            "max_anchor_error": float(np.max(np.abs(errors))), "fitted": "speedups (ratios to the base)",
+            "anchor_errors": [round(float(e), 4) for e in errors],
+            "measured_speedups": [round(float(m["speedup"]), 4) for m in measured],
+            "base_ms_range": [round(float(min(m["base_latency_ms"] for m in measured)), 4),
+                              round(float(max(m["base_latency_ms"] for m in measured)), 4)]}
 
 
 def table_key(base: Any, grid: Grid, settings: LatencySettings, *, reps: int, k: int) -> str:
@@ -367,7 +429,7 @@ def cached_table(timer: Any, grid: Grid, *, cache_dir: str | Path | None, contex
     t0 = time.perf_counter()
     fit = calibrate(table, timer, anchor_specs(grid, base_shape(base.config), contexts), scores=scores)
     say(f"latency table: scale {fit['scale']:.3f}, overhead {fit['overhead_ms']:.3f} ms per forward from "
-        f"{len(fit['anchors'])} anchor shapes timed in pairs with the base (largest anchor error "
+        f"{len(fit['anchors'])} anchor shapes timed in pairs with the base (largest anchor speedup error "
         f"{fit['max_anchor_error']:.1%}; {time.perf_counter() - t0:.0f}s)")
     table.info = {**table.info, "machine": machine_fingerprint(), "key": key, "calibration": fit}
     if path is not None:

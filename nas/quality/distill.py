@@ -232,13 +232,14 @@ class DistillData:
 
 def distill_loss(student: nn.Module, batch: Mapping[str, torch.Tensor], settings: TrainSettings, *,
                  teacher: nn.Module | None = None, hidden_map: HiddenMap | None = None,
-                 precision: str = "fp32") -> torch.Tensor:
+                 precision: str = "fp32", exits: Any = None) -> torch.Tensor:
     """(1 - w) * cross-entropy on labelled rows + w * T^2 * KL(teacher || student) on every row, plus
     the hidden-state term when `hidden_map` is given (the teacher then runs live, for its hidden states).
-    `precision`: fp32, or bf16 autocast for the forwards (nas.quality.autocast); the losses are fp32."""
+    `precision`: fp32, or bf16 autocast for the forwards (nas.quality.autocast); the losses are fp32.
+    `exits` (nas.quality.exits.ExitTraining): its early exits' losses are added (they read the hidden states)."""
     hidden = hidden_map is not None and teacher is not None
     with training_autocast(precision):
-        out = student(**model_inputs(batch), output_hidden_states=hidden)
+        out = student(**model_inputs(batch), output_hidden_states=hidden or exits is not None)
     logits = out.logits.float()
     labels = batch["labels"]
     loss = logits.new_zeros(())
@@ -262,6 +263,8 @@ def distill_loss(student: nn.Module, batch: Mapping[str, torch.Tensor], settings
         loss = loss + w * kd
     if h is not None:
         loss = loss + settings.hidden_weight * h
+    if exits is not None:
+        loss = loss + exits.loss(out.hidden_states, batch.get("attention_mask"), labels, target)
     return loss
 
 
@@ -271,14 +274,17 @@ class DistillRun:
     are kept in memory and `finish()` restores them. Paused and resumed at will in one process."""
 
     def __init__(self, model: nn.Module, data: DistillData, recipe: FinalRecipe, *, val_loader: Any, pad_id: int,
-                 teacher: nn.Module | None = None, hidden_map: HiddenMap | None = None, start_step: int = 0) -> None:
+                 teacher: nn.Module | None = None, hidden_map: HiddenMap | None = None, start_step: int = 0,
+                 exits: Any = None) -> None:
         self.model, self.data, self.recipe = model, data, recipe
+        self.exits = exits  # nas.quality.exits.ExitTraining: heads attached to the model, trained with it
         self.settings = recipe.train
         self.val_loader, self.pad_id = val_loader, pad_id
         self.teacher = teacher if (data.teacher is None or hidden_map is not None) else None
         self.hidden_map = hidden_map
         self.precision = self.settings.resolved_precision  # fp32, or bf16 autocast where the CPU has it natively
-        self.total = recipe.steps(data.batches_per_epoch(self.settings.batch_size))
+        self.recipe_steps = recipe.steps(data.batches_per_epoch(self.settings.batch_size))
+        self.total = self.recipe_steps  # the planned length: the recipe's, or a final plan's (set_total)
         self.step = start_step
         self.curve: list[dict[str, float]] = []
         self.best_accuracy = -1.0
@@ -292,17 +298,67 @@ class DistillRun:
         torch.manual_seed(self.settings.seed)
         freeze_token_embeddings(model, self.settings)
         self.optimizer = adamw(model, lr=self.settings.lr, weight_decay=self.settings.weight_decay)
-        warm = max(1, int(self.total * self.settings.warmup_ratio))
-        total = self.total
-
-        def schedule(step: int) -> float:
-            if step < warm:
-                return (step + 1) / warm
-            return max(0.0, (total - step) / max(1, total - warm))
-
+        if exits is not None:
+            exits.regroup(self.optimizer)  # the heads at their own learning rate, before the schedule is made
         # a member resumed from saved weights continues its schedule where it was
-        self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, lambda step: schedule(step + start_step))
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer,
+                                                           lambda step: self._lr_factor(step + start_step))
         self._batches = data.batches(self.settings.batch_size, seed=self.settings.seed + start_step)
+
+    def _lr_factor(self, step: int) -> float:
+        """Linear warm-up, then linear decay to zero at the planned length (self.total, read at each step)."""
+        warm = max(1, int(self.total * self.settings.warmup_ratio))
+        if step < warm:
+            return (step + 1) / warm
+        return max(0.0, (self.total - step) / max(1, self.total - warm))
+
+    def set_total(self, total: int) -> None:
+        """Plan the run at `total` steps instead of the recipe's (nas.study.final_plan: a budget too short for
+        the recipe's length); the learning rate then decays to zero there. Only before the run is past it."""
+        if isinstance(total, bool) or not isinstance(total, int) or total < self.step:
+            raise ValueError(f"total={total!r} must be an integer >= the {self.step} steps done")
+        self.total = total
+        for group, base in zip(self.optimizer.param_groups, self.scheduler.base_lrs):  # the next step's lr
+            group["lr"] = base * self._lr_factor(self.step)
+
+    def time_steps(self, steps: int) -> tuple[float, float]:
+        """(seconds per training step, seconds per validation) on this machine, at the precision the run trains
+        in: one validation at the step the run is at (recorded in its curve, as any) and `steps` real steps of its
+        training (the run goes on from there); their plain mean, the first (allocations) left out where there are
+        more. Not scaled by the batches' sizes: much of a cut's step does not grow with them (its embedding table's
+        gradient and optimiser update)."""
+        t0 = time.perf_counter()
+        if not any(p["step"] == self.step for p in self.curve):
+            self.validate()
+        validation = time.perf_counter() - t0
+        if self.teacher is not None:
+            self.teacher.eval()
+        self.model.train()
+        samples = []
+        for _ in range(max(0, min(int(steps), self.total - self.step))):
+            t = time.perf_counter()
+            self._train_step()
+            samples.append(time.perf_counter() - t)
+        self.model.eval()
+        self.seconds += time.perf_counter() - t0
+        timed = samples[1:] or samples
+        return (sum(timed) / len(timed) if timed else 0.0), validation
+
+    def _train_step(self) -> None:
+        """One optimiser step on the next batch."""
+        rows = next(self._batches)
+        batch = self.data.collate(rows, self.pad_id)
+        loss = distill_loss(self.model, batch, self.settings, teacher=self.teacher, hidden_map=self.hidden_map,
+                            precision=self.precision, exits=self.exits)
+        if not torch.isfinite(loss):
+            raise FloatingPointError(f"non-finite training loss {loss.item()} at final step {self.step}")
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        nn.utils.clip_grad_norm_(trainable(self.model), 1.0)
+        self.optimizer.step()
+        self.scheduler.step()
+        self.step += 1
+        self.losses.append(float(loss.detach()))
 
     def validate(self) -> float:
         acc = accuracy(self.model, self.val_loader)
@@ -329,19 +385,7 @@ class DistillRun:
         every = self.recipe.eval_every
         validated_at = -1
         while self.step < until and not (deadline is not None and time.perf_counter() >= deadline):
-            rows = next(self._batches)
-            batch = self.data.collate(rows, self.pad_id)
-            loss = distill_loss(self.model, batch, self.settings, teacher=self.teacher, hidden_map=self.hidden_map,
-                                precision=self.precision)
-            if not torch.isfinite(loss):
-                raise FloatingPointError(f"non-finite training loss {loss.item()} at final step {self.step}")
-            self.optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            nn.utils.clip_grad_norm_(trainable(self.model), 1.0)
-            self.optimizer.step()
-            self.scheduler.step()
-            self.step += 1
-            self.losses.append(float(loss.detach()))
+            self._train_step()
             if self.step % every == 0 or self.step == until:
                 self.validate()
                 validated_at = self.step
@@ -364,5 +408,6 @@ class DistillRun:
 
     def summary(self) -> dict[str, Any]:
         return {"steps": self.step, "best_step": self.best_step, "planned_steps": self.total,
+                "recipe_steps": self.recipe_steps,
                 "best_val_accuracy": self.best_accuracy, "stopped_early": bool(self.converged and self.step < self.total),
                 "train_seconds": round(self.seconds, 1), "curve": list(self.curve)}

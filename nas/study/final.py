@@ -6,8 +6,10 @@ checkpoint), measures each on validation and test and as deployed, and names the
 member within final.band points of the base on the judge rows (validation rows no selection read). With
 the halving rule, several fast candidates are trained briefly first and only the half whose validation
 curves project highest at their planned length (projected_accuracy) goes on, rung after rung. The whole
-stage keeps to final.time_budget. It is resumable: members done are not trained again, candidates
-eliminated stay out, and survivors of a finished rung resume from the weights saved at its end.
+stage keeps to final.time_budget: before rung 0 it times a few training steps of each candidate and plans the
+stage from them (nas.study.final_plan: fewer candidates, then shorter rungs, before members shorter than planned).
+It is resumable: members done are not trained again, candidates eliminated stay out, and survivors of a finished
+rung resume from the weights saved at its end.
 
 A language-modelling study's final stage is nas.study.lm_final.lm_final_stage.
 
@@ -21,15 +23,18 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Callable, Mapping, Sequence
+from dataclasses import asdict
 from typing import Any
 
 import pandas as pd
 
 from nas.quality.metrics import evaluate
 from nas.spec import SubnetSpec
-from nas.study.report import (DEPLOYED_KEYS, WINNER_ATTR, choose_final, cost_column, measured_members, pareto_frame,
-                              quality_column)
+from nas.study.final_plan import PROBE_STEPS, RUNG_POINTS, FinalPlan, StepCost, member_seconds, plan_final, rung_stops
+from nas.study.report import (DEPLOYED_KEYS, EXITS_ATTR, WINNER_ATTR, WINNER_EXITS_ATTR, choose_final, cost_column,
+                              measured_members, pareto_frame, quality_column)
 from nas.study.lm_final import lm_final_stage
+from nas.study.exits import exits_for, record_member_exits, start_member_exits
 from nas.study.weights import RunWeights, load_weights
 
 PLAN_ATTR = "final_plan"  # the halving's candidates, rungs and survivors' progress (study attribute)
@@ -70,7 +75,6 @@ def survivors(accuracy: Mapping[int, float], cost: Mapping[int, float], keep: in
     return sorted(accuracy, key=lambda n: (-accuracy[n], cost[n]))[:keep]
 
 
-RUNG_POINTS = 4  # validations per rung: the points a candidate's curve is projected from
 MAX_PROJECTED_GAIN = 0.05  # a projection adds at most this much accuracy to the best a candidate has shown
 
 
@@ -129,6 +133,16 @@ def winner(final: Mapping[str, Mapping[str, Any]], *, base_quality: float, band:
     return max(rows, key=lambda r: (r[1], r[2]))[0]
 
 
+def winner_variant(final: Mapping[str, Mapping[str, Any]], exits: Mapping[str, Mapping[str, Any]], *,
+                   base_quality: float, band: float) -> tuple[int, bool] | None:
+    """winner() over the final members and their early-exit variants (nas.study.exits) alike: (trial number, whether
+    with its exits). The same rule, each variant a candidate of its own (keyed 2n and 2n + 1 for winner())."""
+    keyed = {2 * int(n): r for n, r in final.items()}
+    keyed.update({2 * int(n) + 1: r for n, r in exits.items() if str(n) in final})
+    best = winner(keyed, base_quality=base_quality, band=band)
+    return None if best is None else (best // 2, bool(best % 2))
+
+
 # ---------------------------------------------------------------------------- the stage
 
 
@@ -163,6 +177,7 @@ class FinalStage:
         self.started = time.perf_counter()
         budget = settings.time_budget
         self.deadline = None if budget is None else self.started + float(budget)
+        self.exits = exits_for(getattr(settings, "exits", None), evaluator)  # early exits trained with each member
 
     # -- what is known -------------------------------------------------------------------------
     def done(self) -> dict[int, Any]:
@@ -202,41 +217,55 @@ class FinalStage:
                  + (f"{s.time_budget:.0f}s" if s.time_budget else "none")
                  + (f"; {len(done)} members done before" if done else ""))
         runs: dict[int, Any] = {}
-        if plan["rule"] == "halving":
-            alive = self._halving(plan, alive, runs, costs, trials, done)
+        if "schedule" not in plan and any(n not in done for n in alive):
+            todo = [n for n in alive if n not in done]
+            alive = self._plan(plan, todo, runs, trials) + [n for n in alive if n in done]
+        schedule = FinalPlan.from_dict(plan["schedule"]) if plan.get("schedule") else None
+        if plan["rule"] == "halving" and schedule is not None:
+            alive = self._halving(plan, alive, runs, costs, trials, done, schedule)
         todo = [n for n in alive if n not in done]
         for i, n in enumerate(todo):
-            left = self.left()
-            member_deadline = None if left is None else time.perf_counter() + max(0.0, left) / (len(todo) - i)
             run = runs.pop(n, None) or self._start(n, trials[n], plan)
             t0 = time.perf_counter()
+            left = self.left()
             if left is None or left > 0:
-                run.advance(deadline=member_deadline)
+                run.advance(deadline=self._member_deadline(plan, run, todo[i:], runs, left))
             self._add(f"member {n}", time.perf_counter() - t0)
             self._finish(n, trials[n], run, plan)
         final = {str(n): r for n, r in (self.study.user_attrs.get("final") or {}).items()}
-        best = winner(final, base_quality=self.band_reference, band=s.band)
+        exits = {str(n): r for n, r in (self.study.user_attrs.get(EXITS_ATTR) or {}).items()}
+        chosen = winner_variant(final, exits, base_quality=self.band_reference, band=s.band)
+        best, with_exits = chosen if chosen is not None else (None, False)
         if best is not None:
             self.study.set_user_attr(WINNER_ATTR, best)
-            r = final[str(best)]
+            self.study.set_user_attr(WINNER_EXITS_ATTR, with_exits)
+            r = (exits if with_exits else final)[str(best)]
             acc = band_accuracy(r)
             rows = "judge rows" if self.study.user_attrs.get("base", {}).get("judge_accuracy") is not None else "validation"
             why = (f"the fastest member within {s.band:g} points of the base on the {rows}" if
                    within_band(acc, base_quality=self.band_reference, band=s.band) else
                    f"no member is within {s.band:g} points of the base on the {rows}: the most accurate")
-            self.say(f"final stage winner: trial {best} ({self.study.trials[best].user_attrs.get('shape')}), {why}: "
+            self.say(f"final stage winner: trial {best} ({self.study.trials[best].user_attrs.get('shape')}"
+                     + (f" with early exits: {r['exits_rule']}" if with_exits else "") + f"), {why}: "
                      f"{acc:.4f} as deployed (base {self.band_reference:.4f} in fp32), test acc "
                      f"{r.get('test_accuracy_deployed', r['test_accuracy']):.4f}")
         spent = ", ".join(f"{k} {v / 60:.1f} min" for k, v in self.minutes.items())
-        self.say(f"final stage: {(time.perf_counter() - self.started) / 60:.1f} min"
-                 + (f" of {s.time_budget / 60:.1f}" if s.time_budget else "") + f" ({spent})")
+        took = time.perf_counter() - self.started
+        plan["took_seconds"] = round(took, 1)
+        self.study.set_user_attr(PLAN_ATTR, plan)
+        self.say(f"final stage: {took / 60:.1f} min"
+                 + (f" of {s.time_budget / 60:.1f}" if s.time_budget else "")
+                 + (f" (planned {(schedule.spent + schedule.seconds) / 60:.1f}; " if schedule else " (") + f"{spent})")
         self.write(self.study)
 
     def _halving(self, plan: dict[str, Any], alive: list[int], runs: dict[int, Any], costs: Mapping[int, float],
-                 trials: Mapping[int, Any], done: Mapping[int, Any]) -> list[int]:
-        """Rungs until search.final_k candidates are left (or the budget is spent); returns them."""
-        k = self.settings.members
-        while len(alive) > k and not any(n in done for n in alive):
+                 trials: Mapping[int, Any], done: Mapping[int, Any], schedule: FinalPlan) -> list[int]:
+        """The plan's rungs until search.final_k candidates are left (or the budget is spent); returns them."""
+        k = schedule.members
+        # a rung may not eat into the members' planned time: its deadline leaves them theirs
+        deadline = None if self.deadline is None else (self.deadline - schedule.member_seconds
+                                                       - schedule.evaluation_seconds)
+        while len(alive) > k and not any(n in done for n in alive) and len(plan["rungs"]) < len(schedule.rungs):
             left = self.left()
             if left is not None and left <= 0:
                 self.say("final stage: the time budget is spent during halving; the most accurate candidates go on")
@@ -244,14 +273,14 @@ class FinalStage:
                 self._eliminate(plan, alive, keep, runs, rung=len(plan["rungs"]))
                 return keep
             rung = len(plan["rungs"])
-            until = self.settings.rung_steps * 2 ** rung
+            until = schedule.rungs[rung]
             t0 = time.perf_counter()
             for n in alive:
                 run = runs.get(n) or self._start(n, trials[n], plan)
                 runs[n] = run
-                start = run.step  # validated up to RUNG_POINTS times on the way: the curve it is projected from
-                for stop in sorted({start + math.ceil((until - start) * i / RUNG_POINTS) for i in range(1, RUNG_POINTS + 1)}):
-                    run.advance(until=stop, deadline=self.deadline)
+                # validated up to RUNG_POINTS times on the way: the curve it is projected from
+                for stop in rung_stops(run.step, until):
+                    run.advance(until=stop, deadline=deadline)
             self._add(f"halving rung {rung}", time.perf_counter() - t0)
             accuracy = {n: runs[n].best_accuracy for n in alive}
             projected = {n: projected_accuracy(runs[n].curve, runs[n].total) for n in alive}
@@ -291,11 +320,75 @@ class FinalStage:
             model = self.weights.load(trial)
         else:
             model, _ = ev.candidate(spec)
+        # exit heads ride along (before a rung's weights load: its file carries them)
+        exits = start_member_exits(model, spec, self.exits, labels=int(model.config.num_labels), train=recipe.train)
         if start_step and self.weights.rung_path(number).is_file():
             load_weights(model, self.weights.rung_path(number))
         else:
             start_step = 0
-        return ev.distill_run(model, spec, recipe, self._data(spec.context), start_step=start_step)
+        run = ev.distill_run(model, spec, recipe, self._data(spec.context), start_step=start_step, exits=exits)
+        if plan.get("schedule") and run.total != plan["schedule"]["member_steps"]:
+            run.set_total(plan["schedule"]["member_steps"])  # the plan's length (a budget too short for the recipe's)
+        return run
+
+    def _plan(self, plan: dict[str, Any], alive: list[int], runs: dict[int, Any],
+              trials: Mapping[int, Any]) -> list[int]:
+        """Time a few training steps of each candidate (and one validation), plan the stage from them
+        (nas.study.final_plan.plan_final), say the plan in one line and keep it; returns the candidates that train."""
+        s = self.settings
+        halving = plan["rule"] == "halving"
+        probe = min(PROBE_STEPS, max(1, s.rung_steps // RUNG_POINTS)) if halving else PROBE_STEPS
+        costs, planned = {}, 0
+        for n in alive:
+            run = runs.get(n) or self._start(n, trials[n], plan)  # the teacher's logits first, once (their own line)
+            runs[n] = run
+            planned = max(planned, run.total)
+            t0 = time.perf_counter()
+            if run.total > run.step:
+                step, validation = run.time_steps(probe)
+            else:
+                step, validation = 0.0, 0.0  # nothing to train (final.max_steps=0)
+            self._add("timing steps", time.perf_counter() - t0)
+            costs[n] = StepCost(step=step, validation=validation, done=run.step)
+        schedule = plan_final(costs, budget=s.time_budget, members=s.members, halving=halving, rung_steps=s.rung_steps,
+                              planned_steps=planned, eval_every=s.recipe.eval_every,
+                              spent=time.perf_counter() - self.started,
+                              precision=next(iter(runs.values())).precision if runs else "")
+        self.say(schedule.describe())
+        for n in alive:
+            if n not in schedule.candidates:  # planned out: never trained past its timed steps
+                plan["eliminated"][str(n)] = {"rung": None, "planned_out": True,
+                                              "val_accuracy": runs[n].best_accuracy}
+                runs.pop(n)
+            elif runs[n].total != schedule.member_steps:
+                runs[n].set_total(schedule.member_steps)
+        plan["schedule"] = schedule.to_dict()
+        plan["costs"] = {str(n): asdict(c) for n, c in costs.items()}
+        self.study.set_user_attr(PLAN_ATTR, plan)
+        return [n for n in alive if n in schedule.candidates]
+
+    def _member_deadline(self, plan: Mapping[str, Any], run: Any, todo: Sequence[int], runs: Mapping[int, Any],
+                         left: float | None) -> float | None:
+        """When member todo[0] must stop: its planned share of the time left (after the members' evaluation), in
+        proportion to what each member still to train is planned to take; the plan's estimates let each end on time."""
+        if left is None:
+            return None
+        if not plan.get("schedule"):
+            return time.perf_counter() + max(0.0, left) / len(todo)
+        s = FinalPlan.from_dict(plan["schedule"])
+        costs = plan.get("costs", {})
+        every = self.settings.recipe.eval_every
+
+        def need(n: int) -> float:
+            if str(n) not in costs:
+                return 1.0
+            step = run.step if n == todo[0] else (runs[n].step if n in runs else int(plan["progress"].get(str(n), 0)))
+            return member_seconds(costs[str(n)], start=step, steps=s.member_steps, every=every)
+
+        shares = [need(n) for n in todo]
+        evaluation = s.evaluation_seconds / max(1, s.members) * len(todo)
+        training = max(0.0, left - evaluation)
+        return time.perf_counter() + training * (shares[0] / sum(shares) if sum(shares) > 0 else 1 / len(todo))
 
     def _spec(self, trial: Any) -> Any:
         """The spec a member trains at: its trial's, its layers by final.layers."""
@@ -313,6 +406,7 @@ class FinalStage:
         ev = self.evaluator
         spec = self._spec(trial)
         model = run.finish()
+        heads = run.exits.detach(model) if getattr(run, "exits", None) is not None else None  # saved apart
         self.clock("final training", run.seconds)
         t0 = time.perf_counter()
         result = {"val_accuracy": ev.accuracy(model, spec, "validation"), "test_accuracy": ev.accuracy(model, spec, "test"),
@@ -327,7 +421,9 @@ class FinalStage:
         latest[str(number)] = result
         self.study.set_user_attr("final", latest)
         a = trial.user_attrs
-        why = "converged" if result["stopped_early"] else ("planned length" if run.step >= run.total else "time budget")
+        why = ("converged" if result["stopped_early"] else "time budget" if run.step < run.total else
+               "planned length" if run.total >= run.recipe_steps else
+               f"the plan's length; the recipe's {run.recipe_steps}")
         self.say(f"final    {number:3d} {a['shape']:28s} val acc {a['val_accuracy']:.4f} -> {result['val_accuracy']:.4f}"
                  f"  test acc {result['test_accuracy']:.4f}  {run.step} steps (best {run.best_step}; {why})"
                  f"  speedup {a['speedup']:.2f}x  ({run.seconds:.0f}s)")
@@ -339,6 +435,12 @@ class FinalStage:
                      f"{deployed['speedup_over_runtime_fp32_base']:.2f}x over it at fp32, "
                      f"{deployed['speedup_over_torch_fp32_base']:.2f}x over it in torch fp32 (measured: "
                      f"{deployed['definition']})")
+        if heads is not None and deployed:  # the same member with its exits, a variant of its own
+            t1 = time.perf_counter()
+            record_member_exits(self.study, run_dir=self.weights.run_dir, evaluator=ev, settings=self.exits,
+                                number=number, model=model, heads=heads, spec=spec, static=result,
+                                precision=trial.user_attrs.get("precision"), say=self.say, clock=self.clock)
+            self._add("exits", time.perf_counter() - t1)
         self.write(self.study)
 
     def _add(self, what: str, seconds: float) -> None:
