@@ -283,3 +283,97 @@ def load(url: str, name: str) -> Any:
     import optuna
 
     return optuna.load_study(study_name=name, storage=url)
+
+
+# ---- the newer families (tests/test_families.py) ---------------------------------------------------
+
+
+def modernbert(*, layers: int = 4, hidden: int = 32, heads: int = 4, ffn: int = 37, positions: int = 128,
+               labels: int = TINY["labels"], vocab: int = VOCAB, biases: bool = True, seed: int = 0) -> Any:
+    """A random ModernBertForSequenceClassification: global attention every 2nd layer, a sliding window of 8
+    tokens (short inputs see it), every bias on (a slipped bias row would show), random norm gains."""
+    from transformers import ModernBertConfig, ModernBertForSequenceClassification
+
+    cfg = ModernBertConfig(vocab_size=vocab, hidden_size=hidden, num_hidden_layers=layers, num_attention_heads=heads,
+                           intermediate_size=ffn, max_position_embeddings=positions, local_attention=8,
+                           global_attn_every_n_layers=2, pad_token_id=0, cls_token_id=2, sep_token_id=3,
+                           bos_token_id=2, eos_token_id=3, num_labels=labels, norm_bias=biases,
+                           attention_bias=biases, mlp_bias=biases, classifier_bias=biases)
+    torch.manual_seed(seed)
+    model = ModernBertForSequenceClassification(cfg).eval()
+    _random_norms(model)
+    return model
+
+
+def _random_norms(model: Any) -> None:
+    with torch.no_grad():
+        for module in model.modules():
+            if isinstance(module, torch.nn.LayerNorm) and module.weight is not None:
+                module.weight.uniform_(0.5, 1.5)
+                if module.bias is not None:
+                    module.bias.uniform_(-0.2, 0.2)
+
+
+def deberta(*, layers: int = 4, hidden: int = 32, heads: int = 4, ffn: int = 37, positions: int = 128,
+            labels: int = TINY["labels"], vocab: int = VOCAB, v3: bool = True, seed: int = 0) -> Any:
+    """A random DebertaV2ForSequenceClassification. v3: relative attention over 8 log buckets each way, keys shared
+    (share_att_key), no absolute positions, a LayerNorm on the relative table; v2 (v3=False): own position
+    projections (pos_key_proj / pos_query_proj), absolute positions, no buckets. Initialised at 10x DeBERTa's
+    scale (initializer_range 0.2), so that its logits are of order one and a slipped unit shows."""
+    from transformers import DebertaV2Config, DebertaV2ForSequenceClassification
+
+    variant = (dict(position_buckets=8, share_att_key=True, norm_rel_ebd="layer_norm", position_biased_input=False,
+                    max_relative_positions=-1, type_vocab_size=0) if v3 else
+               dict(position_buckets=-1, share_att_key=False, norm_rel_ebd="none", position_biased_input=True,
+                    max_relative_positions=16, type_vocab_size=2))
+    cfg = DebertaV2Config(vocab_size=vocab, hidden_size=hidden, num_hidden_layers=layers, num_attention_heads=heads,
+                          intermediate_size=ffn, max_position_embeddings=positions, relative_attention=True,
+                          pos_att_type=["p2c", "c2p"], pad_token_id=0, num_labels=labels, initializer_range=0.2,
+                          **variant)
+    torch.manual_seed(seed)
+    model = DebertaV2ForSequenceClassification(cfg).eval()
+    _random_norms(model)
+    return model
+
+
+# vocab, hidden, query heads, key/value heads, head dim (explicit: not hidden / heads), FFN, positions, layers
+QWEN3 = dict(vocab=VOCAB, hidden=64, heads=4, kv_heads=2, head_dim=24, ffn=48, positions=128, layers=4)
+
+
+def qwen3(*, tied: bool = True, labels: int | None = None, seed: int = 0, layers: int = QWEN3["layers"],
+          hidden: int = QWEN3["hidden"], ffn: int = QWEN3["ffn"], vocab: int = VOCAB) -> Any:
+    """A random Qwen3 (head_dim 24 on a hidden of 64, 4 query heads on 2 key/value heads): a causal LM, or a
+    classifier with `labels`; every RMSNorm gain random, q_norm / k_norm included (a slipped channel would show)."""
+    from transformers import Qwen3Config, Qwen3ForCausalLM, Qwen3ForSequenceClassification
+
+    cfg = Qwen3Config(vocab_size=vocab, hidden_size=hidden, num_hidden_layers=layers,
+                      num_attention_heads=QWEN3["heads"], num_key_value_heads=QWEN3["kv_heads"],
+                      head_dim=QWEN3["head_dim"], intermediate_size=ffn,
+                      max_position_embeddings=QWEN3["positions"], tie_word_embeddings=tied, pad_token_id=0,
+                      bos_token_id=1, eos_token_id=2)
+    torch.manual_seed(seed)
+    if labels is not None:
+        cfg.num_labels = labels
+    model = (Qwen3ForCausalLM(cfg) if labels is None else Qwen3ForSequenceClassification(cfg)).eval()
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if name.endswith("norm.weight"):
+                p.uniform_(0.5, 1.5)
+    return model
+
+
+def smollm3(*, seed: int = 0, layers: int = 8, vocab: int = VOCAB) -> Any:
+    """A random SmolLM3 causal LM: 8 layers, rotary in all but every fourth (NoPE layers 3 and 7), 4 query heads on
+    2 key/value heads of 16, random RMSNorm gains."""
+    from transformers import SmolLM3Config, SmolLM3ForCausalLM
+
+    cfg = SmolLM3Config(vocab_size=vocab, hidden_size=64, num_hidden_layers=layers, num_attention_heads=4,
+                        num_key_value_heads=2, intermediate_size=48, max_position_embeddings=128,
+                        tie_word_embeddings=True, pad_token_id=0, bos_token_id=1, eos_token_id=2)
+    torch.manual_seed(seed)
+    model = SmolLM3ForCausalLM(cfg).eval()
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if name.endswith("norm.weight"):
+                p.uniform_(0.5, 1.5)
+    return model

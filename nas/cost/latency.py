@@ -50,8 +50,8 @@ from omegaconf import OmegaConf
 from torch.utils.flop_counter import FlopCounterMode
 
 from nas.cost.generation import check, generation_pass, prompt_cap, resolve_mode
-from nas.data.tasks import token_lengths
 from nas.cut.vocab import tokenizer_for
+from nas.data.tasks import token_lengths
 from nas.deploy.gguf import GGUF_TYPES, carried_tokenizer, write_gguf
 from nas.deploy.gguf_quant import QUANT_TYPES, check_precision, split_precision
 from nas.deploy.imatrix import check_split, diagonal
@@ -539,6 +539,8 @@ class PairedTimer:
     # llama.cpp: model -> its input second moments per GGUF tensor on calibration text (nas.deploy.imatrix), for the
     # quantizer's importance matrix (latency.imatrix) and GPTQ (latency.rounding); None: llama.cpp's plain rounding
     moments: Any = None
+    # llama.cpp, mixed files (mix<n>_<low>): the tensor groups from the cheapest to the dearest (nas.deploy.mixed)
+    mix_order: Any = None
     _passes: dict[str, Pass] = field(default_factory=dict)
     _tmp: Any = None
 
@@ -607,7 +609,8 @@ class PairedTimer:
         return write_gguf(model, None if self.source_gguf else carried_tokenizer(self.tokenizer), path, kind=kind,
                           source_gguf=self.source_gguf,
                           imatrix=diagonal(moments) if moments and self.settings.imatrix not in (None, "none") else None,
-                          moments=moments if moments and self.settings.rounding == "gptq" else None)
+                          moments=moments if moments and self.settings.rounding == "gptq" else None,
+                          mix_order=self.mix_order)
 
     def gguf_path(self, name: str, precision: str | None = None) -> Path:
         """The GGUF file a candidate `name` runs from in llama.cpp at this precision."""
@@ -826,8 +829,16 @@ def _flops_at(model: Any, length: int) -> int:
     vocab = int(model.config.vocab_size)
     ids = torch.full((1, length), min(1000, vocab - 1), dtype=torch.long, device=device)
     counter = FlopCounterMode(display=False)
-    with torch.inference_mode(), counter:
-        model(input_ids=ids, attention_mask=torch.ones_like(ids))
+    # FlopCounterMode's module tracker hooks every input that requires grad, and fails on a parameter passed to a
+    # module as its input (DeBERTa's relative-position table into its LayerNorm) under inference mode
+    wanted = [p.requires_grad for p in model.parameters()]
+    model.requires_grad_(False)
+    try:
+        with torch.inference_mode(), counter:
+            model(input_ids=ids, attention_mask=torch.ones_like(ids))
+    finally:
+        for p, grad in zip(model.parameters(), wanted, strict=True):
+            p.requires_grad_(grad)
     return int(counter.get_total_flops())
 
 

@@ -21,7 +21,9 @@ none); layers without attention (`attn: none`) leave it all to their FFN.
 
 Every fit is one pass of the cut model over the calibration blocks; the unpruned model's streams
 (`Calibration`) are computed once per base and reused by every cut. Biases are written into GGUF files
-(`attn_output.bias`, `ffn_down.bias`: llama.cpp's llama and deci graphs load them).
+(`attn_output.bias`, `ffn_down.bias`: llama.cpp's llama and deci graphs load them); a family whose llama.cpp
+graph has no such biases (Family.output_biases: Qwen3, SmolLM3) is refitted without them (`bias` then changes
+nothing).
 """
 
 from __future__ import annotations
@@ -36,7 +38,7 @@ import torch
 from torch import nn
 
 from nas.models.decoder import attention_kind, backbone, causal_inputs, is_tied
-from nas.models.registry import base_shape
+from nas.models.registry import base_shape, family_for
 from nas.models.slicing import kept_units
 
 log = logging.getLogger(__name__)
@@ -232,6 +234,7 @@ def heal(model: nn.Module, base: nn.Module, spec: Any, scores: Any, calibration:
     hidden = kept.hidden
     body = backbone(model)
     n_base = len(backbone(base).layers)
+    biases = family_for(base).output_biases  # its llama.cpp graph loads attn_output / ffn_down biases
     was_training = model.training
     model.eval()
     ids = calibration.ids
@@ -273,8 +276,8 @@ def heal(model: nn.Module, base: nn.Module, spec: Any, scores: Any, calibration:
                     # a linear replacement has no weights to keep: it is always fitted (without a bias)
                     how = settings if kind != "linear" else HealSettings(**{**settings.__dict__, "method": "lsq"})
                     fit = _fit(report, proj, zs, [s.reshape(-1, s.shape[-1]) for s in stream],
-                               calibration.mids[b][:, hidden], chunks, tokens, how, intercept=kind != "linear",
-                               where=(j, "attention"))
+                               calibration.mids[b][:, hidden], chunks, tokens, how,
+                               intercept=biases and kind != "linear", where=(j, "attention"))
                 mids = [s + proj(z).reshape(s.shape) for s, z in zip(stream, zs, strict=True)]
                 seen((f"blk.{j}.attn_output.weight",), zs, fit)
             # ---- FFN
@@ -286,7 +289,7 @@ def heal(model: nn.Module, base: nn.Module, spec: Any, scores: Any, calibration:
             fit = None
             if refit:
                 fit = _fit(report, mlp.down_proj, us, [m.reshape(-1, m.shape[-1]) for m in mids], target, chunks,
-                           tokens, settings, intercept=True, where=(j, "ffn"))
+                           tokens, settings, intercept=biases, where=(j, "ffn"))
             stream = [m + mlp.down_proj(u).reshape(m.shape) for m, u in zip(mids, us, strict=True)]
             seen((f"blk.{j}.ffn_down.weight",), us, fit)
         head = getattr(model, "lm_head", None)

@@ -7,6 +7,8 @@ optionally with its own head type and an importance matrix):
 - **Architecture.** `llama` when every layer has the same query heads, key/value heads and FFN
   width; `deci` (the Nemotron-NAS architecture, which llama.cpp builds layer by layer from arrays
   of per-layer counts) when they differ. `arch=auto` picks between the two.
+  A family with its own architecture in llama.cpp (Family.gguf_arch: `qwen3`, with attn_q_norm /
+  attn_k_norm) is written in it, and only with one shape for every layer.
 - **Rotary layout.** HF Llama rotates channel j of a head with channel j + d/2; llama.cpp's
   `llama` / `deci` graphs rotate adjacent pairs (2j, 2j + 1). The rows of q_proj and k_proj are
   reordered inside each head accordingly (the usual convert step), so the logits are the same.
@@ -22,7 +24,8 @@ optionally with its own head type and an importance matrix):
 
 Refused in one line before anything is written: an encoder or a classifier, an unknown type or
 architecture, per-layer shapes asked for as `llama` (llama.cpp's llama graph has one shape for every
-layer), an odd head size (rotary pairs), rope scaling other than the default, a non-Llama family.
+layer), an odd head size (rotary pairs), rope scaling other than the default, a non-Llama family; for a
+family with its own architecture (qwen3, smollm3), another architecture or per-layer shapes.
 """
 
 from __future__ import annotations
@@ -39,10 +42,13 @@ from typing import Any
 
 import numpy as np
 import torch
+from torch import nn
 
-from nas.deploy.gguf_quant import QUANT_TYPES, check_precision, llama_quantize, split_precision
+from nas.cut.vocab import tokenizer_for
+from nas.deploy.gguf_quant import QUANT_TYPES, check_precision, llama_quantize, parse_mix, split_precision
 from nas.deploy.gptq import GPTQ_TYPES, round_matrices
 from nas.deploy.llamacpp import llama_cpp_available, load_gguf
+from nas.deploy.mixed import for_layers, mixed_types
 from nas.models.decoder import attention_kind, backbone, is_tied
 from nas.models.registry import family_for_config
 
@@ -50,7 +56,8 @@ log = logging.getLogger(__name__)
 logging.getLogger("gguf").setLevel(logging.WARNING)  # gguf-py's writer logs every file it writes at INFO
 
 GGUF_TYPES = ("f32", "f16", *QUANT_TYPES)
-GGUF_ARCHES = ("auto", "llama", "deci")
+GGUF_ARCHES = ("auto", "llama", "deci", "qwen3", "smollm3")
+PAIRED_ROPE = ("llama", "deci", "smollm3")  # llama.cpp graphs that rotate adjacent pairs (the others rotate halves)
 HEAD_TENSORS = ("token_embd.weight", "output.weight")  # the output layer (tied: the token embedding) and the embedding
 LLAMA_TYPES = ("llama", "mistral")  # HF model types llama.cpp builds as `llama` / `deci` (no biases)
 # llama.cpp's names for pre-tokenizer regexes, tried in this order when a tokenizer has no GGUF origin
@@ -93,9 +100,19 @@ def rope_type(config: Any) -> str:
     return str(params.get("rope_type") or params.get("type") or "default") if isinstance(params, dict) else "default"
 
 
-def choose_arch(config: Any, arch: str) -> str:
+def choose_arch(config: Any, arch: str, native: str = "llama") -> str:
+    """`native`: the family's architecture (Family.gguf_arch); only `llama` has `deci` for per-layer shapes."""
     shapes = layer_shapes(config)
     uniform = all(len(set(v)) == 1 for v in shapes.values()) and shapes["attn"][0] == "full"
+    if native != "llama":
+        if arch not in ("auto", native):
+            raise ValueError(f"gguf arch={arch}: {config.model_type} models are written as llama.cpp's {native} "
+                             f"architecture; allowed: auto, {native}")
+        if not uniform:
+            raise ValueError(f"llama.cpp's {native} graph needs every layer the same shape, and these differ (query "
+                             f"heads {shapes['heads']}, key/value heads {shapes['kv_heads']}, FFN {shapes['ffn']}, "
+                             f"attention {shapes['attn']}); search with space.per_layer=false")
+        return native
     if arch == "auto":
         return "llama" if uniform else "deci"
     if arch == "llama" and not uniform:
@@ -110,15 +127,17 @@ def check_request(model: Any, types: Sequence[str], arch: str = "auto") -> str:
     config = model.config if hasattr(model, "config") else model
     kind = getattr(config, "model_type", None)
     try:
-        decoder = bool(family_for_config(config).causal_lm)
+        family = family_for_config(config)
+        decoder, native = bool(family.causal_lm), family.gguf_arch
     except ValueError:  # a family this project does not prune
-        decoder = False
+        decoder, native = False, None
     if not decoder:
         raise ValueError(f"GGUF export is for decoder LMs (Llama family) that llama.cpp runs; this model is "
                          f"{kind!r}, an encoder: export it as ONNX (onnx=true) instead")
-    if kind not in LLAMA_TYPES:
-        raise ValueError(f"GGUF export writes the llama / deci architectures (no attention biases); model_type="
-                         f"{kind!r} is not exported yet (allowed: {', '.join(LLAMA_TYPES)})")
+    if native is None or native == "llama" and kind not in LLAMA_TYPES:
+        raise ValueError(f"GGUF export writes the llama / deci architectures (no attention biases) and the families' "
+                         f"own (qwen3, smollm3); model_type={kind!r} is not exported yet (allowed: "
+                         f"{', '.join(LLAMA_TYPES)}, qwen3, smollm3)")
     if hasattr(model, "score") or getattr(config, "architectures", None) and any(
             "SequenceClassification" in a for a in config.architectures):
         raise ValueError("GGUF export is for causal LMs: this decoder is a sequence classifier (its `score` head "
@@ -140,7 +159,7 @@ def check_request(model: Any, types: Sequence[str], arch: str = "auto") -> str:
         if f == 0 and a != "none":
             raise ValueError(f"layer {i} has no FFN but keeps its attention ({a}): llama.cpp's deci graph skips "
                              "such a layer's residual add; keep an FFN or drop the layer")
-    return choose_arch(config, arch)
+    return choose_arch(config, arch, native)
 
 
 # ---------------------------------------------------------------------------- tensors
@@ -158,6 +177,14 @@ def gguf_tensors(model: Any) -> list[tuple[str, torch.Tensor]]:
     """(GGUF name, weight) of every tensor llama.cpp's llama / deci graphs read, in file order."""
     body = backbone(model)
     shapes = layer_shapes(model.config)
+    family = family_for_config(model.config)
+    pairs = family.gguf_arch in PAIRED_ROPE  # rope_rows; the others rotate halves, as HF does
+    for i, layer in enumerate(body.layers):
+        outputs = (("attn_output", getattr(layer.self_attn, "o_proj", None)), ("ffn_down", layer.mlp.down_proj))
+        for name, proj in outputs:
+            if not family.output_biases and getattr(proj, "bias", None) is not None:
+                raise ValueError(f"blk.{i}.{name}.bias: llama.cpp's {family.gguf_arch} graph has no output biases; "
+                                 "heal this family without them (nas.cut.heal reads Family.output_biases)")
     out = [("token_embd.weight", body.embed_tokens.weight)]
     for i, layer in enumerate(body.layers):
         att, mlp = layer.self_attn, layer.mlp
@@ -165,9 +192,13 @@ def gguf_tensors(model: Any) -> list[tuple[str, torch.Tensor]]:
         if kind != "none":
             out.append((f"blk.{i}.attn_norm.weight", layer.input_layernorm.weight))
         if kind == "full":
-            out += [(f"blk.{i}.attn_q.weight", rope_rows(att.q_proj.weight, shapes["heads"][i])),
-                    (f"blk.{i}.attn_k.weight", rope_rows(att.k_proj.weight, shapes["kv_heads"][i])),
+            out += [(f"blk.{i}.attn_q.weight", rope_rows(att.q_proj.weight, shapes["heads"][i]) if pairs
+                     else att.q_proj.weight),
+                    (f"blk.{i}.attn_k.weight", rope_rows(att.k_proj.weight, shapes["kv_heads"][i]) if pairs
+                     else att.k_proj.weight),
                     (f"blk.{i}.attn_v.weight", att.v_proj.weight)]
+            out += [(f"blk.{i}.attn_{x}_norm.weight", getattr(att, f"{x}_norm").weight) for x in ("q", "k")
+                    if isinstance(getattr(att, f"{x}_norm", None), nn.Module)]  # Qwen3: per-head RMSNorm
         if kind != "none":
             out.append((f"blk.{i}.attn_output.weight", att.o_proj.weight))
             if att.o_proj.bias is not None:
@@ -205,29 +236,71 @@ FILE_TYPES = {"f32": "ALL_F32", "f16": "MOSTLY_F16"}
 # ---------------------------------------------------------------------------- tokenizer
 
 
-def copy_tokenizer_fields(writer: Any, source: Path) -> int:
-    """Every tokenizer.* field of a GGUF file, written unchanged; returns how many."""
+def read_tokenizer_fields(source: Path) -> list[tuple[str, Any, Any, Any]]:
+    """Every tokenizer.* field of a GGUF file as (name, value, GGUF type, array element type or None)."""
     import gguf
 
     reader = gguf.GGUFReader(str(source))
-    n = 0
+    out = []
     for name, field in reader.fields.items():
         if not name.startswith("tokenizer."):
             continue
         kind = field.types[0]
+        sub = None
         if kind == gguf.GGUFValueType.ARRAY:
             sub = field.types[-1]
             if sub == gguf.GGUFValueType.STRING:
-                values = [bytes(field.parts[i]).decode("utf-8", errors="surrogateescape") for i in field.data]
+                value: Any = [bytes(field.parts[i]).decode("utf-8", errors="surrogateescape") for i in field.data]
             else:
-                values = [field.parts[i].tolist()[0] for i in field.data]
-            writer.add_key_value(name, values, kind, sub_type=sub)
+                value = [field.parts[i].tolist()[0] for i in field.data]
         elif kind == gguf.GGUFValueType.STRING:
-            writer.add_key_value(name, bytes(field.parts[field.data[0]]).decode("utf-8"), kind)
+            value = bytes(field.parts[field.data[0]]).decode("utf-8")
         else:
-            writer.add_key_value(name, field.parts[field.data[0]].tolist()[0], kind)
-        n += 1
-    return n
+            value = field.parts[field.data[0]].tolist()[0]
+        out.append((name, value, kind, sub))
+    return out
+
+
+def trim_tokenizer_fields(fields: Sequence[tuple[str, Any, Any, Any]], kept: Sequence[int]
+                          ) -> list[tuple[str, Any, Any, Any]]:
+    """A GGUF file's tokenizer fields restricted to the base ids `kept` (sorted; new id = position), as
+    nas.cut.vocab.trimmed_spec restricts an HF tokenizer: per-token arrays (tokens, types, scores) selected, every
+    merge whose result or either part is removed dropped, special ids renumbered (one no longer kept is refused)."""
+    kept = [int(i) for i in kept]
+    new_id = {old: new for new, old in enumerate(kept)}
+    names = dict((f[0], f[1]) for f in fields)
+    tokens = names.get("tokenizer.ggml.tokens")
+    if tokens is None:
+        raise ValueError("the GGUF file has no tokenizer.ggml.tokens: its vocabulary cannot be cut")
+    size = len(tokens)
+    kept_tokens = {tokens[i] for i in kept}
+    out = []
+    for name, value, kind, sub in fields:
+        if isinstance(value, list) and len(value) == size and name != "tokenizer.ggml.merges":
+            value = [value[i] for i in kept]  # tokens, token_type, scores
+        elif name == "tokenizer.ggml.merges":
+            value = [m for m in value if _merge_kept(m, kept_tokens)]
+        elif name.endswith("_token_id"):
+            if int(value) not in new_id:
+                raise ValueError(f"{name}={value} is not among the kept ids")
+            value = new_id[int(value)]
+        out.append((name, value, kind, sub))
+    return out
+
+
+def _merge_kept(merge: str, kept_tokens: set[str]) -> bool:
+    left, _, right = merge.partition(" ")
+    return left in kept_tokens and right in kept_tokens and left + right in kept_tokens
+
+
+def copy_tokenizer_fields(writer: Any, source: Path, kept: Sequence[int] | None = None) -> int:
+    """Every tokenizer.* field of a GGUF file, written unchanged (or cut to the base ids `kept`); returns how many."""
+    fields = read_tokenizer_fields(source)
+    if kept is not None:
+        fields = trim_tokenizer_fields(fields, kept)
+    for name, value, kind, sub in fields:
+        writer.add_key_value(name, value, kind, sub_type=sub)
+    return len(fields)
 
 
 def bpe_fields(tokenizer: Any) -> dict[str, Any]:
@@ -345,7 +418,8 @@ def write_vocab_only(path: Path, fields: dict[str, Any], pre: str) -> None:
 def write_gguf(model: Any, tokenizer: Any, path: str | Path, *, kind: str = "f32", arch: str = "auto",
                source_gguf: str | Path | None = None, texts: Sequence[str] | None = None,
                name: str = "nas-pruned", imatrix: Mapping[str, np.ndarray] | None = None,
-               moments: Mapping[str, torch.Tensor] | None = None, threads: int = 0) -> dict[str, Any]:
+               moments: Mapping[str, torch.Tensor] | None = None, threads: int = 0,
+               mix_order: Sequence[str] | None = None) -> dict[str, Any]:
     """Write `model` (a Llama-family causal LM, pruned or not) as a GGUF file llama.cpp loads.
 
     `kind`: f32 / f16 (written by gguf-py), or a llama.cpp quantization type (QUANT_TYPES, optionally
@@ -353,11 +427,27 @@ def write_gguf(model: Any, tokenizer: Any, path: str | Path, *, kind: str = "f32
     matrix, nas.deploy.imatrix; `threads`: the quantizer's, 0 for all cores). With `moments` (each matrix's
     input second moment, nas.deploy.imatrix.input_moments) and a type GPTQ runs for (nas.deploy.gptq.GPTQ_TYPES),
     every matrix is first rounded GPTQ-style onto that type's grid (the head onto its own type when GPTQ knows it;
-    q8_0 by default) and llama.cpp's quantizer, asked for that type everywhere (`pure`), keeps the values."""
+    q8_0 by default) and llama.cpp's quantizer, asked for that type everywhere (`pure`), keeps the values.
+
+    A mixed file (`mix<n>_<low>`, nas.deploy.mixed) holds the n cheapest tensor groups of `mix_order` (its measured
+    sensitivity, cheapest first) at the low type (GPTQ-rounded given `moments`) and every other matrix at q8_0, each
+    set by llama.cpp's per-tensor type overrides."""
     arch = check_request(model, [kind], arch)
     body, head = split_precision(kind)
-    rounded, pure = None, False
-    if moments and body in GPTQ_TYPES:  # every matrix at the type asked (pure), the head at its own (q8_0 unless set)
+    rounded, pure, overrides = None, False, None
+    mix = parse_mix(kind)
+    if mix is not None:
+        if mix_order is None:
+            raise ValueError(f"GGUF type {kind}: a mixed file needs the tensor groups' measured sensitivity "
+                             "(nas.deploy.mixed.measure_sensitivity)")
+        spec = getattr(model.config, "nas_spec", None)  # a cut model's layers are the base's spec.layers, renumbered
+        order = for_layers(mix_order, spec.get("layers") if isinstance(spec, Mapping) else None)
+        types = mixed_types([n for n, w in gguf_tensors(model) if w.dim() == 2], order, mix[0], mix[1])
+        if moments:
+            rounded = round_matrices(dict(gguf_tensors(model)), moments, types)
+        body, head, pure = mix[1], None, True
+        overrides = {n: t for n, t in types.items() if t != body}
+    elif moments and body in GPTQ_TYPES:  # every matrix at the type asked (pure), the head at its own (q8_0 unless set)
         head = head or "q8_0"
         types = {n: (head if n in HEAD_TENSORS else body) for n, w in gguf_tensors(model) if w.dim() == 2}
         rounded = round_matrices(dict(gguf_tensors(model)), moments, types)
@@ -371,7 +461,8 @@ def write_gguf(model: Any, tokenizer: Any, path: str | Path, *, kind: str = "f32
         info = _write_plain(model, tokenizer, tmp, kind=plain, arch=arch, source_gguf=source_gguf, texts=texts,
                             name=name, replace=rounded)
         if body in QUANT_TYPES:
-            done = llama_quantize(tmp, path, body, head=head, imatrix=imatrix, threads=threads, pure=pure)
+            done = llama_quantize(tmp, path, body, head=head, imatrix=imatrix, threads=threads, pure=pure,
+                                  overrides=overrides)
             info["tensor_types"] = done["types"]
         else:
             tmp.replace(path)
@@ -397,16 +488,16 @@ def _write_plain(model: Any, tokenizer: Any, path: Path, *, kind: str, arch: str
     bpe = None
     if source_gguf is None and tokenizer is None:
         bpe, pre = stand_in_fields(int(config.vocab_size)), "default"
-    elif source_gguf is None:
-        bpe = bpe_fields(tokenizer)
-        pre = find_pre_tokenizer(bpe, tokenizer, texts)
+    elif source_gguf is None:  # the model's own vocabulary (cut to config.nas_vocab); the regex is the base's
+        bpe = bpe_fields(tokenizer_for(model, tokenizer))
+        pre = find_pre_tokenizer(bpe_fields(tokenizer), tokenizer, texts)
     writer = gguf.GGUFWriter(str(path), arch)
     writer.add_name(name)
     writer.add_file_type(getattr(gguf.LlamaFileType, FILE_TYPES[kind]))
     writer.add_context_length(int(config.max_position_embeddings))
     writer.add_embedding_length(int(config.hidden_size))
     writer.add_block_count(int(config.num_hidden_layers))
-    if arch == "llama":
+    if arch != "deci":  # one shape for every layer
         writer.add_feed_forward_length(shapes["ffn"][0])
         writer.add_head_count(shapes["heads"][0])
         writer.add_head_count_kv(shapes["kv_heads"][0])
@@ -421,8 +512,9 @@ def _write_plain(model: Any, tokenizer: Any, path: Path, *, kind: str, arch: str
     writer.add_layer_norm_rms_eps(float(getattr(config, "rms_norm_eps", 1e-6)))
     writer.add_vocab_size(int(config.vocab_size))
     if source_gguf is not None:
-        copy_tokenizer_fields(writer, Path(source_gguf))
-        pre = "copied from " + Path(source_gguf).name
+        kept = getattr(config, "nas_vocab", None)
+        copy_tokenizer_fields(writer, Path(source_gguf), kept=kept or None)
+        pre = ("copied from " if not kept else f"cut to {len(kept)} of the ids of ") + Path(source_gguf).name
     else:
         assert bpe is not None
         write_bpe_fields(writer, bpe, pre)

@@ -20,6 +20,7 @@ fall back to a type that fits them, e.g. Q4_K -> Q5_0 on SmolLM2's 576-wide rows
 from __future__ import annotations
 
 import ctypes
+import re
 import time
 from collections.abc import Mapping
 from pathlib import Path
@@ -33,7 +34,18 @@ from nas.deploy.llamacpp import llama_cpp_reason, quiet_stderr
 QUANT_TYPES = {"q8_0": 7, "q6_k": 18, "q5_k_m": 17, "q5_0": 8, "q4_k_m": 15, "iq4_nl": 25, "q4_0": 2}
 # a head (output / tied embedding) type -> ggml_type (ggml.h)
 HEAD_TYPES = {"f16": 1, "q8_0": 8, "q6_k": 14, "q5_0": 6, "q4_k": 12, "iq4_nl": 20, "q4_0": 2}
+GGML_TYPE_COUNT = 43  # ggml.h in the llama.cpp llama-cpp-python 0.3.36 vendors: ends a list of tensor type overrides
 HEAD_SEP = "_head_"
+# a file of mixed types chosen by measured sensitivity (nas.deploy.mixed): mix<n>_<low>, the n cheapest tensor groups
+# at the low type, every other matrix at q8_0
+MIX = re.compile(r"^mix(\d+)_([a-z0-9_]+)$")
+MIX_LOW = ("q5_0", "q4_0", "iq4_nl")  # the low types of a mixed file: the ones GPTQ rounds (nas.deploy.gptq)
+
+
+def parse_mix(precision: str) -> tuple[int, str] | None:
+    """(groups at the low type, the low type) of a `mix<n>_<low>` precision, None for any other."""
+    m = MIX.match(str(precision))
+    return (int(m.group(1)), m.group(2)) if m else None
 
 
 def split_precision(precision: str) -> tuple[str, str | None]:
@@ -47,7 +59,14 @@ def join_precision(body: str, head: str | None) -> str:
 
 
 def check_precision(precision: str, *, allowed_bodies: tuple[str, ...]) -> tuple[str, str | None]:
-    """(body, head) of a GGUF precision name; one-line ValueError naming what is allowed."""
+    """(body, head) of a GGUF precision name; one-line ValueError naming what is allowed. A mixed file
+    (`mix<n>_<low>`) is its own body, without a head type (the head is one of its tensor groups)."""
+    mix = parse_mix(str(precision))
+    if mix is not None:
+        if mix[1] not in MIX_LOW:
+            raise ValueError(f"mixed GGUF type {precision!r}: the low type {mix[1]!r} is not one of {', '.join(MIX_LOW)} "
+                             "(mix<n>_<low>: the n cheapest tensor groups at the low type, the rest at q8_0)")
+        return str(precision), None
     body, head = split_precision(str(precision))
     if body not in allowed_bodies:
         raise ValueError(f"GGUF type {body!r} is not known; allowed: {', '.join(allowed_bodies)} "
@@ -85,13 +104,14 @@ def check_imatrix(imatrix: Mapping[str, np.ndarray], tensors: Mapping[str, tuple
 
 
 def llama_quantize(src: str | Path, dst: str | Path, kind: str, *, head: str | None = None,
-                   imatrix: Mapping[str, np.ndarray] | None = None, threads: int = 0, pure: bool = False
-                   ) -> dict[str, Any]:
+                   imatrix: Mapping[str, np.ndarray] | None = None, threads: int = 0, pure: bool = False,
+                   overrides: Mapping[str, str] | None = None) -> dict[str, Any]:
     """Quantize the f32 / f16 GGUF file `src` to `dst` with llama.cpp's quantizer at preset `kind`.
 
     `head`: the output layer's type (HEAD_TYPES; with tied embeddings also the token embedding's);
     None: llama.cpp's choice. `imatrix`: {tensor name: mean x^2 per input column}. `threads` 0: all cores.
     `pure`: every matrix at the preset's own type (no per-tensor mixture; the head still follows `head`).
+    `overrides`: {tensor name: type (HEAD_TYPES)}, each tensor at its own type (llama.cpp's tensor type overrides).
     Returns {"seconds", "types": {GGML type: tensors}, "bytes"}."""
     reason = llama_cpp_reason()
     if reason:
@@ -123,6 +143,19 @@ def llama_quantize(src: str | Path, dst: str | Path, kind: str, *, head: str | N
         entries[len(imatrix)].name = None  # the list ends with a NULL name
         params.imatrix = entries
         keep.append(entries)
+    if overrides:
+        unknown = sorted(set(overrides.values()) - set(HEAD_TYPES))
+        if unknown:
+            raise ValueError(f"tensor type {unknown[0]!r} is not known; allowed: {', '.join(HEAD_TYPES)}")
+        table = (llama_cpp.llama_model_tensor_override * (len(overrides) + 1))()
+        for i, (name, kind_) in enumerate(sorted(overrides.items())):
+            keep.append(f"^{re.escape(name)}$".encode())  # one tensor, by its whole name (llama.cpp: regex search)
+            table[i].pattern = keep[-1]
+            table[i].type = HEAD_TYPES[kind_]
+        table[len(overrides)].pattern = None  # the list ends with a NULL pattern
+        table[len(overrides)].type = int(getattr(llama_cpp, "GGML_TYPE_COUNT", GGML_TYPE_COUNT))
+        params.tt_overrides = table
+        keep.append(table)
     dst = Path(dst)
     dst.parent.mkdir(parents=True, exist_ok=True)
     with quiet_stderr(1, 2):

@@ -72,6 +72,7 @@ def decoder_base_shape(config: Any) -> BaseShape:
         ffn_size=int(config.intermediate_size),
         max_positions=int(config.max_position_embeddings),
         num_kv_heads=kv,
+        vocab_size=int(config.vocab_size) if getattr(config, "vocab_size", None) else None,
     )
 
 
@@ -381,6 +382,7 @@ class DecoderFamily(Family):
     causal_lm = True
     recovery = False  # nas.cut.recovery and hidden-state distillation know the encoders' layers only
     heals = True  # nas.cut.heal refits o_proj / down_proj layer by layer
+    gguf_arch = "llama"  # llama.cpp's llama graph; per-layer shapes as deci (nas.deploy.gguf)
 
     def base_shape(self, config: Any) -> BaseShape:
         return decoder_base_shape(config)

@@ -396,6 +396,7 @@ class EncoderFamily(Family):
     causal_lm = False
     recovery = True  # nas.cut.recovery and hidden-state distillation know these layers (Arch)
     latency_table = True  # drop_layers below: nas.cost.table times the stem and each layer shape
+    supernet = True  # nas.quality.supernet slices these layers (Arch)
 
     def base_shape(self, config: Any) -> BaseShape:
         return arch_for_config(config).base_shape(config)

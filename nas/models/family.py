@@ -13,8 +13,10 @@ A family says, in one place, for every model type it covers:
 - how to make it a classifier (`classifier_config`) and how to export it as an HF folder that loads
   outside this project (`save_folder`, `loads_with`).
 
-Families live in nas.models.encoder (BERT, RoBERTa, DistilBERT) and nas.models.decoder (Llama,
-Qwen2, Mistral); nas.models.registry finds the family of a model. A new family is a new module with
+Families live in nas.models.encoder (BERT, RoBERTa, DistilBERT), nas.models.decoder (Llama, Qwen2,
+Mistral), nas.models.modernbert, nas.models.deberta (DeBERTa-v2/v3), nas.models.qwen3 (Qwen3) and nas.models.smollm3
+(SmolLM3);
+nas.models.registry finds the family of a model. A new family is a new module with
 a Family subclass, added to the registry's list.
 """
 
@@ -57,6 +59,11 @@ class Family:
     recovery: bool = False  # nas.cut.recovery and train.distill=hidden know its layers
     heals: bool = False  # nas.cut.heal (closed-form healing of decoder cuts) knows its layers
     latency_table: bool = False  # drop_layers is answered: nas.cost.table can time its stem and layers
+    supernet: bool = False  # nas.quality.supernet (search.estimator=supernet) knows its layers
+    attn_implementation: str | None = None  # the attention it must run with (None: model.attn_implementation)
+    output_biases: bool = True  # its llama.cpp graph loads attn_output / ffn_down biases (nas.cut.heal may fit them)
+    per_layer_shapes: bool = True  # layers may differ (per-layer spaces, attention variants); False: one shape for all
+    gguf_arch: str | None = None  # llama.cpp's architecture for a uniform shape (nas.deploy.gguf); None: no GGUF
 
     def covers(self, config: Any) -> bool:
         return getattr(config, "model_type", None) in self.model_types

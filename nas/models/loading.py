@@ -80,6 +80,11 @@ def module_names(config: Any) -> list[str]:
     return [name for name, module in model.named_modules() if isinstance(module, torch.nn.Linear)]
 
 
+def attention_for(config: Any, asked: str = "sdpa") -> str:
+    """The attention implementation a model of this config runs with: `asked`, unless its family needs another."""
+    return family_for_config(config).attn_implementation or asked
+
+
 def load_base_model(
     name_or_path: str | None,
     *,
@@ -108,7 +113,7 @@ def load_base_model(
     hf_logging.set_verbosity_error()  # "newly initialized classifier" warnings are expected here
     try:
         model = AutoModelForSequenceClassification.from_pretrained(
-            source, config=config, attn_implementation=attn_implementation
+            source, config=config, attn_implementation=attention_for(config, attn_implementation)
         )
     finally:
         hf_logging.set_verbosity(verbosity)

@@ -6,12 +6,16 @@ from typing import Any
 
 from torch import nn
 
+from nas.models.deberta import DEBERTA
 from nas.models.decoder import DECODER
 from nas.models.encoder import ENCODER
 from nas.models.family import Family
+from nas.models.modernbert import MODERNBERT
+from nas.models.qwen3 import QWEN3
+from nas.models.smollm3 import SMOLLM3
 from nas.spec import BaseShape
 
-FAMILIES: tuple[Family, ...] = (ENCODER, DECODER)
+FAMILIES: tuple[Family, ...] = (ENCODER, DECODER, MODERNBERT, DEBERTA, QWEN3, SMOLLM3)
 
 
 def family_for_config(config: Any) -> Family:

@@ -18,7 +18,7 @@ from filelock import FileLock
 from torch import nn
 
 from nas.data.tasks import make_loader, sorted_by_length, tokenize
-from nas.models.loading import load_base_model, load_tokenizer
+from nas.models.loading import attention_for, load_base_model, load_tokenizer, read_config
 from nas.quality.autocast import resolve_precision, training_autocast
 from nas.quality.lm import Progress, lm_train_loss, positions_fraction, student_vocab, teacher_topk_logits
 from nas.quality.metrics import accuracy, model_inputs
@@ -449,7 +449,8 @@ def finetune_base_cached(
             for stale in folder.parent.glob(folder.name + ".tmp*"):
                 shutil.rmtree(stale, ignore_errors=True)
         if folder is not None and (folder / "info.json").is_file():
-            model = AutoModelForSequenceClassification.from_pretrained(folder, attn_implementation="sdpa").eval()
+            model = AutoModelForSequenceClassification.from_pretrained(
+                folder, attn_implementation=attention_for(read_config(str(folder)))).eval()
             info = json.loads((folder / "info.json").read_text())
             info.update(cached=True, key=key)
             log.info("base model: cached fine-tune %s", folder)

@@ -1,0 +1,236 @@
+"""The ModernBERT family: ModernBertForSequenceClassification (transformers `modernbert`).
+
+ModernBERT is a pre-norm encoder: token embeddings and a LayerNorm (no position table: rotary
+positions), then layers of `attn_norm -> attention (fused Wqkv, rotary, global or sliding-window) ->
+mlp_norm -> GeGLU FFN (Wi holds the input and gate halves)`, a final norm and a head (dense, norm,
+classifier). Layer 0 has no attn_norm (the embedding norm comes right before it).
+
+The five axes, physically:
+
+| axis    | sliced                                                                             |
+|---------|------------------------------------------------------------------------------------|
+| depth   | model.layers, with each kept layer's attention type (global / sliding) in layer_types |
+| heads   | the kept heads' rows in each third (q, k, v) of Wqkv, Wo's input columns              |
+| ffn     | the kept neurons' rows in both halves (input, gate) of Wi, Wo's input columns         |
+| hidden  | tok_embeddings columns, every Linear's hidden side, every LayerNorm, the head        |
+| context | max_position_embeddings (rotary: no table to cut)                                   |
+
+The head size stays the base's (Wqkv is viewed as (3, heads, head_size)); stock ModernBERT derives it as
+hidden / heads, so a shape the stock config cannot hold (per-layer counts, heads x head size != hidden, or
+a first kept layer that has an attn_norm) is exported with `modeling_nas_modernbert.py` (trust_remote_code).
+
+Importance (nas.cut.importance): head / neuron masks at Wo's inputs; one residual-channel mask where the
+stream is written (the embedding norm's output, every attention and FFN Wo's output), as in a pre-norm
+decoder; block influence per layer.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import shutil
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors.torch import save_file
+from torch import nn
+
+from nas.models.family import Family, MaskSites
+from nas.models.slicing import head_rows, kept_units, shrink_embedding, shrink_layernorm, shrink_linear
+from nas.spec import BaseShape, SubnetSpec
+
+MODEL_TYPES = ("modernbert",)
+REMOTE_CODE = Path(__file__).resolve().parent / "hf_remote" / "modeling_nas_modernbert.py"
+
+
+def modernbert_base_shape(config: Any) -> BaseShape:
+    hidden, heads = int(config.hidden_size), int(config.num_attention_heads)
+    return BaseShape(
+        num_layers=int(config.num_hidden_layers),
+        num_heads=heads,
+        head_size=int(getattr(config, "nas_head_size", None) or hidden // heads),
+        hidden_size=hidden,
+        ffn_size=int(config.intermediate_size),
+        max_positions=int(config.max_position_embeddings),
+    )
+
+
+def qkv_rows(head_idx: torch.Tensor, head_size: int, heads: int) -> torch.Tensor:
+    """Rows of the fused Wqkv (q, k, v stacked, each `heads` x `head_size`) that belong to the kept heads."""
+    rows = head_rows(head_idx, head_size)
+    return torch.cat([rows + part * heads * head_size for part in range(3)])  # q rows, then k, then v
+
+
+def glu_rows(ffn_idx: torch.Tensor, ffn: int) -> torch.Tensor:
+    """Rows of Wi (input half, then gate half, each `ffn` wide) that belong to the kept neurons."""
+    return torch.cat([ffn_idx, ffn_idx + ffn])
+
+
+def prune_modernbert(base: nn.Module, spec: SubnetSpec, scores: Any = None) -> nn.Module:
+    """A new ModernBERT cut down to `spec` (the base is untouched); `scores=None` keeps the first k."""
+    shape = modernbert_base_shape(base.config)
+    spec.validate(shape)
+    if scores is not None:
+        scores.check_fits(shape)
+    # per layer of the (possibly pruned) base: its heads and FFN width, whether it has an attn_norm
+    base_heads = list(getattr(base.config, "nas_heads", None) or [shape.num_heads] * shape.num_layers)
+    base_ffn = list(getattr(base.config, "nas_ffn", None) or [shape.ffn_size] * shape.num_layers)
+    model = copy.deepcopy(base)
+    body = model.model
+    kept = kept_units(shape, spec, scores)
+    hidden_idx, hd = kept.hidden, shape.head_size
+
+    body.layers = nn.ModuleList([body.layers[i] for i in spec.layers])
+    for pos, (old, head_idx, ffn_idx) in enumerate(zip(spec.layers, kept.heads, kept.ffn, strict=True)):
+        layer = body.layers[pos]
+        att, mlp = layer.attn, layer.mlp
+        shrink_linear(att.Wqkv, out_idx=qkv_rows(head_idx, hd, base_heads[old]), in_idx=hidden_idx)
+        shrink_linear(att.Wo, out_idx=hidden_idx, in_idx=head_rows(head_idx, hd))
+        att.head_dim = hd
+        att.layer_idx = layer.layer_idx = pos
+        if isinstance(layer.attn_norm, nn.LayerNorm):
+            shrink_layernorm(layer.attn_norm, hidden_idx)
+        shrink_linear(mlp.Wi, out_idx=glu_rows(ffn_idx, base_ffn[old]), in_idx=hidden_idx)
+        shrink_linear(mlp.Wo, out_idx=hidden_idx, in_idx=ffn_idx)
+        shrink_layernorm(layer.mlp_norm, hidden_idx)
+
+    shrink_embedding(body.embeddings.tok_embeddings, cols=hidden_idx)
+    shrink_layernorm(body.embeddings.norm, hidden_idx)
+    shrink_layernorm(body.final_norm, hidden_idx)
+    shrink_linear(model.head.dense, out_idx=hidden_idx, in_idx=hidden_idx)
+    shrink_layernorm(model.head.norm, hidden_idx)
+    shrink_linear(model.classifier, in_idx=hidden_idx)
+    update_config(model.config, spec, shape, attn_norm=[isinstance(layer.attn_norm, nn.LayerNorm)
+                                                         for layer in body.layers])
+    return model
+
+
+def update_config(config: Any, spec: SubnetSpec, base: BaseShape, *, attn_norm: list[bool]) -> None:
+    """Config attributes follow the weights; per-layer counts (and which layers have an attn_norm) in nas_* keys."""
+    layer_types = list(config.layer_types)
+    config.layer_types = [layer_types[i] for i in spec.layers]
+    config.num_hidden_layers = len(spec.layers)
+    config.hidden_size = spec.hidden
+    config.num_attention_heads = max(spec.heads)
+    config.intermediate_size = max(spec.ffn)
+    config.max_position_embeddings = spec.context
+    config.head_dim = base.head_size  # the rotary embedding reads it; hidden / heads no longer holds
+    config.nas_head_size = base.head_size
+    config.nas_heads = list(spec.heads)
+    config.nas_ffn = list(spec.ffn)
+    config.nas_attn_norm = attn_norm
+    config.nas_spec = spec.to_dict()
+    config.nas_base_shape = {"num_layers": base.num_layers, "num_heads": base.num_heads, "head_size": base.head_size,
+                             "hidden_size": base.hidden_size, "ffn_size": base.ffn_size,
+                             "max_positions": base.max_positions}
+
+
+def modernbert_params(spec: SubnetSpec, *, vocab: int, head_size: int, labels: int, attn_norm: list[bool],
+                      norm_bias: bool = False, attention_bias: bool = False, mlp_bias: bool = False,
+                      classifier_bias: bool = False) -> int:
+    """Parameters of a ModernBERT classifier of this shape, in closed form."""
+    d, a = spec.hidden, head_size
+    norm = d * (2 if norm_bias else 1)
+    total = vocab * d + norm  # tok_embeddings, embedding norm
+    for h, f, has_norm in zip(spec.heads, spec.ffn, attn_norm, strict=True):
+        total += 3 * d * h * a + h * a * d + (3 * h * a + d if attention_bias else 0)  # Wqkv, Wo
+        total += 2 * d * f + f * d + (2 * f + d if mlp_bias else 0)  # Wi (two halves), Wo
+        total += norm * (2 if has_norm else 1)  # attn_norm (not in layer 0), mlp_norm
+    total += norm  # final_norm
+    total += d * d + (d if classifier_bias else 0) + norm  # head.dense, head.norm
+    return total + d * labels + labels  # classifier
+
+
+def fits_stock(config: Any) -> bool:
+    """True when a stock ModernBertConfig builds this shape: the same heads and FFN in every layer, heads x
+    head size = hidden, and an attn_norm in every layer but the first."""
+    heads = getattr(config, "nas_heads", None)
+    if heads is None:
+        return True
+    norms = list(config.nas_attn_norm)
+    return (len(set(heads)) == 1 and len(set(config.nas_ffn)) == 1
+            and heads[0] * config.nas_head_size == config.hidden_size
+            and norms == [False] + [True] * (len(norms) - 1))
+
+
+def save_modernbert_folder(model: Any, tokenizer: Any, out: str | Path, *, context: int) -> dict[str, Any]:
+    """An HF folder that loads outside this project (stock classes where the shape allows)."""
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    cfg = model.config.to_dict()
+    for key in ("nas_spec", "nas_base_shape"):
+        cfg.pop(key, None)
+    remote = not fits_stock(model.config)
+    if remote:
+        cfg.update(architectures=["NasModernBertForSequenceClassification"],
+                   auto_map={"AutoConfig": "modeling_nas_modernbert.NasModernBertConfig",
+                             "AutoModelForSequenceClassification":
+                                 "modeling_nas_modernbert.NasModernBertForSequenceClassification"})
+        shutil.copyfile(REMOTE_CODE, out / REMOTE_CODE.name)
+    else:
+        for key in ("nas_heads", "nas_ffn", "nas_head_size", "nas_attn_norm", "auto_map"):
+            cfg.pop(key, None)
+        cfg["architectures"] = [type(model).__name__]
+        (out / REMOTE_CODE.name).unlink(missing_ok=True)
+    cfg.pop("transformers_version", None)
+    (out / "config.json").write_text(json.dumps(cfg, indent=2, sort_keys=True) + "\n")
+    state = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
+    save_file(state, str(out / "model.safetensors"), metadata={"format": "pt"})
+    save_tokenizer(tokenizer, out, context=context)
+    return {"remote_code": remote}
+
+
+def save_tokenizer(tokenizer: Any, out: Path, *, context: int) -> None:
+    """The tokenizer, truncating at the kept context and naming its class for AutoTokenizer."""
+    tokenizer.save_pretrained(out)
+    path = out / "tokenizer_config.json"
+    cfg = json.loads(path.read_text()) if path.is_file() else {}
+    cfg["model_max_length"] = int(context)
+    cfg.setdefault("tokenizer_class", type(tokenizer).__name__)
+    cfg.pop("auto_map", None)
+    path.write_text(json.dumps(cfg, indent=2, sort_keys=True) + "\n")
+
+
+def modernbert_mask_sites(model: nn.Module) -> MaskSites:
+    body = model.model
+    layers = list(body.layers)
+    return MaskSites(layers=layers, heads_in=[layer.attn.Wo for layer in layers],
+                     ffn_in=[layer.mlp.Wo for layer in layers],
+                     residual_out=[body.embeddings.norm,
+                                   *(m for layer in layers for m in (layer.attn.Wo, layer.mlp.Wo))])
+
+
+class ModernBertFamily(Family):
+    name = "modernbert"
+    model_types = MODEL_TYPES
+    causal_lm = False
+    recovery = False  # nas.cut.recovery and hidden-state distillation know the BERT-style encoders' layers only
+    latency_table = True  # drop_layers below
+
+    def base_shape(self, config: Any) -> BaseShape:
+        return modernbert_base_shape(config)
+
+    def prune(self, base: nn.Module, spec: SubnetSpec, scores: Any = None) -> nn.Module:
+        return prune_modernbert(base, spec, scores)
+
+    def mask_sites(self, model: nn.Module) -> MaskSites:
+        return modernbert_mask_sites(model)
+
+    def save_folder(self, model: nn.Module, tokenizer: Any, out: Path, *, context: int) -> dict[str, Any]:
+        return save_modernbert_folder(model, tokenizer, out, context=context)
+
+    def drop_layers(self, model: nn.Module) -> None:
+        model.model.layers = nn.ModuleList()
+        model.config.num_hidden_layers = 0
+        model.config.layer_types = []
+        for key in ("nas_heads", "nas_ffn", "nas_attn_norm"):
+            if getattr(model.config, key, None) is not None:
+                setattr(model.config, key, [])
+
+    def loads_with(self, model: nn.Module) -> tuple[str, str, str]:
+        return ("AutoModelForSequenceClassification", REMOTE_CODE.name,
+                "it derives head size from hidden size / heads and gives every layer but the first an attn_norm")
+
+
+MODERNBERT = ModernBertFamily()
