@@ -3,7 +3,10 @@ tiny random models built from their transformers configs: keep-everything is exa
 shapes and the closed-form parameter count; removed heads / neurons are exactly their zeroed contributions; each
 family's head-size rule survives every cut; the HF export reloads with equal logits in a fresh process that imports
 nothing of this project; int8 ONNX (classifiers) and f32 GGUF in the family's own llama.cpp architecture (language
-models, greedy tokens included) agree with torch; cuts a family cannot express are refused in one line.
+models, greedy tokens included) agree with torch; cuts a family cannot express are refused in one line. For the
+classifiers also: the latency table's decomposition (stem, k-layer models) on a FLOP clock and a search with the
+table; rescale recovery where the family says; hidden-state distillation on where hidden states pair by layer; and
+what a family does not apply (prune.recovery, train.distill=hidden) refused in one line before any work.
 
 Tolerances: fp32 ONNX and the reloaded folder FP32_TOL absolute; int8 ONNX (onnxruntime dynamic quantization,
 per-channel int8 weights, uint8 activations), one input at a time: a mean |logit error| of INT8_TOL of the
@@ -17,7 +20,7 @@ import json
 import subprocess
 import sys
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -310,6 +313,81 @@ def test_the_latency_tables_stem_runs_without_layers(name, models):
     assert logits(stem, batch(stem)).shape == (3, stem.config.num_labels)
 
 
+FLOP_CLOCK_TOL = 1e-6  # relative; the decomposition is exact on this clock (measured: 4e-16)
+
+
+@pytest.mark.parametrize("name", CLASSIFIERS)
+def test_the_latency_table_predicts_held_out_shapes_on_a_flop_clock(name, models, monkeypatch):
+    """What the latency table assumes of a family, on a clock that ticks the model's FLOPs (nas.cost.latency's count)
+    instead of time, so nothing here is timed: the stem (drop_layers), each layer as (k-layer model - stem) / k on
+    small-vocabulary copies, the attention and FFN lines and the interpolation between grid points add up, for every
+    held-out shape (heads and FFN between grid points, 1 to 4 layers where the table built 2), to the cut model's own
+    count within FLOP_CLOCK_TOL; more layers cost more."""
+    from nas.cost import table as T
+    from nas.cost.latency import LatencySettings, _flops_at
+
+    def flop_clock(model: Any, feeds: list[dict[str, Any]], **_: Any) -> Callable[[int, int], float]:
+        cost = [int(f["input_ids"].shape[0]) * _flops_at(model, int(f["input_ids"].shape[1])) * 1e-12 for f in feeds]
+        return lambda start, stop: sum(cost[start:stop])
+
+    monkeypatch.setattr(T, "runtime_pass", flop_clock)
+    model = models[name]
+    grid = T.Grid(hidden=(16, 32), heads=(2, 4), ffn=(16, 37), widths=(8, 16))
+    table = T.build_table(model, grid, LatencySettings(runtime="onnxruntime", precision="int8").validate(), reps=1, k=2)
+    for hidden in grid.hidden:
+        for width in grid.widths:
+            predicted = []
+            for depth in (1, 2, 3, 4):
+                spec = SubnetSpec.uniform(layers=tuple(range(depth)), heads=3, ffn=24, hidden=hidden, context=64)
+                count = _flops_at(prune_model(model, spec), width) * 1e-9  # ms on the clock, batch of one
+                predicted.append(table.forward_ms(spec, width))
+                assert predicted[-1] == pytest.approx(count, rel=FLOP_CLOCK_TOL), (hidden, width, depth)
+            assert predicted == sorted(predicted) and len(set(predicted)) == 4
+
+
+@pytest.mark.parametrize("name", CLASSIFIERS)
+def test_a_search_with_the_latency_table_and_no_training_predicts_and_rescales_every_trial(name, tmp_path):
+    """latency.model=table end to end (onnxruntime int8, as the main command times classifiers): the table is built
+    from the family's stems and k-layer models on this machine and cached, and every trial's latency is its
+    prediction. Nothing is timed against a bound: entries are finite and >= 0 and a prediction grows with depth.
+    With search.estimator=none, prune.recovery=auto rescales every cut (nas.cut.recovery through the family) and
+    its reconstruction error drops."""
+    import math
+
+    from nas.cost.table import LatencyTable
+    from nas.study.search import run_search
+
+    build = {"modernbert": lambda: tiny.modernbert(labels=2, positions=64),
+             "deberta_v3": lambda: tiny.deberta(labels=2, positions=64),
+             "deberta_v2": lambda: tiny.deberta(labels=2, positions=64, v3=False)}[name]
+    env = tiny.task_folder(tmp_path)
+    folder = tmp_path / name
+    tiny.write_tokenizer(folder)
+    build().save_pretrained(folder)
+    env = {**env, "model": folder}
+    space = {**tiny.TINY_SPACE, "axes": {**tiny.TINY_SPACE["axes"], "layers": {"low": 1, "high": 4}}}
+    study, _ = run_search(tiny.make_cfg(env, "latency.runtime=onnxruntime", "latency.precision=int8",
+                                        "latency.model=table", "search.sampler=random", "search.estimator=none",
+                                        space=space), tmp_path / "run")
+    trials = tiny.trained_trials(study)
+    assert trials and all(t.state.name == "COMPLETE" for t in trials)
+    for t in trials:
+        speedup = t.user_attrs["speedup"]
+        assert t.user_attrs["latency_predicted"] and math.isfinite(speedup) and speedup > 0
+        assert 0 < t.user_attrs["recovery_error_ratio"] <= 1
+    assert any(t.user_attrs["recovery_error_ratio"] < 1 for t in trials)
+    files = list((env["cache"] / "latency_table").glob("*.json"))
+    assert len(files) == 1
+    table = LatencyTable.from_json(files[0].read_text())
+    entries = [*table.stem.values(), *(s for line in table.attention.values() for s in line.values()),
+               *(s for line in table.ffn.values() for s in line.values())]
+    assert all(math.isfinite(x) and x >= 0 for series in entries for x in series)
+    for width in table.widths:
+        depth = [table.forward_ms(SubnetSpec.uniform(layers=tuple(range(n)), heads=3, ffn=16, hidden=16, context=64),
+                                  width) for n in (1, 2, 3, 4)]
+        assert all(math.isfinite(x) for x in depth) and depth == sorted(depth)
+
+
 # ---- export --------------------------------------------------------------------------------------------
 
 RELOAD = r"""
@@ -383,6 +461,72 @@ def test_onnx_fp32_and_int8_agree_with_torch(name, models, tmp_path):
     want, got = np.stack(want), np.stack(got)
     assert np.abs(got - want).mean() <= INT8_TOL * want.std(), (np.abs(got - want).mean(), want.std())
     assert (got.argmax(-1) == want.argmax(-1)).mean() >= 0.85
+
+
+# ---- training-free recovery and hidden-state distillation ------------------------------------------------
+
+
+def calibration(n: int, seed: int) -> list[dict[str, torch.Tensor]]:
+    return [tiny.padded_batch(pad_id=0, batch=8, length=12, seed=seed + i) for i in range(n)]
+
+
+@pytest.mark.parametrize("name", CLASSIFIERS)
+def test_rescale_recovery_fits_where_the_family_says(name, models):
+    """prune.recovery=rescale through the family's recovery_layers (post-norm DeBERTa: the LayerNorm after each
+    sub-layer; pre-norm ModernBERT: the next sub-layer's norm, the final norm after the last layer). A context cut
+    leaves every sub-layer's sum as it was on short inputs: the fit finds every scale 1 and the logits stay equal,
+    which holds only if each sum is read at the right place. A cut of every axis: each sub-layer's error drops,
+    and the last one's reported error is the corrected model's own, measured afresh against the base's sum."""
+    from nas.cut.recovery import RecoverySettings, _accumulate, _teacher_pass, recover
+    from nas.models.slicing import kept_units
+
+    base = models[name]
+    family = family_for(base)
+    assert family.recovery_methods == ("none", "rescale")
+    settings = RecoverySettings(method="rescale", ridge=0.0)
+    calib, held_out = calibration(4, 3), calibration(2, 30)
+    context = SubnetSpec.uniform(layers=(0, 1, 2, 3), heads=4, ffn=37, hidden=32, context=16)
+    model = prune_model(base, context)
+    report = recover(model, base, context, None, calib, settings)
+    assert len(report.errors) == 8
+    for e in report.errors:
+        assert e["scale_min"] == pytest.approx(1.0, abs=1e-4) and e["scale_max"] == pytest.approx(1.0, abs=1e-4), e
+    for b in held_out:
+        torch.testing.assert_close(logits(model, b), logits(base, b), atol=1e-4, rtol=0)
+
+    spec = CASES[name].specs["all"]
+    model = prune_model(base, spec)
+    report = recover(model, base, spec, None, calib, replace(settings, ridge=1e-3))
+    assert len(report.errors) == 2 * len(spec.layers) and report.ratio() < 1.0
+    assert all(e["after"] <= e["before"] for e in report.errors)
+    shape = base_shape(base.config)
+    kept = kept_units(shape, spec, None)
+    teacher = [family.recovery_layers(base)[b] for b in spec.layers]
+    targets, _ = _teacher_pass(base, teacher, calib, kept.hidden, torch.tensor([], dtype=torch.long), {})
+    last = family.recovery_layers(model)[-1]
+    fit = _accumulate(model, last.ffn_out, last.ffn_sum, calib, targets[(len(spec.layers) - 1, "ffn")], None)
+    measured = fit.error(torch.ones(fit.gram.shape[0], dtype=torch.float64), torch.zeros_like(fit.rsum))
+    assert measured == pytest.approx(report.errors[-1]["after"], rel=1e-5)
+
+
+@pytest.mark.parametrize("name", CLASSIFIERS)
+def test_hidden_distillation_is_on_where_hidden_states_pair_layer_by_layer(name, models):
+    """train.distill=hidden compares student layer i's output with its teacher layer's at the kept channels
+    (nas.quality.finetune.HiddenMap). A cut keeping the first two layers whole is its teacher's first two layers, so the
+    loss is zero where the pairing holds: DeBERTa (post-norm, hidden states are each layer's output). ModernBERT's last
+    hidden state is the final norm's output, not its last layer's, so the pair is wrong and the family says so
+    (hidden_distill False: refused in one line, below)."""
+    from nas.quality.finetune import HiddenMap, hidden_loss
+
+    base = models[name]
+    spec = SubnetSpec.uniform(layers=(0, 1), heads=4, ffn=37, hidden=32, context=128)
+    student = prune_model(base, spec)
+    x = batch(base)
+    with torch.no_grad():
+        s = student(**x, output_hidden_states=True).hidden_states
+        t = base(**x, output_hidden_states=True).hidden_states
+    loss = float(hidden_loss(s, t, HiddenMap(layers=spec.layers, channels=torch.arange(32)), x["attention_mask"]))
+    assert family_for(base).hidden_distill == (loss < 1e-10), loss
 
 
 # ---- refusals ------------------------------------------------------------------------------------------
@@ -586,6 +730,15 @@ def test_smollm3_depth_cuts_keep_llama_cpps_nope_pattern_or_are_refused():
      r"qwen3 graph\); allowed: space.per_layer=false without the attention axes$"),
     ("modernbert", ["+space=triple", "search.estimator=supernet"],
      r"^search.estimator=supernet knows the BERT-style encoders' layers; modernbert models allow: finetune, none$"),
+    ("modernbert", ["+space=triple", "search.estimator=none", "prune.recovery=both"],
+     r"^prune.recovery=both is for BERT-style encoders; modernbert models allow: none, rescale$"),
+    ("deberta_v3", ["+space=triple", "prune.recovery=bias"],
+     r"^prune.recovery=bias is for BERT-style encoders; deberta models allow: none, rescale$"),
+    ("modernbert", ["+space=triple", "train.distill=hidden"],
+     r"^train.distill=hidden is for encoders whose hidden states pair layer by layer \(BERT-style, DeBERTa\); "
+     r"modernbert models allow: logits$"),
+    ("qwen3", ["data=shakespeare", "+space=decoder", "prune.recovery=rescale"],
+     r"^prune.recovery=rescale is for encoders; qwen3 models allow: none \(its cuts are healed instead: prune.heal\)$"),
 ])
 def test_a_search_refuses_what_the_family_cannot_do_before_any_work(name, overrides, message, tmp_path):
     from nas.config import compose

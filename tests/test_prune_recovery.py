@@ -12,8 +12,7 @@ import torch
 from nas.cut.importance import naive_scores
 from nas.cut.prune import prune_model
 from nas.cut.recovery import RecoverySettings, _accumulate, _teacher_pass, recover
-from nas.models.encoder import arch_for
-from nas.models.registry import base_shape
+from nas.models.registry import base_shape, family_for
 from nas.spec import SubnetSpec
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -75,14 +74,12 @@ def sublayer_error(model, base, spec, calib, layer: int, sub: str) -> float:
     directly on the model as it is (nothing from the fit)."""
     from nas.models.slicing import kept_units
 
-    arch = arch_for(base)
-    shape = base_shape(base.config)
-    kept = kept_units(shape, spec, None)
-    removed = torch.tensor([i for i in range(shape.hidden_size) if i not in set(kept.hidden.tolist())], dtype=torch.long)
-    teacher_parts = [arch.layer_parts(arch.layers(base)[b]) for b in spec.layers]
-    targets, _ = _teacher_pass(base, arch, teacher_parts, calib, kept.hidden, removed)
-    parts = arch.layer_parts(arch.layers(model)[layer])
-    proj, norm = (parts.o, parts.attn_norm) if sub == "attention" else (parts.ffn_out, parts.ffn_norm)
+    family = family_for(base)
+    kept = kept_units(base_shape(base.config), spec, None)
+    teacher = [family.recovery_layers(base)[b] for b in spec.layers]
+    targets, _ = _teacher_pass(base, teacher, calib, kept.hidden, torch.tensor([], dtype=torch.long), {})
+    parts = family.recovery_layers(model)[layer]
+    proj, norm = (parts.attention_out, parts.attention_sum) if sub == "attention" else (parts.ffn_out, parts.ffn_sum)
     fit = _accumulate(model, proj, norm, calib, targets[(layer, sub)], None)
     return fit.error(torch.ones(fit.gram.shape[0], dtype=torch.float64), torch.zeros_like(fit.rsum))
 

@@ -15,8 +15,15 @@ unpruned model's on calibration inputs from the training split:
   corrected layers before it).
 - `both`: rescale with the bias solved jointly, after the hidden-channel compensation.
 
-Targets are the unpruned model's pre-LayerNorm sums (residual + sub-layer output) of the layer
-each pruned layer came from, at the kept hidden channels. A keep-everything spec is left as is.
+Targets are the unpruned model's sums (residual + sub-layer output) of the layer each pruned layer came
+from, at the kept hidden channels, read where the stream enters its next module: the LayerNorm after the
+sub-layer in a post-norm encoder, the next sub-layer's norm in a pre-norm one (the family's
+`recovery_layers`). A keep-everything spec is left as is.
+
+Which methods a family allows is its `recovery_methods` (nas.models.family): all four for the BERT-style
+encoders (the hidden-channel compensation knows their q/k/v and head, nas.models.encoder.Arch); none and
+rescale for ModernBERT and DeBERTa; none for decoders, whose cuts are healed instead (nas.cut.heal).
+`check_recovery` refuses any other choice in one line, before any work.
 """
 
 from __future__ import annotations
@@ -31,7 +38,8 @@ import torch
 from torch import nn
 
 from nas.models.encoder import arch_for
-from nas.models.registry import base_shape
+from nas.models.family import Family, RecoveryLayer
+from nas.models.registry import base_shape, family_for
 from nas.models.slicing import head_rows, kept_units
 
 log = logging.getLogger(__name__)
@@ -85,6 +93,16 @@ class RecoverySettings:
     @property
     def active(self) -> bool:
         return self.method not in ("none", "auto")
+
+
+def check_recovery(method: str, family: Family) -> None:
+    """Refuse a prune.recovery method the model's family does not allow (auto stays: it means where it applies; an
+    unknown name is RecoverySettings.validate's to refuse)."""
+    if method in METHODS and method != "auto" and method not in family.recovery_methods:
+        who = "BERT-style encoders" if method in ("bias", "both") else "encoders"
+        healed = " (its cuts are healed instead: prune.heal)" if family.heals else ""
+        raise ValueError(f"prune.recovery={method} is for {who}; {family.name} models allow: "
+                         f"{', '.join(family.recovery_methods)}{healed}")
 
 
 @dataclass
@@ -164,25 +182,30 @@ def recover(model: nn.Module, base: nn.Module, spec: Any, scores: Any, batches: 
     shape = base_shape(base.config)
     if not settings.active or spec.is_full(shape):
         return report
+    family = family_for(base)
+    check_recovery(settings.method, family)
     t0 = time.perf_counter()
-    arch = arch_for(base)
     kept = kept_units(shape, spec, scores)
     hidden = kept.hidden
     removed = _complement(hidden, shape.hidden_size)
-    teacher_parts = [arch.layer_parts(arch.layers(base)[b]) for b in spec.layers]
-    student_parts = [arch.layer_parts(layer) for layer in arch.layers(model)]
+    base_layers = family.recovery_layers(base)
+    teacher = [base_layers[b] for b in spec.layers]
+    student = family.recovery_layers(model)
+    bias = settings.method in ("bias", "both")
+    compensate = bias and len(removed) > 0  # only the BERT-style encoders allow bias methods (check_recovery)
     was_training = (model.training, base.training)
     model.eval()
     base.eval()
     try:
-        targets, means = _teacher_pass(base, arch, teacher_parts, batches, hidden, removed)
-        bias = settings.method in ("bias", "both")
-        if bias and len(removed):
-            _compensate_hidden(model, base, arch, teacher_parts, student_parts, kept, removed, means, shape)
+        targets, means = _teacher_pass(base, teacher, batches, hidden, removed,
+                                       _stream_readers(base, spec) if compensate else {})
+        if compensate:
+            _compensate_hidden(model, base, spec, kept, removed, means, shape)
         scale = settings.method in ("rescale", "both")
-        for i, parts in enumerate(student_parts):
+        for i, layer in enumerate(student):
             units = head_rows(torch.arange(spec.heads[i]), shape.head_size).view(spec.heads[i], shape.head_size)
-            for sub, (proj, norm) in {"attention": (parts.o, parts.attn_norm), "ffn": (parts.ffn_out, parts.ffn_norm)}.items():
+            sublayers = {"attention": (layer.attention_out, layer.attention_sum), "ffn": (layer.ffn_out, layer.ffn_sum)}
+            for sub, (proj, norm) in sublayers.items():
                 groups = units if sub == "attention" else None
                 fit = _accumulate(model, proj, norm, batches, targets[(i, sub)], groups)
                 s, d = fit.solve(scale=scale, intercept=bias, ridge=settings.ridge)
@@ -205,11 +228,28 @@ def _complement(idx: torch.Tensor, total: int) -> torch.Tensor:
     return torch.nonzero(~keep).flatten()
 
 
+def _stream_readers(base: nn.Module, spec: Any) -> dict[Any, tuple[nn.Module, bool]]:
+    """The Linears of a BERT-style encoder that read the residual stream, whose removed channels' mean input the bias
+    compensation needs: per kept layer its query (q, k and v read the same input) and FFN input, and the head's
+    Linears on the hidden side. key -> (module, whether its input has a token axis)."""
+    arch = arch_for(base)
+    parts = [arch.layer_parts(arch.layers(base)[b]) for b in spec.layers]
+    readers: dict[Any, tuple[nn.Module, bool]] = {}
+    for i, p in enumerate(parts):
+        readers[(i, "qkv")] = (p.q, True)
+        readers[(i, "ffn_in")] = (p.ffn_in, True)
+    for j, head in enumerate(arch.head(base)):
+        if head.in_hidden:
+            readers[("head", j)] = (head.linear, False)
+    return readers
+
+
 @torch.no_grad()
-def _teacher_pass(base: nn.Module, arch: Any, parts: list[Any], batches: Sequence[dict[str, torch.Tensor]],
-                  hidden: torch.Tensor, removed: torch.Tensor) -> tuple[dict[Any, list[torch.Tensor]], dict[Any, torch.Tensor]]:
-    """The unpruned model's pre-norm sums at the kept channels (per batch, real tokens only), and the
-    mean of the removed channels entering each Linear that reads the residual stream."""
+def _teacher_pass(base: nn.Module, layers: Sequence[RecoveryLayer], batches: Sequence[dict[str, torch.Tensor]],
+                  hidden: torch.Tensor, removed: torch.Tensor, readers: dict[Any, tuple[nn.Module, bool]]
+                  ) -> tuple[dict[Any, list[torch.Tensor]], dict[Any, torch.Tensor]]:
+    """The unpruned model's sums at each sub-layer's sum site (residual + its output), at the kept channels (per
+    batch, real tokens only), and the mean of the removed channels entering each of `readers`."""
     targets: dict[Any, list[torch.Tensor]] = {}
     sums: dict[Any, torch.Tensor] = {}
     counts: dict[Any, int] = {}
@@ -229,16 +269,11 @@ def _teacher_pass(base: nn.Module, arch: Any, parts: list[Any], batches: Sequenc
             counts[key] = counts.get(key, 0) + x.shape[0]
         return hook
 
-    for i, p in enumerate(parts):
-        hooks.append(p.attn_norm.register_forward_pre_hook(keep_target((i, "attention"))))
-        hooks.append(p.ffn_norm.register_forward_pre_hook(keep_target((i, "ffn"))))
-        if len(removed):
-            hooks.append(p.q.register_forward_pre_hook(keep_mean((i, "qkv"), True)))
-            hooks.append(p.ffn_in.register_forward_pre_hook(keep_mean((i, "ffn_in"), True)))
-    if len(removed):
-        for j, head in enumerate(arch.head(base)):
-            if head.in_hidden:
-                hooks.append(head.linear.register_forward_pre_hook(keep_mean(("head", j), False)))
+    for i, layer in enumerate(layers):
+        hooks.append(layer.attention_sum.register_forward_pre_hook(keep_target((i, "attention"))))
+        hooks.append(layer.ffn_sum.register_forward_pre_hook(keep_target((i, "ffn"))))
+    for key, (module, per_token) in readers.items():
+        hooks.append(module.register_forward_pre_hook(keep_mean(key, per_token)))
     try:
         for batch in batches:
             mask_box["mask"] = batch["attention_mask"]
@@ -250,10 +285,13 @@ def _teacher_pass(base: nn.Module, arch: Any, parts: list[Any], batches: Sequenc
     return targets, means
 
 
-def _compensate_hidden(model: nn.Module, base: nn.Module, arch: Any, teacher_parts: list[Any], student_parts: list[Any],
-                       kept: Any, removed: torch.Tensor, means: dict[Any, torch.Tensor], shape: Any) -> None:
+def _compensate_hidden(model: nn.Module, base: nn.Module, spec: Any, kept: Any, removed: torch.Tensor,
+                       means: dict[Any, torch.Tensor], shape: Any) -> None:
     """bias += W[kept rows, removed channels] @ mean(removed channels' input): what the cut channels
-    contributed on average to every Linear that reads the residual stream."""
+    contributed on average to every Linear that reads the residual stream (a BERT-style encoder's)."""
+    arch = arch_for(base)
+    teacher_parts = [arch.layer_parts(arch.layers(base)[b]) for b in spec.layers]
+    student_parts = [arch.layer_parts(layer) for layer in arch.layers(model)]
 
     def add(student: nn.Linear, teacher: nn.Linear, rows: torch.Tensor | None, mean: torch.Tensor) -> None:
         if student.bias is None:

@@ -28,22 +28,21 @@ with `modeling_nas_deberta.py` (trust_remote_code).
 from __future__ import annotations
 
 import copy
-import json
-import shutil
 from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors.torch import save_file
 from torch import nn
 
-from nas.models.family import Family, MaskSites
-from nas.models.modernbert import save_tokenizer
+from nas.models.family import Family, MaskSites, RecoveryLayer
+from nas.models.folder import RemoteCode, one_square_shape, record_cut, save_hf_folder
 from nas.models.slicing import head_rows, kept_units, shrink_embedding, shrink_layernorm, shrink_linear
 from nas.spec import BaseShape, SubnetSpec
 
 MODEL_TYPES = ("deberta-v2",)
 REMOTE_CODE = Path(__file__).resolve().parent / "hf_remote" / "modeling_nas_deberta.py"
+REMOTE = RemoteCode(REMOTE_CODE, "NasDebertaV2Config", "NasDebertaV2ForSequenceClassification")
+SHAPE_KEYS = ("nas_heads", "nas_ffn", "nas_head_size")  # dropped where a stock config holds the shape
 
 
 def deberta_base_shape(config: Any) -> BaseShape:
@@ -132,13 +131,7 @@ def update_config(config: Any, spec: SubnetSpec, base: BaseShape) -> None:
     config.intermediate_size = max(spec.ffn)
     config.max_position_embeddings = spec.context
     config.attention_head_size = base.head_size  # stock DeBERTa reads it (hidden / heads no longer holds)
-    config.nas_head_size = base.head_size
-    config.nas_heads = list(spec.heads)
-    config.nas_ffn = list(spec.ffn)
-    config.nas_spec = spec.to_dict()
-    config.nas_base_shape = {"num_layers": base.num_layers, "num_heads": base.num_heads, "head_size": base.head_size,
-                             "hidden_size": base.hidden_size, "ffn_size": base.ffn_size,
-                             "max_positions": base.max_positions}
+    record_cut(config, spec, base)
 
 
 def deberta_params(spec: SubnetSpec, config: Any, *, head_size: int) -> int:
@@ -171,38 +164,7 @@ def deberta_params(spec: SubnetSpec, config: Any, *, head_size: int) -> int:
 def fits_stock(config: Any) -> bool:
     """True when a stock DebertaV2Config builds this shape: one shape for every layer and heads x head size =
     hidden (stock DeBERTa reads attention_head_size, but its attention output projection is hidden x hidden)."""
-    heads = getattr(config, "nas_heads", None)
-    if heads is None:
-        return True
-    return (len(set(heads)) == 1 and len(set(config.nas_ffn)) == 1
-            and heads[0] * config.nas_head_size == config.hidden_size)
-
-
-def save_deberta_folder(model: Any, tokenizer: Any, out: str | Path, *, context: int) -> dict[str, Any]:
-    """An HF folder that loads outside this project (stock classes where the shape allows)."""
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
-    cfg = model.config.to_dict()
-    for key in ("nas_spec", "nas_base_shape"):
-        cfg.pop(key, None)
-    remote = not fits_stock(model.config)
-    if remote:
-        cfg.update(architectures=["NasDebertaV2ForSequenceClassification"],
-                   auto_map={"AutoConfig": "modeling_nas_deberta.NasDebertaV2Config",
-                             "AutoModelForSequenceClassification":
-                                 "modeling_nas_deberta.NasDebertaV2ForSequenceClassification"})
-        shutil.copyfile(REMOTE_CODE, out / REMOTE_CODE.name)
-    else:
-        for key in ("nas_heads", "nas_ffn", "nas_head_size", "auto_map"):
-            cfg.pop(key, None)
-        cfg["architectures"] = [type(model).__name__]
-        (out / REMOTE_CODE.name).unlink(missing_ok=True)
-    cfg.pop("transformers_version", None)
-    (out / "config.json").write_text(json.dumps(cfg, indent=2, sort_keys=True) + "\n")
-    state = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
-    save_file(state, str(out / "model.safetensors"), metadata={"format": "pt"})
-    save_tokenizer(tokenizer, out, context=context)
-    return {"remote_code": remote}
+    return one_square_shape(config, config.hidden_size)
 
 
 def deberta_mask_sites(model: nn.Module) -> MaskSites:
@@ -225,7 +187,10 @@ class DebertaFamily(Family):
     name = "deberta"
     model_types = MODEL_TYPES
     causal_lm = False
-    recovery = False  # nas.cut.recovery and hidden-state distillation know the BERT-style encoders' layers only
+    # nas.cut.recovery rescales heads and neurons at the LayerNorm after each sub-layer (post-norm, as BERT); its bias
+    # compensation is BERT's only (here query / key also project the shared relative-position table)
+    recovery_methods = ("none", "rescale")
+    hidden_distill = True  # output_hidden_states: the embeddings, then each layer's output (no final norm)
     latency_table = True  # drop_layers below
     attn_implementation = "eager"  # transformers' DeBERTa has no sdpa path
 
@@ -239,7 +204,12 @@ class DebertaFamily(Family):
         return deberta_mask_sites(model)
 
     def save_folder(self, model: nn.Module, tokenizer: Any, out: Path, *, context: int) -> dict[str, Any]:
-        return save_deberta_folder(model, tokenizer, out, context=context)
+        return save_hf_folder(model, tokenizer, out, context=context, stock=fits_stock(model.config), remote=REMOTE,
+                              shape_keys=SHAPE_KEYS)
+
+    def recovery_layers(self, model: nn.Module) -> list[RecoveryLayer]:
+        return [RecoveryLayer(layer.attention.output.dense, layer.attention.output.LayerNorm, layer.output.dense,
+                              layer.output.LayerNorm) for layer in model.deberta.encoder.layer]
 
     def drop_layers(self, model: nn.Module) -> None:
         # DeBERTa's encoder returns its last layer's output: one pass-through layer stands for none

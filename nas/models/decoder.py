@@ -30,16 +30,14 @@ Importance (higher = kept first), as for encoders (nas.cut.importance):
 from __future__ import annotations
 
 import copy
-import json
-import shutil
 from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors.torch import save_file
 from torch import nn
 
 from nas.models.family import Family, MaskSites
+from nas.models.folder import RemoteCode, record_cut, save_hf_folder
 from nas.models.slicing import head_rows, keep_top, select_units, shrink_embedding, shrink_linear, shrink_norm
 from nas.spec import BaseShape, SubnetSpec
 
@@ -247,17 +245,7 @@ def update_config(config: Any, spec: SubnetSpec, base: BaseShape) -> None:
     config.intermediate_size = max(spec.ffn)
     config.head_dim = base.head_size
     config.max_position_embeddings = spec.context
-    config.nas_head_size = base.head_size
-    config.nas_heads = list(spec.heads)
-    config.nas_kv_heads = list(spec.kv_heads)
-    config.nas_ffn = list(spec.ffn)
-    config.nas_attn = list(spec.attn) if spec.attn is not None else None
-    config.nas_spec = spec.to_dict()
-    config.nas_base_shape = {
-        "num_layers": base.num_layers, "num_heads": base.num_heads, "head_size": base.head_size,
-        "hidden_size": base.hidden_size, "ffn_size": base.ffn_size, "max_positions": base.max_positions,
-        "num_kv_heads": base.num_kv_heads,
-    }
+    record_cut(config, spec, base, kv_heads=list(spec.kv_heads), attn=spec.attn)
 
 
 def is_uniform(config: Any) -> bool:
@@ -317,39 +305,21 @@ def auto_class(model: Any) -> str:
     return "AutoModelForSequenceClassification" if hasattr(model, "score") else "AutoModelForCausalLM"
 
 
+SHAPE_KEYS = ("nas_heads", "nas_kv_heads", "nas_ffn", "nas_head_size", "nas_attn")  # dropped by a stock export
+
+
 def save_decoder_folder(model: Any, tokenizer: Any, out: str | Path, *, context: int) -> dict[str, Any]:
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
-    cfg = model.config.to_dict()
-    for key in ("nas_spec", "nas_base_shape"):
-        cfg.pop(key, None)
-    remote = not is_uniform(model.config)
-    if remote:
-        if cfg.get("model_type") != "llama":
-            raise ValueError(f"per-layer shapes of model_type={cfg.get('model_type')!r} cannot be exported yet; "
-                             "search with a uniform space (per_layer: false) or a Llama model")
-        cls = "NasLlamaForSequenceClassification" if hasattr(model, "score") else "NasLlamaForCausalLM"
-        cfg.update(architectures=[cls], auto_map={"AutoConfig": "modeling_nas_llama.NasLlamaConfig",
-                                                  auto_class(model): f"modeling_nas_llama.{cls}"})
-        shutil.copyfile(REMOTE_CODE, out / "modeling_nas_llama.py")
-    else:
-        for key in ("nas_heads", "nas_kv_heads", "nas_ffn", "nas_head_size", "nas_attn", "auto_map"):
-            cfg.pop(key, None)
-        cfg["architectures"] = [type(model).__name__]
-        (out / "modeling_nas_llama.py").unlink(missing_ok=True)
-    cfg.pop("transformers_version", None)
+    stock = is_uniform(model.config)
+    if not stock and model.config.model_type != "llama":
+        raise ValueError(f"per-layer shapes of model_type={model.config.model_type!r} cannot be exported yet; "
+                         "search with a uniform space (per_layer: false) or a Llama model")
+    cls = "NasLlamaForSequenceClassification" if hasattr(model, "score") else "NasLlamaForCausalLM"
+    remote = RemoteCode(REMOTE_CODE, "NasLlamaConfig", cls, auto_class=auto_class(model))
     state = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()
              if not (k == "lm_head.weight" and is_tied(model))}
-    cfg.update(healed_bias_state(model, state))
-    (out / "config.json").write_text(json.dumps(cfg, indent=2, sort_keys=True) + "\n")
-    save_file(state, str(out / "model.safetensors"), metadata={"format": "pt"})
-    tokenizer.save_pretrained(out)
-    tok_path = out / "tokenizer_config.json"
-    tok_cfg = json.loads(tok_path.read_text()) if tok_path.is_file() else {}
-    tok_cfg["model_max_length"] = int(context)
-    tok_cfg.pop("auto_map", None)
-    tok_path.write_text(json.dumps(tok_cfg, indent=2, sort_keys=True) + "\n")
-    return {"remote_code": remote}
+    healed = healed_bias_state(model, state)  # zeros for the biases a stock config adds (in `state`, in place)
+    return save_hf_folder(model, tokenizer, out, context=context, stock=stock, remote=remote, shape_keys=SHAPE_KEYS,
+                          state=state, config_extra=healed, name_tokenizer=False)
 
 
 def healed_bias_state(model: nn.Module, state: dict[str, torch.Tensor]) -> dict[str, bool]:
@@ -380,7 +350,7 @@ class DecoderFamily(Family):
     name = "decoder"
     model_types = DECODER_TYPES
     causal_lm = True
-    recovery = False  # nas.cut.recovery and hidden-state distillation know the encoders' layers only
+    recovery = False  # not a BERT-style encoder; prune.recovery allows none: its cuts are healed instead (heals)
     heals = True  # nas.cut.heal refits o_proj / down_proj layer by layer
     gguf_arch = "llama"  # llama.cpp's llama graph; per-layer shapes as deci (nas.deploy.gguf)
 

@@ -19,18 +19,16 @@ encoder model type is one more Arch here.
 from __future__ import annotations
 
 import copy
-import json
-import shutil
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors.torch import save_file
 from torch import nn
 
-from nas.models.family import Family, MaskSites
+from nas.models.family import Family, MaskSites, RecoveryLayer
+from nas.models.folder import RemoteCode, one_square_shape, record_cut, save_hf_folder
 from nas.models.slicing import head_rows, kept_units, shrink_embedding, shrink_layernorm, shrink_linear
 from nas.spec import BaseShape, SubnetSpec
 
@@ -263,85 +261,29 @@ def _update_config(config: Any, arch: Arch, spec: SubnetSpec, base: BaseShape) -
     setattr(config, arch.cfg_heads, max(spec.heads))
     setattr(config, arch.cfg_ffn, max(spec.ffn))
     config.max_position_embeddings = spec.context + arch.position_offset(config)
-    config.nas_head_size = base.head_size
-    config.nas_heads = list(spec.heads)
-    config.nas_ffn = list(spec.ffn)
-    config.nas_spec = spec.to_dict()
-    config.nas_base_shape = {
-        "num_layers": base.num_layers,
-        "num_heads": base.num_heads,
-        "head_size": base.head_size,
-        "hidden_size": base.hidden_size,
-        "ffn_size": base.ffn_size,
-        "max_positions": base.max_positions,
-    }
+    record_cut(config, spec, base)
 
 
 REMOTE_CODE = Path(__file__).resolve().parent / "hf_remote" / "modeling_nas.py"
 
 
-# family -> (config class, model class, model_type written to config.json). The model_type stays
-# the stock one: AutoConfig / AutoTokenizer then need no custom code (no trust prompt) and only
-# the model needs trust_remote_code=True (without it, loading fails on mismatched shapes).
+# family -> what a non-stock shape loads with. The model_type stays the stock one: AutoConfig / AutoTokenizer then
+# need no custom code (no trust prompt) and only the model needs trust_remote_code=True (without it, loading fails
+# on mismatched shapes).
 REMOTE_CLASSES = {
-    "bert": ("NasBertConfig", "NasBertForSequenceClassification", "bert"),
-    "roberta": ("NasRobertaConfig", "NasRobertaForSequenceClassification", "roberta"),
-    "distilbert": ("NasDistilBertConfig", "NasDistilBertForSequenceClassification", "distilbert"),
+    "bert": RemoteCode(REMOTE_CODE, "NasBertConfig", "NasBertForSequenceClassification", model_type="bert"),
+    "roberta": RemoteCode(REMOTE_CODE, "NasRobertaConfig", "NasRobertaForSequenceClassification",
+                          model_type="roberta"),
+    "distilbert": RemoteCode(REMOTE_CODE, "NasDistilBertConfig", "NasDistilBertForSequenceClassification",
+                             model_type="distilbert"),
 }
+SHAPE_KEYS = ("nas_heads", "nas_ffn", "nas_head_size")  # dropped where a stock config holds the shape
 
 
 def fits_stock(model: Any) -> bool:
     """True when the stock config expresses the shape: equal heads and FFN in every layer and
     heads * head_size == hidden (stock BERT derives head size = hidden / heads)."""
-    cfg = model.config
-    arch = arch_for(model)
-    heads = getattr(cfg, "nas_heads", None)
-    if heads is None:
-        return True
-    ffn = cfg.nas_ffn
-    hidden = getattr(cfg, arch.cfg_hidden)
-    return len(set(heads)) == 1 and len(set(ffn)) == 1 and heads[0] * cfg.nas_head_size == hidden
-
-
-def save_encoder_folder(model: Any, tokenizer: Any, out: str | Path, *, context: int) -> dict[str, Any]:
-    """Save an HF folder that loads outside this project. Returns {'remote_code': bool}."""
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
-    arch = arch_for(model)
-    cfg = model.config.to_dict()
-    for key in ("nas_spec", "nas_base_shape"):
-        cfg.pop(key, None)
-    remote = not fits_stock(model)
-    if remote:
-        config_cls, model_cls, model_type = REMOTE_CLASSES[arch.family]
-        cfg.update(
-            model_type=model_type,
-            architectures=[model_cls],
-            auto_map={
-                "AutoConfig": f"modeling_nas.{config_cls}",
-                "AutoModelForSequenceClassification": f"modeling_nas.{model_cls}",
-            },
-        )
-        shutil.copyfile(REMOTE_CODE, out / "modeling_nas.py")
-    else:
-        for key in ("nas_heads", "nas_ffn", "nas_head_size", "auto_map"):
-            cfg.pop(key, None)
-        cfg["architectures"] = [type(model).__name__]
-        (out / "modeling_nas.py").unlink(missing_ok=True)
-    cfg.pop("transformers_version", None)
-    (out / "config.json").write_text(json.dumps(cfg, indent=2, sort_keys=True) + "\n")
-    state = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
-    save_file(state, str(out / "model.safetensors"), metadata={"format": "pt"})
-    tokenizer.save_pretrained(out)
-    # The tokenizer truncates at the kept context, and names its class so that AutoTokenizer
-    # picks it from tokenizer_config.json (the caller's tokenizer object is left as it was).
-    tok_path = out / "tokenizer_config.json"
-    tok_cfg = json.loads(tok_path.read_text()) if tok_path.is_file() else {}
-    tok_cfg["model_max_length"] = int(context)
-    tok_cfg.setdefault("tokenizer_class", type(tokenizer).__name__)
-    tok_cfg.pop("auto_map", None)
-    tok_path.write_text(json.dumps(tok_cfg, indent=2, sort_keys=True) + "\n")
-    return {"remote_code": remote}
+    return one_square_shape(model.config, getattr(model.config, arch_for(model).cfg_hidden))
 
 
 def encoder_mask_sites(model: nn.Module) -> MaskSites:
@@ -394,7 +336,9 @@ class EncoderFamily(Family):
     name = "encoder"
     model_types = tuple(ARCHES)
     causal_lm = False
-    recovery = True  # nas.cut.recovery and hidden-state distillation know these layers (Arch)
+    recovery = True  # BERT-style: final.layers=auto keeps the bottom layers
+    recovery_methods = ("none", "bias", "rescale", "both")  # nas.cut.recovery: bias compensation knows q/k/v (Arch)
+    hidden_distill = True  # output_hidden_states: the embeddings, then each layer's output (no final norm)
     latency_table = True  # drop_layers below: nas.cost.table times the stem and each layer shape
     supernet = True  # nas.quality.supernet slices these layers (Arch)
 
@@ -408,7 +352,13 @@ class EncoderFamily(Family):
         return encoder_mask_sites(model)
 
     def save_folder(self, model: nn.Module, tokenizer: Any, out: Path, *, context: int) -> dict[str, Any]:
-        return save_encoder_folder(model, tokenizer, out, context=context)
+        return save_hf_folder(model, tokenizer, out, context=context, stock=fits_stock(model),
+                              remote=REMOTE_CLASSES[arch_for(model).family], shape_keys=SHAPE_KEYS)
+
+    def recovery_layers(self, model: nn.Module) -> list[RecoveryLayer]:
+        arch = arch_for(model)
+        parts = [arch.layer_parts(layer) for layer in arch.layers(model)]
+        return [RecoveryLayer(p.o, p.attn_norm, p.ffn_out, p.ffn_norm) for p in parts]  # post-norm
 
     def drop_layers(self, model: nn.Module) -> None:
         arch = arch_for(model)

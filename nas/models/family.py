@@ -6,12 +6,12 @@ A family says, in one place, for every model type it covers:
   dimensions (`base_shape`);
 - how to cut a base to a SubnetSpec, physically (`prune`);
 - where importance masks go (`mask_sites`, read by nas.cut.importance);
-- which training-free recovery and hidden-state distillation apply (`recovery`: the closed-form
-  corrections of nas.cut.recovery and train.distill=hidden know its layers; `heals`: nas.cut.heal's
-  layer-by-layer refits of a decoder's output projections);
+- which training-free recovery and hidden-state distillation apply (`recovery_methods`: the prune.recovery
+  methods of nas.cut.recovery, fitted at `recovery_layers`; `hidden_distill`: train.distill=hidden pairs its
+  hidden states; `heals`: nas.cut.heal's layer-by-layer refits of a decoder's output projections);
 - whether it is a causal LM that can model text (`causal_lm`);
 - how to make it a classifier (`classifier_config`) and how to export it as an HF folder that loads
-  outside this project (`save_folder`, `loads_with`).
+  outside this project (`save_folder`, written by nas.models.folder; `loads_with`).
 
 Families live in nas.models.encoder (BERT, RoBERTa, DistilBERT), nas.models.decoder (Llama, Qwen2,
 Mistral), nas.models.modernbert, nas.models.deberta (DeBERTa-v2/v3), nas.models.qwen3 (Qwen3) and nas.models.smollm3
@@ -50,13 +50,28 @@ class MaskSites:
     residual_out: Sequence[nn.Module]
 
 
+@dataclass(frozen=True)
+class RecoveryLayer:
+    """One layer as nas.cut.recovery fits it: each sub-layer's output projection (its input: the heads side by side,
+    head size columns each / the FFN neurons) and the module whose input is the residual stream plus that output
+    (a post-norm encoder's LayerNorm after the sub-layer; in a pre-norm model the next sub-layer's norm, or the final
+    norm after the last layer)."""
+
+    attention_out: nn.Linear
+    attention_sum: nn.Module
+    ffn_out: nn.Linear
+    ffn_sum: nn.Module
+
+
 class Family:
     """The interface; every method is answered by each family module."""
 
     name: str = ""
     model_types: tuple[str, ...] = ()
     causal_lm: bool = False  # can model text (a language-modelling task needs one)
-    recovery: bool = False  # nas.cut.recovery and train.distill=hidden know its layers
+    recovery: bool = False  # BERT-style encoder: final.layers=auto trains on the bottom layers (nas.study.final)
+    recovery_methods: tuple[str, ...] = ("none",)  # prune.recovery methods nas.cut.recovery applies (recovery_layers)
+    hidden_distill: bool = False  # train.distill=hidden: its output_hidden_states pair with the teacher's by layer
     heals: bool = False  # nas.cut.heal (closed-form healing of decoder cuts) knows its layers
     latency_table: bool = False  # drop_layers is answered: nas.cost.table can time its stem and layers
     supernet: bool = False  # nas.quality.supernet (search.estimator=supernet) knows its layers
@@ -86,6 +101,10 @@ class Family:
     def save_folder(self, model: nn.Module, tokenizer: Any, out: Path, *, context: int) -> dict[str, Any]:
         """An HF folder that loads outside this project; returns {'remote_code': bool}."""
         raise NotImplementedError
+
+    def recovery_layers(self, model: nn.Module) -> list[RecoveryLayer]:
+        """Per layer of `model`, where nas.cut.recovery fits it (families whose recovery_methods go beyond none)."""
+        raise NotImplementedError(f"prune.recovery knows no {self.name} layers; {self.name} models allow: none")
 
     def drop_layers(self, model: nn.Module) -> None:
         """Remove every transformer layer of `model` in place (embeddings and head stay): the stem the

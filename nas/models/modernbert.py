@@ -27,21 +27,21 @@ decoder; block influence per layer.
 from __future__ import annotations
 
 import copy
-import json
-import shutil
 from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors.torch import save_file
 from torch import nn
 
-from nas.models.family import Family, MaskSites
+from nas.models.family import Family, MaskSites, RecoveryLayer
+from nas.models.folder import RemoteCode, one_square_shape, record_cut, save_hf_folder
 from nas.models.slicing import head_rows, kept_units, shrink_embedding, shrink_layernorm, shrink_linear
 from nas.spec import BaseShape, SubnetSpec
 
 MODEL_TYPES = ("modernbert",)
 REMOTE_CODE = Path(__file__).resolve().parent / "hf_remote" / "modeling_nas_modernbert.py"
+REMOTE = RemoteCode(REMOTE_CODE, "NasModernBertConfig", "NasModernBertForSequenceClassification")
+SHAPE_KEYS = ("nas_heads", "nas_ffn", "nas_head_size", "nas_attn_norm")  # dropped where a stock config holds the shape
 
 
 def modernbert_base_shape(config: Any) -> BaseShape:
@@ -116,14 +116,7 @@ def update_config(config: Any, spec: SubnetSpec, base: BaseShape, *, attn_norm: 
     config.intermediate_size = max(spec.ffn)
     config.max_position_embeddings = spec.context
     config.head_dim = base.head_size  # the rotary embedding reads it; hidden / heads no longer holds
-    config.nas_head_size = base.head_size
-    config.nas_heads = list(spec.heads)
-    config.nas_ffn = list(spec.ffn)
-    config.nas_attn_norm = attn_norm
-    config.nas_spec = spec.to_dict()
-    config.nas_base_shape = {"num_layers": base.num_layers, "num_heads": base.num_heads, "head_size": base.head_size,
-                             "hidden_size": base.hidden_size, "ffn_size": base.ffn_size,
-                             "max_positions": base.max_positions}
+    record_cut(config, spec, base, attn_norm=attn_norm)
 
 
 def modernbert_params(spec: SubnetSpec, *, vocab: int, head_size: int, labels: int, attn_norm: list[bool],
@@ -145,51 +138,10 @@ def modernbert_params(spec: SubnetSpec, *, vocab: int, head_size: int, labels: i
 def fits_stock(config: Any) -> bool:
     """True when a stock ModernBertConfig builds this shape: the same heads and FFN in every layer, heads x
     head size = hidden, and an attn_norm in every layer but the first."""
-    heads = getattr(config, "nas_heads", None)
-    if heads is None:
+    if getattr(config, "nas_heads", None) is None:
         return True
     norms = list(config.nas_attn_norm)
-    return (len(set(heads)) == 1 and len(set(config.nas_ffn)) == 1
-            and heads[0] * config.nas_head_size == config.hidden_size
-            and norms == [False] + [True] * (len(norms) - 1))
-
-
-def save_modernbert_folder(model: Any, tokenizer: Any, out: str | Path, *, context: int) -> dict[str, Any]:
-    """An HF folder that loads outside this project (stock classes where the shape allows)."""
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
-    cfg = model.config.to_dict()
-    for key in ("nas_spec", "nas_base_shape"):
-        cfg.pop(key, None)
-    remote = not fits_stock(model.config)
-    if remote:
-        cfg.update(architectures=["NasModernBertForSequenceClassification"],
-                   auto_map={"AutoConfig": "modeling_nas_modernbert.NasModernBertConfig",
-                             "AutoModelForSequenceClassification":
-                                 "modeling_nas_modernbert.NasModernBertForSequenceClassification"})
-        shutil.copyfile(REMOTE_CODE, out / REMOTE_CODE.name)
-    else:
-        for key in ("nas_heads", "nas_ffn", "nas_head_size", "nas_attn_norm", "auto_map"):
-            cfg.pop(key, None)
-        cfg["architectures"] = [type(model).__name__]
-        (out / REMOTE_CODE.name).unlink(missing_ok=True)
-    cfg.pop("transformers_version", None)
-    (out / "config.json").write_text(json.dumps(cfg, indent=2, sort_keys=True) + "\n")
-    state = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
-    save_file(state, str(out / "model.safetensors"), metadata={"format": "pt"})
-    save_tokenizer(tokenizer, out, context=context)
-    return {"remote_code": remote}
-
-
-def save_tokenizer(tokenizer: Any, out: Path, *, context: int) -> None:
-    """The tokenizer, truncating at the kept context and naming its class for AutoTokenizer."""
-    tokenizer.save_pretrained(out)
-    path = out / "tokenizer_config.json"
-    cfg = json.loads(path.read_text()) if path.is_file() else {}
-    cfg["model_max_length"] = int(context)
-    cfg.setdefault("tokenizer_class", type(tokenizer).__name__)
-    cfg.pop("auto_map", None)
-    path.write_text(json.dumps(cfg, indent=2, sort_keys=True) + "\n")
+    return one_square_shape(config, config.hidden_size) and norms == [False] + [True] * (len(norms) - 1)
 
 
 def modernbert_mask_sites(model: nn.Module) -> MaskSites:
@@ -205,7 +157,12 @@ class ModernBertFamily(Family):
     name = "modernbert"
     model_types = MODEL_TYPES
     causal_lm = False
-    recovery = False  # nas.cut.recovery and hidden-state distillation know the BERT-style encoders' layers only
+    # nas.cut.recovery rescales heads and neurons where the stream is read next (pre-norm); no bias methods: their
+    # hidden-channel compensation knows BERT's separate q/k/v only, and a stock config may have no Wo bias for a shift
+    recovery_methods = ("none", "rescale")
+    # output_hidden_states ends with the final norm's output, not the last layer's: a cut's last pair would compare a
+    # normalised state with a raw one
+    hidden_distill = False
     latency_table = True  # drop_layers below
 
     def base_shape(self, config: Any) -> BaseShape:
@@ -218,7 +175,16 @@ class ModernBertFamily(Family):
         return modernbert_mask_sites(model)
 
     def save_folder(self, model: nn.Module, tokenizer: Any, out: Path, *, context: int) -> dict[str, Any]:
-        return save_modernbert_folder(model, tokenizer, out, context=context)
+        return save_hf_folder(model, tokenizer, out, context=context, stock=fits_stock(model.config), remote=REMOTE,
+                              shape_keys=SHAPE_KEYS)
+
+    def recovery_layers(self, model: nn.Module) -> list[RecoveryLayer]:
+        body = model.model
+        layers = list(body.layers)
+        # pre-norm: the stream after the attention enters mlp_norm; after the FFN, the next layer's attn_norm (layer 0,
+        # whose attn_norm is an Identity, is never a next layer) or the final norm
+        after = [layer.attn_norm for layer in layers[1:]] + [body.final_norm]
+        return [RecoveryLayer(layer.attn.Wo, layer.mlp_norm, layer.mlp.Wo, nxt) for layer, nxt in zip(layers, after)]
 
     def drop_layers(self, model: nn.Module) -> None:
         model.model.layers = nn.ModuleList()

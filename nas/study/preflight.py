@@ -14,9 +14,10 @@ from pathlib import Path
 from typing import Any
 
 from nas.cut.importance import METHODS
+from nas.cut.recovery import check_recovery
 from nas.data.tasks import check_source
 from nas.models.loading import read_config
-from nas.models.registry import base_shape
+from nas.models.registry import base_shape, family_for_config
 from nas.redact import PASSWORD_WARNING, guard_output, hide_storage_password, mask
 from nas.study.prepare import base_recipe, base_train_settings
 from nas.study.storage import check_reachable, open_study, storage_url
@@ -80,6 +81,19 @@ def check_model_and_length(cfg: Any) -> Any:
     return config
 
 
+def check_family_settings(cfg: Any, config: Any) -> None:
+    """prune.recovery and hidden-state distillation (train.distill, final.distill) where the model's family
+    applies them; elsewhere refused in one line instead of quietly skipped."""
+    family = family_for_config(config)
+    check_recovery(str(_get(cfg, "prune.recovery", "auto")), family)
+    if family.hidden_distill:
+        return
+    for key in ("train.distill", "final.distill"):
+        if _get(cfg, key) == "hidden":
+            raise ValueError(f"{key}=hidden is for encoders whose hidden states pair layer by layer (BERT-style, "
+                             f"DeBERTa); {family.name} models allow: logits")
+
+
 def check_pipeline_settings(cfg: Any) -> None:
     """importance.* and base.*: used only after the data is loaded, checked now."""
 
@@ -104,7 +118,7 @@ def preflight(cfg: Any, run_dir: str | Path, *, settings: Any = None) -> Any:
         writable_folder(str(cache), "cache_dir")
     check_source(_get(cfg, "data", {}))
     check_pipeline_settings(cfg)
-    check_model_and_length(cfg)
+    check_family_settings(cfg, check_model_and_length(cfg))
     if settings is None:
         return None
 
