@@ -174,9 +174,20 @@ class SearchSchema:
     stale_timeout: int = MISSING
 
 
+@dataclass
+class ExitsSchema:
+    layers: Any = MISSING  # auto | all | none | a list of base layer indices
+    rule: str = MISSING
+    threshold: Optional[float] = MISSING
+    patience: Optional[int] = MISSING
+    tolerance: float = MISSING
+    head_lr: float = MISSING
+    sample_size: int = MISSING
+
+
 SCHEMAS = {"model": ModelSchema, "base": BaseSchema, "importance": ImportanceSchema, "prune": PruneSchema,
            "supernet": SupernetSchema, "latency": LatencySchema, "final": FinalSchema, "train": TrainSchema,
-           "search": SearchSchema}
+           "search": SearchSchema, "exits": ExitsSchema}
 for _node, _schema in SCHEMAS.items():
     ConfigStore.instance().store(group="schema", name=_node, node=_schema, package=_node)
 

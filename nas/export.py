@@ -5,8 +5,8 @@ Writes into the output folder:
 - config.yaml: the chosen SubnetSpec, the base model and data it came from, its metrics;
   `python -m nas.train +arch=FOLDER/config.yaml` re-trains it longer.
 - an HF folder (config.json, model.safetensors, tokenizer) loadable with transformers' Auto
-  classes; shapes the stock architecture cannot express ship modeling_nas.py and load with
-  trust_remote_code=True.
+  classes; shapes the stock architecture cannot express ship the family's modeling file (modeling_nas.py for
+  BERT) and load with trust_remote_code=True.
 - model.onnx with dynamic batch and sequence axes (fp32), and the model as it is deployed in the
   run's runtime and precision: model.int8.onnx (onnxruntime's int8 quantization, nas.deploy.quantize)
   with its accuracy measured there and its speedups over the three baselines.
@@ -38,24 +38,29 @@ from nas.cost.latency import (
     measure_runtimes,
     speedup_line,
 )
+from nas.cut.prune import prune_model
 from nas.cut.vocab import tokenizer_for
 from nas.data.tasks import load_task
 from nas.deploy.bundle import export_all, export_gguf_set
+from nas.deploy.exits import remove_segments
 from nas.deploy.gguf import GGUF_ARCHES, GGUF_TYPES, bpe_fields, check_request
 from nas.deploy.gguf_quant import check_precision
 from nas.deploy.imatrix import calibration_ids, moments_of
 from nas.deploy.llamacpp import llama_cpp_available
 from nas.models.gguf import gguf_file_of
 from nas.models.loading import load_base_model, load_causal_lm, load_tokenizer
+from nas.models.registry import family_for
 from nas.redact import guard_output
-from nas.cut.prune import prune_model
+from nas.quality.exits import ExitRule, ExitSettings
 from nas.spec import SubnetSpec
 from nas.study.deployed import deployed_line, measure_deployed
+from nas.study.exits import exits_line, export_exits, heads_path, load_heads
 from nas.study.lm_final import ALONE_PREFIX
 from nas.study.prepare import prepare
-from nas.study.report import WINNER_ATTR, cost_column, final_quality, knee_index, pareto_frame, trials_frame
-from nas.study.settings import QUANT_ALONE_ATTR
+from nas.study.report import (EXITS_ATTR, WINNER_ATTR, WINNER_EXITS_ATTR, cost_column, final_quality, knee_index,
+                              pareto_frame, trials_frame)
 from nas.study.runs import load_run, rebuild_trial_model, trial_weights
+from nas.study.settings import QUANT_ALONE_ATTR
 from nas.util import quiet_libraries
 
 PICKS = ("winner", "knee", "max_accuracy", "min_latency", "trial")
@@ -66,15 +71,15 @@ PICKS = ("winner", "knee", "max_accuracy", "min_latency", "trial")
 
 def choose(front: Any, *, pick: str = "knee", trial: int | None = None, max_latency_ms: float | None = None,
            min_accuracy: float | None = None, trials: Any = None, cost: str = "latency_ms",
-           winner: int | None = None) -> Mapping[str, Any]:
+           winner: int | None = None, winner_exits: bool = False) -> Mapping[str, Any]:
     """One row of the front (a pandas Series) by the pick rule, after the budgets filter it.
 
     `front` has columns number, val_accuracy, latency_ms, `cost` and is_base (the base row is
     never picked). pick=knee uses the study's cost column; min_latency always means the lowest
     measured latency_ms, and max_latency_ms always bounds latency_ms, whatever the cost objective.
     pick=trial takes `trial` from `trials` (every trial of the study) and ignores the budgets.
-    pick=winner takes the final stage's winner (`winner`: the fastest final member within final.band)
-    when it meets the budgets, else the knee.
+    pick=winner takes the final stage's winner (`winner`: the fastest final member within final.band; `winner_exits`:
+    its early-exit variant, a row of its own) when it meets the budgets, else the knee.
     Raises ValueError with one line when the rule or the budgets leave nothing.
     """
 
@@ -125,8 +130,11 @@ def choose(front: Any, *, pick: str = "knee", trial: int | None = None, max_late
         budgets = " and ".join(f"{k}={v:g}" for k, v in (("max_latency_ms", max_latency_ms),
                                                           ("min_accuracy", min_accuracy)) if v is not None)
         raise ValueError(f"no Pareto trial meets {budgets}; closest: {names}")
-    if pick == "winner" and winner is not None and (ok["number"] == winner).any():
-        return ok[ok["number"] == winner].iloc[0]
+    named = ok["number"] == winner
+    if "exits" in ok:  # a member and its early-exit variant: the one the final stage named
+        named &= ok["exits"].notna() == bool(winner_exits)
+    if pick == "winner" and winner is not None and named.any():
+        return ok[named].iloc[0]
     if pick == "max_accuracy":
         return ok.sort_values([q, cost], ascending=[q.endswith("perplexity"), True]).iloc[0]
     if pick == "min_latency":
@@ -176,7 +184,10 @@ class ExportSettings:
     onnx: bool = True
     # language models: GGUF files for llama.cpp (f32, f16, q8_0, q4_0); null: q8_0 for a language model, none otherwise
     gguf: Optional[List[str]] = None  # noqa: UP045
-    gguf_arch: str = "auto"  # auto (llama, deci for per-layer shapes, or the family's own: qwen3, smollm3) | llama | deci
+    # auto: llama (deci for per-layer shapes), or the family's own (qwen3, smollm3) | llama | deci | qwen3 | smollm3
+    gguf_arch: str = "auto"
+    # early exits: null: as the chosen row is (an early-exit variant ships them) | true: with them | false: without
+    exits: Optional[bool] = None  # noqa: UP045
     latency: Any = field(default_factory=LatencyOverrides)
 
 
@@ -201,7 +212,7 @@ def settings_of(cfg: Any) -> dict[str, Any]:
     if OmegaConf.is_missing(cfg, "run_dir"):
         raise ValueError("run_dir=PATH is required (a folder written by python -m nas.search)")
     args: dict[str, Any] = {k: cfg[k] for k in ("run_dir", "trial", "max_latency_ms", "min_accuracy", "out", "onnx",
-                                                "gguf_arch")}
+                                                "gguf_arch", "exits")}
     args["gguf"] = None if cfg.gguf is None else [str(t) for t in cfg.gguf]
     for t in args["gguf"] or []:
         check_precision(t, allowed_bodies=GGUF_TYPES)
@@ -231,7 +242,8 @@ def pick_row(study: Any, args: Mapping[str, Any]) -> Mapping[str, Any]:
     front = pareto_frame(study, study.user_attrs.get("base", {}), cost=cost)
     return choose(front, pick=args["pick"], trial=args["trial"], max_latency_ms=args["max_latency_ms"],
                   min_accuracy=args["min_accuracy"], trials=trials_frame(study), cost=cost,
-                  winner=study.user_attrs.get("final_winner"))
+                  winner=study.user_attrs.get("final_winner"),
+                  winner_exits=bool(study.user_attrs.get(WINNER_EXITS_ATTR)))
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -290,10 +302,32 @@ def run(args: dict[str, Any], console: Any) -> int:
         # a language model's default GGUF type: the one the chosen trial was searched at (q8_0 without a precision axis)
         searched = study.trials[int(row["number"])].user_attrs.get("precision") or "q8_0"
         args["gguf_types"] = list(args["gguf"]) if args.get("gguf") is not None else ([searched] if lm_study else [])
+        args["exit_variant"] = exit_variant(study, run_dir, row, args.get("exits"), onnx=args["onnx"])
+        if isinstance(row.get("exits"), str):  # the variant's member: its own figures, the exits' beside them
+            row = pick_row(study, {**args, "pick": "trial", "trial": int(row["number"]), "max_latency_ms": None,
+                                   "min_accuracy": None})
         return _export(console, args, run_dir, cfg, study, row)
     except ValueError as e:
         console.print(f"[red]error:[/red] {escape(str(e))}", highlight=False)
         return 2
+
+
+def exit_variant(study: Any, run_dir: Path, row: Mapping[str, Any], wanted: bool | None, *,
+                 onnx: bool) -> Mapping[str, Any] | None:
+    """The chosen member's early-exit variant (nas.study.exits: its figures and rule) when it ships with exits
+    (`wanted`: exits=; None: as the row is), else None; exits=true for a member without them is refused in one line."""
+    number = int(row["number"])
+    with_exits = isinstance(row.get("exits"), str) if wanted is None else bool(wanted)
+    if not with_exits:
+        return None
+    variant = (study.user_attrs.get(EXITS_ATTR) or {}).get(str(number))
+    if variant is None or not heads_path(run_dir, number).is_file():
+        known = sorted(int(n) for n in (study.user_attrs.get(EXITS_ATTR) or {}))
+        raise ValueError(f"exits=true: trial {number} has no early exits (final members trained with them: "
+                         f"{known or 'none'}; exits.layers was none, or they could not run)")
+    if not onnx:
+        raise ValueError("exits=true ships onnxruntime segments: it needs onnx=true")
+    return variant
 
 
 def _export(console: Any, args: Mapping[str, Any], run_dir: Path, cfg: Any, study: Any, row: Mapping[str, Any]) -> int:
@@ -307,6 +341,13 @@ def _export(console: Any, args: Mapping[str, Any], run_dir: Path, cfg: Any, stud
     label_names = tuple(trial.user_attrs.get("label_names") or study.user_attrs.get("label_names") or ())
     num_labels = len(label_names) or int(study.user_attrs.get("num_labels", 2))
     model = rebuild_trial_model(cfg, run_dir, number, spec, num_labels, label_names or None)
+    variant = args.get("exit_variant")
+    exits = None
+    if variant is not None:  # its exit heads (saved beside its final weights) and the rule the final stage chose
+        exits = {"heads": load_heads(variant["heads"], heads_path(run_dir, number)),
+                 "rule": ExitRule.from_dict(variant["rule"]), "variant": variant,
+                 "settings": ExitSettings.from_cfg(OmegaConf.to_container(cfg.exits, resolve=True)
+                                                   if "exits" in cfg else {})}
     gguf_types = list(args.get("gguf_types") or [])
     if gguf_types:  # a shape llama.cpp cannot build is refused before anything is written
         check_request(model, gguf_types, args.get("gguf_arch", "auto"))
@@ -326,9 +367,10 @@ def _export(console: Any, args: Mapping[str, Any], run_dir: Path, cfg: Any, stud
               "space": study.user_attrs.get("space"), "run_dir": str(run_dir), "pick": args["pick"],
               "cfg": OmegaConf.to_container(cfg, resolve=False)}
     console.print(f"exporting trial {number} ({spec.describe()}) by pick={args['pick']} to {out}"
-                  + (" (final-trained weights)" if final else ""), highlight=False)
+                  + (" (final-trained weights)" if final else "")
+                  + (f" with early exits ({exits['rule'].describe()})" if exits else ""), highlight=False)
     return _write(console, args, cfg, model, spec, tokenizer, out, metrics, source, num_labels=num_labels,
-                  gguf_types=gguf_types)
+                  gguf_types=gguf_types, exits=exits)
 
 
 def _export_alone(console: Any, args: Mapping[str, Any], run_dir: Path, cfg: Any, study: Any, key: str,
@@ -353,9 +395,11 @@ def _export_alone(console: Any, args: Mapping[str, Any], run_dir: Path, cfg: Any
 
 
 def _write(console: Any, args: Mapping[str, Any], cfg: Any, model: Any, spec: Any, tokenizer: Any, out: Path,
-           metrics: dict[str, Any], source: Mapping[str, Any], *, num_labels: int, gguf_types: list[str]) -> int:
+           metrics: dict[str, Any], source: Mapping[str, Any], *, num_labels: int, gguf_types: list[str],
+           exits: Mapping[str, Any] | None = None) -> int:
     """The export folder of `model` (cut to `spec`): config.yaml, the HF folder, ONNX (classifiers) or GGUF files
-    (language models), README.md; each timed in paired rounds with the base."""
+    (language models), README.md; each timed in paired rounds with the base. `exits` ({heads, rule, settings}): the
+    member's early exits too (segments, exits.json, exit_runner.py), measured as served beside it."""
 
     # Latency of the export vs the base: paired rounds in this process, on the task's inputs, in
     # each runtime (the base's weights do not change its speed, so the pretrained one stands in).
@@ -392,9 +436,17 @@ def _write(console: Any, args: Mapping[str, Any], cfg: Any, model: Any, spec: An
     for runtime, m in measured.items():
         console.print(speedup_line(runtime, m), highlight=False)
     metrics.update(flat_latency_metrics(measured))
+    if exits is not None and timer is None:
+        raise ValueError("early exits run in onnxruntime: this export's latency.runtime is not onnxruntime")
+    remove_segments(out)  # an earlier export's exits never stay beside another model
     try:
         info = export_all(model, tokenizer, spec, out, metrics=metrics, source=source, onnx=args["onnx"],
                           deployed=deployed_file)
+        if exits is not None:
+            shipped = export_exits(model, exits["heads"], settings=exits["settings"], rule=exits["rule"], out=out,
+                                   timer=timer, task=task, tokenizer=tokenizer, spec=spec, max_length=max_length,
+                                   static=metrics)
+            console.print(exits_line("export", shipped), highlight=False)
     finally:
         if timer is not None:
             timer.close()
@@ -407,10 +459,13 @@ def _write(console: Any, args: Mapping[str, Any], cfg: Any, model: Any, spec: An
         for line in gguf_lines:
             console.print(line, highlight=False)
     console.print(f"wrote {out}: config.yaml, config.json, model.safetensors, tokenizer"
-                  + (", modeling_nas.py (trust_remote_code=True)" if info["remote_code"] else "")
+                  + (f", {family_for(model).loads_with(model)[1]} (trust_remote_code=True)" if info["remote_code"]
+                     else "")
                   + (", model.onnx" if args["onnx"] else "")
                   + (f", {deployed_file.name.replace('export', 'model')}" if deployed_file is not None and
-                     deployed_file.name != "export.onnx" else "") + ", README.md", highlight=False)
+                     deployed_file.name != "export.onnx" else "")
+                  + (", exit_*.onnx, exits.json, exit_runner.py" if exits is not None else "") + ", README.md",
+                  highlight=False)
     return 0
 
 

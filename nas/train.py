@@ -37,10 +37,14 @@ from nas.deploy.bundle import export_all, export_gguf_set
 from nas.deploy.gguf import GGUF_TYPES
 from nas.deploy.gguf_quant import check_precision
 from nas.deploy.llamacpp import llama_cpp_available
+from nas.data.text import is_lm_data
+from nas.models.loading import read_config
 from nas.models.registry import family_for
+from nas.quality.exits import ExitSettings
 from nas.redact import protect_run
 from nas.spec import SubnetSpec
 from nas.study.deployed import deployed_line, measure_deployed
+from nas.study.exits import exits_line, export_exits, start_member_exits
 from nas.study.preflight import cli_prelude, preflight
 from nas.study.prepare import prepare
 from nas.study.settings import final_recipe, final_train_settings
@@ -74,10 +78,11 @@ def merged_config(cfg: Any, arch_file: dict[str, Any], overrides: list[str]) -> 
 
 
 def train_to_convergence(ev: Any, model: Any, spec: Any, recipe: Any, transfer: Any, *,
-                         say: Any = print) -> tuple[Any, dict[str, Any]]:
-    """One shape's final training with the final recipe (the search's final stage, for one member)."""
+                         say: Any = print, exits: Any = None) -> tuple[Any, dict[str, Any]]:
+    """One shape's final training with the final recipe (the search's final stage, for one member); `exits`
+    (nas.quality.exits.ExitTraining): early-exit heads attached to `model`, trained with it."""
     data = ev.distill_data(spec.context, transfer, say=say)
-    run = ev.distill_run(model, spec, recipe, data)
+    run = ev.distill_run(model, spec, recipe, data, exits=exits)
     say(f"final training of {spec.describe()}: {recipe.describe(data.batches_per_epoch(recipe.train.batch_size))}; "
         f"transfer set: {transfer.describe()}")
     run.advance()
@@ -97,15 +102,28 @@ def run_final(cfg: Any, arch_path: str | Path, out_dir: str | Path, *, overrides
         check_precision(str(kind), allowed_bodies=GGUF_TYPES)
     transfer = TransferSettings.from_cfg(container.get("final") or {})
     transfer.check()  # a missing transfer file or column: refused before the base is loaded
+    # early exits (exits.*): refused here, before any work, where they cannot run or name a layer the shape drops
+    exit_settings = ExitSettings.from_cfg(container.get("exits"))
+    lm_data = is_lm_data(container.get("data"))
+    planned = latency_settings(cfg, {}).resolved(lm=lm_data)
+    if not exit_settings.enabled(lm=lm_data, batch_size=planned.batch_size, runtime=planned.runtime,
+                                 quantization=planned.quantization, keep_fp32=planned.keep_fp32,
+                                 config=read_config(cfg.model.name_or_path)) or not cfg.final.onnx:
+        exit_settings = None
+    elif not exit_settings.positions(spec.layers, strict=True):
+        exit_settings = None  # a one-layer shape: no layer before its last
     preflight(cfg, out_dir)  # settings, files, max_length, output folder: before the base is loaded
     t0 = time.perf_counter()
     prep = prepare(cfg)
     spec.validate(prep.shape)
 
-    if not family_for(prep.base).recovery:  # recovery and hidden-state distillation are for the encoder families
+    family = family_for(prep.base)  # what it does not apply was refused by preflight, or is `auto` resolved here
+    if recovery.method not in family.recovery_methods:
         recovery = replace(recovery, method="none")
+    if not family.hidden_distill:
         settings = replace(settings, distill="logits")
     lm = bool(getattr(prep.task, "is_lm", False))  # a language-modelling task: perplexity (nas.quality.lm)
+    heads = None  # early-exit heads, where the shape trains with them
     # the search's own steps: the same cut, recovery, fine-tune and evaluation as a trial and the final stage
     ev = Evaluator(prep=prep, timer=None, train=settings, recovery=recovery, lm=lm,
                    heal_settings=heal_settings(container.get("prune")))
@@ -122,7 +140,10 @@ def run_final(cfg: Any, arch_path: str | Path, out_dir: str | Path, *, overrides
         result["seconds"] = result["train_seconds"]
         steps = result["steps"]
     else:  # the final recipe (nas.quality.distill): to convergence, best validation checkpoint
-        model, result = train_to_convergence(ev, model, spec, recipe, transfer, say=console.print)
+        exits = start_member_exits(model, spec, exit_settings, labels=int(model.config.num_labels), train=settings,
+                                   strict=True)
+        model, result = train_to_convergence(ev, model, spec, recipe, transfer, say=console.print, exits=exits)
+        heads = exits.detach(model) if exits is not None else None
         steps = result["steps"]
     q, val = ev.quality_of(model, spec, "validation")
     metrics: dict[str, Any] = {
@@ -164,9 +185,14 @@ def run_final(cfg: Any, arch_path: str | Path, out_dir: str | Path, *, overrides
 
     source = {**(arch_file.get("source") or {}), "final_training": True,
               "cfg": OmegaConf.to_container(cfg, resolve=False)}
+    shipped = None
     try:
         export_all(model, prep.tokenizer, spec, out_dir, metrics=metrics, source=source, onnx=bool(cfg.final.onnx),
                    deployed=deployed_file)
+        if not lm and heads is not None and timer is not None:  # the rule chosen on the selection rows, then shipped
+            shipped = export_exits(model, heads, settings=exit_settings, rule=None, out=Path(out_dir), timer=timer,
+                                   task=prep.task, tokenizer=prep.tokenizer, spec=spec, max_length=int(cfg.max_length),
+                                   static=metrics)
     finally:
         if timer is not None:
             timer.close()
@@ -185,6 +211,9 @@ def run_final(cfg: Any, arch_path: str | Path, out_dir: str | Path, *, overrides
         console.print(speedup_line(runtime, m), highlight=False)
     if timer is not None:
         console.print(deployed_line(deployed, metrics), highlight=False)
+    if shipped is not None:
+        console.print(exits_line("exits", shipped), highlight=False)
+        metrics["exits"] = shipped
     return metrics
 
 

@@ -30,7 +30,7 @@ SPACES = ROOT / "search_spaces"
 OUT = ROOT / "docs" / "configuration.md"
 
 # The nodes of conf/config.yaml, in the order a run meets them; groups name their options' folder.
-NODES = ("model", "data", "base", "importance", "prune", "train", "search", "supernet", "latency", "final")
+NODES = ("model", "data", "base", "importance", "prune", "train", "search", "supernet", "latency", "final", "exits")
 GROUPS = {"model": "minilm", "data": "rotten_tomatoes", "train": "default", "search": "default"}
 
 

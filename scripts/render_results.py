@@ -119,10 +119,26 @@ def seeds_figure(data: Data) -> str:
             f"{_worst(data, 1)}; within 3.0: {_worst(data, 3)}. Winners as served (int8): " + "; ".join(winners))
 
 
+FEATURES = (("avx2", "AVX2"), ("avx512", "AVX-512"), ("vnni", "VNNI"), ("bf16", "bf16"), ("amx", "AMX"))
+
+
+def machine_text(data: Data) -> str:
+    """'; CPU: AMD EPYC, 2 cores, AVX2 yes, AVX-512 no, ...' from a results file's `machine` (nas.util.cpu_features,
+    as the run recorded it), or nothing for a file written before runs recorded it."""
+    m = data.get("machine")
+    if not m:
+        return ""
+    said = {True: "yes", False: "no", None: "unknown"}
+    features = ", ".join(f"{name} {said[m.get(key)]}" for key, name in FEATURES)
+    precision = f"; training in {m['training_precision']}" if m.get("training_precision") else ""
+    return f"; CPU: {m.get('cpu')}, {m.get('cores')} cores, {features}{precision}"
+
+
 def seeds_baseline(data: Data) -> str:
     first = data["seeds"][0]
     return (f"the unpruned base, fp32 test accuracy {first['base_test_accuracy_fp32']:.4f}; timed beside it in (a) "
-            "torch fp32, (b) onnxruntime fp32, (c) onnxruntime int8: " + _short(first["latency_definition"]))
+            "torch fp32, (b) onnxruntime fp32, (c) onnxruntime int8: " + _short(first["latency_definition"])
+            + machine_text(data))
 
 
 def seeds_details(data: Data) -> list[str]:
@@ -151,7 +167,8 @@ def table_figure(data: Data) -> str:
 
 def table_baseline(data: Data) -> str:
     return (f"speedups measured in {data['reference_rounds']} paired rounds with the base, "
-            f"{data['runtime']} {data['precision']}: " + _short(data["latency_definition"]).split(", predicted")[0])
+            f"{data['runtime']} {data['precision']}: " + _short(data["latency_definition"]).split(", predicted")[0]
+            + machine_text(data))
 
 
 def table_details(data: Data) -> list[str]:
@@ -163,35 +180,49 @@ def table_details(data: Data) -> list[str]:
             "| shape | predicted | measured (p10-p90) | error |", "|---|---|---|---|", *rows]
 
 
-def _lm_row(r: Data, base: float) -> str:
-    return (f"test perplexity {r['test_ppl']:.2f} ({100 * (r['test_ppl'] / base - 1):+.1f}%), decode "
-            f"{r['speedup']:.2f}x [{r['speedup_p10']:.2f}-{r['speedup_p90']:.2f}] over the base at q8_0")
+def _lm_row(r: Data) -> str:
+    return (f"test perplexity per byte {r['test_byte_perplexity']:.4f} ({100 * r['vs_base']:+.2f}%; per token of the "
+            f"base's tokenizer {r['test_perplexity']:.2f}, {100 * r['vs_base_per_token']:+.1f}%), decode "
+            f"{r['speedup']:.2f}x [{r['speedup_p10']:.2f}-{r['speedup_p90']:.2f}] over the base at q8_0, "
+            f"{r['vocab']:,} token ids")
 
 
 def lm_winner_figure(data: Data) -> str:
-    search = data["search"]
-    r = search["models"][str(search["winner"])]
-    return f"{r['shape']} at {r['precision']} (healed, untrained): " + _lm_row(r, data["base_q8_0_test_ppl"])
+    r = data["winner"]
+    what = (f"the base alone at {str(r['key']).removeprefix('base ')}" if isinstance(r["key"], str)
+            else f"{r['shape']} at {r['precision']} (healed, untrained)")
+    return f"{what}: " + _lm_row(r)
+
+
+def _lm_best(rows: Data, key: str = "vs_base") -> Data:
+    return max((r for r in rows.values() if r[key] <= 0.10), key=lambda r: r["speedup"])
 
 
 def lm_alone_figure(data: Data) -> str:
-    base = data["base_q8_0_test_ppl"]
-    within = [r for r in data["quantization_alone"].values() if r["test_ppl"] <= 1.1 * base]
-    r = max(within, key=lambda r: r["speedup"])
-    return f"the fastest within 10%, {r['precision']} ({r['rounding']} rounding): " + _lm_row(r, base)
+    r = _lm_best(data["quantization_alone"])
+    t = _lm_best(data["quantization_alone"], "vs_base_per_token")
+    return (f"the fastest within 10% per byte, {r['precision']}: " + _lm_row(r)
+            + f"; within 10% per token: {t['precision']} at {t['speedup']:.2f}x")
+
+
+def lm_vocab_figure(data: Data) -> str:
+    r = _lm_best(data["vocabulary"])
+    return f"the fastest within 10% per byte, {r['precision']} with {r['vocab']:,} ids: " + _lm_row(r)
 
 
 def lm_baseline(data: Data) -> str:
-    return (f"the fine-tuned SmolLM2 at q8_0 in llama.cpp, test perplexity {data['base_q8_0_test_ppl']:.2f} (scored "
-            "by llama.cpp on each file); " + data["timing"])
+    ref = data["reference"]
+    return (f"the fine-tuned SmolLM2 at q8_0 in llama.cpp, test perplexity per byte {ref['test_byte_perplexity']:.4f} "
+            f"({ref['test_bits_per_byte']:.4f} bits per byte, {ref['test_perplexity']:.2f} per token), each file "
+            "scored by llama.cpp with its own tokenizer on the same text; " + data["timing"] + machine_text(data))
 
 
 def lm_details(data: Data) -> list[str]:
-    base = data["base_q8_0_test_ppl"]
-    rows = [f"| base, {r['precision']} ({r['rounding']}) | {_lm_row(r, base)} |"
-            for r in data["quantization_alone"].values()]
-    rows += [f"| searched trial {n}{' (winner)' if r['winner'] else ''}, {r['shape']} at {r['precision']} | "
-             f"{_lm_row(r, base)} |" for n, r in data["search"]["models"].items()]
+    rows = [f"| base, {r['precision']} | {_lm_row(r)} |" for r in data["quantization_alone"].values()]
+    rows += [f"| base, {k} | {_lm_row(r)} |" for k, r in (data.get("vocabulary") or {}).items()]
+    rows += [f"| base, {k} (mixed types) | {_lm_row(r)} |" for k, r in ((data.get("mixed") or {}).get("rows") or {}).items()]
+    rows += [f"| searched trial {n}{' (winner)' if r.get('winner') else ''}, {r['shape']} at {r['precision']} | "
+             f"{_lm_row(r)} |" for n, r in ((data.get("search") or {}).get("models") or {}).items()]
     return [f"Timing: {data['timing']}.", "", "| model | figure |", "|---|---|", *rows]
 
 
@@ -231,17 +262,24 @@ REGISTRY: list[Entry] = [
         what="`make decoder` (SmolLM2 on the plays, llama.cpp): the final stage's winner",
         figure=lm_winner_figure,
         baseline=lm_baseline,
-        command="`make decoder`, re-measured by `python experiments/decoder_lm/quant_heal_bench.py --run RUN_DIR`",
+        command="`make decoder`, re-measured by `python experiments/decoder_lm/vocab_bench.py --run RUN_DIR`",
         details=lm_details,
-        note=("Within 10% of the base, the base quantized with its head at iq4_nl (next row) is faster than every "
-              "searched model: see [language-models.md](language-models.md)."),
+        note=("Perplexity per byte: a cut vocabulary tokenizes the same text into more tokens, so files compare per "
+              "byte; 10% per byte is about 40% per token on this text. See [language-models.md](language-models.md)."),
     ),
     Entry(
         file="experiments/decoder_lm/results_llamacpp.json",
         what="quantization alone: the fine-tuned SmolLM2 at llama.cpp's types",
         figure=lm_alone_figure,
         baseline=lm_baseline,
-        command="`python experiments/decoder_lm/quant_heal_bench.py --run RUN_DIR`",
+        command="`python experiments/decoder_lm/vocab_bench.py --run RUN_DIR`",
+    ),
+    Entry(
+        file="experiments/decoder_lm/results_llamacpp.json",
+        what="the vocabulary alone: the fine-tuned SmolLM2 cut to the ids the plays use, at each type",
+        figure=lm_vocab_figure,
+        baseline=lm_baseline,
+        command="`python experiments/decoder_lm/vocab_bench.py --run RUN_DIR`",
     ),
     Entry(
         file="experiments/latency_table/results_int8.json",

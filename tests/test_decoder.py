@@ -209,8 +209,11 @@ def test_spaces_sample_valid_grouped_specs():
 
     from nas.study.space import SearchSpace, available_spaces
 
+    from nas.cut.vocab import VocabRanking
+
     smollm2 = BaseShape(num_layers=30, num_heads=9, head_size=64, hidden_size=576, ffn_size=1536,
-                        max_positions=8192, num_kv_heads=3)
+                        max_positions=8192, num_kv_heads=3, vocab_size=V)
+    ranking = VocabRanking(order=tuple(range(V)), counts=(0,) * 10 + (3,) * 60 + (0,) * (V - 70), forced=10)
     encoder = BaseShape(num_layers=6, num_heads=12, head_size=32, hidden_size=384, ffn_size=1536, max_positions=512)
     import yaml
 
@@ -223,11 +226,12 @@ def test_spaces_sample_valid_grouped_specs():
     for name in available_spaces():
         space = SearchSpace.from_cfg(yaml.safe_load((SPACES_DIR / f"{name}.yaml").read_text()))
         for shape in (smollm2, SHAPE):
-            resolved = space.resolve(shape, max_length=64)
+            resolved = space.resolve(shape, max_length=64, vocabulary=ranking)
             study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=0))
             for i in range(10):
                 spec = resolved.suggest(study.ask(), shape, random_scores(shape, seed=i))
                 spec.validate(shape)
+                assert spec.vocab is None or 10 <= spec.vocab <= 70  # the decoder space's coverage shares
                 assert all(h % g == 0 and h // g <= shape.group_size for h, g in zip(spec.heads, spec.kv_heads))
 
 

@@ -265,8 +265,11 @@ def test_the_printed_plan_is_what_the_stage_then_does(tiny_env, members, four_ca
     monkeypatch.setattr(distill.DistillRun, "time_steps", timed)
     caplog.set_level(logging.INFO, logger="nas")
     study, _ = run_search(make_cfg(tiny_env, *FINAL, f"final.time_budget={budget}"), tmp_path / "run")
-    said_first = caplog.records[0].getMessage()  # the run's first line: the CPU and its features, also in the study
-    assert said_first.startswith("machine: ") and "AVX2 " in said_first and "VNNI " in said_first
+    said = [r.getMessage() for r in caplog.records]
+    # once the data is read and checked (its line first), before any work: the CPU and its features, also in the study
+    machine = [i for i, m in enumerate(said) if m.startswith("machine: ")]
+    assert len(machine) == 1 and said[0].startswith("data ") and "AVX2 " in said[machine[0]] and "VNNI " in said[machine[0]]
+    assert not any(m.startswith(("base ", "final plan:")) for m in said[:machine[0]])
     assert {"avx2", "avx512", "vnni", "bf16", "training_precision"} <= set(study.user_attrs["machine"])
     lines = [r.getMessage() for r in caplog.records if r.getMessage().startswith("final plan:")]
     assert len(lines) == 1

@@ -107,7 +107,7 @@ def test_context_quantiles_resolve_from_the_task_before_the_base_fine_tune(bert5
 
     seen = []
 
-    def no_prepare(cfg):  # the expensive part: by now the space must be in sizes
+    def no_prepare(cfg, **_):  # the expensive part: by now the space must be in sizes
         seen.append(search.space)
         raise Stop
 

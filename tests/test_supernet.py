@@ -8,6 +8,7 @@ checked at the boundary."""
 from __future__ import annotations
 
 import copy
+import dataclasses
 import functools
 import random
 import threading
@@ -80,7 +81,10 @@ def bert_params(spec: SubnetSpec) -> int:
 
 
 def resolved(space_cfg) -> SearchSpace:
-    return SearchSpace.from_cfg(space_cfg).resolve(SHAPE, max_length=MAX_LENGTH)
+    """The space on this BERT; a decoder space's vocabulary axis (causal language models only) is left out."""
+    space = SearchSpace.from_cfg(space_cfg)
+    space = dataclasses.replace(space, axes={k: v for k, v in space.axes.items() if k != "vocab"})
+    return space.resolve(SHAPE, max_length=MAX_LENGTH)
 
 
 @functools.cache

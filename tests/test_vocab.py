@@ -39,9 +39,8 @@ BPB_TOL = 2e-3  # relative, torch fp32 vs llama.cpp f32 (different matmul orders
 
 @pytest.fixture(scope="module")
 def smol():
-    from transformers import AutoTokenizer
-
     from test_gguf import play_texts
+    from transformers import AutoTokenizer
 
     source = smollm2_gguf()
     tokenizer = AutoTokenizer.from_pretrained(source.parent, gguf_file=source.name)
@@ -249,3 +248,43 @@ def test_bits_per_byte_agree_between_torch_and_llama_cpp(smol, tmp_path):
     assert scores["cut"].tokens > scores["full"].tokens and scores["cut"].bytes == scores["full"].bytes
     assert math.isclose(scores["full"].perplexity, math.exp(scores["full"].nll / chunks.base_tokens))
     assert np.isfinite(scores["cut"].bits_per_byte)
+
+
+@needs_llama_cpp
+def test_mixed_files_hold_the_types_asked_for_and_sensitivity_leaves_the_model_as_it_was(tmp_path):
+    """mix<n>_iq4_nl: the n cheapest tensor groups at iq4_nl, every other matrix at q8_0, as read back from the file;
+    the sensitivity measurement puts every weight back."""
+    from nas.deploy.gguf import gguf_tensors, write_gguf
+    from nas.deploy.gguf_quant import check_precision, file_tensors
+    from nas.deploy.imatrix import input_moments
+    from nas.deploy.mixed import group_of, measure_sensitivity, mixed_types
+
+    torch.manual_seed(2)
+    model = tiny.llama(vocab=256, hidden=64, ffn=96, layers=3, positions=128).eval()
+    ids = torch.randint(3, 256, (4, 32))
+    moments = input_moments(model, ids)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+
+    def nll(m):
+        with torch.no_grad():
+            logits = m(ids).logits[:, :-1].double()
+        return float(torch.nn.functional.cross_entropy(logits.transpose(1, 2), ids[:, 1:], reduction="sum"))
+
+    sensitivity = measure_sensitivity(model, nll, moments, low="iq4_nl", bytes_=ids.numel(), tokens=ids.numel())
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
+    assert set(sensitivity.costs) == {"head", *(f"blk.{i}.{g}" for i in range(3) for g in ("attn", "ffn"))}
+    assert all(math.isfinite(c) for c in sensitivity.costs.values())
+    order = sensitivity.order
+    assert [sensitivity.costs[g] for g in order] == sorted(sensitivity.costs.values())
+    names = [n for n, w in gguf_tensors(model) if w.dim() == 2]
+    for n in (0, 2, 5, len(order)):
+        path = tmp_path / f"mix{n}.gguf"
+        write_gguf(model, None, path, kind=f"mix{n}_iq4_nl", mix_order=order, moments=moments)
+        want = mixed_types(names, order, n, "iq4_nl")
+        got = {name: kind.lower() for name, (kind, _) in file_tensors(path).items() if name in want}
+        assert got == want
+        assert sum(t == "iq4_nl" for t in got.values()) == sum(len([x for x in names if group_of(x) == g])
+                                                               for g in order[:n])
+    for bad in ("mix3_q8_0", "mixx_iq4_nl", "mix2_q6_k"):
+        with pytest.raises(ValueError, match="is not known|is not one of"):
+            check_precision(bad, allowed_bodies=("q8_0",))

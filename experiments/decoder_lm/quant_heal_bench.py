@@ -18,7 +18,7 @@ plays); decode speedup over the base at q8_0: 16 greedy tokens after each of 8 r
 tokens), batch 1, 1 thread, the two models alternating prompt by prompt in one process (nas.cost.latency's
 paired rounds with llama.cpp passes), the median of `--rounds` per-round ratios [p10-p90]. Calibration text
 (healing, importance matrices, GPTQ): prune.heal_blocks blocks of the training plays only. Writes
-results_llamacpp.json / .md beside this file, with `decode_speedup_within_10pct_over_q8_0_base` (the search) and
+results_quant_heal.json / .md beside this file (issue 30; per-token perplexity, before vocabulary cuts), with `decode_speedup_within_10pct_over_q8_0_base` (the search) and
 `decode_speedup_within_10pct_quantization_alone` (the best the base reaches by type alone).
 """
 
@@ -70,7 +70,7 @@ def main() -> None:
                         help="this script's own log of an earlier run whose later part failed: its parts 1 and 2 are "
                              "read back from the lines it printed (run the missing parts with --parts)")
     parser.add_argument("--parts", default="1,2,3")
-    parser.add_argument("--out", default=str(HERE / "results_llamacpp"))
+    parser.add_argument("--out", default=str(HERE / "results_quant_heal"))
     args = parser.parse_args()
     parts = {int(p) for p in args.parts.split(",")}
 

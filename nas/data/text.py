@@ -230,6 +230,16 @@ class TextChunks:
     base_tokens: int
     bytes: int
 
+    def head(self, tokenizer: Any, tokens: int) -> TextChunks:
+        """The first pieces holding at most `tokens` tokens of `tokenizer` (the base's; at least one piece)."""
+        counts = [len(ids) for ids in tokenizer(list(self.texts), add_special_tokens=False)["input_ids"]]
+        n, total = 0, 0
+        while n < len(counts) and (n == 0 or total + counts[n] <= tokens):
+            total += counts[n]
+            n += 1
+        texts = self.texts[:n]
+        return TextChunks(texts=texts, base_tokens=total, bytes=sum(len(t.encode("utf-8")) for t in texts))
+
 
 def lm_chunks(task: TextTask, split: str, tokenizer: Any, *, block: int) -> TextChunks:
     """The documents of `split` cut into pieces of `block` tokens of `tokenizer` (the base's) at token boundaries,

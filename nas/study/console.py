@@ -71,7 +71,7 @@ def front_table(front: Any, console: Any, *, quality: str = "val_accuracy") -> N
             else str(int(row["number"])),
             str(row["shape"]),
             *([str(row.get("precision") or "")] if precision else []),
-            f"{row[q]:.4f}",
+            num(row[q]),  # an early-exit variant has no trial accuracy of its own
             num(row.get(t)),
             *([num(row.get("final_" + q)), num(row.get("final_" + t))] if final else []),
             *([num(row.get("final_test_accuracy_deployed")),

@@ -30,11 +30,12 @@ import pandas as pd
 
 from nas.quality.metrics import evaluate
 from nas.spec import SubnetSpec
-from nas.study.final_plan import PROBE_STEPS, RUNG_POINTS, FinalPlan, StepCost, member_seconds, plan_final, rung_stops
+from nas.study.final_plan import (EVALUATION_VALIDATIONS, PROBE_STEPS, RUNG_POINTS, FinalPlan, StepCost, member_seconds,
+                                  plan_final, rung_stops)
 from nas.study.report import (DEPLOYED_KEYS, EXITS_ATTR, WINNER_ATTR, WINNER_EXITS_ATTR, choose_final, cost_column,
-                              measured_members, pareto_frame, quality_column)
+                              measured_members, pareto_frame)
 from nas.study.lm_final import lm_final_stage
-from nas.study.exits import exits_for, record_member_exits, start_member_exits
+from nas.study.exits import EXIT_EVALUATION_VALIDATIONS, exits_for, record_member_exits, start_member_exits
 from nas.study.weights import RunWeights, load_weights
 
 PLAN_ATTR = "final_plan"  # the halving's candidates, rungs and survivors' progress (study attribute)
@@ -353,7 +354,9 @@ class FinalStage:
         schedule = plan_final(costs, budget=s.time_budget, members=s.members, halving=halving, rung_steps=s.rung_steps,
                               planned_steps=planned, eval_every=s.recipe.eval_every,
                               spent=time.perf_counter() - self.started,
-                              precision=next(iter(runs.values())).precision if runs else "")
+                              precision=next(iter(runs.values())).precision if runs else "",
+                              evaluation_validations=EVALUATION_VALIDATIONS
+                              + (EXIT_EVALUATION_VALIDATIONS if self.exits is not None else 0.0))
         self.say(schedule.describe())
         for n in alive:
             if n not in schedule.candidates:  # planned out: never trained past its timed steps

@@ -160,11 +160,14 @@ def _worst(seconds: Mapping[int, float], count: int) -> float:
 
 
 def plan_final(costs: Mapping[int, StepCost], *, budget: float | None, members: int, halving: bool, rung_steps: int,
-               planned_steps: int, eval_every: int, spent: float = 0.0, precision: str = "") -> FinalPlan:
+               planned_steps: int, eval_every: int, spent: float = 0.0, precision: str = "",
+               evaluation_validations: float = EVALUATION_VALIDATIONS) -> FinalPlan:
     """The plan for candidates `costs` (trial number -> StepCost, in the order chosen: fastest to infer first) within
     `budget` seconds (final.time_budget; None: no limit) of which `spent` are gone, `members` of them to ship
     (search.final_k), halving or not (final.rule), rung 0 at `rung_steps` steps, members at `planned_steps`
-    (the recipe's length), validated every `eval_every` steps. See the module's text for the order of concessions."""
+    (the recipe's length), validated every `eval_every` steps; each member's evaluation and deployment is reserved as
+    `evaluation_validations` validations (more where members ship with early exits too, nas.study.exits). See the
+    module's text for the order of concessions."""
     if not costs:
         raise ValueError("plan_final needs at least one candidate's step cost")
     if isinstance(members, bool) or not isinstance(members, int) or members < 1:
@@ -177,7 +180,7 @@ def plan_final(costs: Mapping[int, StepCost], *, budget: float | None, members: 
     order = list(costs)
     k = min(members, len(order))
     available = None if budget is None else budget - spent
-    evaluation = k * EVALUATION_VALIDATIONS * max(c.validation for c in costs.values())
+    evaluation = k * evaluation_validations * max(c.validation for c in costs.values())
 
     def build(count: int, rung: int, steps: int) -> FinalPlan:
         chosen = {n: costs[n] for n in order[:count]}

@@ -21,7 +21,6 @@ from nas.study.report import WINNER_ATTR, cost_column, measured_members, pareto_
 from nas.study.settings import QUANT_ALONE_ATTR
 from nas.study.weights import RunWeights
 
-
 ALONE_PREFIX = "base "  # a winner that is the base alone: "base <precision>[ V<vocab>]" (a quantization_alone key)
 
 
@@ -162,9 +161,9 @@ def lm_final_stage(study: Any, *, weights: RunWeights, evaluator: Any, objective
                         f"{result['test_byte_perplexity_deployed']:.4f} (test ppl per base token "
                         f"{result['test_perplexity_deployed']:.2f}), decode {lm_speedup(result):.2f}x over the "
                         f"base at {evaluator.timer.settings.precision}")
-        say(f"final    {number:3d} {a['shape']:28s} val ppl/byte {a[quality]:.4f} -> {result['val_byte_perplexity']:.4f} "
-            f"(torch fp32, best of {trained['steps']} steps at step {trained['best_step']}, {trained['stopped']}; "
-            f"{seconds:.0f}s){deployed}")
+        say(f"final    {number:3d} {a['shape']:28s} val ppl/byte: trial {a[quality]:.4f}, in torch fp32 "
+            f"{result['val_byte_perplexity']:.4f} (best of {trained['steps']} steps at step {trained['best_step']}, "
+            f"{trained['stopped']}; {seconds:.0f}s){deployed}")
         write(study)
     final = {str(n): r for n, r in (study.user_attrs.get("final") or {}).items() if int(n) in chosen}
     alone = {k: r for k, r in (study.user_attrs.get(QUANT_ALONE_ATTR) or {}).items()}

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -95,8 +96,9 @@ def base_train_settings(cfg: Any) -> Any:
     )
 
 
-def prepare(cfg: Any, *, importance_method: str | None = None) -> Prepared:
-    """Load the task, fine-tune (or load) the base, and compute (or load) importance scores."""
+def prepare(cfg: Any, *, importance_method: str | None = None, loaded: Callable[[], None] | None = None) -> Prepared:
+    """Load the task, fine-tune (or load) the base, and compute (or load) importance scores. `loaded`: called once the
+    task's data is read and checked, before anything expensive (a run prints its first line there)."""
     quiet_libraries()
 
     timings: dict[str, float] = {}
@@ -111,6 +113,8 @@ def prepare(cfg: Any, *, importance_method: str | None = None) -> Prepared:
             log.info("validation: %d rows select (early stopping, checkpoints, rungs, trials), %d judge the band",
                      len(task.validation), len(task.judge))
     timings["data"] = time.perf_counter() - t0
+    if loaded is not None:
+        loaded()
 
     settings = base_train_settings(cfg)
     recipe = base_recipe(cfg)

@@ -18,7 +18,8 @@ from optuna.trial import TrialState
 
 SHAPE_COLUMNS = ["n_layers", "heads", "ffn", "hidden", "context", "shape", "precision"]
 METRIC_COLUMNS = [
-    "val_accuracy", "test_accuracy", "val_perplexity", "test_perplexity", "latency_ms", "latency_p90_ms", "base_latency_ms", "speedup", "speedup_p10",
+    "val_accuracy", "test_accuracy", "val_byte_perplexity", "test_byte_perplexity", "val_perplexity", "test_perplexity",
+    "val_bits_per_byte", "test_bits_per_byte", "vocab", "latency_ms", "latency_p90_ms", "base_latency_ms", "speedup", "speedup_p10",
     "speedup_p90", "latency_ratio", "mean_tokens", "params", "flops", "size_mb", "val_accuracy_fp32", "judge_accuracy",
 ]
 # The final stage (search.final_k): the chosen front members trained longer, from their trial weights.
@@ -26,13 +27,15 @@ METRIC_COLUMNS = [
 # And it measures each member as deployed (latency.runtime / latency.precision, e.g. int8 ONNX): its
 # accuracy there, and its measured speedups over the three baselines (nas.cost.latency.BASELINES).
 DEPLOYED_KEYS = ["val_accuracy_deployed", "test_accuracy_deployed", "judge_accuracy_deployed",
-                 "val_perplexity_deployed", "test_perplexity_deployed",
+                 "val_byte_perplexity_deployed", "test_byte_perplexity_deployed", "val_perplexity_deployed",
+                 "test_perplexity_deployed", "test_bits_per_byte_deployed",
                  "speedup_over_reference_base", "speedup_over_reference_base_p10", "speedup_over_reference_base_p90",
                  "precision", "variant", "latency_ms", "latency_ms_fp32",
                  "speedup_over_quantized_base", "speedup_over_quantized_base_p10", "speedup_over_quantized_base_p90",
                  "speedup_over_runtime_fp32_base", "speedup_over_torch_fp32_base", "base_latency_ms_quantized_base",
                  "base_latency_ms_runtime_fp32_base", "base_latency_ms_torch_fp32_base", "definition"]
-FINAL_COLUMNS = ["final_val_accuracy", "final_test_accuracy", "final_val_perplexity", "final_test_perplexity",
+FINAL_COLUMNS = ["final_val_accuracy", "final_test_accuracy", "final_val_byte_perplexity", "final_test_byte_perplexity",
+                 "final_val_perplexity", "final_test_perplexity",
                  "final_steps", *("final_" + k for k in DEPLOYED_KEYS)]
 # The latency objective is the paired ratio to the base (see nas.search.OBJECTIVE_ATTR).
 COST_COLUMN = {"latency": "latency_ratio", "params": "params", "flops": "flops", "size": "size_mb"}
@@ -44,6 +47,8 @@ COST_LABEL = {"latency_ratio": "latency / base latency (timed in pairs; lower is
 
 
 WINNER_ATTR = "final_winner"  # study attribute: the final stage's winner (a trial number)
+EXITS_ATTR = "final_exits"  # study attribute: final member -> its early-exit variant's figures (nas.study.exits)
+WINNER_EXITS_ATTR = "final_winner_exits"  # study attribute: whether the winner runs with its early exits
 
 
 def measured_members(front: pd.DataFrame, *, quality: str, cost: str) -> pd.DataFrame:
@@ -58,8 +63,9 @@ def cost_column(objectives: Sequence[str]) -> str:
 
 
 def quality_column(objectives: Sequence[str]) -> str:
-    """The quality objective's column: val_accuracy (higher is better) or val_perplexity (lower is better)."""
-    return "val_perplexity" if objectives and objectives[0] == "perplexity" else "val_accuracy"
+    """The quality objective's column: val_accuracy (higher is better) or, for a language model, val_byte_perplexity
+    (per byte of the evaluation text, nas.quality.metrics; lower is better)."""
+    return "val_byte_perplexity" if objectives and objectives[0] == "perplexity" else "val_accuracy"
 
 
 def hypervolume(points: Sequence[tuple[float, float]], ref_quality: float = 0.5, ref_cost: float = 1.0) -> float:
@@ -117,16 +123,20 @@ def base_row(base: Mapping[str, Any]) -> dict[str, Any]:
 
 
 def quantization_alone_rows(study: Any, base: Mapping[str, Any]) -> list[dict[str, Any]]:
-    """A language model's base at each other GGUF type of the run (study attribute `quantization_alone`, measured
-    by nas.study.search): reference rows beside the front, state QUANT_ALONE (never front members)."""
+    """A language model's base alone at each other GGUF type and vocabulary of the run (study attribute
+    `quantization_alone`, measured by nas.study.search; key `<precision>` or `<precision> V<ids>`): reference rows
+    beside the front, state QUANT_ALONE (never front members; the winner may be one, nas.study.lm_final)."""
     rows = []
     reference = (study.user_attrs.get("latency") or {}).get("precision")
-    for precision, m in (study.user_attrs.get("quantization_alone") or {}).items():
-        if precision == reference:
+    for key, m in (study.user_attrs.get("quantization_alone") or {}).items():
+        if key == reference:
             continue
         row = base_row(base)
-        row.update(state="QUANT_ALONE", precision=precision, val_perplexity=m.get("val_perplexity"),
-                   test_perplexity=m.get("test_perplexity"), speedup=m.get("speedup"), speedup_p10=m.get("speedup_p10"),
+        row.update({k: m.get(k) for k in METRIC_COLUMNS if k.startswith(("val_", "test_")) and k in m})
+        row.update(state="QUANT_ALONE", precision=m.get("precision", key), vocab=m.get("vocab"),
+                   params=m.get("params", row.get("params")),
+                   shape=f"base V{m['vocab']}" if m.get("vocab") else row.get("shape"),
+                   speedup=m.get("speedup"), speedup_p10=m.get("speedup_p10"),
                    speedup_p90=m.get("speedup_p90"), latency_ms=m.get("latency_ms"),
                    latency_ratio=1.0 / m["speedup"] if m.get("speedup") else None,
                    size_mb=m["bytes"] / 1e6 if m.get("bytes") else None)
@@ -134,15 +144,47 @@ def quantization_alone_rows(study: Any, base: Mapping[str, Any]) -> list[dict[st
     return rows
 
 
+def exit_rows(study: Any, front: pd.DataFrame) -> list[dict[str, Any]]:
+    """Each final member's early-exit variant (study attribute EXITS_ATTR, nas.study.exits) as a row of its own, state
+    EXITS, beside its member's: the same trial number and shape (+ exits), `exits` naming the rule, its final columns
+    as served (its validation and test accuracy are its runner's, one input at a time), and its trial-level latency
+    columns the member's scaled by the exits' measured speedup over the member (so pick=min_latency / knee compare it
+    with the front in the front's own units). No validation accuracy of a trial: it is not on the search panel."""
+    rows = []
+    for n, r in (study.user_attrs.get(EXITS_ATTR) or {}).items():
+        static = front[front["number"] == int(n)]
+        if static.empty or not r.get("speedup_over_static"):
+            continue
+        row = static.iloc[0].to_dict()
+        gain = float(r["speedup_over_static"])
+        row.update(state="EXITS", shape=f"{row['shape']} +exits", exits=r.get("exits_rule"), val_accuracy=None,
+                   test_accuracy=None, latency_ms=_scaled(row.get("latency_ms"), 1 / gain),
+                   latency_ratio=_scaled(row.get("latency_ratio"), 1 / gain), speedup=_scaled(row.get("speedup"), gain),
+                   speedup_p10=None, speedup_p90=None, latency_p90_ms=None, is_base=False)
+        for key in FINAL_COLUMNS:
+            if key != "final_steps":
+                row[key] = r.get(key.removeprefix("final_"))
+        rows.append(row)
+    return rows
+
+
+def _scaled(value: Any, factor: float) -> Any:
+    return None if value is None or value != value else float(value) * factor
+
+
 def pareto_frame(study: Any, base: Mapping[str, Any] | None = None, *, cost: str = "latency_ms",
                  quality: str = "val_accuracy") -> pd.DataFrame:
-    """The Pareto-optimal completed trials sorted by cost, plus the base as a reference row."""
+    """The Pareto-optimal completed trials sorted by cost, each final member's early-exit variant after them
+    (exit_rows), plus the base as a reference row."""
     trials = trials_frame(study)
     # a repeated shape stands on the front once, as the trial that trained it
     numbers = {t.number for t in study.best_trials if "repeat_of" not in t.user_attrs} if _has_complete(study) else set()
     front = trials[trials["number"].isin(numbers)].copy()
     front["is_base"] = False
-    front = front.sort_values([cost, quality], ascending=[True, quality != "val_perplexity"])
+    front = front.sort_values([cost, quality], ascending=[True, not quality.endswith("perplexity")])
+    variants = exit_rows(study, front)
+    if variants:
+        front = pd.concat([front.assign(exits=None), pd.DataFrame(variants)], ignore_index=True)
     if base is not None:
         reference = base_row(base)
         reference["precision"] = reference.get("precision") or (study.user_attrs.get("latency") or {}).get("precision")
@@ -155,9 +197,9 @@ def _has_complete(study: Any) -> bool:
 
 
 def final_quality(front: pd.DataFrame) -> str | None:
-    """The final stage's validation column in `front` (final_val_accuracy, or final_val_perplexity for a
+    """The final stage's validation column in `front` (final_val_accuracy, or final_val_byte_perplexity for a
     language-modelling study); None when the final stage trained nothing."""
-    for column in ("final_val_accuracy", "final_val_perplexity"):
+    for column in ("final_val_accuracy", "final_val_byte_perplexity", "final_val_perplexity"):
         if column in front and front[column].notna().any():
             return column
     return None
@@ -233,68 +275,197 @@ def atomic_write_csv(path: str | Path, frame: pd.DataFrame) -> None:
     atomic_write_text(path, frame.to_csv(index=False))
 
 
+def _series(x: Any, y: Any, label: Any) -> pd.DataFrame:
+    frame = pd.DataFrame({"x": pd.Series(x, dtype=float).values, "y": pd.Series(y, dtype=float).values,
+                          "label": pd.Series(label, dtype=object).values})
+    return frame.dropna(subset=["x", "y"]).reset_index(drop=True)
+
+
+def pareto_series(trials: pd.DataFrame, front: pd.DataFrame, *, cost: str = "latency_ms", quality: str = "val_accuracy",
+                  knee: int | None = None, winner: int | None = None, base: Mapping[str, Any] | None = None,
+                  winner_exits: bool = False) -> dict[str, Any]:
+    """What pareto.png and pareto.html draw, as data (DataFrames of x, y, label), in two panels.
+
+    search: the trials after their brief fine-tune, on validation: `trials`, the Pareto `front`, the unpruned `base`,
+    a language model's base at other types (`quantization_alone`), and `knee`: the member best.yaml takes (the knee of
+    the front, or the winner's trial where the final stage trained members; `knee_label` says which). x: the speedup
+    over the base in the study's runtime and precision when the cost is the latency ratio (int8 by default: (c), the
+    base quantized alike), else the cost.
+    ships: the final members as deployed (nas.study.final), on test as served (one input at a time): `members` and
+    the `winner`, x their measured speedup over (c); `base_quantized` (c) itself at 1x, `base_fp32`: the fp32 base's
+    test quality (a line). Empty frames where the final stage trained nothing."""
+    speed = cost == "latency_ratio"
+    x_of = (lambda f: 1.0 / f[cost].astype(float)) if speed else (lambda f: f[cost].astype(float))
+    is_base = front["is_base"].fillna(False).astype(bool) if "is_base" in front else pd.Series(False, index=front.index)
+    done = trials[trials["state"] == "COMPLETE"].dropna(subset=[quality, cost])
+    members = front[~is_base].dropna(subset=[quality, cost])
+    reference = front[is_base & (front["state"] == "BASE")].dropna(subset=[quality, cost])
+    alone = front[front["state"] == "QUANT_ALONE"].dropna(subset=[quality, cost])
+    test = "test_" + quality.removeprefix("val_")
+    y_col, x_col = f"final_{test}_deployed", "final_speedup_over_quantized_base"
+    shipped = front[~is_base]
+    if y_col in shipped and x_col in shipped:
+        shipped = shipped.dropna(subset=[y_col, x_col])
+    else:
+        shipped = shipped.iloc[0:0]
+    base = dict(base or {})
+    fp32 = base.get(test)
+    won = shipped[shipped["number"] == winner] if winner is not None and "number" in shipped else shipped.iloc[0:0]
+    if "exits" in won:  # a member and its early-exit variant: the one the final stage named (winner_exits)
+        won = won[won["exits"].notna() == bool(winner_exits)]
+    perplexity = quality.endswith("perplexity")
+
+    def winner_label(r: Mapping[str, Any]) -> str:
+        change = "" if fp32 is None else (f" ({(r[y_col] / fp32 - 1) * 100:+.1f}% vs fp32 base)" if perplexity else
+                                          f" ({(r[y_col] - fp32) * 100:+.2f} pts vs fp32 base)")
+        return (f"winner: trial {int(r['number'])} {r['shape']}: {r[y_col]:.4f}{change}, "
+                f"{r[x_col]:.2f}x over (c)")
+
+    knee_rows = front.loc[[knee]] if knee is not None and knee in front.index else front.iloc[0:0]
+    knee_rows = knee_rows.dropna(subset=[quality, cost])
+    if not shipped.empty:  # best.yaml takes the final stage's winner (or the best final member): its trial
+        knee_rows = knee_rows[knee_rows["number"] == winner] if winner is not None else knee_rows.iloc[0:0]
+    base_q = base.get(f"{test}_deployed")
+    return {
+        "speedup": speed,
+        "trials": _series(x_of(done), done[quality], done["shape"]),
+        "front": _series(x_of(members), members[quality], members["shape"]),
+        "base": _series(x_of(reference), reference[quality], ["unpruned base"] * len(reference)),
+        "quantization_alone": _series(x_of(alone), alone[quality], alone["precision"]),
+        "knee": _series(x_of(knee_rows), knee_rows[quality], knee_rows["shape"]),
+        "knee_label": "the winner's trial" if not shipped.empty else "knee (best.yaml)",
+        "members": _series(shipped[x_col], shipped[y_col], shipped["shape"]),
+        "winner": _series(won[x_col], won[y_col], [winner_label(r) for _, r in won.iterrows()]),
+        "base_quantized": _series([1.0] if base_q is not None and not shipped.empty else [],
+                                  [base_q] if base_q is not None and not shipped.empty else [],
+                                  ["(c) the base quantized alike"] if base_q is not None and not shipped.empty else []),
+        "base_fp32": _series([1.0] if fp32 is not None and not shipped.empty else [],
+                             [fp32] if fp32 is not None and not shipped.empty else [],
+                             ["the base in fp32"] if fp32 is not None and not shipped.empty else []),
+    }
+
+
+def _axis_labels(series: Mapping[str, Any], cost: str, quality: str) -> dict[str, str]:
+    measure = quality.removeprefix("val_")
+    return {"search_x": ("speedup over the base in the same runtime and precision (trials: 1 / latency ratio)"
+                         if series["speedup"] else COST_LABEL.get(cost, cost)),
+            "search_y": f"validation {measure} (trials: after their fine-tune)",
+            "ships_x": "measured speedup over (c), the base quantized alike",
+            "ships_y": f"test {measure} as deployed, one input at a time"}
+
+
 def plot_pareto_png(trials: pd.DataFrame, front: pd.DataFrame, path: str | Path, *, cost: str = "latency_ms",
-                    knee: int | None = None, quality: str = "val_accuracy") -> None:
+                    knee: int | None = None, quality: str = "val_accuracy", winner: int | None = None,
+                    base: Mapping[str, Any] | None = None, winner_exits: bool = False) -> dict[str, Any]:
+    """pareto.png: the search (left) and, where the final stage trained members, what ships (right: the members as
+    deployed, the winner labelled). Returns what it drew (pareto_series)."""
     import matplotlib  # heavy: only when a plot is drawn
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt  # heavy: only when a plot is drawn
 
-    fig, ax = plt.subplots(figsize=(7, 4.5), dpi=110)
-    done = trials[(trials["state"] == "COMPLETE")].dropna(subset=[quality, cost])
-    ax.scatter(done[cost], done[quality], s=18, color="#9aa5b1", label="trials")
-    members = front[~front["is_base"].astype(bool)]
-    if not members.empty:
-        ax.plot(members[cost], members[quality], "-o", color="#d64545", ms=6, label="Pareto front")
-    base = front[front["is_base"].astype(bool) & (front["state"] == "BASE")]
-    if not base.empty and pd.notna(base.iloc[0][cost]):
-        ax.scatter(base[cost], base[quality], marker="*", s=180, color="#1f6feb", label="unpruned base", zorder=5)
-    alone = front[front["state"] == "QUANT_ALONE"].dropna(subset=[quality, cost])
-    if not alone.empty:
-        ax.scatter(alone[cost], alone[quality], marker="D", s=40, color="#2da44e", label="base, quantization alone",
-                   zorder=4)
-        for _, r in alone.iterrows():
-            ax.annotate(str(r["precision"]), (r[cost], r[quality]), fontsize=7, xytext=(4, 2), textcoords="offset points")
-    if knee is not None and knee in front.index:
-        k = front.loc[knee]
-        ax.scatter([k[cost]], [k[quality]], s=140, facecolors="none", edgecolors="black", label="knee (best.yaml)")
-    ax.set_xlabel(COST_LABEL.get(cost, cost))
-    ax.set_ylabel("validation " + quality[4:])
+    series = pareto_series(trials, front, cost=cost, quality=quality, knee=knee, winner=winner, base=base,
+                           winner_exits=winner_exits)
+    labels = _axis_labels(series, cost, quality)
+    ships = not series["members"].empty
+    fig, axes = plt.subplots(1, 2 if ships else 1, figsize=(13 if ships else 7, 5.4 if ships else 4.5), dpi=110,
+                             squeeze=False)
+    ax = axes[0][0]
+    s = series
+    ax.scatter(s["trials"]["x"], s["trials"]["y"], s=18, color="#9aa5b1", label="trials")
+    if not s["front"].empty:
+        ax.plot(s["front"]["x"], s["front"]["y"], "-o", color="#d64545", ms=6, label="Pareto front")
+    if not s["base"].empty:
+        ax.scatter(s["base"]["x"], s["base"]["y"], marker="*", s=180, color="#1f6feb", label="unpruned base", zorder=5)
+    if not s["quantization_alone"].empty:
+        ax.scatter(s["quantization_alone"]["x"], s["quantization_alone"]["y"], marker="D", s=40, color="#2da44e",
+                   label="base, quantization alone", zorder=4)
+        for _, r in s["quantization_alone"].iterrows():
+            ax.annotate(str(r["label"]), (r["x"], r["y"]), fontsize=7, xytext=(4, 2), textcoords="offset points")
+    if not s["knee"].empty:
+        ax.scatter(s["knee"]["x"], s["knee"]["y"], s=140, facecolors="none", edgecolors="black", label=s["knee_label"])
+    ax.set(xlabel=labels["search_x"], ylabel=labels["search_y"], title="the search")
     ax.grid(alpha=0.3)
-    ax.legend(loc="upper right" if quality.endswith("perplexity") else "lower right", fontsize=8)  # the empty corner
+    empty = {(True, False): "lower left", (True, True): "upper left", (False, False): "lower right",  # the corner
+             (False, True): "upper right"}[(s["speedup"], quality.endswith("perplexity"))]  # no front reaches
+    ax.legend(loc=empty, fontsize=8)
+    if ships:
+        ax = axes[0][1]
+        ax.scatter(s["members"]["x"], s["members"]["y"], s=50, color="#d64545", label="final members", zorder=4)
+        for _, r in s["members"].iterrows():
+            ax.annotate(str(r["label"]), (r["x"], r["y"]), fontsize=7, xytext=(5, -9), textcoords="offset points")
+        if not s["winner"].empty:
+            w = s["winner"].iloc[0]
+            ax.scatter([w["x"]], [w["y"]], marker="*", s=320, color="#e3b341", edgecolors="black", zorder=6,
+                       label=w["label"])
+            ax.annotate("winner", (w["x"], w["y"]), fontsize=9, fontweight="bold", xytext=(9, 5),
+                        textcoords="offset points")
+        if not s["base_quantized"].empty:
+            ax.scatter(s["base_quantized"]["x"], s["base_quantized"]["y"], marker="D", s=45, color="#2da44e",
+                       label=s["base_quantized"]["label"].iloc[0], zorder=5)
+        if not s["base_fp32"].empty:
+            ax.axhline(s["base_fp32"]["y"].iloc[0], color="#1f6feb", ls="--", lw=1,
+                       label=s["base_fp32"]["label"].iloc[0])
+        ax.set(xlabel=labels["ships_x"], ylabel=labels["ships_y"], title="what ships: the final members as deployed")
+        ax.margins(x=0.25, y=0.15)  # room for the shapes written beside the points
+        ax.set_xlim(left=0.0)
+        ax.grid(alpha=0.3)
+        ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.14), fontsize=7, ncol=2, frameon=False)
     fig.tight_layout()
     path = Path(path)
     tmp = path.with_name(f".{path.stem}.tmp{os.getpid()}{path.suffix}")
     fig.savefig(tmp)
     plt.close(fig)
     os.replace(tmp, path)
+    return series
 
 
 def plot_pareto_html(trials: pd.DataFrame, front: pd.DataFrame, path: str | Path, *, cost: str = "latency_ms",
-                     quality: str = "val_accuracy") -> None:
+                     quality: str = "val_accuracy", knee: int | None = None, winner: int | None = None,
+                     base: Mapping[str, Any] | None = None, winner_exits: bool = False) -> dict[str, Any]:
+    """pareto.html: the same panels as pareto.png, interactive. Returns what it drew (pareto_series)."""
     import plotly.graph_objects as go  # heavy: only when a plot is drawn
+    from plotly.subplots import make_subplots  # heavy: only when a plot is drawn
 
-    done = trials[(trials["state"] == "COMPLETE")].dropna(subset=[quality, cost])
-    fig = go.Figure()
-    hover = "trial %{customdata[0]}<br>%{customdata[1]}<br>" + quality[4:7] + " %{y:.4f}<br>" + cost + " %{x:.4g}<extra></extra>"
-    fig.add_trace(go.Scatter(x=done[cost], y=done[quality], mode="markers", name="trials",
-                             customdata=done[["number", "shape"]].values, hovertemplate=hover,
-                             marker={"color": "#9aa5b1"}))
-    members = front[~front["is_base"].astype(bool)]
-    fig.add_trace(go.Scatter(x=members[cost], y=members[quality], mode="lines+markers", name="Pareto front",
-                             customdata=members[["number", "shape"]].values, hovertemplate=hover,
-                             marker={"color": "#d64545", "size": 9}))
-    base = front[front["is_base"].astype(bool) & (front["state"] == "BASE")]
-    if not base.empty:
-        fig.add_trace(go.Scatter(x=base[cost], y=base[quality], mode="markers", name="unpruned base",
-                                 marker={"symbol": "star", "size": 16, "color": "#1f6feb"}))
-    alone = front[front["state"] == "QUANT_ALONE"]
-    if not alone.empty:
-        fig.add_trace(go.Scatter(x=alone[cost], y=alone[quality], mode="markers+text", name="base, quantization alone",
-                                 text=alone["precision"], textposition="top right",
-                                 marker={"symbol": "diamond", "size": 9, "color": "#2da44e"}))
-    fig.update_layout(xaxis_title=COST_LABEL.get(cost, cost), yaxis_title="validation " + quality[4:], template="plotly_white")
+    s = pareto_series(trials, front, cost=cost, quality=quality, knee=knee, winner=winner, base=base,
+                      winner_exits=winner_exits)
+    labels = _axis_labels(s, cost, quality)
+    ships = not s["members"].empty
+    fig = make_subplots(rows=1, cols=2 if ships else 1, subplot_titles=(
+        ("the search", "what ships: the final members as deployed") if ships else ("the search",)))
+    hover = "%{text}<br>%{y:.4f}<br>x %{x:.4g}<extra></extra>"
+
+    def add(name: str, key: str, col: int, **style: Any) -> None:
+        frame = s[key]
+        if not frame.empty:
+            fig.add_trace(go.Scatter(x=frame["x"], y=frame["y"], text=frame["label"], name=name, hovertemplate=hover,
+                                     **style), row=1, col=col)
+
+    add("trials", "trials", 1, mode="markers", marker={"color": "#9aa5b1"})
+    add("Pareto front", "front", 1, mode="lines+markers", marker={"color": "#d64545", "size": 9})
+    add("unpruned base", "base", 1, mode="markers", marker={"symbol": "star", "size": 16, "color": "#1f6feb"})
+    add("base, quantization alone", "quantization_alone", 1, mode="markers+text", textposition="top right",
+        marker={"symbol": "diamond", "size": 9, "color": "#2da44e"})
+    add(s["knee_label"], "knee", 1, mode="markers",
+        marker={"size": 16, "color": "rgba(0,0,0,0)", "line": {"color": "black", "width": 2}})
+    fig.update_xaxes(title_text=labels["search_x"], row=1, col=1)
+    fig.update_yaxes(title_text=labels["search_y"], row=1, col=1)
+    if ships:
+        add("final members (as deployed)", "members", 2, mode="markers+text", textposition="bottom right",
+            marker={"color": "#d64545", "size": 10})
+        if not s["winner"].empty:
+            add(s["winner"]["label"].iloc[0], "winner", 2, mode="markers",
+                marker={"symbol": "star", "size": 20, "color": "#e3b341", "line": {"color": "black", "width": 1}})
+        add("(c) the base quantized alike", "base_quantized", 2, mode="markers",
+            marker={"symbol": "diamond", "size": 10, "color": "#2da44e"})
+        if not s["base_fp32"].empty:
+            fig.add_hline(y=float(s["base_fp32"]["y"].iloc[0]), line_dash="dash", line_color="#1f6feb",
+                          annotation_text="the base in fp32", row=1, col=2)
+        fig.update_xaxes(title_text=labels["ships_x"], row=1, col=2)
+        fig.update_yaxes(title_text=labels["ships_y"], row=1, col=2)
+    fig.update_layout(template="plotly_white")
     atomic_write_text(path, fig.to_html(include_plotlyjs=True, full_html=True))
+    return s
 
 
 def write_reports(study: Any, run_dir: str | Path, *, base: Mapping[str, Any], objectives: Sequence[str],
@@ -313,12 +484,31 @@ def write_reports(study: Any, run_dir: str | Path, *, base: Mapping[str, Any], o
     knee = (knee_index(finals, acc="final_" + quality, cost=cost) if not finals.empty
             else knee_index(front, acc=quality, cost=cost))
     winner = study.user_attrs.get(WINNER_ATTR)  # the final stage's: the fastest member within final.band
-    if winner is not None and not finals.empty and (finals["number"] == winner).any():
-        knee = int(finals.index[finals["number"] == winner][0])
-    plot_pareto_png(trials, front, run_dir / "pareto.png", cost=cost, knee=knee, quality=quality)
-    plot_pareto_html(trials, front, run_dir / "pareto.html", cost=cost, quality=quality)
+    with_exits = bool(study.user_attrs.get(WINNER_EXITS_ATTR))  # the winner is a member's early-exit variant
+    named = (finals["number"] == winner) & ((finals["exits"].notna() == with_exits) if "exits" in finals else True)
+    if winner is not None and not finals.empty and named.any():
+        knee = int(finals.index[named][0])
+    shipped = winner if winner is not None and not finals.empty and (finals["number"] == winner).any() else None
+    plot_pareto_png(trials, front, run_dir / "pareto.png", cost=cost, knee=knee, quality=quality, winner=shipped,
+                    base=base, winner_exits=with_exits)
+    plot_pareto_html(trials, front, run_dir / "pareto.html", cost=cost, quality=quality, knee=knee, winner=shipped,
+                     base=base, winner_exits=with_exits)
     best = None
-    if knee is not None:
+    alone = (study.user_attrs.get("quantization_alone") or {}).get(winner[len("base "):]) \
+        if isinstance(winner, str) and winner.startswith("base ") else None
+    if alone is not None:  # the winner is the base alone (quantized, its vocabulary cut): no member is faster in the band
+        best = {
+            "trial": None,
+            "alone": winner,
+            "spec": alone.get("spec"),
+            "precision": alone.get("precision"),
+            "shape": f"the base alone at {winner[len('base '):]}",
+            "metrics": {k: _plain(v) for k, v in alone.items() if k != "spec"},
+            "base": {k: _plain(v) for k, v in base.items() if k in METRIC_COLUMNS},
+            **dict(best_extra or {}),
+        }
+        atomic_write_text(run_dir / "best.yaml", yaml.safe_dump(best, sort_keys=False))
+    elif knee is not None:
         row = front.loc[knee]
         trial = study.trials[int(row["number"])]
         metrics = {k: _plain(row[k]) for k in METRIC_COLUMNS + FINAL_COLUMNS if k in row and pd.notna(row[k])}
@@ -326,11 +516,16 @@ def write_reports(study: Any, run_dir: str | Path, *, base: Mapping[str, Any], o
             "trial": int(row["number"]),
             "weights": f"models/{'final' if not finals.empty else 'trial'}_{int(row['number'])}.safetensors",
             "spec": trial.user_attrs["spec"],
+            "precision": trial.user_attrs.get("precision"),
             "shape": row["shape"],
             "metrics": metrics,
             "base": {k: _plain(v) for k, v in base.items() if k in METRIC_COLUMNS},
             **dict(best_extra or {}),
         }
+        if isinstance(row.get("exits"), str):  # with its early exits: the rule, and the heads beside its weights
+            variant = (study.user_attrs.get(EXITS_ATTR) or {}).get(str(int(row["number"]))) or {}
+            best["exits"] = {"rule": variant.get("rule"), "described": row["exits"],
+                             "heads": f"models/final_{int(row['number'])}.exits.safetensors"}
         atomic_write_text(run_dir / "best.yaml", yaml.safe_dump(best, sort_keys=False))
     return {"trials": trials, "front": front, "knee": knee, "best": best}
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from dataclasses import replace
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
@@ -10,7 +11,7 @@ from typing import Any
 import optuna
 from omegaconf import OmegaConf
 
-from nas.cut.prune import prune_model
+from nas.cut.prune import cut_vocabulary, prune_model
 from nas.models.loading import load_base_model, load_causal_lm
 from nas.redact import ENV_VAR, is_masked, mask_url
 from nas.study.space import task_vocabulary
@@ -79,9 +80,8 @@ def rebuild_trial_model(cfg: Any, run_dir: Path, number: int, spec: Any, num_lab
         base = load_causal_lm(cfg.model.name_or_path)
     else:
         base = load_base_model(cfg.model.name_or_path, num_labels=num_labels, label_names=label_names)
-    scores = None
+    model = prune_model(base, replace(spec, vocab=None))
     if spec.vocab is not None:  # which ids a cut vocabulary keeps: the training text's ranking (cached by the search)
-        scores = SimpleNamespace(vocab=task_vocabulary(cfg))
-    model = prune_model(base, spec, scores)
+        cut_vocabulary(model, spec, SimpleNamespace(vocab=task_vocabulary(cfg)))
     load_weights(model, path)
     return model.eval()

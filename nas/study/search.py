@@ -13,6 +13,7 @@ evaluator) and wires the pieces together; each piece lives in its own module:
 
 from __future__ import annotations
 
+import copy
 import logging
 import time
 from collections.abc import Sequence
@@ -27,9 +28,12 @@ from nas.cost.generation import resolve_mode
 from nas.cost.latency import LatencySettings, PairedTimer, model_size
 from nas.cost.table import Grid, cached_table, sample_widths
 from nas.cut.heal import heal_settings
+from nas.cut.prune import cut_vocabulary
 from nas.cut.recovery import RecoverySettings
 from nas.data.tasks import length_summary, split_token_lengths
 from nas.data.text import is_lm_data
+from nas.deploy.gguf_quant import parse_mix
+from nas.deploy.mixed import describe as describe_sensitivity
 from nas.models.loading import check_family, module_names, read_config
 from nas.models.registry import base_shape, family_for_config
 from nas.quality.finetune import TrainSettings
@@ -51,11 +55,11 @@ from nas.study.settings import (
     chosen_space,
     final_train_settings,
 )
-from nas.study.space import ATTENTION_AXES, check_precision_axis, context_cap, task_token_lengths
+from nas.study.space import ATTENTION_AXES, check_precision_axis, context_cap, task_token_lengths, task_vocabulary
 from nas.study.storage import open_study, storage_url
 from nas.study.trial import Evaluator, Infeasible
 from nas.study.weights import RunWeights
-from nas.util import resolve_cache_dir
+from nas.util import cpu_features, describe_cpu, resolve_cache_dir
 
 log = logging.getLogger("nas.search")
 
@@ -102,6 +106,7 @@ class Search:
         self.supernet: Any = None
         self.final_settings = final_train_settings(container)  # a language model's fixed-length final training
         self.final = FinalSettings.from_cfg(container)
+        self._exits_possible()  # exits.layers=all or a list where exits cannot run: refused before any work
         if self.final.members and not self.lm:
             self.final.transfer.check()  # a missing transfer file or column: refused before any work
         self.evaluator: Evaluator | None = None  # built once the base is ready
@@ -118,6 +123,7 @@ class Search:
         self.base_metrics: dict[str, Any] = {}
         self.teacher_cache: dict[bytes, Any] = {}
         self.study: Any = None  # opened by prepare's checks, before any expensive work
+        self.machine: dict[str, Any] = {}  # the CPU and its features (nas.util.cpu_features), read by prepare
         self.loop: StudyLoop | None = None  # the study loop of the last run()
 
     # -- phase 1 -------------------------------------------------------------------------
@@ -136,6 +142,14 @@ class Search:
         if self.latency.keep_fp32:  # a typo would quietly quantize the layer it meant to protect
             self.latency.quant.check_modules(module_names(base_config))
         family = family_for_config(base_config)
+        self._exits_possible(base_config)
+        if not family.per_layer_shapes and (self.space.per_layer or set(ATTENTION_AXES) & set(self.space.axes)):
+            raise ValueError(f"space.per_layer=true / attn_none / attn_linear: {family.name} models have one shape in "
+                             f"every layer (llama.cpp's {family.gguf_arch} graph); allowed: space.per_layer=false "
+                             "without the attention axes")
+        if self.settings.estimator == "supernet" and not family.supernet:
+            raise ValueError(f"search.estimator=supernet knows the BERT-style encoders' layers; {family.name} models "
+                             "allow: finetune, none")
         if self.latency.model == "table" and not family.latency_table:
             if self.latency_model_asked != "auto":
                 raise ValueError(f"latency.model=table knows encoder classifiers; {family.name} models: set "
@@ -145,9 +159,19 @@ class Search:
         lengths = None
         if self.space.needs_lengths:
             lengths = task_token_lengths(self.cfg, cap=context_cap(shape, self.max_length))
-        self.space = self.space.resolve(shape, max_length=self.max_length, lengths=lengths)
+        vocabulary = None
+        if "vocab" in self.space.axes:
+            if not self.lm:
+                raise ValueError(f"space {self.space.name}: axis vocab (vocabulary pruning) is for language models on "
+                                 "plain text (data=text, data=shakespeare); this task is classification")
+            vocabulary = task_vocabulary(self.cfg)  # the training text's tokens, ranked (cached; no model loaded)
+        self.space = self.space.resolve(shape, max_length=self.max_length, lengths=lengths, vocabulary=vocabulary)
+        self.machine = cpu_features()
         t0 = time.perf_counter()
-        self.prep = prepare(self.cfg)
+        # the run's first line once the settings and the data are known good (a refusal stays one line): what the
+        # figures depend on, int8 gains less without VNNI, bf16 training needs native bf16
+        self.prep = prepare(self.cfg, loaded=lambda: self._say(
+            f"machine: {describe_cpu(self.machine)}; training precision {self.train_settings.resolved_precision}"))
         self.space.validate(self.prep.shape)
         self._say(f"space {self.space.name} on {shape.num_layers}L/{shape.num_heads}H/{shape.ffn_size}F/"
                   f"{shape.hidden_size}D: {self.space.describe()}")
@@ -166,6 +190,13 @@ class Search:
                                    lm=self.lm, heal_settings=self.heal)
         if self.timer.settings.runtime == "llamacpp":  # GPTQ and the quantizer's importance matrix read them
             self.timer.moments = self.evaluator.moments
+            lows = {parse_mix(p)[1] for p in self.space.precisions if parse_mix(p)}
+            if len(lows) > 1:
+                raise ValueError(f"space {self.space.name}: mixed types {sorted(lows)}: one low type per space")
+            for low in lows:  # mixed files (mix<n>_<low>): which tensor groups cost least at the low type, measured once
+                sensitivity = self.evaluator.sensitivity(low, say=self._say)
+                self.timer.mix_order = sensitivity.order
+                self._say(f"sensitivity: {describe_sensitivity(sensitivity)}")
         self.weights = RunWeights(self.run_dir, self.prep.base, self.prep.scores)
         self.base_metrics = self._base_metrics()
         self._say(
@@ -179,6 +210,14 @@ class Search:
                "every trial is timed in alternating rounds with the base")
         self._say(f"latency: {self.timer.settings.describe()}; {how} "
                   f"(mean {self.timer.sample.mean_tokens(self.timer.base_cap):.1f} tokens per timed input)")
+
+    def _exits_possible(self, config: Any = None) -> bool:
+        """Whether the final members carry early exits (nas.quality.exits.ExitSettings.enabled; `config`: the base's,
+        once read); explicit exits where they cannot run are refused."""
+        exits, lat = self.final.exits, self.latency
+        return exits is not None and exits.enabled(lm=self.lm, batch_size=lat.batch_size, runtime=lat.runtime,
+                                                   quantization=lat.quantization, keep_fp32=lat.keep_fp32,
+                                                   config=config)
 
     def _latency_table(self) -> Any:
         """The latency table (nas.cost.table) of this machine for the space's sizes: cached, or calibrated."""
@@ -236,11 +275,15 @@ class Search:
         self.clock.add("latency", time.perf_counter() - t0)
         info = self.prep.base_info
         quality = {key.replace("validation", "val"): value for key, value in info.items()
-                   if key.endswith(("_accuracy", "_perplexity"))}  # the quality: accuracy, or perplexity
-        if self.lm and self.evaluator.in_llamacpp:  # scored as the trials are: its GGUF file in llama.cpp
-            quality["val_perplexity_fp32"] = quality["val_perplexity"]
-            quality["val_perplexity"] = self.evaluator.gguf_perplexity(self.timer.gguf_path("base"), spec.context,
-                                                                       "validation")
+                   if key.endswith("_accuracy")}  # a classifier's quality
+        if self.lm:  # per byte of the evaluation text (and per token of its tokenizer), as the trials are scored
+            t0 = time.perf_counter()
+            for split, key in (("validation", "val"), ("test", "test")):
+                quality.update(self.evaluator.text_metrics(base, spec, split, key))
+            if self.evaluator.in_llamacpp:  # scored as the trials are: its GGUF file in llama.cpp
+                quality.update({f"{k}_fp32": quality[k] for k in ("val_byte_perplexity", "val_perplexity")})
+                quality.update(self.evaluator.gguf_text_metrics(self.timer.gguf_path("base"), spec, "validation", "val"))
+            self.clock.add("evaluation", time.perf_counter() - t0)
         return {
             **shape_attrs(spec),
             **quality,
@@ -282,6 +325,7 @@ class Search:
         self._check_latency_definition(study)
         study.set_user_attr("latency", self.timer.record())
         study.set_user_attr("task_lengths", self.task_lengths)
+        study.set_user_attr("machine", {**self.machine, "training_precision": self.train_settings.resolved_precision})
         study.set_metric_names([OBJECTIVE_ATTR[o] for o in self.settings.objectives])
         study.set_user_attr("base", self.base_metrics)
         study.set_user_attr("objectives", list(self.settings.objectives))
@@ -300,12 +344,11 @@ class Search:
                               out_of_time=self._out_of_time, say=self._say, console=self.console)
         self.loop.run(study)
         self.weights.drop_dominated(study)  # the front as it ends, other workers' last trials included
-        deployed_key = "val_perplexity_deployed" if self.lm else "val_accuracy_deployed"
+        deployed_key = "val_byte_perplexity_deployed" if self.lm else "val_accuracy_deployed"
         if self.lm and self.evaluator.in_llamacpp:  # the base at every GGUF type: where cutting pays and where not
             alone = self._quantization_alone(study)
             reference = alone[self.timer.settings.precision]
-            self.base_metrics.update(val_perplexity_deployed=reference["val_perplexity"],
-                                     test_perplexity_deployed=reference["test_perplexity"])
+            self.base_metrics.update({f"{k}_deployed": reference[k] for k in LM_SCORES if k in reference})
             study.set_user_attr("base", self.base_metrics)
         if self.settings.final_k and deployed_key not in self.base_metrics:
             t0 = time.perf_counter()
@@ -324,33 +367,48 @@ class Search:
         return study
 
     def _quantization_alone(self, study: Any) -> dict[str, dict[str, Any]]:
-        """The unpruned base at the run's reference GGUF type and at every type of the space's precision axis, each
-        written as the trials are (llama.cpp's quantizer, the same importance matrix), timed against the base at the
-        reference type and scored by llama.cpp on its own file (validation and test): what quantization alone gives,
-        shown beside the front. Recorded as the study attribute `quantization_alone` (resumable)."""
+        """The unpruned base alone: at the run's reference GGUF type and at every type of the space's precision axis,
+        and with each cut vocabulary of the space's vocab axis at its last (most compressed) type; each written as the
+        trials are (llama.cpp's quantizer, the same importance matrix), timed against the base at the reference type
+        and scored by llama.cpp on its own file, per byte (validation and test): what quantization and the
+        vocabulary alone give, shown beside the front, and files the winner may be (nas.study.lm_final). Recorded
+        as the study attribute `quantization_alone` (key `<precision>` or `<precision> V<ids>`; resumable)."""
         known = dict(study.user_attrs.get(QUANT_ALONE_ATTR) or {})
         reference = self.timer.settings.precision
-        context = int(self.prep.shape.max_positions)
-        for precision in dict.fromkeys([reference, *self.space.precisions]):
-            if precision in known:
+        shape = self.prep.shape
+        context = int(shape.max_positions)
+        rows: list[tuple[str, int | None]] = [(p, None) for p in dict.fromkeys([reference, *self.space.precisions])]
+        if "vocab" in self.space.axes:
+            last = self.space.precisions[-1] if self.space.precisions else reference
+            rows += [(last, int(v)) for v in self.space.axes["vocab"].values if v < (shape.vocab_size or 0)]
+        for precision, vocab in rows:
+            key = precision if vocab is None else f"{precision} V{vocab}"
+            if key in known:
                 continue
             t0 = time.perf_counter()
-            if precision == reference:
+            spec = replace(SubnetSpec.full(shape), vocab=vocab)
+            if key == reference:
                 row = {"speedup": 1.0, "speedup_p10": 1.0, "speedup_p90": 1.0, "latency_ms": self.timer.base_latency_ms()}
                 path = self.timer.gguf_path("base")
             else:  # written where the base's own file at that type goes: the final stage's baselines reuse it
-                measured = self.timer.measure(self.prep.base, context=context, name="base", precision=precision)
+                model, name = self.prep.base, "base"
+                if vocab is not None:  # the base with its vocabulary cut; its layers read the text as the base's do
+                    model, name = cut_vocabulary(copy.deepcopy(self.prep.base), spec, self.prep.scores), f"base_v{vocab}"
+                    model.nas_moments = self.evaluator.moments(self.prep.base)
+                measured = self.timer.measure(model, context=context, name=name, precision=precision)
                 row = {k: measured[k] for k in ("speedup", "speedup_p10", "speedup_p90", "latency_ms")}
-                path = self.timer.gguf_path("base", precision)
-            row.update({f"{key}_perplexity": self.evaluator.gguf_perplexity(path, context, split)
-                        for split, key in (("validation", "val"), ("test", "test"))})
-            row.update(bytes=path.stat().st_size, seconds=round(time.perf_counter() - t0, 1))
-            known[precision] = row
+                path = self.timer.gguf_path(name, precision)
+            for split, key_ in (("validation", "val"), ("test", "test")):
+                row.update(self.evaluator.gguf_text_metrics(path, None, split, key_))
+            row.update(bytes=path.stat().st_size, seconds=round(time.perf_counter() - t0, 1), precision=precision,
+                       vocab=vocab, spec=spec.to_dict(), params=self.base_metrics["params"] if vocab is None else
+                       sum(p.numel() for p in model.parameters()))
+            known[key] = row
             study.set_user_attr(QUANT_ALONE_ATTR, known)
             self.clock.add("quantization alone", row["seconds"])
-            self._say(f"quantization alone: the base at {precision}: decode {row['speedup']:.2f}x "
-                      f"[{row['speedup_p10']:.2f}-{row['speedup_p90']:.2f}] over the base at {reference}, val ppl "
-                      f"{row['val_perplexity']:.2f}, test ppl {row['test_perplexity']:.2f}, {row['bytes'] / 1e6:.0f} MB")
+            self._say(f"the base alone at {key}: decode {row['speedup']:.2f}x "
+                      f"[{row['speedup_p10']:.2f}-{row['speedup_p90']:.2f}] over the base at {reference}, val "
+                      f"{quality_text(row)}, test {quality_text(row, 'test')}, {row['bytes'] / 1e6:.0f} MB")
         return known
 
     def _out_of_time(self) -> bool:
@@ -390,6 +448,11 @@ class Search:
             self.console.print(text, highlight=False, markup=False)  # "[q8_0, q4_0]" is text, not markup
         else:
             log.info(text)
+
+
+# a language model's scores on a split's evaluation text (nas.quality.metrics.TextScore.metrics)
+LM_SCORES = tuple(f"{split}_{name}" for split in ("val", "test")
+                  for name in ("byte_perplexity", "perplexity", "bits_per_byte", "tokens"))
 
 
 def run_search(cfg: Any, run_dir: str | Path, *, console: Any = None) -> tuple[Any, Search]:

@@ -10,6 +10,7 @@ import optuna
 
 from nas.data.transfer import TransferSettings
 from nas.quality.distill import FinalRecipe
+from nas.quality.exits import ExitSettings
 from nas.quality.finetune import TrainSettings
 from nas.quality.metrics import QUALITY
 from nas.study.space import SearchSpace, available_spaces
@@ -19,7 +20,7 @@ SAMPLERS = ("nsga2", "tpe", "random")
 OBJECTIVES = ("accuracy", "perplexity", "latency", "params", "flops", "size")
 # The latency objective is the candidate's latency relative to the base, timed in pairs: a ratio
 # stays comparable across workers, machines and a busier moment, where milliseconds do not.
-OBJECTIVE_ATTR = {"accuracy": "val_accuracy", "perplexity": "val_perplexity", "latency": "latency_ratio", "params": "params", "flops": "flops",
+OBJECTIVE_ATTR = {"accuracy": "val_accuracy", "perplexity": "val_byte_perplexity", "latency": "latency_ratio", "params": "params", "flops": "flops",
                   "size": "size_mb"}
 # A language model's base at each GGUF type of the run (nas.study.search.Search._quantization_alone)
 QUANT_ALONE_ATTR = "quantization_alone"
@@ -157,7 +158,9 @@ class FinalSettings:
     (each rung doubles the steps done), until `members` (search.final_k) are left; those train to
     convergence. fastest: the `members` fastest such members, trained to convergence. accuracy: the
     front's most accurate members at evenly spaced ranks (the rule before halving). `time_budget`
-    (seconds) bounds the whole stage: a member whose time is spent ends at its best checkpoint so far.
+    (seconds) bounds the whole stage: the stage times a few steps of each candidate and plans from them
+    (nas.study.final_plan: fewer candidates, then shorter rungs, before shorter members); a member whose time is
+    spent anyway ends at its best checkpoint so far.
     The winner (best.yaml, nas.export) is the fastest member within `band` points of the base's accuracy on the
     judge rows (`judge_share` of validation, held out from every selection), as deployed; none within: the most
     accurate there."""
@@ -174,6 +177,7 @@ class FinalSettings:
     transfer: Any = None  # nas.data.transfer.TransferSettings
     ppl_slack: float = 3.0  # language models: members' trial perplexity at most (1 + this) x the base's
     ppl_band: float = 0.10  # language models: the winner is the fastest within (1 + this) x the base's perplexity
+    exits: Any = None  # nas.quality.exits.ExitSettings (exits.*); None: members carry no early exits
 
     @classmethod
     def from_cfg(cls, cfg: Mapping[str, Any]) -> FinalSettings:
@@ -185,7 +189,7 @@ class FinalSettings:
                        band=final.get("band", 1.0), judge_share=final.get("judge_share", 0.5),
                        time_budget=_seconds_or_none(final.get("time_budget"), "final.time_budget"),
                        transfer=TransferSettings.from_cfg(final), ppl_slack=final.get("ppl_slack", 3.0),
-                       ppl_band=final.get("ppl_band", 0.10))
+                       ppl_band=final.get("ppl_band", 0.10), exits=ExitSettings.from_cfg(cfg.get("exits")))
         settings.validate()
         return settings
 

@@ -12,9 +12,11 @@ The study loop (sampling, repeats, stopping, reports) lives in nas.search and ca
 
 from __future__ import annotations
 
+import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
+from pathlib import Path
 from typing import Any
 
 from nas.cost.latency import model_size
@@ -23,9 +25,10 @@ from nas.cut.prune import cut_vocabulary, prune_model
 from nas.cut.recovery import calibration_batches, recover
 from nas.cut.vocab import tokenizer_for
 from nas.data.transfer import build_transfer_texts
-from nas.deploy.imatrix import calibration_ids, input_moments, recording_moments
 from nas.deploy.gguf import carried_tokenizer
+from nas.deploy.imatrix import calibration_ids, input_moments, recording_moments
 from nas.deploy.llamacpp import file_text_nll
+from nas.deploy.mixed import cached_sensitivity, measure_sensitivity
 from nas.deploy.onnx import onnx_session, session_accuracy
 from nas.models.registry import family_for
 from nas.models.slicing import kept_units
@@ -33,7 +36,7 @@ from nas.quality.distill import DistillData, DistillRun, cached_teacher_logits
 from nas.quality.finetune import HiddenMap, finetune
 from nas.quality.lm import finetune_lm, positions_fraction
 from nas.quality.metrics import TextScore, anchor_id, evaluate, text_score
-from nas.util import cfg_get
+from nas.util import cache_key, cfg_get
 
 ESTIMATORS = ("finetune", "supernet", "none")
 
@@ -84,8 +87,9 @@ class Evaluator:
             metrics["seconds_heal"] = time.perf_counter() - t0
             model.nas_moments = report.moments  # read off the same pass; dropped once the model trains (fit)
             self.clock("healing", metrics["seconds_heal"])
-        # a supernet slice was trained to work as it is; decoders have no recovery (yet)
-        if self.recovery.active and self.estimator != "supernet" and family_for(self.prep.base).recovery:
+        # a supernet slice was trained to work as it is; decoders are healed instead (recovery_methods: none)
+        if (self.recovery.active and self.estimator != "supernet"
+                and self.recovery.method in family_for(self.prep.base).recovery_methods):
             t0 = time.perf_counter()
             batches = calibration_batches(self.prep, spec.context, self.recovery, seed=self.train.seed)
             report = recover(model, self.prep.base, spec, self.prep.scores, batches, self.recovery)
@@ -170,7 +174,7 @@ class Evaluator:
         loader = self.prep.loader("train", spec.context, batch_size=settings.batch_size, shuffle=True, seed=settings.seed,
                                   tokenizer=self.tokenizer(model))
 
-        hidden = settings.distill == "hidden" and family_for(self.prep.base).recovery  # encoders' layers only
+        hidden = settings.distill == "hidden" and family_for(self.prep.base).hidden_distill
         teacher = self.prep.base if settings.distill_weight > 0 or hidden else None
         return finetune(model, loader, settings, teacher=teacher, teacher_cache=self.teacher_cache,
                         hidden_map=self.hidden_map(spec) if hidden else None, progress=progress)
@@ -224,6 +228,27 @@ class Evaluator:
         score = text_score(model, self.tokenizer(model), chunks, batch_size=self.train.eval_batch_size)
         return score.metrics(prefix, suffix)
 
+    def sensitivity(self, low: str, *, tokens: int = 1024, say: Callable[[str], None] = lambda text: None) -> Any:
+        """Each tensor group's cost at `low` against q8_0 everywhere, in bits per byte of the first `tokens` tokens of
+        the validation text (nas.deploy.mixed.measure_sensitivity, GPTQ under the base's input moments), measured on
+        the base once and cached under cache_dir by base, text and type."""
+        chunks = self.prep.chunks("validation", self.prep.shape.max_positions).head(self.prep.tokenizer, tokens)
+        key = cache_key(what="sensitivity", version=1, base=self.prep.base_info.get("key"), data=self.prep.task.fingerprint,
+                        low=low, tokens=chunks.base_tokens, heal_blocks=self.heal_settings.blocks)
+        path = None if self.prep.cache_dir is None else Path(self.prep.cache_dir) / "sensitivity" / f"{key}.json"
+
+        def measure() -> Any:
+            base = self.prep.base
+            return measure_sensitivity(base, lambda m: text_score(m, self.prep.tokenizer, chunks,
+                                                                  batch_size=self.train.eval_batch_size).nll,
+                                       self.moments(base), low=low, bytes_=chunks.bytes, tokens=chunks.base_tokens,
+                                       say=say)
+
+        t0 = time.perf_counter()
+        result, _ = cached_sensitivity(path, measure)
+        self.clock("sensitivity", time.perf_counter() - t0)
+        return result
+
     def gguf_text_metrics(self, path: Any, spec: Any, split: str, prefix: str, suffix: str = "") -> dict[str, float]:
         """text_metrics of the GGUF file at `path` in llama.cpp, its own tokenizer reading the same text."""
         chunks = self.prep.chunks(split, spec.context if spec is not None else self.prep.shape.max_positions)
@@ -232,7 +257,8 @@ class Evaluator:
             # a timing file's stand-in vocabulary tokenizes nothing: the pieces in the model's own ids (the base's)
             ids = self.prep.tokenizer(list(chunks.texts), add_special_tokens=False)["input_ids"]
             anchor = anchor_id(self.prep.tokenizer)
-        nll, tokens = file_text_nll(path, chunks.texts, threads=max(1, self.timer.settings.threads), token_ids=ids,
+        # scoring is not timing: every core (the timer's thread count is for the paired rounds)
+        nll, tokens = file_text_nll(path, chunks.texts, threads=os.cpu_count() or 1, token_ids=ids,
                                     anchor=anchor)
         return TextScore(nll=nll, tokens=tokens, bytes=chunks.bytes, base_tokens=chunks.base_tokens).metrics(prefix, suffix)
 
@@ -384,13 +410,15 @@ class Evaluator:
                                  teacher=logits, transfer_texts=extra, transfer_teacher=extra_logits,
                                  transfer_share=transfer.share if extra else 0.0)
 
-    def distill_run(self, model: Any, spec: Any, recipe: Any, data: Any, *, start_step: int = 0) -> Any:
+    def distill_run(self, model: Any, spec: Any, recipe: Any, data: Any, *, start_step: int = 0,
+                    exits: Any = None) -> Any:
         """A member's final training (nas.quality.distill.DistillRun) on `data` (distill_data's), validated
         on this task's validation split at the spec's context; the base is the teacher (live, for its
-        hidden states, with distill=hidden on an encoder)."""
-        hidden = recipe.train.distill == "hidden" and self.family.recovery
+        hidden states, with distill=hidden on an encoder). `exits` (nas.quality.exits.ExitTraining): early-exit
+        heads trained with it."""
+        hidden = recipe.train.distill == "hidden" and self.family.hidden_distill
         return DistillRun(model, data, recipe, pad_id=self.pad_id, teacher=self.prep.base,
-                          hidden_map=self.hidden_map(spec) if hidden else None, start_step=start_step,
+                          hidden_map=self.hidden_map(spec) if hidden else None, start_step=start_step, exits=exits,
                           val_loader=self.prep.loader("validation", spec.context, batch_size=self.train.eval_batch_size,
                                                       shuffle=False))
 
