@@ -181,6 +181,7 @@ class ExitsSchema:
     threshold: Optional[float] = MISSING
     patience: Optional[int] = MISSING
     tolerance: float = MISSING
+    margin: float = MISSING
     head_lr: float = MISSING
     sample_size: int = MISSING
 

@@ -181,7 +181,7 @@ def test_search_takes_the_cheapest_rule_within_the_tolerance():
         right = np.where(easy | (j == 2), sharp, rng.normal(0, 0.3, n))  # hard inputs: only full depth is sure
         logits[np.arange(n), j, labels] = right
     costs = np.cumsum(np.full((n, 3), 1e-3), axis=1)
-    settings = ExitSettings(tolerance=0.3)
+    settings = ExitSettings(tolerance=0.3, margin=0.0)
     choice = search_rule(logits, labels, costs, (1, 2), settings)
     assert choice.full_accuracy == 1.0 and choice.accuracy >= 1.0 - 0.003
     assert choice.cost < choice.full_cost * 0.75 and choice.shares[0] > 0.5
@@ -192,6 +192,26 @@ def test_search_takes_the_cheapest_rule_within_the_tolerance():
         assert not (acc >= choice.full_accuracy - 0.003 and cost < choice.cost - 1e-12)
     fixed = search_rule(logits, labels, costs, (1, 2), ExitSettings(threshold=0.9))
     assert fixed.tried == 1 and fixed.rule == ExitRule("confidence", (1, 2), threshold=0.9)
+
+
+def test_a_margin_keeps_a_rule_whose_change_is_within_the_tolerance_only_by_chance():
+    """Exit 1 is confident on every input, right on 90 of 100 where full depth is wrong on 10 others: the same
+    accuracy, so margin 0 lets every input go at exit 1; its change has a paired standard error of about 4.5 points
+    (20 of 100 rows disagree), so with margin 1 only exit 2 (right wherever full depth is) stays within 0.3 points."""
+    n = 100
+    labels = np.zeros(n, dtype=np.int64)
+    logits = np.zeros((n, 3, 2))
+    logits[:, :, 0] = 5.0  # every exit sure of label 0 (right)
+    logits[:10, 0] = [-5.0, 5.0]  # exit 1 wrong on the first 10
+    logits[10:20, 2] = [-5.0, 5.0]  # full depth wrong on the next 10, exit 2 with it
+    logits[10:20, 1] = [-5.0, 5.0]
+    costs = np.cumsum(np.full((n, 3), 1e-3), axis=1)
+    loose = search_rule(logits, labels, costs, (1, 2), ExitSettings(tolerance=0.3, margin=0.0))
+    assert loose.shares[0] == 1.0 and loose.accuracy == loose.full_accuracy == 0.9
+    strict = search_rule(logits, labels, costs, (1, 2), ExitSettings(tolerance=0.3, margin=1.0))
+    assert strict.shares[0] == 0.0 and strict.shares[1] == 1.0 and strict.accuracy == 0.9
+    with pytest.raises(ValueError, match=r"exits.margin=-1 must be between 0 and 10"):
+        ExitSettings.from_cfg({"margin": -1})
 
 
 def test_segment_costs_are_fitted_per_token_and_add_up_by_exit():

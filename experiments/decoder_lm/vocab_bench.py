@@ -77,6 +77,7 @@ def main() -> None:
     parser.add_argument("--coverage", default=",".join(map(str, VOCAB_COVERAGE)), help="part 2's coverage shares")
     parser.add_argument("--vocab-types", default=",".join(VOCAB_TYPES), help="part 2's types")
     parser.add_argument("--mix-files", type=int, default=6, help="part 3: how many mixed files along the order")
+    parser.add_argument("--winner-only", action="store_true", help="part 4: re-measure the run's winner only")
     args = parser.parse_args()
     quant_rows = [t for t in args.types.split(",") if t]
     coverages = [float(c) for c in args.coverage.split(",") if c]
@@ -172,7 +173,7 @@ def main() -> None:
                                                 "tokens": sensitivity.tokens, "seconds": sensitivity.seconds},
                                 "vocab": n, "rows": rows, "seconds": round(time.perf_counter() - t0, 1)}
         if 4 in parts and args.run:
-            results["search"] = search_part(Path(args.run).resolve(), measure, line)
+            results["search"] = search_part(Path(args.run).resolve(), measure, line, winner_only=args.winner_only)
             results["search"]["minutes"] = args.run_minutes
     finally:
         timer.close()
@@ -183,13 +184,13 @@ def main() -> None:
     say(f"wrote {path} ({results['minutes']} min)")
 
 
-def search_part(run_dir: Path, measure, line) -> dict:
+def search_part(run_dir: Path, measure, line, winner_only: bool = False) -> dict:
     run_cfg, study = load_run(run_dir)
     winner = study.user_attrs.get("final_winner")
     models = {}
     for trial in study.best_trials:
         n = trial.number
-        if "repeat_of" in trial.user_attrs:
+        if "repeat_of" in trial.user_attrs or (winner_only and n != winner):
             continue
         spec = SubnetSpec.from_dict(trial.user_attrs["spec"])
         precision = trial.user_attrs.get("precision") or "q8_0"

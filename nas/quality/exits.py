@@ -44,7 +44,9 @@ class ExitSettings:
     indices (as SubnetSpec.layers counts them) whose output carries an exit. `rule`: search (confidence and patience
     both tried), confidence or patience; `threshold` / `patience` fix that rule's parameter (then nothing is searched:
     every exit is used). `tolerance`: points of accuracy the rule may give up against the member at full depth on
-    the selection rows. `head_lr`: the heads' learning rate (the backbone keeps the member's). `sample_size`:
+    the selection rows; `margin`: how many paired standard errors of the rule's accuracy change on those rows must
+    fit within `tolerance` too (0: the change as measured). `head_lr`: the heads' learning rate (the backbone keeps
+    the member's). `sample_size`:
     validation inputs the exits are timed on (per input, paired with the member without exits and the base)."""
 
     layers: Any = "auto"
@@ -52,6 +54,7 @@ class ExitSettings:
     threshold: float | None = None
     patience: int | None = None
     tolerance: float = 0.3
+    margin: float = 1.0
     head_lr: float = 1e-3
     sample_size: int = 96
 
@@ -96,6 +99,8 @@ class ExitSettings:
         if isinstance(self.tolerance, bool) or not isinstance(self.tolerance, (int, float)) \
                 or not 0 <= self.tolerance <= 100:
             raise ValueError(f"exits.tolerance={self.tolerance!r} must be between 0 and 100 (accuracy points)")
+        if isinstance(self.margin, bool) or not isinstance(self.margin, (int, float)) or not 0 <= self.margin <= 10:
+            raise ValueError(f"exits.margin={self.margin!r} must be between 0 and 10 (standard errors)")
         if isinstance(self.head_lr, bool) or not isinstance(self.head_lr, (int, float)) or not self.head_lr > 0:
             raise ValueError(f"exits.head_lr={self.head_lr!r} must be > 0")
         if isinstance(self.sample_size, bool) or not isinstance(self.sample_size, int) or self.sample_size < 1:
@@ -419,7 +424,8 @@ def candidate_rules(candidates: Sequence[int], settings: ExitSettings, labels: i
 def search_rule(logits: np.ndarray, labels: np.ndarray, costs: np.ndarray, candidates: Sequence[int],
                 settings: ExitSettings) -> RuleChoice:
     """The rule with the lowest mean cost whose accuracy is at most exits.tolerance points below full depth's on
-    these rows (ties: the more accurate); none within: the most accurate. `logits`: (inputs, candidates + 1,
+    these rows, after exits.margin paired standard errors of that change (ties: the more accurate); none within: the
+    most accurate. `logits`: (inputs, candidates + 1,
     labels) from one pass through every exit; `costs`: (inputs, candidates + 1) seconds to reach each exit."""
     logits, labels, costs = np.asarray(logits), np.asarray(labels), np.asarray(costs, dtype=np.float64)
     n, k = len(labels), len(candidates)
@@ -433,9 +439,14 @@ def search_rule(logits: np.ndarray, labels: np.ndarray, costs: np.ndarray, candi
     floor = full_acc - settings.tolerance / 100 - 1e-12
     for rule in tried:
         taken = exit_taken(logits, candidates, rule)
-        acc = float(correct[rows, taken].mean())
+        right = correct[rows, taken]
+        acc = float(right.mean())
         cost = float(costs[rows, taken].mean())
-        key = (acc < floor, cost if acc >= floor else -acc, -acc)
+        # the change's paired standard error on these rows (rows where the rule and full depth disagree make it)
+        change = right.astype(np.float64) - correct[:, k]
+        se = float(change.std(ddof=1)) / np.sqrt(n) if n > 1 else 0.0
+        held = acc - settings.margin * se >= floor
+        key = (not held, cost if held else -acc, -acc)
         if best is None or key < best[0]:
             best = (key, rule, acc, cost, taken)
     _, rule, acc, cost, taken = best

@@ -92,8 +92,9 @@ def lm_final_stage(study: Any, *, weights: RunWeights, evaluator: Any, objective
     front = pareto_frame(study, None, cost=cost, quality=quality)
     base = study.user_attrs.get("base", {})
     base_ppl = float(base[quality])
-    chosen = lm_members(front, settings.members, base_ppl=base_ppl, slack=settings.ppl_slack, cost=cost,
-                        quality=quality)
+    # untrained members are measured as they are: one outside the band cannot win, so the band is their slack
+    slack = settings.ppl_slack if recipe.max_steps > 0 else min(settings.ppl_slack, settings.ppl_band)
+    chosen = lm_members(front, settings.members, base_ppl=base_ppl, slack=slack, cost=cost, quality=quality)
     if not chosen:
         return
     started = time.perf_counter()
@@ -104,12 +105,12 @@ def lm_final_stage(study: Any, *, weights: RunWeights, evaluator: Any, objective
     shapes = ", ".join(f"{n} ({study.trials[n].user_attrs.get('shape')} {study.trials[n].user_attrs.get('precision') or ''}, "
                        f"{study.trials[n].user_attrs.get('speedup', 0):.2f}x, "
                        f"val ppl/byte {study.trials[n].user_attrs.get(quality, float('nan')):.4f})" for n in chosen)
-    cap = base_ppl * (1 + settings.ppl_slack)
+    cap = base_ppl * (1 + slack)
     close = sum(study.trials[n].user_attrs.get(quality, math.inf) <= cap for n in chosen)
-    how = (f"the fastest front members within {1 + settings.ppl_slack:g}x the base's perplexity per byte ({base_ppl:.4f})"
-           if close == len(chosen) else
-           f"{close} front member(s) within {1 + settings.ppl_slack:g}x the base's perplexity per byte ({base_ppl:.4f}), the "
-           "lowest perplexities fill up")
+    within = f"{1 + slack:g}x the base's perplexity per byte ({base_ppl:.4f})" + (
+        "" if slack == settings.ppl_slack else " (final.ppl_band: untrained members are measured as they are)")
+    how = (f"the fastest front members within {within}" if close == len(chosen) else
+           f"{close} front member(s) within {within}, the lowest perplexities fill up")
     budget = "" if settings.time_budget is None else f" within final.time_budget={settings.time_budget:g}s"
     training = (f"each up to {fs.max_steps} more steps{budget} (lr {fs.lr:g}, distill weight {fs.distill_weight:g}, "
                 f"top-{fs.distill_topk or 'all'} KL, {fs.resolved_precision})" if fs.max_steps > 0 else
