@@ -407,13 +407,15 @@ def test_a_final_stage_of_zero_steps_measures_its_members_untrained(lm_env):
     assert result["speedup_over_reference_base"] == trial["speedup"]  # the trial's own paired rounds
     assert result["speedup_over_quantized_base"] > 0  # timed here, against the base at q4_0
     # untrained, a member outside final.ppl_band cannot win: the member is the fastest front trial within the band
-    # (ppl_slack=100 notwithstanding), else the lowest perplexity
-    base_ppl = study.user_attrs["base"]["val_byte_perplexity"]
+    # of the base's perplexity the stage read (ppl_slack=100 notwithstanding), else the lowest perplexity
+    how = study.user_attrs["final_members"]
+    assert how["slack"] == 0.10 and how["chosen"] == [int(number)]
     front = [t for t in study.best_trials if "repeat_of" not in t.user_attrs]
-    within = [t for t in front if t.user_attrs["val_byte_perplexity"] <= base_ppl * 1.1]
+    within = [t for t in front if t.user_attrs["val_byte_perplexity"] <= how["base_ppl"] * 1.1]
     expected = (min(within, key=lambda t: (t.user_attrs["latency_ms"], t.user_attrs["val_byte_perplexity"])) if within
                 else min(front, key=lambda t: (t.user_attrs["val_byte_perplexity"], t.user_attrs["latency_ms"])))
-    assert int(number) == expected.number
+    assert int(number) == expected.number, [(t.number, t.user_attrs["val_byte_perplexity"],
+                                             t.user_attrs["latency_ms"]) for t in front]
 
 
 def test_the_loss_on_a_share_of_the_positions_is_the_loss_of_those_positions():

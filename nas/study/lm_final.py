@@ -95,6 +95,8 @@ def lm_final_stage(study: Any, *, weights: RunWeights, evaluator: Any, objective
     # untrained members are measured as they are: one outside the band cannot win, so the band is their slack
     slack = settings.ppl_slack if recipe.max_steps > 0 else min(settings.ppl_slack, settings.ppl_band)
     chosen = lm_members(front, settings.members, base_ppl=base_ppl, slack=slack, cost=cost, quality=quality)
+    # how they were chosen (the base's perplexity the slack was read against), for the reports and a resumed run
+    study.set_user_attr("final_members", {"base_ppl": base_ppl, "slack": slack, "chosen": chosen})
     if not chosen:
         return
     started = time.perf_counter()
