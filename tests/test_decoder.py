@@ -8,7 +8,7 @@ import pytest
 import torch
 
 import tiny
-from nas.cut.importance import ImportanceScores, naive_scores
+from nas.cut.importance import naive_scores
 from nas.cut.prune import count_parameters, prune_model
 from nas.models.decoder import decoder_base_shape, decoder_params, select_heads
 from nas.models.registry import base_shape
@@ -25,14 +25,6 @@ def tiny_llama(*, tied: bool = True, labels: int | None = None, seed: int = 0, l
 
 def ids(batch: int = 2, length: int = 12, seed: int = 1) -> torch.Tensor:
     return torch.randint(3, V, (batch, length), generator=torch.Generator().manual_seed(seed))
-
-
-def random_scores(shape: BaseShape, seed: int = 0) -> ImportanceScores:
-    g = torch.Generator().manual_seed(seed)
-    return ImportanceScores(layers=torch.rand(shape.num_layers, generator=g),
-                            heads=torch.rand(shape.num_layers, shape.num_heads, generator=g),
-                            ffn=torch.rand(shape.num_layers, shape.ffn_size, generator=g),
-                            hidden=torch.rand(shape.hidden_size, generator=g), method="fisher")
 
 
 SHAPE = BaseShape(num_layers=L, num_heads=H, head_size=A, hidden_size=D, ffn_size=F, max_positions=P, num_kv_heads=KV, vocab_size=V)
@@ -61,7 +53,7 @@ def test_base_shape_reads_groups():
 def test_keep_everything_is_exact(labels):
     base = tiny_llama(labels=labels)
     x = ids()
-    for scores in (None, random_scores(SHAPE)):
+    for scores in (None, tiny.random_scores(SHAPE)):
         pruned = prune_model(base, FULL, scores)
         with torch.no_grad():
             torch.testing.assert_close(pruned(input_ids=x).logits, base(input_ids=x).logits, atol=1e-5, rtol=0)
@@ -73,7 +65,7 @@ def test_keep_everything_is_exact(labels):
 def test_param_count_closed_form(axis, tied):
     spec = AXIS_SPECS[axis]
     base = tiny_llama(tied=tied)
-    pruned = prune_model(base, spec, random_scores(SHAPE))
+    pruned = prune_model(base, spec, tiny.random_scores(SHAPE))
     assert count_parameters(pruned) == decoder_params(spec, vocab=V, head_size=A, tied=tied)
     assert count_parameters(base) == decoder_params(FULL, vocab=V, head_size=A, tied=tied)
     if tied:
@@ -88,7 +80,7 @@ def test_param_count_closed_form(axis, tied):
 
 def test_param_count_sequence_classification():
     spec = AXIS_SPECS["all"]
-    pruned = prune_model(tiny_llama(labels=3), spec, random_scores(SHAPE))
+    pruned = prune_model(tiny_llama(labels=3), spec, tiny.random_scores(SHAPE))
     assert count_parameters(pruned) == decoder_params(spec, vocab=V, head_size=A, tied=False, labels=3)
 
 
@@ -102,7 +94,7 @@ def test_removing_a_kv_group_removes_its_query_heads_only():
     base = tiny_llama()
     x = ids()
     # layer 1 keeps group 1 only (scores favour it); the other layers keep everything
-    scores = random_scores(SHAPE)
+    scores = tiny.random_scores(SHAPE)
     scores.heads[1] = torch.tensor([0.1, 0.2, 5.0, 4.0])
     spec = SubnetSpec(layers=(0, 1, 2, 3), heads=(4, 2, 4, 4), kv_heads=(2, 1, 2, 2), ffn=(F,) * 4, hidden=D, context=P)
     pruned = prune_model(base, spec, scores)
@@ -121,7 +113,7 @@ def test_removing_a_kv_group_removes_its_query_heads_only():
 def test_query_heads_per_group_keep_the_grouping():
     base = tiny_llama()
     x = ids()
-    scores = random_scores(SHAPE)
+    scores = tiny.random_scores(SHAPE)
     scores.heads[2] = torch.tensor([0.1, 0.9, 0.8, 0.2])  # keep head 1 of group 0, head 2 of group 1
     spec = SubnetSpec(layers=(0, 1, 2, 3), heads=(4, 4, 2, 4), kv_heads=(2,) * 4, ffn=(F,) * 4, hidden=D, context=P)
     pruned = prune_model(base, spec, scores)
@@ -156,7 +148,7 @@ def test_ffn_and_layer_removal_equal_zeroing():
 
 @pytest.mark.parametrize("axis", ["depth", "kv_groups", "all"])
 def test_generate_with_kv_cache_matches_no_cache_forward(axis):
-    pruned = prune_model(tiny_llama(), AXIS_SPECS[axis], random_scores(SHAPE))
+    pruned = prune_model(tiny_llama(), AXIS_SPECS[axis], tiny.random_scores(SHAPE))
     prompt = ids(batch=1, length=6)
     with torch.no_grad():
         out = pruned.generate(prompt, max_new_tokens=8, do_sample=False, use_cache=True, pad_token_id=0,
@@ -229,7 +221,7 @@ def test_spaces_sample_valid_grouped_specs():
             resolved = space.resolve(shape, max_length=64, vocabulary=ranking)
             study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=0))
             for i in range(10):
-                spec = resolved.suggest(study.ask(), shape, random_scores(shape, seed=i))
+                spec = resolved.suggest(study.ask(), shape, tiny.random_scores(shape, seed=i))
                 spec.validate(shape)
                 assert spec.vocab is None or 10 <= spec.vocab <= 70  # the decoder space's coverage shares
                 assert all(h % g == 0 and h // g <= shape.group_size for h, g in zip(spec.heads, spec.kv_heads))
@@ -265,7 +257,7 @@ def test_hf_folder_reloads_in_a_fresh_process_and_onnx(name, tmp_path):
 
     spec = {"uniform": SubnetSpec.uniform(layers=(0, 2), heads=2, kv_heads=1, ffn=24, hidden=40, context=32),
             "per_layer": AXIS_SPECS["all"]}[name]
-    pruned = prune_model(tiny_llama(), spec, random_scores(SHAPE))
+    pruned = prune_model(tiny_llama(), spec, tiny.random_scores(SHAPE))
     vocab = {"<pad>": 0, "<unk>": 1, "</s>": 2, **{f"w{i}": i + 3 for i in range(V - 3)}}
     tok = PreTrainedTokenizerFast(tokenizer_object=Tokenizer(models.WordLevel(vocab, unk_token="<unk>")),
                                   pad_token="<pad>", unk_token="<unk>", eos_token="</s>")

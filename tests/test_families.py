@@ -29,14 +29,14 @@ import pytest
 import torch
 
 import tiny
-from nas.cut.importance import ImportanceScores, compute_scores
+from nas.cut.importance import compute_scores
 from nas.cut.prune import count_parameters, prune_model
 from nas.models.deberta import deberta_params
 from nas.models.decoder import decoder_params, select_heads
 from nas.models.modernbert import modernbert_params
 from nas.models.qwen3 import qwen3_params
 from nas.models.registry import base_shape, family_for
-from nas.spec import BaseShape, SpecError, SubnetSpec
+from nas.spec import SpecError, SubnetSpec
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -227,14 +227,6 @@ def logits(model: Any, inputs: dict[str, torch.Tensor]) -> torch.Tensor:
         return model(**inputs).logits
 
 
-def random_scores(shape: BaseShape, seed: int = 0) -> ImportanceScores:
-    g = torch.Generator().manual_seed(seed)
-    return ImportanceScores(layers=torch.rand(shape.num_layers, generator=g),
-                            heads=torch.rand(shape.num_layers, shape.num_heads, generator=g),
-                            ffn=torch.rand(shape.num_layers, shape.ffn_size, generator=g),
-                            hidden=torch.rand(shape.hidden_size, generator=g), method="fisher")
-
-
 # ---- cuts ----------------------------------------------------------------------------------------------
 
 
@@ -242,7 +234,7 @@ def random_scores(shape: BaseShape, seed: int = 0) -> ImportanceScores:
 def test_keep_everything_is_exact_and_the_count_is_closed_form(name, models):
     model = models[name]
     shape = base_shape(model.config)
-    full = prune_model(model, SubnetSpec.full(shape), random_scores(shape))
+    full = prune_model(model, SubnetSpec.full(shape), tiny.random_scores(shape))
     x = batch(model)
     assert torch.equal(logits(full, x), logits(model, x))
     assert count_parameters(model) == CASES[name].params(model, SubnetSpec.full(shape))
@@ -252,7 +244,7 @@ def test_keep_everything_is_exact_and_the_count_is_closed_form(name, models):
 def test_a_cut_has_the_spec_shape_params_and_head_rule(name, axis, models):
     case, model = CASES[name], models[name]
     spec = case.specs[axis]
-    pruned = prune_model(model, spec, random_scores(base_shape(model.config)))
+    pruned = prune_model(model, spec, tiny.random_scores(base_shape(model.config)))
     assert count_parameters(pruned) == case.params(pruned, spec)
     got = base_shape(pruned.config)
     assert (got.num_layers, got.num_heads, got.head_size, got.hidden_size, got.ffn_size, got.max_positions,
@@ -269,7 +261,7 @@ def test_removed_heads_and_neurons_are_their_zeroed_contributions(name, models):
     """Which heads / neurons a cut keeps (by scores) is exactly which the unpruned model keeps non-zero."""
     case, model = CASES[name], models[name]
     shape = base_shape(model.config)
-    scores = random_scores(shape, seed=3)
+    scores = tiny.random_scores(shape, seed=3)
     spec = case.zero_spec or SubnetSpec(layers=tuple(range(shape.num_layers)), heads=(1, 3, 2, 4),
                                         ffn=(5, shape.ffn_size, 9, 20), hidden=shape.hidden_size,
                                         context=shape.max_positions)
@@ -419,7 +411,7 @@ def reload_fresh(folder: Path, remote: bool, inputs: dict[str, torch.Tensor]) ->
 def test_hf_export_reloads_without_this_project(name, shape_kind, models, tmp_path):
     case, model = CASES[name], models[name]
     spec = case.stock if shape_kind == "stock" else case.specs["all"]
-    pruned = prune_model(model, spec, random_scores(base_shape(model.config)))
+    pruned = prune_model(model, spec, tiny.random_scores(base_shape(model.config)))
     tokenizer = tiny.write_tokenizer(tmp_path / "tok")
     info = family_for(pruned).save_folder(pruned, tokenizer, tmp_path / "out", context=spec.context)
     assert info["remote_code"] == (shape_kind == "per_layer")
@@ -442,7 +434,7 @@ def test_onnx_fp32_and_int8_agree_with_torch(name, models, tmp_path):
     from nas.deploy.quantize import QuantSettings, quantize_onnx
 
     spec = CASES[name].specs["all"]
-    pruned = prune_model(models[name], spec, random_scores(base_shape(models[name].config)))
+    pruned = prune_model(models[name], spec, tiny.random_scores(base_shape(models[name].config)))
     export_onnx(pruned, tmp_path / "model.onnx", max_seq=spec.context)
     quantize_onnx(tmp_path / "model.onnx", tmp_path / "model.int8.onnx", QuantSettings())
     fp32 = ort.InferenceSession(str(tmp_path / "model.onnx"), providers=["CPUExecutionProvider"])
@@ -579,7 +571,7 @@ def lm_env(request):
     tokenizer = bpe_tokenizer(texts)
     model = getattr(tiny, request.param)(vocab=len(tokenizer))
     shape = base_shape(model.config)
-    cut = prune_model(model, LM_CUTS[request.param], random_scores(shape))
+    cut = prune_model(model, LM_CUTS[request.param], tiny.random_scores(shape))
     ids = tokenizer(texts[3] + " " + texts[11])["input_ids"][:30]
     return {"name": request.param, "texts": texts, "tokenizer": tokenizer, "model": model, "cut": cut, "ids": ids,
             "head_dim": shape.head_size}

@@ -5,7 +5,6 @@ valid, the suggested parameters form a fixed space, sampling is reproducible, ba
 
 from __future__ import annotations
 
-import dataclasses
 import warnings
 
 import numpy as np
@@ -72,14 +71,9 @@ def spaces() -> dict[str, SearchSpace]:
     return {name: load_space(name) for name in available_spaces()}
 
 
-def classifier_axes(space: SearchSpace) -> SearchSpace:
-    """`space` without its vocabulary axis, which only a causal language model has (tests/test_vocab.py)."""
-    return dataclasses.replace(space, axes={k: v for k, v in space.axes.items() if k != "vocab"})
-
-
 @pytest.fixture(scope="module")
 def on_minilm(spaces) -> dict[str, SearchSpace]:
-    return {name: classifier_axes(space).resolve(MINILM, max_length=MAX_LENGTH) for name, space in spaces.items()}
+    return {name: tiny.classifier_axes(space).resolve(MINILM, max_length=MAX_LENGTH) for name, space in spaces.items()}
 
 
 def random_scores(shape: BaseShape, seed: int) -> ImportanceScores:

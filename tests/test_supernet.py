@@ -8,7 +8,6 @@ checked at the boundary."""
 from __future__ import annotations
 
 import copy
-import dataclasses
 import functools
 import random
 import threading
@@ -82,9 +81,7 @@ def bert_params(spec: SubnetSpec) -> int:
 
 def resolved(space_cfg) -> SearchSpace:
     """The space on this BERT; a decoder space's vocabulary axis (causal language models only) is left out."""
-    space = SearchSpace.from_cfg(space_cfg)
-    space = dataclasses.replace(space, axes={k: v for k, v in space.axes.items() if k != "vocab"})
-    return space.resolve(SHAPE, max_length=MAX_LENGTH)
+    return tiny.classifier_axes(SearchSpace.from_cfg(space_cfg)).resolve(SHAPE, max_length=MAX_LENGTH)
 
 
 @functools.cache

@@ -9,6 +9,7 @@ weights and rows. conftest.py turns the common ones into fixtures.
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import sys
 from pathlib import Path
@@ -18,6 +19,7 @@ import pandas as pd
 import torch
 
 from nas.config import compose, compose_or_refuse
+from nas.cut.importance import ImportanceScores
 from nas.spec import BaseShape
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -377,3 +379,18 @@ def smollm3(*, seed: int = 0, layers: int = 8, vocab: int = VOCAB) -> Any:
             if name.endswith("norm.weight"):
                 p.uniform_(0.5, 1.5)
     return model
+
+
+def random_scores(shape: BaseShape, seed: int = 0) -> ImportanceScores:
+    """Importance scores in no particular order for `shape`, so a cut keeps scattered units, not the first k."""
+    g = torch.Generator().manual_seed(seed)
+    return ImportanceScores(layers=torch.rand(shape.num_layers, generator=g),
+                            heads=torch.rand(shape.num_layers, shape.num_heads, generator=g),
+                            ffn=torch.rand(shape.num_layers, shape.ffn_size, generator=g),
+                            hidden=torch.rand(shape.hidden_size, generator=g), method="fisher")
+
+
+def classifier_axes(space: Any) -> Any:
+    """A search space without its vocabulary axis, which only a causal language model has (tests/test_vocab.py):
+    the shipped spaces resolved on a BERT."""
+    return dataclasses.replace(space, axes={k: v for k, v in space.axes.items() if k != "vocab"})

@@ -70,17 +70,6 @@ def bootstrap(a: np.ndarray, b: np.ndarray, resamples: int) -> list[float]:
     return [round(lo, 2), round(hi, 2)]
 
 
-def fp32_correct(model, loader) -> np.ndarray:
-    import torch
-
-    out = []
-    for batch in loader:
-        with torch.inference_mode():
-            logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
-        out.append((logits.numpy().argmax(-1) == batch["labels"].numpy()).astype(np.int8))
-    return np.concatenate(out)
-
-
 class Measurer:
     """One prepared base (the cached fine-tune) and its timers: members measured as served, with and without exits."""
 
@@ -95,7 +84,9 @@ class Measurer:
                                 model="measured")
         self.timer = PairedTimer.for_prepared(self.prep, self.settings, max_length=self.max_length)
         positions = int(self.prep.shape.max_positions)
-        self.base_fp32 = fp32_correct(self.prep.base.eval(), self.loader(positions))
+        from experiments.headline.deployed import correct
+
+        self.base_fp32 = correct(self.prep.base.eval(), self.loader(positions))
 
     def loader(self, context: int):
         return self.prep.loader("test", context, batch_size=64, shuffle=False)
