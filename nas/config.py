@@ -121,6 +121,7 @@ class FinalSchema:
     patience: int = MISSING
     start: str = MISSING
     layers: str = MISSING
+    checkpoint: str = MISSING
     lr: float = MISSING
     distill: Optional[str] = MISSING
     onnx: bool = MISSING

@@ -391,7 +391,7 @@ def test_the_generators_refuse_a_schema_key_without_a_default(tmp_path, monkeypa
         target.parent.mkdir(parents=True, exist_ok=True)
         text = path.read_text()
         if path.name == "config.yaml":
-            text = text.replace("  patience: 3           # eval_every-step periods without a better validation before a member stops",
+            text = text.replace("  patience: 0           # eval_every-step periods without a better validation before a member stops",
                                 "  #")
         target.write_text(text)
     monkeypatch.setattr(reference, "CONF", conf)

@@ -45,9 +45,12 @@ def val_loader(tiny_task, data):
     return [data.collate(list(range(len(TEXTS))), tokenizer.pad_token_id)]
 
 
-def test_a_member_ends_at_its_best_validation_checkpoint(tiny_task, monkeypatch):
-    """Validation accuracies 0.5, 0.9, 0.6, 0.7 at steps 1..4: the model ends with its step-2 weights,
-    not its last ones; patience 0 trains the whole planned length."""
+@pytest.mark.parametrize("checkpoint, until, kept", [("best", None, 2), ("auto", None, 4), ("last", None, 4),
+                                                     ("auto", 3, 2), ("last", 3, 3)])
+def test_a_member_ends_with_the_weights_its_checkpoint_setting_keeps(tiny_task, monkeypatch, checkpoint, until, kept):
+    """Validation accuracies 0.5, 0.9, 0.6, 0.7 at steps 1..4 of 4 planned: best ends with the step-2 weights; last
+    with the weights it stopped at; auto with the last at the planned length (the learning rate at zero there), and
+    with the best when it stopped before it (a deadline, patience); patience 0 trains the whole planned length."""
     import nas.quality.distill as distill
 
     model, data = student_and_data(tiny_task)
@@ -55,22 +58,30 @@ def test_a_member_ends_at_its_best_validation_checkpoint(tiny_task, monkeypatch)
     snapshots = {}
 
     def fake_accuracy(m, loader):
-        value = next(scripted)
-        snapshots[value] = {k: v.detach().clone() for k, v in m.state_dict().items()}
-        return value
+        step = len(snapshots) + 1
+        snapshots[step] = {k: v.detach().clone() for k, v in m.state_dict().items()}
+        return next(scripted)
 
     monkeypatch.setattr(distill, "accuracy", fake_accuracy)
-    recipe = FinalRecipe(train=TrainSettings(lr=1e-2, batch_size=4), max_steps=4, eval_every=1, patience=0)
+    recipe = FinalRecipe(train=TrainSettings(lr=1e-2, batch_size=4), max_steps=4, eval_every=1, patience=0,
+                         checkpoint=checkpoint)
     run = DistillRun(model, data, recipe, val_loader=None, pad_id=0)
-    run.advance()
-    assert (run.step, run.best_step, run.best_accuracy, run.converged) == (4, 2, 0.9, True)
-    last = {k: v.clone() for k, v in model.state_dict().items()}
+    run.advance(until=until)
+    stopped = until or 4
+    assert (run.step, run.best_step, run.best_accuracy, run.converged) == (stopped, 2, 0.9, stopped == 4)
     run.finish()
+    assert run.kept_step == kept and run.summary()["kept_step"] == kept
     state = model.state_dict()
-    for k, v in snapshots[0.9].items():
+    for k, v in snapshots[kept].items():
         torch.testing.assert_close(state[k], v)
-    assert any(not torch.equal(last[k], snapshots[0.9][k]) for k in last)  # it did move on after step 2
-    assert [c["step"] for c in run.curve] == [1, 2, 3, 4]
+    other = 2 if kept != 2 else stopped
+    assert any(not torch.equal(snapshots[other][k], snapshots[kept][k]) for k in state)  # the weights did move
+    assert [c["step"] for c in run.curve] == list(range(1, stopped + 1))
+
+
+def test_an_unknown_checkpoint_choice_is_refused():
+    with pytest.raises(ValueError, match="final.checkpoint='mean' is not known; allowed: auto, last, best"):
+        FinalRecipe(checkpoint="mean").validate()
 
 
 def test_patience_stops_a_member_early(tiny_task, monkeypatch):

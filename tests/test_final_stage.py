@@ -322,7 +322,15 @@ def test_the_member_rules_choose_from_the_front():
         s = FinalSettings(recipe=None, members=k, rule=name, candidates=candidates, slack=0.1)
         return choose_members(front, s, base_quality=0.86, cost="latency_ratio")
 
-    assert rule("halving") == [2, 3, 4]  # the fastest three within 10 points; trial 1 is too far below
+    # the fastest three within 10 points (trial 1 is too far below), ordered the fastest, the most accurate after its
+    # trial, then by speed: a plan that trains two keeps both ends of the trade
+    assert rule("halving") == [2, 4, 3]
+    assert rule("halving", candidates=4) == [2, 5, 3, 4]
+    from nas.study.final_plan import StepCost, plan_final
+    slow = {n: StepCost(step=0.2, validation=1.0) for n in rule("halving")}
+    plan = plan_final(slow, budget=360, members=2, halving=True, rung_steps=200, planned_steps=793, eval_every=100)
+    # no halving fits, the members at their whole length do: the fastest and the most accurate
+    assert (plan.rungs, plan.candidates, plan.member_steps) == ((), (2, 4), 793)
     assert rule("fastest") == [2, 3]
     assert rule("accuracy") == [5, 3]  # ranks 0 and 2 of 5 by accuracy
     assert rule("halving", k=0) == []

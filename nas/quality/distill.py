@@ -1,9 +1,9 @@
-"""The final recipe: a pruned classifier distilled from the fine-tuned base until validation accuracy
-stops rising, with the best validation checkpoint kept.
+"""The final recipe: a pruned classifier distilled from the fine-tuned base over its planned length (learning rate
+decayed to zero there), ending with its last weights (or, stopped early, its best validation checkpoint).
 
 Three pieces:
 
-    FinalRecipe      final.*: its length (epochs or steps), validation cadence, patience, learning rate
+    FinalRecipe      final.*: its length (epochs or steps), validation cadence, patience, checkpoint, learning rate
     teacher_logits   the base's logits on a list of texts, computed once and cached on disk by base,
                      text set and tokenisation cap (the labelled training split, a transfer set)
     DistillRun       one model's training, advanced in slices: successive halving (nas.study.final)
@@ -38,13 +38,16 @@ from nas.util import cache_key
 log = logging.getLogger(__name__)
 STARTS = ("base", "trial")
 LAYERS = ("auto", "bottom", "trial")
+CHECKPOINTS = ("auto", "last", "best")
 
 
 @dataclass(frozen=True)
 class FinalRecipe:
     """How long one final member trains. `max_epochs` passes over the training split (or exactly
     `max_steps`), validated every `eval_every` steps; `patience` x `eval_every` steps without a better
-    validation stop it; its best validation checkpoint is what it ends with. `train` holds the optimiser and loss
+    validation stop it. `checkpoint`: the weights it ends with: last (where the learning rate has decayed to zero),
+    best (its best validation checkpoint) or auto (last when it ran its planned length, else best: a member stopped
+    by patience or a deadline is mid-schedule). `train` holds the optimiser and loss
     settings (train.*, with final.lr). `start`: base (cut again from the fine-tuned base) or trial
     (continue from the trial's fine-tuned weights). `layers` (start=base): which base layers a depth cut
     keeps, bottom (drop from the top) or trial (the trial's own, by block influence); auto: bottom for
@@ -54,9 +57,10 @@ class FinalRecipe:
     max_epochs: float = 3.0
     max_steps: int | None = None
     eval_every: int = 100
-    patience: int = 3
+    patience: int = 0
     start: str = "base"
     layers: str = "auto"
+    checkpoint: str = "auto"
 
     def validate(self) -> None:
         if self.max_steps is None and not self.max_epochs > 0:
@@ -72,6 +76,8 @@ class FinalRecipe:
             raise ValueError(f"final.start={self.start!r} is not known; allowed: {', '.join(STARTS)}")
         if self.layers not in LAYERS:
             raise ValueError(f"final.layers={self.layers!r} is not known; allowed: {', '.join(LAYERS)}")
+        if self.checkpoint not in CHECKPOINTS:
+            raise ValueError(f"final.checkpoint={self.checkpoint!r} is not known; allowed: {', '.join(CHECKPOINTS)}")
 
     def member_spec(self, spec: Any, *, encoder: bool) -> Any:
         """The spec a member trains at: its trial's, with the bottom layers kept where final.layers says so
@@ -91,8 +97,10 @@ class FinalRecipe:
                   f"up to {self.max_epochs:g} epochs" + (f" ({self.steps(batches_per_epoch)} steps)"
                                                           if batches_per_epoch else ""))
         t = self.train
+        kept = {"auto": "the last weights at the planned length (else the best checkpoint)",
+                "last": "the last weights", "best": "the best checkpoint"}[self.checkpoint]
         return (f"{length} of {t.batch_size}, validated every {self.eval_every} steps, patience {self.patience}, "
-                f"best checkpoint kept; lr {t.lr:g} linear decay, distill {t.distill} (weight {t.distill_weight:g}, "
+                f"{kept} kept; lr {t.lr:g} linear decay, distill {t.distill} (weight {t.distill_weight:g}, "
                 f"T {t.temperature:g}), from the "
                 + (f"fine-tuned base (layers: {self.layers})" if self.start == "base" else "trial weights"))
 
@@ -271,7 +279,8 @@ def distill_loss(student: nn.Module, batch: Mapping[str, torch.Tensor], settings
 class DistillRun:
     """One member's final training: `advance(until=...)` trains up to a step count (or a deadline, or
     until patience runs out), validating every recipe.eval_every steps; the best validation weights
-    are kept in memory and `finish()` restores them. Paused and resumed at will in one process."""
+    are kept in memory and `finish()` ends with them or with the last (recipe.checkpoint). Paused and resumed at
+    will in one process."""
 
     def __init__(self, model: nn.Module, data: DistillData, recipe: FinalRecipe, *, val_loader: Any, pad_id: int,
                  teacher: nn.Module | None = None, hidden_map: HiddenMap | None = None, start_step: int = 0,
@@ -291,6 +300,7 @@ class DistillRun:
         self.best_step = 0
         self.best_state: dict[str, torch.Tensor] | None = None
         self.converged = False  # patience ran out, or the planned length is done
+        self.kept_step: int | None = None  # the step whose weights finish() ended with
         self.seconds = 0.0
         self.losses: list[float] = []
         if self.settings.threads:
@@ -399,15 +409,25 @@ class DistillRun:
         self.model.eval()
         self.seconds += time.perf_counter() - t0
 
+    def keeps_last(self) -> bool:
+        """Whether finish() ends with the last weights (recipe.checkpoint; auto: when the planned length is done)."""
+        if self.best_state is None or self.recipe.checkpoint == "last":
+            return True
+        return self.recipe.checkpoint == "auto" and self.step >= self.total
+
     def finish(self) -> nn.Module:
-        """The model at its best validation checkpoint."""
-        if self.best_state is not None:
+        """The model at the weights recipe.checkpoint keeps: the last, or the best validation checkpoint."""
+        if self.keeps_last():
+            self.kept_step = self.step
+        else:
             self.model.load_state_dict(self.best_state)
+            self.kept_step = self.best_step
         self.model.eval()
         return self.model
 
     def summary(self) -> dict[str, Any]:
-        return {"steps": self.step, "best_step": self.best_step, "planned_steps": self.total,
+        return {"steps": self.step, "best_step": self.best_step, "kept_step": self.kept_step,
+                "planned_steps": self.total,
                 "recipe_steps": self.recipe_steps,
                 "best_val_accuracy": self.best_accuracy, "stopped_early": bool(self.converged and self.step < self.total),
                 "train_seconds": round(self.seconds, 1), "curve": list(self.curve)}

@@ -53,16 +53,22 @@ def eligible(front: pd.DataFrame, *, base_quality: float, slack: float, cost: st
 
 def choose_members(front: pd.DataFrame, settings: Any, *, base_quality: float, cost: str,
                    quality: str = "val_accuracy") -> list[int]:
-    """Trial numbers the final stage starts with, by settings.rule (halving: its candidates; fastest and
-    accuracy: the members themselves). Too few members within the slack: the most accurate fill up."""
+    """Trial numbers the final stage starts with, by settings.rule (halving: its candidates, the fastest first, the
+    most accurate after its trial second, then by speed; fastest and accuracy: the members themselves). Too few
+    members within the slack: the most accurate fill up."""
     k = settings.members
     if k <= 0:
         return []
     if settings.rule == "accuracy":
         return choose_final(front, k, quality=quality)
     want = settings.candidates if settings.rule == "halving" else k
-    fast = [int(n) for n in eligible(front, base_quality=base_quality, slack=settings.slack, cost=cost,
-                                     quality=quality)["number"]][:want]
+    chosen = eligible(front, base_quality=base_quality, slack=settings.slack, cost=cost, quality=quality).head(want)
+    fast = [int(n) for n in chosen["number"]]
+    if settings.rule == "halving" and len(fast) > 2:
+        # the order a plan keeps them in (nas.study.final_plan: a slow machine trains fewer): the fastest, then the
+        # most accurate after its trial, then by speed, so that two members span the trade the winner rule reads
+        accurate = int(chosen.sort_values([quality, cost], ascending=[False, True])["number"].iloc[0])
+        fast = [fast[0]] + ([accurate] if accurate != fast[0] else []) + [n for n in fast[1:] if n != accurate]
     if len(fast) < min(k, want):
         fast += [n for n in choose_final(front, len(front), quality=quality) if n not in fast][: min(k, want) - len(fast)]
     return fast
@@ -428,7 +434,8 @@ class FinalStage:
                "planned length" if run.total >= run.recipe_steps else
                f"the plan's length; the recipe's {run.recipe_steps}")
         self.say(f"final    {number:3d} {a['shape']:28s} val acc {a['val_accuracy']:.4f} -> {result['val_accuracy']:.4f}"
-                 f"  test acc {result['test_accuracy']:.4f}  {run.step} steps (best {run.best_step}; {why})"
+                 f"  test acc {result['test_accuracy']:.4f}  {run.step} steps ({why}; weights of step {run.kept_step}, "
+                 f"best validation at {run.best_step})"
                  f"  speedup {a['speedup']:.2f}x  ({run.seconds:.0f}s)")
         if deployed:
             judge = deployed.get("judge_accuracy_deployed")

@@ -6,8 +6,9 @@ costs into the plan: which candidates train, to how many steps each rung trains 
 members that ship train, so that the members reach their planned length (or their early stop) within
 final.time_budget. Where the budget is short it gives up, in this order:
 
-1. candidates: the last of the chosen ones (the slowest to infer, as a smaller final.candidates would), down to one
-   more than the members;
+1. candidates: the last of the chosen ones (nas.study.final.choose_members orders them: the fastest to infer, the
+   most accurate after its trial, then by speed; so the slowest but the most accurate goes first), down to one more
+   than the members;
 2. rung length: SHORTER_RUNGS of final.rung_steps (a rung much shorter ranks by noise: experiments/final_stage);
 3. halving: the members alone, no rung;
 4. only then the members' length, all members alike: they train fewer steps with their learning-rate schedule
@@ -80,7 +81,7 @@ def halving_rungs(candidates: int, members: int, rung_steps: int, member_steps: 
 class FinalPlan:
     """What the final stage will train, and what it expects that to take (seconds, worst case)."""
 
-    candidates: tuple[int, ...]  # trial numbers that train, in the order chosen (fastest to infer first)
+    candidates: tuple[int, ...]  # trial numbers that train, in the order chosen (fastest, most accurate, by speed)
     offered: int  # candidates chosen before the plan (final.candidates, or the fewer within the slack)
     rungs: tuple[int, ...]  # each rung trains its candidates to this many steps
     alive: tuple[int, ...]  # candidates in each rung
@@ -162,7 +163,8 @@ def _worst(seconds: Mapping[int, float], count: int) -> float:
 def plan_final(costs: Mapping[int, StepCost], *, budget: float | None, members: int, halving: bool, rung_steps: int,
                planned_steps: int, eval_every: int, spent: float = 0.0, precision: str = "",
                evaluation_validations: float = EVALUATION_VALIDATIONS) -> FinalPlan:
-    """The plan for candidates `costs` (trial number -> StepCost, in the order chosen: fastest to infer first) within
+    """The plan for candidates `costs` (trial number -> StepCost, in the order chosen: the fastest to infer, the most
+    accurate after its trial, then by speed; nas.study.final.choose_members; fewer candidates keep the first) within
     `budget` seconds (final.time_budget; None: no limit) of which `spent` are gone, `members` of them to ship
     (search.final_k), halving or not (final.rule), rung 0 at `rung_steps` steps, members at `planned_steps`
     (the recipe's length), validated every `eval_every` steps; each member's evaluation and deployment is reserved as

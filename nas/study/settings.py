@@ -134,13 +134,14 @@ def final_train_settings(cfg: Mapping[str, Any]) -> Any:
 
 
 def final_recipe(cfg: Mapping[str, Any]) -> Any:
-    """The final recipe (final.*) of a classifier: epochs with validation early stopping, best checkpoint."""
+    """The final recipe (final.*) of a classifier: epochs, validation, the checkpoint it ends with."""
     final = dict(cfg.get("final") or {})
     steps = final.get("max_steps")
     recipe = FinalRecipe(train=final_train_settings(cfg), max_epochs=float(final.get("max_epochs", 3)),
                          max_steps=None if steps is None else int(steps),
-                         eval_every=int(final.get("eval_every", 100)), patience=int(final.get("patience", 3)),
-                         start=str(final.get("start", "base")), layers=str(final.get("layers", "auto")))
+                         eval_every=int(final.get("eval_every", 100)), patience=int(final.get("patience", 0)),
+                         start=str(final.get("start", "base")), layers=str(final.get("layers", "auto")),
+                         checkpoint=str(final.get("checkpoint", "auto")))
     recipe.validate()
     return recipe
 
