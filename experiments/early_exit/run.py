@@ -3,7 +3,7 @@ default, exits.layers=auto) and without (exits.layers=none), and each final memb
 without its exits; the unpruned base trained with exits the same way (nas.train on the full shape) is the anchor row
 (the PABEE / DeeBERT setting).
 
-    python experiments/early_exit/run.py [--seeds 0 1 2] [--root DIR] [--no-static] [--no-anchor]
+    python experiments/early_exit/run.py [--seeds 0 1 2] [--root DIR] [--no-static | --static-seeds 1] [--no-anchor]
                                          [--sample 200] [--rounds 5] [--resamples 2000] [extra hydra overrides]
 
 About 15 min a seed and run on the 2-core CPU (twice: with and without exits), plus the anchor (~10 min). Run it
@@ -198,6 +198,7 @@ def main() -> None:
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     ap.add_argument("--root", default=str(ROOT / "outputs" / "early_exit"))
     ap.add_argument("--no-static", action="store_true", help="skip the runs without exits (wall-time comparison)")
+    ap.add_argument("--static-seeds", type=int, nargs="+", help="the seeds also run without exits (default: all)")
     ap.add_argument("--no-anchor", action="store_true", help="skip the unpruned base with exits")
     ap.add_argument("--sample", type=int, default=200, help="test reviews the exits are timed on")
     ap.add_argument("--rounds", type=int, default=5)
@@ -218,7 +219,8 @@ def main() -> None:
     for seed in args.seeds:
         with_dir, without_dir = root / f"seed{seed}", root / f"seed{seed}_static"
         wall = run_main(with_dir, [f"search.seed={seed}", *overrides], root / f"seed{seed}.log")
-        wall_static = None if args.no_static else run_main(
+        static = not args.no_static and (args.static_seeds is None or seed in args.static_seeds)
+        wall_static = None if not static else run_main(
             without_dir, [f"search.seed={seed}", "exits.layers=none", *overrides], root / f"seed{seed}_static.log")
         result = measure_run(with_dir, args)
         result.update(seed=seed, wall_time_s=wall, wall_time_without_exits_s=wall_static)
