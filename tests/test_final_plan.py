@@ -132,3 +132,51 @@ def test_bad_inputs_are_refused_in_one_line():
         plan(machine(1.0), 0)
     with pytest.raises(ValueError, match="must be finite and >= 0"):
         StepCost(step=float("nan"), validation=0.0)
+
+
+# ---------------------------------------------------------------------------- a member's length fitted to its pace
+
+
+def test_a_member_slower_than_its_timed_steps_is_fitted_to_its_deadline():
+    """paced_length keeps the planned length where the pace reaches it in time, else the steps that do (never fewer
+    than done); train_member reads the pace over the steps to the next validation point and refits the length once,
+    so the learning rate reaches zero by the deadline instead of the clock cutting the member mid-schedule."""
+    import time
+
+    from nas.study.final import train_member
+    from nas.study.final_plan import paced_length
+
+    assert paced_length(100, 793, pace=0.2, seconds_left=200.0) == 793  # 693 steps need 138.6 s
+    assert paced_length(100, 793, pace=0.2, seconds_left=100.0) == 600
+    assert paced_length(100, 793, pace=0.2, seconds_left=-5.0) == 100
+    assert paced_length(793, 793, pace=0.2, seconds_left=0.0) == 793
+
+    class Run:
+        """A member whose steps take `pace` seconds of its own clock (none of the real one)."""
+
+        def __init__(self, pace: float, step: int = 9, total: int = 793) -> None:
+            self.pace, self.step, self.total, self.seconds, self.converged, self.stops = pace, step, total, 0.0, False, []
+
+        def advance(self, until=None, *, deadline=None):
+            until = self.total if until is None else min(until, self.total)
+            self.seconds += self.pace * max(0, until - self.step)
+            self.step = max(self.step, until)
+            self.stops.append(self.step)
+
+        def set_total(self, total):
+            assert total >= self.step
+            self.total = total
+
+    deadline = time.perf_counter() + 100.0
+    slow = Run(pace=0.2)
+    fitted = train_member(slow, deadline, pace_steps=100, planned_pace=0.17)
+    assert slow.stops[0] == 100 and fitted["at"] == 100 and fitted["pace"] == pytest.approx(0.2)
+    assert 580 <= fitted["total"] <= 600 and slow.total == fitted["total"] and slow.step == slow.total
+    assert (fitted["was"], fitted["planned_pace"]) == (793, 0.17)
+    fast = Run(pace=0.05)
+    assert train_member(fast, deadline, pace_steps=100) is None and fast.step == fast.total == 793
+    resumed = Run(pace=0.2, step=360)  # past a rung: its pace is read over the 140 steps to 500 (40 are too few)
+    fitted = train_member(resumed, deadline, pace_steps=100)
+    assert resumed.stops == [500, 793] and fitted is None  # 293 more steps at 0.2 s fit in the 100 s left
+    unbounded = Run(pace=1.0)
+    assert train_member(unbounded, None, pace_steps=100) is None and unbounded.stops == [793]

@@ -7,6 +7,7 @@ from __future__ import annotations
 import logging
 import math
 import re
+import sys
 
 import pandas as pd
 import pytest
@@ -125,12 +126,18 @@ def fits(monkeypatch) -> Calls:
 
 class Members:
     """The final stage's DistillRuns: (trial's spec, start step) at each start, (id, until, steps after)
-    at each advance; `kill_at(n)`: the n-th advance dies like a killed run."""
+    at each advance and the function that called it (`callers`); `kill_at(n)`: the n-th advance dies like a killed
+    run."""
 
     def __init__(self) -> None:
         self.started: list[tuple[dict, int]] = []
         self.advanced: list[tuple[int, int | None, int]] = []
+        self.callers: list[str] = []
         self.kill: int | None = None
+
+    def rungs(self) -> list[tuple[int, int | None, int]]:
+        """The halving's advances (a member's own go through nas.study.final.train_member)."""
+        return [a for a, c in zip(self.advanced, self.callers) if c != "train_member"]
 
 
 @pytest.fixture
@@ -149,6 +156,7 @@ def members(monkeypatch) -> Members:
             raise KeyboardInterrupt("killed in the final stage")
         real_advance(self, until, **kw)
         seen.advanced.append((id(self), until, self.step))
+        seen.callers.append(sys._getframe(1).f_code.co_name)
 
     monkeypatch.setattr(distill.DistillRun, "__init__", init)
     monkeypatch.setattr(distill.DistillRun, "advance", advance)
@@ -189,7 +197,7 @@ def test_halving_trains_exactly_its_budget_and_export_takes_the_winner(tiny_env,
     kept = plan["rungs"][0]["kept"]
     assert len(kept) == 2 and sorted(kept + [int(n) for n in plan["eliminated"]]) == sorted(plan["candidates"])
     assert len(members.started) == 4  # each candidate cut once
-    rung = [a for a in members.advanced if a[1] == 2]
+    rung = members.rungs()
     assert len(rung) == 4 and all(steps == 2 for _, _, steps in rung)
     assert [steps for _, until, steps in members.advanced if until is None] == [6, 6]  # the two survivors, once each
     final = study.user_attrs["final"]
@@ -226,18 +234,19 @@ def test_a_run_killed_in_the_final_stage_resumes_it(tiny_env, fits, members, fou
     run_dir = tmp_path / "run"
     cfg = make_cfg(tiny_env, *FINAL)
     # each candidate's first step is timed for the plan (not an advance), then 4 rung advances (to step 2), the first
-    # survivor's, then the second's: killed
-    members.kill = 6
+    # survivor's two (to its next validation point, where its pace is read, then to the end), then the second's:
+    # killed
+    members.kill = 7
     with pytest.raises(KeyboardInterrupt):
         run_search(cfg, run_dir)
     trial_fits = len(fits)
     assert [p.name for p in (run_dir / "models").glob("final_*.safetensors")] != []
     assert len(list((run_dir / "models").glob("rung_*.safetensors"))) == 1  # the unfinished survivor's
-    members.kill, members.started, members.advanced = None, [], []
+    members.kill, members.started, members.advanced, members.callers = None, [], [], []
     study, _ = run_search(cfg, run_dir)
     assert len(fits) == trial_fits  # no trial trained again
     assert [start for start, _ in members.started] == [2]  # one member, resumed after its rung
-    assert [(until, steps) for _, until, steps in members.advanced] == [(None, 6)]
+    assert [(until, steps) for _, until, steps in members.advanced] == [(3, 3), (None, 6)]
     assert len(study.user_attrs["final"]) == 2
     assert len(list((run_dir / "models").glob("final_*.safetensors"))) == 2
 
@@ -280,7 +289,7 @@ def test_the_printed_plan_is_what_the_stage_then_does(tiny_env, members, four_ca
     trained = [n for n in plan["candidates"] if not plan["eliminated"].get(str(n), {}).get("planned_out")]
     assert len(trained) == int(count) and len(plan["candidates"]) == int(offered or count) == 4
     assert len(members.started) == 4  # every candidate timed; the planned-out ones train no further
-    rung = [a for a in members.advanced if a[1] is not None]
+    rung = members.rungs()
     if rung_steps is None:
         assert rung == [] and plan["rungs"] == []
     else:

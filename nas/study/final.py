@@ -31,6 +31,7 @@ import pandas as pd
 from nas.quality.metrics import evaluate
 from nas.spec import SubnetSpec
 from nas.study.final_plan import (EVALUATION_VALIDATIONS, PROBE_STEPS, RUNG_POINTS, FinalPlan, StepCost, member_seconds,
+                                  paced_length,
                                   plan_final, rung_stops)
 from nas.study.report import (DEPLOYED_KEYS, EXITS_ATTR, WINNER_ATTR, WINNER_EXITS_ATTR, choose_final, cost_column,
                               measured_members, pareto_frame)
@@ -39,6 +40,34 @@ from nas.study.exits import EXIT_EVALUATION_VALIDATIONS, exits_for, record_membe
 from nas.study.weights import RunWeights, load_weights
 
 PLAN_ATTR = "final_plan"  # the halving's candidates, rungs and survivors' progress (study attribute)
+
+
+# ---------------------------------------------------------------------------- training a member
+
+
+def train_member(run: Any, deadline: float | None, *, pace_steps: int,
+                 planned_pace: float | None = None) -> dict[str, Any] | None:
+    """Train a member to its planned length by `deadline` (time.perf_counter; None: none): up to a validation point
+    (a multiple of `pace_steps`, final.eval_every, at least half of that many steps ahead), then, where the pace it showed (validations included) would not reach the planned length in time, its
+    length fitted to the time left (nas.study.final_plan.paced_length), then the rest. Returns what was fitted (with
+    `planned_pace`, the seconds a step the plan read, for the record), or None where nothing was."""
+    if deadline is None or run.step >= run.total:
+        run.advance(deadline=deadline)
+        return None
+    step0, seconds0 = run.step, run.seconds
+    # to a validation point at least half of pace_steps ahead (a member resumed after a rung reads as many steps)
+    run.advance(until=((step0 + pace_steps // 2) // pace_steps + 1) * pace_steps, deadline=deadline)
+    fitted = None
+    done = run.step - step0
+    if 2 * done >= pace_steps and not run.converged and run.step < run.total:
+        pace = (run.seconds - seconds0) / done
+        total = paced_length(run.step, run.total, pace=pace, seconds_left=deadline - time.perf_counter())
+        if total < run.total:
+            fitted = {"pace": round(pace, 4), "planned_pace": None if planned_pace is None else round(planned_pace, 4),
+                      "was": run.total, "total": total, "at": run.step}
+            run.set_total(total)
+    run.advance(deadline=deadline)
+    return fitted
 
 
 # ---------------------------------------------------------------------------- choosing members
@@ -236,7 +265,16 @@ class FinalStage:
             t0 = time.perf_counter()
             left = self.left()
             if left is None or left > 0:
-                run.advance(deadline=self._member_deadline(plan, run, todo[i:], runs, left))
+                deadline = self._member_deadline(plan, run, todo[i:], runs, left)
+                cost = (plan.get("costs") or {}).get(str(n))
+                every = s.recipe.eval_every
+                fitted = train_member(run, deadline, pace_steps=every, planned_pace=None if cost is None else
+                                      cost["step"] + cost["validation"] / every)
+                if fitted is not None:
+                    plan.setdefault("fitted", {})[str(n)] = fitted
+                    read = "" if fitted["planned_pace"] is None else f" (the plan read {fitted['planned_pace']:.3f})"
+                    self.say(f"final    {n:3d}: {fitted['pace']:.3f} s a step here{read}: its length {fitted['was']} "
+                             f"-> {fitted['total']} steps, the learning rate fitted to end by its deadline")
             self._add(f"member {n}", time.perf_counter() - t0)
             self._finish(n, trials[n], run, plan)
         final = {str(n): r for n, r in (self.study.user_attrs.get("final") or {}).items()}
