@@ -106,6 +106,8 @@ def main() -> None:
     row("base_int8", "base, quantized alone", prep.base, positions, base_fp32)
     front = pd.read_csv(run_dir / "pareto.csv")
     finals = front[~front["is_base"].fillna(False).astype(bool)]  # every member: final weights where trained
+    if "exits" in finals:  # a member's row with early exits is the same model (exits: experiments/early_exit)
+        finals = finals[finals["exits"].isna()]
     label_names = tuple(study.user_attrs.get("label_names") or ())
     if args.final_only:
         finals = finals[finals["final_val_accuracy"].notna()]
