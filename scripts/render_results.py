@@ -236,7 +236,19 @@ REGISTRY: list[Entry] = [
         details=seeds_details,
         date_field="date",
         note=("Accuracy is scored one review at a time (as served); the band and the winner read only the judge half "
-              "of validation, which no selection saw."),
+              "of validation, which no selection saw. Members train their whole planned length and end with their "
+              "last weights; on this CPU (fp32 training) the stage affords no halving, and seeds 1-2 had only 2 front "
+              "members within the slack."),
+    ),
+    Entry(
+        file="experiments/headline/results_bf16.json",
+        what=("`make search` over search seeds 0, 1, 2 on a CPU with AVX-512 VNNI and bf16 (bf16 training, best "
+              "validation checkpoints, patience 3), before the final stage was planned from step cost"),
+        figure=seeds_figure,
+        baseline=seeds_baseline,
+        command="`python experiments/headline/seeds.py` (the main command per seed, each re-timed by deployed.py)",
+        details=seeds_details,
+        date_field="date",
     ),
     Entry(
         file="experiments/final_stage/results_deployed.json",

@@ -54,7 +54,7 @@ class ExitSettings:
     threshold: float | None = None
     patience: int | None = None
     tolerance: float = 0.3
-    margin: float = 1.0
+    margin: float = 1.645
     head_lr: float = 1e-3
     sample_size: int = 96
 
