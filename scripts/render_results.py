@@ -238,7 +238,10 @@ REGISTRY: list[Entry] = [
         note=("Accuracy is scored one review at a time (as served); the band and the winner read only the judge half "
               "of validation, which no selection saw. Members train their whole planned length and end with their "
               "last weights; on this CPU (fp32 training) the stage affords no halving, and seeds 1-2 had only 2 front "
-              "members within the slack."),
+              "members within the slack. These runs chose exit rules at exits.margin=1, and every winner was a static "
+              "member; at the default since, 1.645, the same seeds ship members with early exits as winners (seed 0 "
+              "-0.88 points at 3.17x over (c), seed 1 -0.51 at 2.18x, seed 2 -1.46 at 2.66x; "
+              "experiments/early_exit/results.json)."),
     ),
     Entry(
         file="experiments/headline/results_bf16.json",
