@@ -39,7 +39,7 @@ def main() -> None:
     ap.add_argument("--summarize", nargs="+", help="rule_choice JSON files to render as one table (--out: .md)")
     args = ap.parse_args()
     if args.summarize:
-        text = summarize([json.loads(Path(f).read_text()) for f in args.summarize], args.summarize)
+        text = summarize([json.loads(Path(f).read_text()) for f in args.summarize])
         Path(args.out).write_text(text)
         print(text)
         return
@@ -100,7 +100,7 @@ def main() -> None:
     Path(args.out).write_text(json.dumps(result, indent=1) + "\n")
 
 
-def summarize(results: list[dict], names: list[str]) -> str:
+def summarize(results: list[dict]) -> str:
     """Markdown: per member and margin, the rule's change against full depth on the selection, judge and test rows
     and its layer ratio on test; per margin, the worst judge change (where the margin is read) and the test range."""
     zs = sorted({z for r in results for m in r["members"].values() for z in m["by_z"]}, key=float)
@@ -112,7 +112,7 @@ def summarize(results: list[dict], names: list[str]) -> str:
              "| run | member | margin | rule | selection | judge | test | layer ratio |", "|---|---|---|---|---|---|---|---|"]
     worst: dict[str, list[float]] = {z: [] for z in zs}
     tests: dict[str, list[float]] = {z: [] for z in zs}
-    for result, name in zip(results, names):
+    for result in results:
         run = Path(result["run_dir"]).name
         for n, m in result["members"].items():
             for z in zs:

@@ -220,8 +220,8 @@ def main() -> None:
         with_dir, without_dir = root / f"seed{seed}", root / f"seed{seed}_static"
         wall = run_main(with_dir, [f"search.seed={seed}", *overrides], root / f"seed{seed}.log")
         static = not args.no_static and (args.static_seeds is None or seed in args.static_seeds)
-        wall_static = None if not static else run_main(
-            without_dir, [f"search.seed={seed}", "exits.layers=none", *overrides], root / f"seed{seed}_static.log")
+        wall_static = run_main(without_dir, [f"search.seed={seed}", "exits.layers=none", *overrides],
+                               root / f"seed{seed}_static.log") if static else None
         result = measure_run(with_dir, args)
         result.update(seed=seed, wall_time_s=wall, wall_time_without_exits_s=wall_static)
         seeds.append(result)

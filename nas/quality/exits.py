@@ -425,8 +425,8 @@ def search_rule(logits: np.ndarray, labels: np.ndarray, costs: np.ndarray, candi
                 settings: ExitSettings) -> RuleChoice:
     """The rule with the lowest mean cost whose accuracy is at most exits.tolerance points below full depth's on
     these rows, after exits.margin paired standard errors of that change (ties: the more accurate); none within: the
-    most accurate. `logits`: (inputs, candidates + 1,
-    labels) from one pass through every exit; `costs`: (inputs, candidates + 1) seconds to reach each exit."""
+    most accurate. `logits`: (inputs, candidates + 1, labels) from one pass through every exit; `costs`: (inputs,
+    candidates + 1) seconds to reach each exit."""
     logits, labels, costs = np.asarray(logits), np.asarray(labels), np.asarray(costs, dtype=np.float64)
     n, k = len(labels), len(candidates)
     if n == 0:

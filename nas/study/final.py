@@ -31,8 +31,7 @@ import pandas as pd
 from nas.quality.metrics import evaluate
 from nas.spec import SubnetSpec
 from nas.study.final_plan import (EVALUATION_VALIDATIONS, PROBE_STEPS, RUNG_POINTS, FinalPlan, StepCost, member_seconds,
-                                  paced_length,
-                                  plan_final, rung_stops)
+                                  paced_length, plan_final, rung_stops)
 from nas.study.report import (DEPLOYED_KEYS, EXITS_ATTR, WINNER_ATTR, WINNER_EXITS_ATTR, choose_final, cost_column,
                               measured_members, pareto_frame)
 from nas.study.lm_final import lm_final_stage
@@ -48,9 +47,10 @@ PLAN_ATTR = "final_plan"  # the halving's candidates, rungs and survivors' progr
 def train_member(run: Any, deadline: float | None, *, pace_steps: int,
                  planned_pace: float | None = None) -> dict[str, Any] | None:
     """Train a member to its planned length by `deadline` (time.perf_counter; None: none): up to a validation point
-    (a multiple of `pace_steps`, final.eval_every, at least half of that many steps ahead), then, where the pace it showed (validations included) would not reach the planned length in time, its
-    length fitted to the time left (nas.study.final_plan.paced_length), then the rest. Returns what was fitted (with
-    `planned_pace`, the seconds a step the plan read, for the record), or None where nothing was."""
+    (a multiple of `pace_steps`, final.eval_every, at least half of that many steps ahead), then, where the pace it
+    showed (validations included) would not reach the planned length in time, its length fitted to the time left
+    (nas.study.final_plan.paced_length), then the rest. Returns what was fitted (with `planned_pace`, the seconds a
+    step the plan read, for the record), or None where nothing was."""
     if deadline is None or run.step >= run.total:
         run.advance(deadline=deadline)
         return None
@@ -268,8 +268,8 @@ class FinalStage:
                 deadline = self._member_deadline(plan, run, todo[i:], runs, left)
                 cost = (plan.get("costs") or {}).get(str(n))
                 every = s.recipe.eval_every
-                fitted = train_member(run, deadline, pace_steps=every, planned_pace=None if cost is None else
-                                      cost["step"] + cost["validation"] / every)
+                planned = None if cost is None else member_seconds(cost, start=0, steps=every, every=every) / every
+                fitted = train_member(run, deadline, pace_steps=every, planned_pace=planned)
                 if fitted is not None:
                     plan.setdefault("fitted", {})[str(n)] = fitted
                     read = "" if fitted["planned_pace"] is None else f" (the plan read {fitted['planned_pace']:.3f})"
