@@ -177,6 +177,38 @@ def test_gguf_tokenizer_gives_the_hf_ids_on_real_text():
         assert tokenizer_mismatch(wrong, hf, texts) is not None
 
 
+def test_tokenizer_fields_are_read_once_per_file_and_again_when_it_changes(tmp_path):
+    """read_tokenizer_fields is memoised by path, size and modification time: a run writes every trial from the
+    same source file. A caller may change what it gets without changing the next caller's; a rewritten file is
+    read again."""
+    import os
+
+    from nas.deploy.gguf import read_tokenizer_fields
+
+    def vocab_file(path, tokens):
+        writer = gguf.GGUFWriter(str(path), "llama")
+        writer.add_block_count(1)
+        writer.add_tokenizer_model("gpt2")
+        writer.add_token_list(tokens)
+        writer.write_header_to_file()
+        writer.write_kv_data_to_file()
+        writer.write_tensors_to_file()
+        writer.close()
+
+    path = tmp_path / "vocab.gguf"
+    vocab_file(path, ["a", "b", "c"])
+    first = dict((name, value) for name, value, _, _ in read_tokenizer_fields(path))
+    assert first["tokenizer.ggml.tokens"] == ["a", "b", "c"]
+    first["tokenizer.ggml.tokens"].append("mutated")
+    again = dict((name, value) for name, value, _, _ in read_tokenizer_fields(path))
+    assert again["tokenizer.ggml.tokens"] == ["a", "b", "c"]
+    vocab_file(path, ["a", "b", "c", "d"])
+    stat = path.stat()
+    os.utime(path, ns=(stat.st_atime_ns, stat.st_mtime_ns + 10**9))  # a later modification time, whatever the clock
+    rewritten = dict((name, value) for name, value, _, _ in read_tokenizer_fields(path))
+    assert rewritten["tokenizer.ggml.tokens"] == ["a", "b", "c", "d"]
+
+
 def test_refusals_name_the_problem_in_one_line(env):
     with pytest.raises(ValueError, match="GGUF export is for decoder LMs .* 'bert', an encoder") as e:
         check_request(tiny.bert(), ["q8_0"])

@@ -57,6 +57,37 @@ def test_batched_gptq_equals_one_matrix_at_a_time():
         assert torch.allclose(batched[i], gptq(w[i], h[i], GRIDS["q4_0"]), atol=1e-6)
 
 
+def test_round_matrices_reuses_a_rounding_only_for_the_same_weights_hessian_and_type(monkeypatch):
+    """The base written at two head types, or with its vocabulary cut, holds the same body matrices under the same
+    moments: their rounding is reused (keyed by content, not by object). Any change to a weight, the Hessian or the
+    type rounds again; what a caller gets is its own copy."""
+    import nas.deploy.gptq as gptq_module
+
+    calls = []
+    real = gptq_module.gptq
+    monkeypatch.setattr(gptq_module, "gptq", lambda *a, **k: calls.append(1) or real(*a, **k))
+    monkeypatch.setattr(gptq_module, "_ROUNDED", {})
+    g = torch.Generator().manual_seed(2)
+    x = torch.randn(300, 64, generator=g)
+    h = x.T @ x / 300
+    w = torch.randn(24, 64, generator=g) * 0.05
+
+    def run(weight, hessian, kind="q4_0"):
+        return round_matrices({"a": weight.clone()}, {"a": hessian.clone()}, {"a": kind})["a"]
+
+    first = run(w, h)
+    assert len(calls) == 1
+    first.zero_()  # the caller's copy: the remembered rounding is untouched
+    again = run(w, h)
+    assert len(calls) == 1 and torch.equal(again, gptq(w, h, GRIDS["q4_0"]))
+    changed = w.clone()
+    changed[3, 7] += 0.01
+    assert not torch.equal(run(changed, h), again) and len(calls) == 2
+    run(w, h * 1.5)
+    run(w, h, "iq4_nl")
+    assert len(calls) == 4
+
+
 @needs_llama_cpp
 @pytest.mark.parametrize("kind", ["q4_0", "iq4_nl", "q5_0"])
 def test_llama_cpp_keeps_gptq_values_exactly(tmp_path, kind):

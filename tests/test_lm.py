@@ -404,6 +404,11 @@ def test_a_final_stage_of_zero_steps_measures_its_members_untrained(lm_env):
     trial = study.trials[int(number)].user_attrs
     assert result["precision"] == trial["precision"] == "q4_0"
     assert result["val_perplexity_deployed"] == pytest.approx(trial["val_perplexity"], rel=0.02)
+    # its file is the trial's (linked, not written again): the same bytes score the same
+    assert result["file_from_trial"] is True
+    for split in ("val", "test"):  # the trial's scores of that file are the member's as deployed
+        for score in ("byte_perplexity", "perplexity", "bits_per_byte", "tokens"):
+            assert result[f"{split}_{score}_deployed"] == trial[f"{split}_{score}"]
     assert result["speedup_over_reference_base"] == trial["speedup"]  # the trial's own paired rounds
     assert result["speedup_over_quantized_base"] > 0  # timed here, against the base at q4_0
     # untrained, a member outside final.ppl_band cannot win: the member is the fastest front trial within the band

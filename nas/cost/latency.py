@@ -612,6 +612,10 @@ class PairedTimer:
                           moments=moments if moments and self.settings.rounding == "gptq" else None,
                           mix_order=self.mix_order)
 
+    def written(self, pattern: str) -> list[Path]:
+        """The files this timer has written (its working folder) whose names match `pattern` (a glob)."""
+        return [] if self._tmp is None else sorted(Path(self._tmp.name).glob(pattern))
+
     def gguf_path(self, name: str, precision: str | None = None) -> Path:
         """The GGUF file a candidate `name` runs from in llama.cpp at this precision."""
         return self._workdir() / f"{name}.{gguf_kind(precision or self.settings.precision)}.gguf"
@@ -641,16 +645,19 @@ class PairedTimer:
                     "latency_ratio": predicted / base, "mean_tokens": self.sample.mean_tokens(cap), "latency_cap": cap,
                     "seconds_runtime_prepare": time.perf_counter() - t0, "latency_predicted": True}
         was_training = model.training
-        with num_threads(self.settings.threads):
-            t0 = time.perf_counter()
-            candidate = self._make_pass(model, cap, name=name, fast_export=fast_export, variant=variant)
-            prepare_s = time.perf_counter() - t0
-            try:
-                rounds = paired_rounds(self.base_pass(), candidate, n_batches=len(self.sample.batches(cap)),
+        # the passes are prepared (exported, quantized, GPTQ-rounded, calibrated) on every core; only the timed
+        # rounds run at latency.threads
+        t0 = time.perf_counter()
+        candidate = self._make_pass(model, cap, name=name, fast_export=fast_export, variant=variant)
+        prepare_s = time.perf_counter() - t0
+        try:
+            base = self.base_pass()
+            with num_threads(self.settings.threads):
+                rounds = paired_rounds(base, candidate, n_batches=len(self.sample.batches(cap)),
                                        n_inputs=len(self.sample), rounds=self.settings.rounds,
                                        warmup=self.settings.warmup, chunk=self.settings.chunk)
-            finally:
-                close_pass(candidate)
+        finally:
+            close_pass(candidate)
         model.train(was_training)
         self.base_rounds.extend(rounds.base_ms)
         return {**rounds.summary(), "mean_tokens": self.sample.mean_tokens(cap), "latency_cap": cap,
@@ -682,7 +689,8 @@ class PairedTimer:
                 "reference_base": self.settings.variant}
 
     def measure_baselines(self, model: Any, *, context: int, name: str = "candidate", rounds: int | None = None,
-                          precision: str | None = None, baselines: Sequence[str] | None = None) -> dict[str, Any]:
+                          precision: str | None = None, baselines: Sequence[str] | None = None,
+                          reuse: bool = False) -> dict[str, Any]:
         """`model` in this timer's runtime at `precision` (default latency.precision), timed in paired rounds with
         the base in each baseline's variant in turn, in this process, and (with runtime_fp32_base) itself at fp32
         against the fp32 base: every speedup of a deployed model, each naming its baseline.
@@ -690,7 +698,8 @@ class PairedTimer:
         `baselines`: which of BASELINES (default: torch fp32, same runtime fp32, quantized alike; plus the
         reference type when `precision` differs from it). Flat keys: latency_ms (deployed), latency_ms_fp32 (the
         candidate in the same runtime at fp32, when measured), base_latency_ms_<baseline>,
-        speedup_over_<baseline> with _p10 / _p90."""
+        speedup_over_<baseline> with _p10 / _p90. `reuse`: a file already written for `name` at this precision (the
+        same weights) is timed as it is, not written again."""
         precision = precision or self.settings.precision
         variants = self.baseline_variants(precision)
         if baselines is None:
@@ -706,22 +715,26 @@ class PairedTimer:
         n = dict(n_batches=len(self.sample.batches(cap)), n_inputs=len(self.sample), rounds=rounds or self.settings.rounds,
                  warmup=self.settings.warmup, chunk=self.settings.chunk)
         pairs: dict[str, PairedRounds] = {}
-        with num_threads(self.settings.threads):
-            candidate = self._make_pass(model, cap, name=name, variant=deployed_variant)
+        # passes are prepared on every core (export, quantization, GPTQ); only the timed rounds run at latency.threads
+        candidate = self._make_pass(model, cap, name=name, variant=deployed_variant, reuse=reuse)
+        try:
+            # one pair of sides at a time, each in alternating rounds: the definition of a measured speedup
+            # (a side's forward evicts the other's weights from cache; more sides in a round would evict more)
+            for baseline in dict.fromkeys(baselines):
+                base = self.base_pass(variants[baseline])
+                with num_threads(self.settings.threads):
+                    pairs[baseline] = paired_rounds(base, candidate, **n)
+        finally:
+            close_pass(candidate)
+        fp32 = self.settings.runtime
+        if fp32 != deployed_variant and "runtime_fp32_base" in pairs:  # the candidate at fp32, against the base
+            at_fp32 = self._make_pass(model, cap, name=name, variant=fp32, reuse=True)
             try:
-                # one pair of sides at a time, each in alternating rounds: the definition of a measured speedup
-                # (a side's forward evicts the other's weights from cache; more sides in a round would evict more)
-                for baseline in dict.fromkeys(baselines):
-                    pairs[baseline] = paired_rounds(self.base_pass(variants[baseline]), candidate, **n)
+                base = self.base_pass(fp32)
+                with num_threads(self.settings.threads):
+                    pairs["fp32"] = paired_rounds(base, at_fp32, **n)
             finally:
-                close_pass(candidate)
-            fp32 = self.settings.runtime
-            if fp32 != deployed_variant and "runtime_fp32_base" in pairs:  # the candidate at fp32, against the base
-                at_fp32 = self._make_pass(model, cap, name=name, variant=fp32, reuse=True)
-                try:
-                    pairs["fp32"] = paired_rounds(self.base_pass(fp32), at_fp32, **n)
-                finally:
-                    close_pass(at_fp32)
+                close_pass(at_fp32)
         model.train(was_training)
         first = pairs["quantized_base" if "quantized_base" in pairs else baselines[0]].summary()
         out: dict[str, Any] = {"latency_ms": first["latency_ms"], "mean_tokens": self.sample.mean_tokens(cap),
@@ -745,8 +758,8 @@ class PairedTimer:
         if self.table is not None and self.settings.model == "table":
             return self.table.predict_model(self.base, self.sample.batches(self.base_cap))
         if not self.base_rounds:
+            run = self.base_pass()
             with num_threads(self.settings.threads):
-                run = self.base_pass()
                 n = len(self.sample.batches(self.base_cap))
                 if self.settings.warmup:
                     run(0, min(self.settings.warmup, n))

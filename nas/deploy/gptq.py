@@ -128,11 +128,43 @@ def round_matrices(weights: Mapping[str, torch.Tensor], hessians: Mapping[str, t
         rows = sum(weights[n].shape[0] for n in names)
         shapes.setdefault((rows, weights[names[0]].shape[1], kind), []).append(names)
     out = {}
+    hits = 0
     for (_, _, kind), members in shapes.items():
         stacked = torch.stack([torch.cat([weights[n].detach().float() for n in names]) for names in members])
-        rounded = gptq(stacked, torch.stack([hessians[names[0]] for names in members]), GRIDS[kind], damp=damp)
+        hessian = torch.stack([hessians[names[0]].detach().float() for names in members])
+        key = (kind, float(damp), _digest(stacked), _digest(hessian))
+        rounded = _ROUNDED.get(key)
+        if rounded is None:
+            rounded = gptq(stacked, hessian, GRIDS[kind], damp=damp)
+            _remember(key, rounded.clone())
+        else:  # a copy: the caller owns what it gets
+            rounded, hits = rounded.clone(), hits + 1
         for names, matrix in zip(members, rounded, strict=True):
             for n, part in zip(names, matrix.split([weights[n].shape[0] for n in names]), strict=True):
                 out[n] = part
-    log.debug("gptq: %d matrices in %.1fs", len(out), time.perf_counter() - t0)
+    log.debug("gptq: %d matrices in %.1fs (%d of %d batches remembered)", len(out), time.perf_counter() - t0, hits,
+              len(shapes))
     return out
+
+
+# GPTQ's result is a function of the weights, their Hessian, the grid and the damping alone: a run that writes the
+# same matrices again (the base alone at several head types or with its vocabulary cut: the same 30 layers under the
+# same calibration moments) reuses the rounding instead of repeating ~20 s of it. Keyed by content, bounded in bytes.
+_ROUNDED: dict[tuple[str, float, str, str], torch.Tensor] = {}
+_ROUNDED_MAX_BYTES = 2 << 30
+
+
+def _digest(t: torch.Tensor) -> str:
+    import hashlib
+
+    a = t.detach().contiguous().cpu().numpy()
+    h = hashlib.blake2b(digest_size=16)
+    h.update(str((a.dtype, a.shape)).encode())
+    h.update(memoryview(a).cast("B"))
+    return h.hexdigest()
+
+
+def _remember(key: tuple[str, float, str, str], rounded: torch.Tensor) -> None:
+    _ROUNDED[key] = rounded
+    while len(_ROUNDED) > 1 and sum(t.numel() * t.element_size() for t in _ROUNDED.values()) > _ROUNDED_MAX_BYTES:
+        del _ROUNDED[next(iter(_ROUNDED))]  # the oldest first

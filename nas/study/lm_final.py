@@ -21,6 +21,7 @@ from nas.study.report import WINNER_ATTR, cost_column, measured_members, pareto_
 from nas.study.settings import QUANT_ALONE_ATTR
 from nas.study.weights import RunWeights
 
+SCORE_SUFFIXES = ("_byte_perplexity", "_perplexity", "_bits_per_byte", "_tokens")  # TextScore.metrics' keys
 ALONE_PREFIX = "base "  # a winner that is the base alone: "base <precision>[ V<vocab>]" (a quantization_alone key)
 
 
@@ -150,8 +151,16 @@ def lm_final_stage(study: Any, *, weights: RunWeights, evaluator: Any, objective
             a = trial.user_attrs
             reused = {f"speedup_over_reference_base{k}": a.get(f"speedup{k}") for k in ("", "_p10", "_p90")}
             baselines = tuple(b for b in baselines if b != "reference_base")
-        result.update(evaluator.deployed(model, spec, name=f"final_{number}", precision=precision, baselines=baselines))
+        reuse = fs.max_steps <= 0 and _link_trial_file(evaluator, number, precision)
+        # the trial scored this same file in llama.cpp (validation and test): those scores are the member's as deployed
+        scored = {f"{k}_deployed": trial.user_attrs[k] for k in trial.user_attrs
+                  if k.split("_")[0] in ("val", "test") and k.endswith(SCORE_SUFFIXES)} if reuse else {}
+        if reuse and not all(f"{split}_byte_perplexity_deployed" in scored for split in ("val", "test")):
+            scored = {}  # a trial from before test was scored as deployed: score the file here
+        result.update(evaluator.deployed(model, spec, name=f"final_{number}", precision=precision, baselines=baselines,
+                                         reuse=reuse, scored=scored))
         result.update({k: v for k, v in reused.items() if v is not None})
+        result["file_from_trial"] = reuse
         weights.save(model, weights.final_path(number))
         latest = dict(study.user_attrs.get("final") or {})  # other workers may have added theirs
         latest[str(number)] = result
@@ -159,7 +168,7 @@ def lm_final_stage(study: Any, *, weights: RunWeights, evaluator: Any, objective
         a = trial.user_attrs
         deployed = ""
         if "val_byte_perplexity_deployed" in result:
-            deployed = (f"; as deployed ({result.get('variant')}): val ppl/byte "
+            deployed = (f"; as deployed ({result.get('variant')}{', the trial' + chr(39) + 's file' if reuse else ''}): val ppl/byte "
                         f"{result['val_byte_perplexity_deployed']:.4f}, test ppl/byte "
                         f"{result['test_byte_perplexity_deployed']:.4f} (test ppl per base token "
                         f"{result['test_perplexity_deployed']:.2f}), decode {lm_speedup(result):.2f}x over the "
@@ -187,3 +196,26 @@ def lm_final_stage(study: Any, *, weights: RunWeights, evaluator: Any, objective
             f"{r.get('test_byte_perplexity_deployed', r.get('test_byte_perplexity', float('nan'))):.4f}")
     say(f"final stage: {(time.perf_counter() - started) / 60:.1f} min")
     write(study)
+
+
+def _link_trial_file(evaluator: Any, number: int, precision: str | None) -> bool:
+    """An untrained member's file is its trial's, byte for byte (the same healed weights, type, importance matrix and
+    GPTQ rounding): where this process wrote it (the timer's working folder), it becomes final_<number>'s file
+    instead of being written again (~1 minute for SmolLM2: calibration moments, GPTQ, llama.cpp's quantizer).
+    A resumed run (another process) has no such file and writes it."""
+    import os
+
+    timer = getattr(evaluator, "timer", None)
+    if timer is None or not getattr(evaluator, "in_llamacpp", False):
+        return False
+    source, target = timer.gguf_path(f"trial_{number}", precision), timer.gguf_path(f"final_{number}", precision)
+    if not source.is_file():
+        return False
+    target.unlink(missing_ok=True)
+    try:
+        os.link(source, target)
+    except OSError:
+        import shutil
+
+        shutil.copyfile(source, target)
+    return True

@@ -337,6 +337,7 @@ class Search:
 
         def after_each(study: Any) -> None:
             self.weights.drop_dominated(study)
+            self._drop_dominated_files()
             self.write(study)
 
         self.loop = StudyLoop(settings=self.settings, storage_url=storage_url(self.settings, self.run_dir),
@@ -344,6 +345,7 @@ class Search:
                               out_of_time=self._out_of_time, say=self._say, console=self.console)
         self.loop.run(study)
         self.weights.drop_dominated(study)  # the front as it ends, other workers' last trials included
+        self._drop_dominated_files()
         deployed_key = "val_byte_perplexity_deployed" if self.lm else "val_accuracy_deployed"
         if self.lm and self.evaluator.in_llamacpp:  # the base at every GGUF type: where cutting pays and where not
             alone = self._quantization_alone(study)
@@ -365,6 +367,16 @@ class Search:
                                batch_size=self.train_settings.eval_batch_size, clock=self.clock.add)
         self.write(study)
         return study
+
+    def _drop_dominated_files(self) -> None:
+        """A trial's GGUF files (the timer's working folder) go with its weights: only the front's stay, for the final
+        stage to time an untrained member from (disk stays bounded by the front, not the number of trials)."""
+        if self.timer is None:
+            return
+        for path in self.timer.written("trial_*.gguf"):
+            number = path.name.split(".")[0].split("_")[1]
+            if number.isdigit() and not self.weights.trial_path(int(number)).is_file():
+                path.unlink(missing_ok=True)
 
     def _quantization_alone(self, study: Any) -> dict[str, dict[str, Any]]:
         """The unpruned base alone: at the run's reference GGUF type and at every type of the space's precision axis,

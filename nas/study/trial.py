@@ -132,7 +132,8 @@ class Evaluator:
             metrics.update(self.gguf_text_metrics(path, spec, "validation", "val"))
             # test as deployed too, while the file is here (a report only: nothing in the search reads it)
             metrics.update(self.gguf_text_metrics(path, spec, "test", "test"))
-            path.unlink(missing_ok=True)  # the final stage writes its members again
+            # kept while the trial is on the front (Search drops the others' files with their weights): an untrained
+            # final member is timed from this very file instead of writing it again
             metrics["seconds_eval"] = time.perf_counter() - t0
             self.clock("evaluation", metrics["seconds_eval"])
             return metrics
@@ -263,16 +264,19 @@ class Evaluator:
         return TextScore(nll=nll, tokens=tokens, bytes=chunks.bytes, base_tokens=chunks.base_tokens).metrics(prefix, suffix)
 
     def deployed(self, model: Any, spec: Any, *, name: str, precision: str | None = None,
-                 baselines: Any = None) -> dict[str, Any]:
+                 baselines: Any = None, reuse: bool = False, scored: Any = None) -> dict[str, Any]:
         """The model as it will run (latency.runtime and latency.precision, e.g. its int8 ONNX export, or `precision`
         from a space's precision axis): validation and test accuracy there, and its speedups over each baseline
         (`baselines`: nas.cost.latency.BASELINES names, default the timer's), each timed in paired rounds with the
         base (nas.cost.latency.PairedTimer.measure_baselines). A language model: its perplexity as it runs (its GGUF
-        file in llama.cpp), or in torch."""
+        file in llama.cpp), or in torch. `reuse`: the file already written under `name` holds these weights;
+        `scored`: that file's scores as deployed, already taken (a language model's `*_deployed` keys): not taken again."""
         t0 = time.perf_counter()
         out = self.timer.measure_baselines(model, context=spec.context, name=name, precision=precision,
-                                           baselines=baselines)
+                                           baselines=baselines, reuse=reuse)
         self.clock("latency", time.perf_counter() - t0)
+        if self.lm and scored:
+            return {**out, **scored}
         if self.lm:
             t0 = time.perf_counter()
             gguf = self.timer.gguf_path(name, precision) if self.in_llamacpp else None
