@@ -197,15 +197,15 @@ def test_tokenizer_fields_are_read_once_per_file_and_again_when_it_changes(tmp_p
 
     path = tmp_path / "vocab.gguf"
     vocab_file(path, ["a", "b", "c"])
-    first = dict((name, value) for name, value, _, _ in read_tokenizer_fields(path))
+    first = {name: value for name, value, _, _ in read_tokenizer_fields(path)}
     assert first["tokenizer.ggml.tokens"] == ["a", "b", "c"]
     first["tokenizer.ggml.tokens"].append("mutated")
-    again = dict((name, value) for name, value, _, _ in read_tokenizer_fields(path))
+    again = {name: value for name, value, _, _ in read_tokenizer_fields(path)}
     assert again["tokenizer.ggml.tokens"] == ["a", "b", "c"]
     vocab_file(path, ["a", "b", "c", "d"])
     stat = path.stat()
     os.utime(path, ns=(stat.st_atime_ns, stat.st_mtime_ns + 10**9))  # a later modification time, whatever the clock
-    rewritten = dict((name, value) for name, value, _, _ in read_tokenizer_fields(path))
+    rewritten = {name: value for name, value, _, _ in read_tokenizer_fields(path)}
     assert rewritten["tokenizer.ggml.tokens"] == ["a", "b", "c", "d"]
 
 

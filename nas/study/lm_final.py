@@ -168,7 +168,8 @@ def lm_final_stage(study: Any, *, weights: RunWeights, evaluator: Any, objective
         a = trial.user_attrs
         deployed = ""
         if "val_byte_perplexity_deployed" in result:
-            deployed = (f"; as deployed ({result.get('variant')}{', the trial' + chr(39) + 's file' if reuse else ''}): val ppl/byte "
+            whose = ", the trial's file" if reuse else ""
+            deployed = (f"; as deployed ({result.get('variant')}{whose}): val ppl/byte "
                         f"{result['val_byte_perplexity_deployed']:.4f}, test ppl/byte "
                         f"{result['test_byte_perplexity_deployed']:.4f} (test ppl per base token "
                         f"{result['test_perplexity_deployed']:.2f}), decode {lm_speedup(result):.2f}x over the "
