@@ -645,17 +645,13 @@ class PairedTimer:
                     "latency_ratio": predicted / base, "mean_tokens": self.sample.mean_tokens(cap), "latency_cap": cap,
                     "seconds_runtime_prepare": time.perf_counter() - t0, "latency_predicted": True}
         was_training = model.training
-        # the passes are prepared (exported, quantized, GPTQ-rounded, calibrated) on every core; only the timed
-        # rounds run at latency.threads
         t0 = time.perf_counter()
         candidate = self._make_pass(model, cap, name=name, fast_export=fast_export, variant=variant)
         prepare_s = time.perf_counter() - t0
         try:
-            base = self.base_pass()
-            with num_threads(self.settings.threads):
-                rounds = paired_rounds(base, candidate, n_batches=len(self.sample.batches(cap)),
-                                       n_inputs=len(self.sample), rounds=self.settings.rounds,
-                                       warmup=self.settings.warmup, chunk=self.settings.chunk)
+            rounds = self._paired(self.base_pass(), candidate, n_batches=len(self.sample.batches(cap)),
+                                  n_inputs=len(self.sample), rounds=self.settings.rounds, warmup=self.settings.warmup,
+                                  chunk=self.settings.chunk)
         finally:
             close_pass(candidate)
         model.train(was_training)
@@ -715,24 +711,19 @@ class PairedTimer:
         n = dict(n_batches=len(self.sample.batches(cap)), n_inputs=len(self.sample), rounds=rounds or self.settings.rounds,
                  warmup=self.settings.warmup, chunk=self.settings.chunk)
         pairs: dict[str, PairedRounds] = {}
-        # passes are prepared on every core (export, quantization, GPTQ); only the timed rounds run at latency.threads
         candidate = self._make_pass(model, cap, name=name, variant=deployed_variant, reuse=reuse)
         try:
             # one pair of sides at a time, each in alternating rounds: the definition of a measured speedup
             # (a side's forward evicts the other's weights from cache; more sides in a round would evict more)
             for baseline in dict.fromkeys(baselines):
-                base = self.base_pass(variants[baseline])
-                with num_threads(self.settings.threads):
-                    pairs[baseline] = paired_rounds(base, candidate, **n)
+                pairs[baseline] = self._paired(self.base_pass(variants[baseline]), candidate, **n)
         finally:
             close_pass(candidate)
         fp32 = self.settings.runtime
         if fp32 != deployed_variant and "runtime_fp32_base" in pairs:  # the candidate at fp32, against the base
             at_fp32 = self._make_pass(model, cap, name=name, variant=fp32, reuse=True)
             try:
-                base = self.base_pass(fp32)
-                with num_threads(self.settings.threads):
-                    pairs["fp32"] = paired_rounds(base, at_fp32, **n)
+                pairs["fp32"] = self._paired(self.base_pass(fp32), at_fp32, **n)
             finally:
                 close_pass(at_fp32)
         model.train(was_training)
@@ -751,6 +742,12 @@ class PairedTimer:
             out[f"speedup_over_{baseline}_p10"] = pair["speedup_p10"]
             out[f"speedup_over_{baseline}_p90"] = pair["speedup_p90"]
         return out
+
+    def _paired(self, base: Pass, candidate: Pass, **rounds: Any) -> PairedRounds:
+        """paired_rounds at latency.threads: only the timing runs there (both passes were prepared, exported,
+        quantized and GPTQ-rounded, on every core)."""
+        with num_threads(self.settings.threads):
+            return paired_rounds(base, candidate, **rounds)
 
     def base_latency_ms(self) -> float:
         """The base's per-input latency: the median of all its rounds so far (measured on demand), or

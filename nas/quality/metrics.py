@@ -77,8 +77,11 @@ class TextScore:
         return math.exp(self.nll / self.base_tokens)
 
     def metrics(self, prefix: str, suffix: str = "") -> dict[str, float]:
-        return {f"{prefix}_byte_perplexity{suffix}": self.byte_perplexity, f"{prefix}_perplexity{suffix}": self.perplexity,
-                f"{prefix}_bits_per_byte{suffix}": self.bits_per_byte, f"{prefix}_tokens{suffix}": self.tokens}
+        """{prefix}_<name>{suffix} for each of SCORE_NAMES."""
+        return {f"{prefix}_{name}{suffix}": getattr(self, name) for name in SCORE_NAMES}
+
+
+SCORE_NAMES = ("byte_perplexity", "perplexity", "bits_per_byte", "tokens")  # TextScore.metrics' keys, in order
 
 
 def anchor_id(tokenizer: Any) -> int:

@@ -16,12 +16,12 @@ from typing import Any
 
 import pandas as pd
 
+from nas.quality.metrics import SCORE_NAMES
 from nas.spec import SubnetSpec
 from nas.study.report import WINNER_ATTR, cost_column, measured_members, pareto_frame, quality_column
 from nas.study.settings import QUANT_ALONE_ATTR
 from nas.study.weights import RunWeights
 
-SCORE_SUFFIXES = ("_byte_perplexity", "_perplexity", "_bits_per_byte", "_tokens")  # TextScore.metrics' keys
 ALONE_PREFIX = "base "  # a winner that is the base alone: "base <precision>[ V<vocab>]" (a quantization_alone key)
 
 
@@ -151,14 +151,16 @@ def lm_final_stage(study: Any, *, weights: RunWeights, evaluator: Any, objective
             a = trial.user_attrs
             reused = {f"speedup_over_reference_base{k}": a.get(f"speedup{k}") for k in ("", "_p10", "_p90")}
             baselines = tuple(b for b in baselines if b != "reference_base")
-        reuse = fs.max_steps <= 0 and _link_trial_file(evaluator, number, precision)
-        # the trial scored this same file in llama.cpp (validation and test): those scores are the member's as deployed
-        scored = {f"{k}_deployed": trial.user_attrs[k] for k in trial.user_attrs
-                  if k.split("_")[0] in ("val", "test") and k.endswith(SCORE_SUFFIXES)} if reuse else {}
-        if reuse and not all(f"{split}_byte_perplexity_deployed" in scored for split in ("val", "test")):
-            scored = {}  # a trial from before test was scored as deployed: score the file here
-        result.update(evaluator.deployed(model, spec, name=f"final_{number}", precision=precision, baselines=baselines,
-                                         reuse=reuse, scored=scored))
+        # untrained, the member's file is its trial's, byte for byte: where this process wrote it (kept while the trial
+        # is on the front), it is timed as it is, and the trial's llama.cpp scores of it (validation and test) are the
+        # member's as deployed; a resumed run (another process) writes and scores it again
+        reuse = fs.max_steps <= 0 and evaluator.in_llamacpp and \
+            evaluator.timer.gguf_path(f"trial_{number}", precision).is_file()
+        keys = [f"{split}_{name}" for split in ("val", "test") for name in SCORE_NAMES]
+        scored = {f"{k}_deployed": trial.user_attrs[k] for k in keys} if reuse and all(
+            k in trial.user_attrs for k in keys) else {}
+        result.update(evaluator.deployed(model, spec, name=f"trial_{number}" if reuse else f"final_{number}",
+                                         precision=precision, baselines=baselines, reuse=reuse, scored=scored))
         result.update({k: v for k, v in reused.items() if v is not None})
         result["file_from_trial"] = reuse
         weights.save(model, weights.final_path(number))
@@ -198,25 +200,3 @@ def lm_final_stage(study: Any, *, weights: RunWeights, evaluator: Any, objective
     say(f"final stage: {(time.perf_counter() - started) / 60:.1f} min")
     write(study)
 
-
-def _link_trial_file(evaluator: Any, number: int, precision: str | None) -> bool:
-    """An untrained member's file is its trial's, byte for byte (the same healed weights, type, importance matrix and
-    GPTQ rounding): where this process wrote it (the timer's working folder), it becomes final_<number>'s file
-    instead of being written again (~1 minute for SmolLM2: calibration moments, GPTQ, llama.cpp's quantizer).
-    A resumed run (another process) has no such file and writes it."""
-    import os
-
-    timer = getattr(evaluator, "timer", None)
-    if timer is None or not getattr(evaluator, "in_llamacpp", False):
-        return False
-    source, target = timer.gguf_path(f"trial_{number}", precision), timer.gguf_path(f"final_{number}", precision)
-    if not source.is_file():
-        return False
-    target.unlink(missing_ok=True)
-    try:
-        os.link(source, target)
-    except OSError:
-        import shutil
-
-        shutil.copyfile(source, target)
-    return True
