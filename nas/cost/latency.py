@@ -225,7 +225,8 @@ class LatencySettings:
         what = "real inputs" if self.inputs == "real" else "fixed-length random ids"
         if self.generation in ("decode", "generate"):
             what = (f"{self.generation} of {self.new_tokens} tokens with the KV cache after real prompts"
-                    + ("" if self.generation == "generate" else f" ({self.unit})"))
+                    + ("" if self.generation == "generate" else f" ({self.unit}"
+                       + ("; the uncounted prefill on every core" if self.runtime == "llamacpp" else "") + ")"))
         precision = self.quant.describe() if self.precision == "int8" else (
             f"GGUF {'f32' if self.precision == 'fp32' else self.precision}" if self.runtime == "llamacpp" else "fp32")
         how = "predicted by the latency table (nas.cost.table)" if self.model == "table" else f"{self.rounds} paired rounds"
