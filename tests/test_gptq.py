@@ -97,8 +97,8 @@ def test_llama_cpp_keeps_gptq_values_exactly(tmp_path, kind):
     ids = torch.randint(3, 256, (8, 32), generator=torch.Generator().manual_seed(0))
     moments = input_moments(model, ids)
     path = tmp_path / f"m.{kind}.gguf"
-    info = write_gguf(model, None, path, kind=kind, moments=moments)
-    assert info["rounding"] == "gptq"
+    info = write_gguf(model, None, path, kind=kind, moments=moments, direct=False)
+    assert info["rounding"] == "gptq" and info["writer"] == "llama.cpp's quantizer"
     expected = round_matrices(dict(gguf_tensors(model)), moments,
                               {n: kind for n, w in gguf_tensors(model) if w.dim() == 2 and n != "token_embd.weight"})
     reader = gguf.GGUFReader(str(path))
@@ -110,3 +110,49 @@ def test_llama_cpp_keeps_gptq_values_exactly(tmp_path, kind):
             assert np.array_equal(got, expected[t.name].numpy()), t.name
             checked += 1
     assert checked == 2 * 7
+
+
+@needs_llama_cpp
+@pytest.mark.parametrize("kind", ["q4_0", "iq4_nl", "q5_0", "iq4_nl_head_iq4_nl", "q4_0_head_q5_0"])
+def test_blocks_written_directly_are_the_bytes_llama_cpp_writes(tmp_path, kind):
+    """GPTQ's values encoded as llama.cpp's blocks (and the q8_0 head by its rounding) without the quantizer: every
+    tensor's type, shape and bytes equal the quantizer's file of the same model, and llama.cpp computes the same
+    logits from both (exactly: the same bytes)."""
+    from nas.deploy.llamacpp import all_logits, load_gguf
+
+    model = tiny.llama(vocab=256, hidden=128, ffn=256, layers=2, positions=64)
+    ids = torch.randint(3, 256, (8, 32), generator=torch.Generator().manual_seed(1))
+    moments = input_moments(model, ids)
+    files = {}
+    for direct in (True, False):
+        files[direct] = tmp_path / f"{direct}.{kind}.gguf"
+        info = write_gguf(model, None, files[direct], kind=kind, moments=moments, direct=direct)
+        assert info["writer"] == ("blocks written directly" if direct else "llama.cpp's quantizer")
+    ours, theirs = ({t.name: t for t in gguf.GGUFReader(str(files[d])).tensors} for d in (True, False))
+    assert set(ours) == set(theirs)
+    for name, t in theirs.items():
+        assert (ours[name].tensor_type, list(ours[name].shape)) == (t.tensor_type, list(t.shape)), name
+        assert np.array_equal(np.asarray(ours[name].data), np.asarray(t.data)), name
+    head = kind.split("_head_")[1] if "_head_" in kind else "q8_0"
+    assert ours["token_embd.weight"].tensor_type.name == head.upper()
+    logits = []
+    for direct in (True, False):
+        llm = load_gguf(files[direct], n_ctx=64, logits_all=True)
+        try:
+            logits.append(all_logits(llm, ids[0].tolist()))
+        finally:
+            llm.close()
+    assert np.array_equal(logits[0], logits[1])
+
+
+def test_a_value_off_the_grid_is_not_encoded():
+    """encode_rounded refuses what GPTQ did not produce: the file then goes to llama.cpp's quantizer."""
+    from nas.deploy.gptq import encode_rounded
+
+    w = torch.randn(4, 64, generator=torch.Generator().manual_seed(0))
+    rounded = plain_rounding(w, GRIDS["iq4_nl"])
+    assert encode_rounded(rounded, "iq4_nl") is not None and encode_rounded(rounded, "iq4_nl").shape == (4, 2 * 18)
+    rounded[1, 5] += 1e-3
+    assert encode_rounded(rounded, "iq4_nl") is None
+    with pytest.raises(ValueError, match="q8_0"):
+        encode_rounded(rounded, "q8_0")

@@ -46,7 +46,7 @@ from torch import nn
 
 from nas.cut.vocab import tokenizer_for
 from nas.deploy.gguf_quant import QUANT_TYPES, check_precision, llama_quantize, parse_mix, split_precision
-from nas.deploy.gptq import GPTQ_TYPES, round_matrices
+from nas.deploy.gptq import BLOCK_BYTES, GPTQ_TYPES, encode_rounded, round_matrices
 from nas.deploy.llamacpp import llama_cpp_available, load_gguf
 from nas.deploy.mixed import for_layers, mixed_types
 from nas.models.decoder import attention_kind, backbone, is_tied
@@ -435,7 +435,7 @@ def write_gguf(model: Any, tokenizer: Any, path: str | Path, *, kind: str = "f32
                source_gguf: str | Path | None = None, texts: Sequence[str] | None = None,
                name: str = "nas-pruned", imatrix: Mapping[str, np.ndarray] | None = None,
                moments: Mapping[str, torch.Tensor] | None = None, threads: int = 0,
-               mix_order: Sequence[str] | None = None) -> dict[str, Any]:
+               mix_order: Sequence[str] | None = None, direct: bool = True) -> dict[str, Any]:
     """Write `model` (a Llama-family causal LM, pruned or not) as a GGUF file llama.cpp loads.
 
     `kind`: f32 / f16 (written by gguf-py), or a llama.cpp quantization type (QUANT_TYPES, optionally
@@ -443,7 +443,11 @@ def write_gguf(model: Any, tokenizer: Any, path: str | Path, *, kind: str = "f32
     matrix, nas.deploy.imatrix; `threads`: the quantizer's, 0 for all cores). With `moments` (each matrix's
     input second moment, nas.deploy.imatrix.input_moments) and a type GPTQ runs for (nas.deploy.gptq.GPTQ_TYPES),
     every matrix is first rounded GPTQ-style onto that type's grid (the head onto its own type when GPTQ knows it;
-    q8_0 by default) and llama.cpp's quantizer, asked for that type everywhere (`pure`), keeps the values.
+    q8_0 by default) and llama.cpp's quantizer, asked for that type everywhere (`pure`), keeps the values. Such a file
+    is then written `direct`ly instead: GPTQ's values as llama.cpp's blocks of their type (nas.deploy.gptq.encode_rounded)
+    and the q8_0 matrices by llama.cpp's q8_0 rounding (gguf-py's, the same), the bytes the quantizer would write
+    (tests/test_gptq.py compares every tensor) without its ~16 s scale search per file; a value off the grid, or
+    `direct=False`, leaves the file to the quantizer.
 
     A mixed file (`mix<n>_<low>`, nas.deploy.mixed) holds the n cheapest tensor groups of `mix_order` (its measured
     sensitivity, cheapest first) at the low type (GPTQ-rounded given `moments`) and every other matrix at q8_0, each
@@ -473,10 +477,16 @@ def write_gguf(model: Any, tokenizer: Any, path: str | Path, *, kind: str = "f32
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + f".tmp{os.getpid()}")
     plain = "f32" if body in QUANT_TYPES else body
+    blocks = encoded_blocks(model, rounded, types) if rounded is not None and direct else None
     try:
         info = _write_plain(model, tokenizer, tmp, kind=plain, arch=arch, source_gguf=source_gguf, texts=texts,
-                            name=name, replace=rounded)
-        if body in QUANT_TYPES:
+                            name=name, replace=rounded, blocks=blocks, file_type=body if blocks else None)
+        if blocks is not None:
+            tmp.replace(path)
+            info["tensor_types"] = {}
+            for _, kind_ in blocks.values():
+                info["tensor_types"][kind_.upper()] = info["tensor_types"].get(kind_.upper(), 0) + 1
+        elif body in QUANT_TYPES:
             done = llama_quantize(tmp, path, body, head=head, imatrix=imatrix, threads=threads, pure=pure,
                                   overrides=overrides)
             info["tensor_types"] = done["types"]
@@ -486,16 +496,44 @@ def write_gguf(model: Any, tokenizer: Any, path: str | Path, *, kind: str = "f32
     finally:
         tmp.unlink(missing_ok=True)
     info.update(path=str(path), type=kind, bytes=path.stat().st_size, seconds=round(time.perf_counter() - t0, 2),
-                imatrix=bool(imatrix), rounding="gptq" if rounded else "llama.cpp")
+                imatrix=bool(imatrix) and blocks is None, rounding="gptq" if rounded else "llama.cpp",
+                writer="blocks written directly" if blocks is not None else "llama.cpp's quantizer" if
+                body in QUANT_TYPES else "gguf-py")
     log.info("GGUF %s: %s, %s, %.1f MB (%.1fs)", path.name, kind, arch, info["bytes"] / 1e6, info["seconds"])
     return info
 
 
+def encoded_blocks(model: Any, rounded: Mapping[str, torch.Tensor],
+                   types: Mapping[str, str]) -> dict[str, tuple[np.ndarray, str]] | None:
+    """Every matrix of `model` as llama.cpp's blocks of its type in `types` ({GGUF name: (uint8 rows, type)}): GPTQ's
+    `rounded` values encoded as they are (nas.deploy.gptq.encode_rounded), q8_0 by llama.cpp's own rounding of the
+    weights. None when a matrix is neither (a type or width this cannot write, or a value off the grid)."""
+    import gguf
+
+    out: dict[str, tuple[np.ndarray, str]] = {}
+    for tensor_name, weight in gguf_tensors(model):
+        if weight.dim() != 2:
+            continue
+        kind = types.get(tensor_name)
+        if tensor_name in rounded and kind in BLOCK_BYTES:
+            data = encode_rounded(rounded[tensor_name], kind)
+        elif kind == "q8_0" and weight.shape[1] % 32 == 0:
+            data = gguf.quants.quantize(weight.detach().float().cpu().numpy(), gguf.GGMLQuantizationType.Q8_0)
+        else:
+            data = None
+        if data is None:
+            return None
+        out[tensor_name] = (data, kind)
+    return out
+
+
 def _write_plain(model: Any, tokenizer: Any, path: Path, *, kind: str, arch: str, source_gguf: str | Path | None,
-                 texts: Sequence[str] | None, name: str, replace: Mapping[str, torch.Tensor] | None = None
+                 texts: Sequence[str] | None, name: str, replace: Mapping[str, torch.Tensor] | None = None,
+                 blocks: Mapping[str, tuple[np.ndarray, str]] | None = None, file_type: str | None = None
                  ) -> dict[str, Any]:
     """The f32 / f16 file gguf-py writes (every quantized type starts from the f32 one); `replace`: tensors
-    written instead of the model's own, by GGUF name (GPTQ's rounded matrices)."""
+    written instead of the model's own, by GGUF name (GPTQ's rounded matrices); `blocks`: matrices written as these
+    llama.cpp blocks instead (encoded_blocks), the file then of llama.cpp type `file_type` (a QUANT_TYPES name)."""
     import gguf
 
     config = model.config
@@ -509,7 +547,11 @@ def _write_plain(model: Any, tokenizer: Any, path: Path, *, kind: str, arch: str
         pre = find_pre_tokenizer(bpe_fields(tokenizer), tokenizer, texts)
     writer = gguf.GGUFWriter(str(path), arch)
     writer.add_name(name)
-    writer.add_file_type(getattr(gguf.LlamaFileType, FILE_TYPES[kind]))
+    if file_type is not None:  # what llama.cpp's quantizer records: the preset, and the block format's version
+        writer.add_file_type(QUANT_TYPES[file_type])
+        writer.add_quantization_version(gguf.GGML_QUANT_VERSION)
+    else:
+        writer.add_file_type(getattr(gguf.LlamaFileType, FILE_TYPES[kind]))
     writer.add_context_length(int(config.max_position_embeddings))
     writer.add_embedding_length(int(config.hidden_size))
     writer.add_block_count(int(config.num_hidden_layers))
@@ -536,7 +578,11 @@ def _write_plain(model: Any, tokenizer: Any, path: Path, *, kind: str, arch: str
         write_bpe_fields(writer, bpe, pre)
     with torch.no_grad():
         for tensor_name, weight in gguf_tensors(model):
-            writer.add_tensor(tensor_name, encode((replace or {}).get(tensor_name, weight), kind))
+            if blocks and tensor_name in blocks:
+                data, type_ = blocks[tensor_name]
+                writer.add_tensor(tensor_name, data, raw_dtype=getattr(gguf.GGMLQuantizationType, type_.upper()))
+            else:
+                writer.add_tensor(tensor_name, encode((replace or {}).get(tensor_name, weight), kind))
     writer.write_header_to_file()
     writer.write_kv_data_to_file()
     writer.write_tensors_to_file()

@@ -15,6 +15,11 @@ reaches the block, from its current values, the same way, and that value is roun
 the block's largest value is d times the grid's end exactly, and llama.cpp recovers d and every index.
 
 K-quants and the min-offset types (q4_1, q5_1) are left to llama.cpp's own rounding.
+
+Once rounded, the quantizer has nothing left to choose: `encode_rounded` stores the values as llama.cpp's blocks
+directly (nas.deploy.gguf writes such files without it, ~25 s less per SmolLM2 file). Where llama.cpp's quantizer
+would move a value (its float32 scale search, weighted by an importance matrix spanning ~10^7, can settle on another
+scale in a block holding a massive-activation column), the direct file keeps GPTQ's.
 """
 
 from __future__ import annotations
@@ -24,6 +29,7 @@ import time
 from collections.abc import Mapping
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 
 log = logging.getLogger(__name__)
@@ -168,3 +174,48 @@ def _remember(key: tuple[str, float, str, str], rounded: torch.Tensor) -> None:
     _ROUNDED[key] = rounded
     while len(_ROUNDED) > 1 and sum(t.numel() * t.element_size() for t in _ROUNDED.values()) > _ROUNDED_MAX_BYTES:
         del _ROUNDED[next(iter(_ROUNDED))]  # the oldest first
+
+
+# ---------------------------------------------------------------------------- GPTQ's values as llama.cpp's blocks
+
+# The 4/5-bit block types GPTQ rounds onto: bytes per 32-value block (an fp16 scale, q5_0's 32 high bits, 16 bytes of
+# low nibbles). A block's index j and j + 16 share byte j of the nibbles (low, high), as llama.cpp packs them.
+BLOCK_BYTES = {"q4_0": 18, "q5_0": 22, "iq4_nl": 18}
+# An all-zero block's scale as llama.cpp stores it: q4_0 / q5_0 divide +0 by their negative grid end (-0); iq4_nl
+# returns early with +0.
+ZERO_SCALE = {"q4_0": -0.0, "q5_0": -0.0, "iq4_nl": 0.0}
+
+
+@torch.no_grad()
+def encode_rounded(values: torch.Tensor, kind: str) -> np.ndarray | None:
+    """A matrix GPTQ rounded onto `kind`'s grid (`gptq`'s output, (rows, cols)) as llama.cpp's own blocks of that type:
+    uint8 (rows, cols / 32 * BLOCK_BYTES[kind]), the bytes llama.cpp's quantizer writes for it (it would search each
+    block's scale and land on GPTQ's: the block's largest value is the grid's end times the fp16 scale). Each block's
+    scale is read back from that value and every value's index from the scale; None when any value is not exactly
+    its index times its block's scale (not on the grid: the caller leaves the file to llama.cpp's quantizer)."""
+    if kind not in BLOCK_BYTES:
+        raise ValueError(f"GPTQ values are encoded as {', '.join(BLOCK_BYTES)} blocks; got {kind!r}")
+    grid = GRIDS[kind]
+    w = values.detach().float()
+    rows, cols = w.shape
+    if cols % BLOCK:
+        return None
+    blocks = w.reshape(rows, cols // BLOCK, BLOCK)
+    top = blocks.gather(-1, blocks.abs().argmax(-1, keepdim=True))[..., 0]
+    d = (top / grid.extreme).to(torch.float16)
+    d = torch.where(d == 0, torch.full_like(d, ZERO_SCALE[kind]), d)  # an all-zero block's, as llama.cpp writes it
+    d32 = d.float()[..., None]
+    grid_values = torch.tensor(grid.values, dtype=torch.float32)
+    mids = (grid_values[1:] + grid_values[:-1]) / 2
+    zero = d32 == 0
+    idx = torch.bucketize(torch.where(zero, torch.zeros_like(blocks), blocks / torch.where(zero, 1.0, d32)), mids)
+    if not torch.equal(grid_values[idx] * d32, blocks):  # GPTQ computed each value as exactly this product
+        return None
+    q = idx.to(torch.uint8).numpy()  # (rows, blocks, 32), each < 32
+    scale = d.numpy().view(np.uint8).reshape(rows, -1, 2)
+    low = (q[..., :16] & 0x0F) | ((q[..., 16:] & 0x0F) << 4)
+    parts = [scale, low]
+    if kind == "q5_0":  # bit j of the block's little-endian uint32: the 5th bit of value j
+        high = np.packbits(q >> 4, axis=-1, bitorder="little")  # (rows, blocks, 4)
+        parts = [scale, high, low]
+    return np.concatenate(parts, axis=-1).reshape(rows, -1)
