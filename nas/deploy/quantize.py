@@ -26,7 +26,6 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import onnx
 
 PRECISIONS = ("fp32", "int8")
 QUANTIZATIONS = ("dynamic", "static")
@@ -132,6 +131,8 @@ def quantize_onnx(src: str | Path, dst: str | Path, settings: QuantSettings, *,
         quantize_dynamic,
         quantize_static,
     )
+
+    import onnx  # ~1.2 s to import (its ml_dtypes): not at every command's start
 
     for noisy in ("root", "onnxruntime"):  # "Please consider to run pre-processing" on every call
         logging.getLogger(noisy).setLevel(logging.ERROR)
