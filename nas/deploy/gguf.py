@@ -15,9 +15,11 @@ optionally with its own head type and an importance matrix):
 - **Types.** Norms and biases stay f32. A quantized type is llama.cpp's preset of that name, applied by
   `llama_model_quantize` to the f32 file (its per-tensor rules and fallbacks included: a row that a
   type's blocks do not fit gets a type that fits it; spaces with `align: 32` keep every pruned width
-  on 32-value blocks). The file's tensor types are read back and returned.
+  on 32-value blocks). The file's tensor types are read back and returned. A file whose matrices GPTQ
+  rounded (nas.deploy.gptq: q4_0, q5_0, iq4_nl, the rest at q8_0) is written without the quantizer, its
+  values stored as llama.cpp's blocks of their type: the bytes the quantizer writes, without its scale search.
 - **Tokenizer.** A model whose base came from a GGUF file carries that file's `tokenizer.ggml.*`
-  fields unchanged (the vocabulary is never pruned). Otherwise the HF fast tokenizer's byte-level
+  fields (cut to the model's own ids where its vocabulary is cut, nas.cut.vocab). Otherwise the HF fast tokenizer's byte-level
   BPE (tokens, merges, special tokens) is written; llama.cpp also needs the name of the
   pre-tokenizer regex, which is found by tokenizing sample texts with each known name and keeping
   the first that gives the HF ids (`check_tokenizer` verifies the written file the same way).
