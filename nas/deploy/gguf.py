@@ -19,8 +19,8 @@ optionally with its own head type and an importance matrix):
   rounded (nas.deploy.gptq: q4_0, q5_0, iq4_nl, the rest at q8_0) is written without the quantizer, its
   values stored as llama.cpp's blocks of their type: the bytes the quantizer writes, without its scale search.
 - **Tokenizer.** A model whose base came from a GGUF file carries that file's `tokenizer.ggml.*`
-  fields (cut to the model's own ids where its vocabulary is cut, nas.cut.vocab). Otherwise the HF fast tokenizer's byte-level
-  BPE (tokens, merges, special tokens) is written; llama.cpp also needs the name of the
+  fields (cut to the model's own ids where its vocabulary is cut, nas.cut.vocab). Otherwise the HF
+  fast tokenizer's byte-level BPE (tokens, merges, special tokens) is written; llama.cpp also needs the name of the
   pre-tokenizer regex, which is found by tokenizing sample texts with each known name and keeping
   the first that gives the HF ids (`check_tokenizer` verifies the written file the same way).
 
@@ -446,10 +446,10 @@ def write_gguf(model: Any, tokenizer: Any, path: str | Path, *, kind: str = "f32
     input second moment, nas.deploy.imatrix.input_moments) and a type GPTQ runs for (nas.deploy.gptq.GPTQ_TYPES),
     every matrix is first rounded GPTQ-style onto that type's grid (the head onto its own type when GPTQ knows it;
     q8_0 by default) and llama.cpp's quantizer, asked for that type everywhere (`pure`), keeps the values. Such a file
-    is then written `direct`ly instead: GPTQ's values as llama.cpp's blocks of their type (nas.deploy.gptq.encode_rounded)
-    and the q8_0 matrices by llama.cpp's q8_0 rounding (gguf-py's, the same), the bytes the quantizer would write
-    (tests/test_gptq.py compares every tensor) without its ~16 s scale search per file; a value off the grid, or
-    `direct=False`, leaves the file to the quantizer.
+    is then written `direct`ly instead: GPTQ's values as llama.cpp's blocks of their type
+    (nas.deploy.gptq.encode_rounded) and the q8_0 matrices by llama.cpp's q8_0 rounding (gguf-py's, the same), the
+    bytes the quantizer would write (tests/test_gptq.py compares every tensor) without its ~16 s scale search per
+    file; a value off the grid, or `direct=False`, leaves the file to the quantizer.
 
     A mixed file (`mix<n>_<low>`, nas.deploy.mixed) holds the n cheapest tensor groups of `mix_order` (its measured
     sensitivity, cheapest first) at the low type (GPTQ-rounded given `moments`) and every other matrix at q8_0, each

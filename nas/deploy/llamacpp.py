@@ -66,8 +66,8 @@ def load_gguf(path: str | Path, *, n_ctx: int = 512, threads: int = 1, vocab_onl
 
     with quiet_stderr():
         return llama_cpp.Llama(model_path=str(path), n_ctx=int(n_ctx), n_threads=int(threads),
-                               n_threads_batch=int(batch_threads or threads), n_batch=int(n_batch), logits_all=logits_all,
-                               vocab_only=vocab_only, verbose=False, n_gpu_layers=0)
+                               n_threads_batch=int(batch_threads or threads), n_batch=int(n_batch),
+                               logits_all=logits_all, vocab_only=vocab_only, verbose=False, n_gpu_layers=0)
 
 
 def all_logits(llm: Any, ids: Sequence[int]) -> np.ndarray:
