@@ -38,6 +38,7 @@ import logging
 import os
 import tempfile
 import time
+from collections import Counter
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -485,9 +486,7 @@ def write_gguf(model: Any, tokenizer: Any, path: str | Path, *, kind: str = "f32
                             name=name, replace=rounded, blocks=blocks, file_type=body if blocks else None)
         if blocks is not None:
             tmp.replace(path)
-            info["tensor_types"] = {}
-            for _, kind_ in blocks.values():
-                info["tensor_types"][kind_.upper()] = info["tensor_types"].get(kind_.upper(), 0) + 1
+            info["tensor_types"] = dict(Counter(kind_.upper() for _, kind_ in blocks.values()))
         elif body in QUANT_TYPES:
             done = llama_quantize(tmp, path, body, head=head, imatrix=imatrix, threads=threads, pure=pure,
                                   overrides=overrides)

@@ -51,6 +51,12 @@ class Grid:
         d = extreme_value.abs() / abs(self.extreme) if self.symmetric else extreme_value / self.extreme
         return d.to(torch.float16).to(torch.float32)
 
+    def points(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """(the grid's values, the midpoints between neighbours), float32: a value's nearest grid index is
+        torch.bucketize(value, midpoints)."""
+        values = torch.tensor(self.values, dtype=torch.float32)
+        return values, (values[1:] + values[:-1]) / 2
+
     def index_of_extreme(self, extreme_value: torch.Tensor) -> torch.Tensor:
         values = torch.tensor(self.values)
         if not self.symmetric:
@@ -84,8 +90,7 @@ def gptq(weight: torch.Tensor, hessian: torch.Tensor, grid: Grid, *, damp: float
     w.masked_fill_(dead[:, None, :], 0.0)
     diag.add_(damp * diag.mean(-1, keepdim=True))
     u = torch.linalg.cholesky(torch.cholesky_inverse(torch.linalg.cholesky(h)), upper=True)  # (B, in, in)
-    values = torch.tensor(grid.values, dtype=torch.float32)
-    mids = (values[1:] + values[:-1]) / 2
+    values, mids = grid.points()
     out = torch.zeros_like(w)
     for i1 in range(0, cols, BLOCK):
         i2 = i1 + BLOCK
@@ -205,8 +210,7 @@ def encode_rounded(values: torch.Tensor, kind: str) -> np.ndarray | None:
     d = (top / grid.extreme).to(torch.float16)
     d = torch.where(d == 0, torch.full_like(d, ZERO_SCALE[kind]), d)  # an all-zero block's, as llama.cpp writes it
     d32 = d.float()[..., None]
-    grid_values = torch.tensor(grid.values, dtype=torch.float32)
-    mids = (grid_values[1:] + grid_values[:-1]) / 2
+    grid_values, mids = grid.points()
     zero = d32 == 0
     idx = torch.bucketize(torch.where(zero, torch.zeros_like(blocks), blocks / torch.where(zero, 1.0, d32)), mids)
     if not torch.equal(grid_values[idx] * d32, blocks):  # GPTQ computed each value as exactly this product
