@@ -19,7 +19,7 @@ decoder: setup-llama
 	$(PY) -m nas.search +space=decoder model=smollm2 data=shakespeare $(ARGS)
 
 test: setup-llama
-	$(PY) -m pytest -q $(ARGS)
+	$(PY) -m pytest -q --durations=25 $(ARGS)
 
 bench-prune: setup
 	$(PY) experiments/prune_importance/run.py $(ARGS)
