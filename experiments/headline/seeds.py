@@ -10,8 +10,10 @@ over (a) the base in torch fp32, (b) in onnxruntime fp32, (c) quantized alike (i
 batch 1, 1 thread), and the run's wall time. `speedup_at_1pt_over_quantized_base` / `_3pt_` are the worst seed's:
 for each seed, the largest speedup over (c) of a final member within 1.0 (3.0) test points of the fp32 base, as
 served; the figure is the smallest of the seeds' (null when a seed has none); `machine`: the CPU and its features
-(AVX2, AVX-512, VNNI, bf16, AMX: nas.util.cpu_features), as each run recorded them. A run folder that already holds
-best.yaml is not run again (only re-measured). Run it alone on the machine.
+(AVX2, AVX-512, VNNI, bf16, AMX: nas.util.cpu_features), as each run recorded them; `ships_with_exits`: the winner
+is a member's early-exit variant, and its figures here are the member's without exits (experiments/early_exit/run.py
+re-measures exits as served). A run folder that already holds best.yaml is not run again (only re-measured). Results
+go to results.json / results.md here, or under --out. Run it alone on the machine.
 """
 
 from __future__ import annotations
@@ -49,11 +51,15 @@ def run_seed(seed: int, root: Path, overrides: list[str]) -> dict:
 
     _, study = load_run(run_dir)
     winner = study.user_attrs.get("final_winner")
+    # a winner that ships with its early exits: deployed.py re-measures members without them (the figures below are
+    # the member's static graph); experiments/early_exit/run.py re-measures the exits as served
+    with_exits = bool(study.user_attrs.get("final_winner_exits"))
     row = next((r for r in deployed["rows"] if r["model"] == f"trial_{winner}"), None)
     return {
         "seed": seed, "run_dir": str(run_dir), "wall_time_s": wall,
         "winner": None if row is None else {
-            "trial": winner, "shape": row["shape"], "test_accuracy_int8_as_served": row["test_accuracy_deployed"],
+            "trial": winner, "shape": row["shape"], "ships_with_exits": with_exits,
+            "test_accuracy_int8_as_served": row["test_accuracy_deployed"],
             "test_change_points": row["diff_points"], "test_change_points_90ci": row["diff_points_90ci"],
             "speedup_over_torch_fp32_base": row["speedup_over_torch_fp32_base"],
             "speedup_over_runtime_fp32_base": row["speedup_over_runtime_fp32_base"],
@@ -69,6 +75,7 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     ap.add_argument("--root", default=str(ROOT / "outputs" / "headline_seeds"))
+    ap.add_argument("--out", default=str(HERE), help="folder for results.json / results.md")
     args, overrides = ap.parse_known_args()
     root = Path(args.root).resolve()
     root.mkdir(parents=True, exist_ok=True)
@@ -86,14 +93,18 @@ def main() -> None:
             key = f"speedup_at_{pts}pt_over_{over}"
             values = [s[key] for s in seeds]
             summary[key] = None if any(v is None for v in values) else min(values)  # the worst seed's
-    (HERE / "results.json").write_text(json.dumps(summary, indent=1) + "\n")
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "results.json").write_text(json.dumps(summary, indent=1) + "\n")
     lines = [f"Machine: {describe_cpu(machine)}; training precision {machine.get('training_precision', 'n/a')}.", "",
              "| seed | winner | int8 test as served (change, 90% CI) | over (c) | over (b) | over (a) | wall |",
              "|---|---|---|---|---|---|---|"]
     for s in seeds:
         w = s["winner"] or {}
         lo, hi = w.get("test_change_points_90ci", (float("nan"), float("nan")))
-        lines.append(f"| {s['seed']} | {w.get('shape')} | {w.get('test_accuracy_int8_as_served', float('nan')):.4f} "
+        shape = f"{w.get('shape')} (ships with exits; this row: without them)" if w.get("ships_with_exits") \
+            else w.get("shape")
+        lines.append(f"| {s['seed']} | {shape} | {w.get('test_accuracy_int8_as_served', float('nan')):.4f} "
                      f"({w.get('test_change_points', float('nan')):+.2f}, {lo:+.2f}..{hi:+.2f}) | "
                      f"{w.get('speedup_over_quantized_base', float('nan')):.2f}x | "
                      f"{w.get('speedup_over_runtime_fp32_base', float('nan')):.2f}x | "
@@ -103,7 +114,7 @@ def main() -> None:
         v = summary[f"speedup_at_{pts}pt_over_quantized_base"]
         lines.append(f"\nWorst seed within {pts}.0 test point of the fp32 base: "
                      + (f"{v:.2f}x over (c)" if v is not None else "a seed has no final member within it"))
-    (HERE / "results.md").write_text("\n".join(lines) + "\n")
+    (out / "results.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
 
 
