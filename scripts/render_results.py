@@ -240,8 +240,8 @@ REGISTRY: list[Entry] = [
         date_field="date",
         note=("Every seed's winner ships with early exits; the figures above are its member's without them. With its "
               "exits, as served (experiments/early_exit/seeds_xeon_vnni_5ep: 200 test reviews, batch 1, 1 thread, 5 "
-              "rounds, the base, the member and its exits taking turns on every input): seed 0 -1.83 points at 3.59x over (c), seed 1 "
-              "-1.54 at 3.00x, seed 2 -0.15 at 3.37x."),
+              "rounds, the base, the member and its exits taking turns on every input): seed 0 -1.83 points at 3.51x over (c), seed 1 "
+              "-1.54 at 3.03x, seed 2 -0.15 at 3.44x."),
     ),
     Entry(
         file="experiments/headline/results.json",
