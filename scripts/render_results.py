@@ -228,30 +228,28 @@ def lm_details(data: Data) -> list[str]:
     return [f"Timing: {data['timing']}.", "", "| model | figure |", "|---|---|", *rows]
 
 
+def seeds_entry(file: str, what: str, note: str = "") -> Entry:
+    """A row of seeds.py's results (the main command over search seeds, each re-timed by deployed.py)."""
+    return Entry(file=file, what=what, figure=seeds_figure, baseline=seeds_baseline,
+                 command="`python experiments/headline/seeds.py` (the main command per seed, each re-timed by "
+                         "deployed.py)",
+                 details=seeds_details, date_field="date", note=note)
+
+
 REGISTRY: list[Entry] = [
-    Entry(
-        file="experiments/headline/seeds_xeon_vnni_5ep/results.json",
-        what=("`make search` over search seeds 0, 1, 2 at today's defaults (one final member at 5 epochs), on an Intel "
-              "Xeon with AVX-512 VNNI and no bf16: the final stage's winners, as served (onnxruntime int8)"),
-        figure=seeds_figure,
-        baseline=seeds_baseline,
-        command="`python experiments/headline/seeds.py` (the main command per seed, each re-timed by deployed.py)",
-        details=seeds_details,
-        date_field="date",
+    seeds_entry(
+        "experiments/headline/seeds_xeon_vnni_5ep/results.json",
+        ("`make search` over search seeds 0, 1, 2 at today's defaults (one final member at 5 epochs), on an Intel "
+         "Xeon with AVX-512 VNNI and no bf16: the final stage's winners, as served (onnxruntime int8)"),
         note=("Every seed's winner ships with early exits; the figures above are its member's without them. With its "
               "exits, as served (experiments/early_exit/seeds_xeon_vnni_5ep: 200 test reviews, batch 1, 1 thread, 5 "
-              "rounds, the base, the member and its exits taking turns on every input): seed 0 -1.83 points at 3.51x over (c), seed 1 "
-              "-1.54 at 3.03x, seed 2 -0.15 at 3.44x."),
+              "rounds, the base, the member and its exits taking turns on every input): seed 0 -1.83 points at "
+              "3.51x over (c), seed 1 -1.54 at 3.03x, seed 2 -0.15 at 3.44x."),
     ),
-    Entry(
-        file="experiments/headline/results.json",
-        what=("`make search` over search seeds 0, 1, 2 with the earlier defaults (two final members at 2.5 epochs): the "
-              "final stage's winners, as served (onnxruntime int8)"),
-        figure=seeds_figure,
-        baseline=seeds_baseline,
-        command="`python experiments/headline/seeds.py` (the main command per seed, each re-timed by deployed.py)",
-        details=seeds_details,
-        date_field="date",
+    seeds_entry(
+        "experiments/headline/results.json",
+        ("`make search` over search seeds 0, 1, 2 with the earlier defaults (two final members at 2.5 epochs): "
+         "the final stage's winners, as served (onnxruntime int8)"),
         note=("Accuracy is scored one review at a time (as served); the band and the winner read only the judge half "
               "of validation, which no selection saw. Members train their whole planned length and end with their "
               "last weights; on this CPU (fp32 training) the stage affords no halving, and seeds 1-2 had only 2 front "
@@ -260,15 +258,10 @@ REGISTRY: list[Entry] = [
               "-0.88 points at 3.17x over (c), seed 1 -0.51 at 2.18x, seed 2 -1.46 at 2.66x; "
               "experiments/early_exit/results.json)."),
     ),
-    Entry(
-        file="experiments/headline/results_bf16.json",
-        what=("`make search` over search seeds 0, 1, 2 on a CPU with AVX-512 VNNI and bf16 (bf16 training, best "
-              "validation checkpoints, patience 3), before the final stage was planned from step cost"),
-        figure=seeds_figure,
-        baseline=seeds_baseline,
-        command="`python experiments/headline/seeds.py` (the main command per seed, each re-timed by deployed.py)",
-        details=seeds_details,
-        date_field="date",
+    seeds_entry(
+        "experiments/headline/results_bf16.json",
+        ("`make search` over search seeds 0, 1, 2 on a CPU with AVX-512 VNNI and bf16 (bf16 training, best "
+         "validation checkpoints, patience 3), before the final stage was planned from step cost"),
     ),
     Entry(
         file="experiments/final_stage/results_deployed.json",
