@@ -158,6 +158,22 @@ def test_the_search_decides_as_the_shipped_runner_does(rule):
     assert len(set(taken.tolist())) > 1  # not a degenerate case
 
 
+def test_the_runners_check_reads_the_searchs_probabilities():
+    """The runner's top probability (plain Python, one row) is the search's softmax (numpy, vectorised) to float64
+    rounding, and its label the first of the largest logits, as argmax takes it; float32 logits as the graphs give."""
+    from nas.deploy.exit_runner import top_probability
+    from nas.quality.exits import probabilities
+
+    rng = np.random.default_rng(1)
+    for labels in (2, 3, 7, 20):
+        logits = rng.normal(scale=4.0, size=(200, labels)).astype(np.float32)
+        p = probabilities(logits)
+        for row, want in zip(logits, p):
+            top, label = top_probability(row[None])
+            assert label == int(want.argmax()) and top == pytest.approx(float(want.max()), rel=1e-12, abs=0)
+    assert top_probability(np.array([[1.0, 1.0, 0.0]], dtype=np.float32))[1] == 0  # a tie: the first, as argmax
+
+
 def test_patience_is_pabees_the_prediction_unchanged_that_many_times():
     """Patience 1 lets an input go at the second exit that agrees with the one before; patience 2 needs three in a
     row."""

@@ -20,6 +20,7 @@ Inputs are real tokens only (batch 1, no padding); an attention mask, if given, 
 from __future__ import annotations
 
 import json
+import math
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -32,12 +33,12 @@ MANIFEST = "exits.json"
 
 
 def top_probability(logits: np.ndarray) -> tuple[float, int]:
-    """(top softmax probability, its label) of one row of logits, in float64."""
-    x = np.asarray(logits, dtype=np.float64).reshape(-1)
-    e = np.exp(x - x.max())
-    p = e / e.sum()
-    label = int(p.argmax())
-    return float(p[label]), label
+    """(top softmax probability, its label) of one row of logits, in float64 (as nas.quality.exits.probabilities).
+    Plain Python on the few labels: with numpy's per-call overhead (11 us warm, more between other models' calls) the
+    check cost a 4-layer member's exits ~0.06 ms of ~0.8 ms per input (1.35x over the member, now 1.45-1.49x)."""
+    x = np.asarray(logits).reshape(-1).tolist()
+    top = max(x)
+    return 1.0 / sum(math.exp(v - top) for v in x), x.index(top)
 
 
 class ExitRule:
@@ -95,6 +96,7 @@ class ExitRunner:
         self.sessions = [ort.InferenceSession(str(self.folder / s["file"]), opts, providers=list(providers))
                          for s in segments]
         self.depths = [int(s["depth"]) for s in segments]  # layers run at the end of each segment
+        self._outputs = [[o.name for o in session.get_outputs()] for session in self.sessions]
         self.segments_run = 0  # of the last call
 
     @property
@@ -117,15 +119,17 @@ class ExitRunner:
     def __call__(self, input_ids: Any, attention_mask: Any = None) -> tuple[np.ndarray, int]:
         """(logits (1, labels), depth: the member's layers this input went through)."""
         feed = {"input_ids": self._ids(input_ids, attention_mask)}
-        self.rule.reset()
+        rule = self.rule
+        rule.reset()
         last = len(self.sessions) - 1
         for i, session in enumerate(self.sessions):
-            outputs = session.run(None, feed)
-            self.segments_run = i + 1
+            outputs = session.run(self._outputs[i], feed)
             if i == last:
+                self.segments_run = i + 1
                 return outputs[0], self.depths[i]
-            hidden, logits = outputs
-            if self.rule.fires(logits):
+            hidden, logits = outputs  # each exit segment gives (hidden_out, logits)
+            if rule.fires(logits):
+                self.segments_run = i + 1
                 return logits, self.depths[i]
             feed = {"hidden_in": hidden}
         raise AssertionError("unreachable")
