@@ -174,6 +174,30 @@ def test_the_runners_check_reads_the_searchs_probabilities():
     assert top_probability(np.array([[1.0, 1.0, 0.0]], dtype=np.float32))[1] == 0  # a tie: the first, as argmax
 
 
+def test_the_timing_sample_has_the_pools_mix_of_exits_and_lengths():
+    """exit_sample gives each exit depth its share of the pool (largest remainders: the counts differ from size x
+    share by less than one), draws within a depth across its lengths, is seeded, and takes the whole pool when the
+    sample is as large."""
+    from nas.study.exits import exit_sample
+
+    rng = np.random.default_rng(0)
+    depths = rng.choice([1, 2, 3, 4], size=630, p=[0.49, 0.09, 0.14, 0.28])
+    lengths = rng.integers(3, 64, size=630) + 20 * (depths == 4)  # deeper inputs run longer, as real ones do
+    for size in (96, 200, 37):
+        pick = exit_sample(depths, lengths, size, seed=1)
+        assert len(pick) == len(set(pick)) == size
+        for d in (1, 2, 3, 4):
+            want = size * np.mean(depths == d)
+            assert abs(np.sum(depths[pick] == d) - want) < 1
+        # within the first exit: its short and its long inputs both drawn, spread as its own lengths are
+        first = lengths[[i for i in pick if depths[i] == 1]]
+        pool = lengths[depths == 1]
+        assert abs(np.median(first) - np.median(pool)) <= 3 and first.min() <= np.quantile(pool, 0.1)
+    assert exit_sample(depths, lengths, 96, seed=1) == exit_sample(depths, lengths, 96, seed=1)
+    assert exit_sample(depths, lengths, 96, seed=1) != exit_sample(depths, lengths, 96, seed=2)
+    assert exit_sample(depths[:50], lengths[:50], 96) == list(range(50))
+
+
 def test_patience_is_pabees_the_prediction_unchanged_that_many_times():
     """Patience 1 lets an input go at the second exit that agrees with the one before; patience 2 needs three in a
     row."""

@@ -13,7 +13,7 @@ measured as served, beside the same member without them.
 The rule search reads per-input logits of every exit from one pass of a runner that stops nowhere, on the selection
 rows (validation minus the judge rows), and per-input costs from measured segment times (a + b x tokens per segment,
 fitted on some of those rows), not FLOPs. The variant is timed on the judge rows (where held out), which no choice
-read. The speedups over (a) the base in torch fp32 and (b) in onnxruntime fp32 are the same member's measured ones
+read: on a sample of them with their own mix of exits taken and lengths (exit_sample). The speedups over (a) the base in torch fp32 and (b) in onnxruntime fp32 are the same member's measured ones
 times the exits' measured speedup over it.
 """
 
@@ -111,26 +111,58 @@ def rows_of(loader: Any) -> tuple[list[np.ndarray], np.ndarray]:
 @dataclass
 class ExitData:
     """What measure_exits reads: the rows by split key (val: the selection rows, judge, test), each (inputs,
-    labels); the timing sample's inputs at the member's cap and the same texts at the base's, and its split."""
+    labels); the timing pool: every text of the timing split (`split`) at the member's cap and the same texts at the
+    base's, from which `size` inputs are timed (exit_sample)."""
 
     rows: dict[str, tuple[list[np.ndarray], np.ndarray]]
     member: list[np.ndarray]
     base: list[np.ndarray]
     timing_split: str = "validation"
+    size: int = 96
+    seed: int = 0
 
     @classmethod
     def build(cls, loaders: Mapping[str, Any], *, task: Any, tokenizer: Any, latency: Any, size: int,
               member_cap: int, base_cap: int, split: str | None = None) -> ExitData:
-        """`loaders`: split key -> a loader at the member's context; the timing sample: `size` texts of `split`
-        (default latency.split; the final stage's: the judge rows, which the rule was not chosen on), stratified by
-        length (nas.cost.latency.InputSample), at both caps."""
+        """`loaders`: split key -> a loader at the member's context; the timing pool: every text of `split`
+        (default latency.split; the final stage's: the judge rows, which the rule was not chosen on; at most
+        nas.cost.latency.MAX_POOL) at both caps, of which measure_exits times `size`."""
         rows = {key: rows_of(loader) for key, loader in loaders.items()}
         split = split or latency.split
-        sample = InputSample.from_task(task, tokenizer, replace(latency, sample_size=size, batch_size=1, inputs="real",
+        ds = getattr(task, split, None)
+        pool = max(int(size), len(ds) if ds is not None else 0)
+        sample = InputSample.from_task(task, tokenizer, replace(latency, sample_size=pool, batch_size=1, inputs="real",
                                                                 split=split), cap=base_cap)
         member = [b["input_ids"] for b in sample.batches(member_cap)]
         base = [b["input_ids"] for b in sample.batches(base_cap)]
-        return cls(rows=rows, member=member, base=base, timing_split=split)
+        return cls(rows=rows, member=member, base=base, timing_split=split, size=int(size), seed=int(latency.seed))
+
+
+def exit_sample(depths: np.ndarray, lengths: np.ndarray, size: int, *, seed: int = 0) -> list[int]:
+    """`size` indices into a pool of inputs whose exit depths (layers the runner ran) and token lengths are given:
+    each depth gets its share of the pool (largest remainders), and within a depth one input is drawn from each of
+    that many equal-count strata by length (seeded). Time depends on the exit an input takes and on its length, so a
+    small sample then has the pool's mix of both: drawn by length alone, 96 of seed 0's 630 judge rows held 54% that
+    left at the first exit and 23% that ran every layer (the 630: 49% and 28%), and read the exits 1.45-1.48x over
+    the member where 200 test reviews (44% and 32%; all 1,366: 49% and 30%) read 1.31-1.34x."""
+    depths, lengths = np.asarray(depths), np.asarray(lengths)
+    n = len(depths)
+    if size >= n:
+        return list(range(n))
+    rng = np.random.default_rng(seed)
+    levels, counts = np.unique(depths, return_counts=True)
+    quota = counts * size / n
+    take = np.floor(quota).astype(int)
+    for i in np.argsort(-(quota - take), kind="stable")[: size - int(take.sum())]:
+        take[i] += 1
+    picked: list[int] = []
+    for level, k in zip(levels, take):
+        if k == 0:
+            continue
+        members = np.flatnonzero(depths == level)
+        by_length = members[np.argsort(lengths[members], kind="stable")]
+        picked += [int(rng.choice(stratum)) for stratum in np.array_split(by_length, k)]
+    return [picked[i] for i in rng.permutation(len(picked))]
 
 
 # ---------------------------------------------------------------------------- measuring
@@ -173,7 +205,7 @@ def measure_exits(model: Any, heads: ExitHeads, *, settings: ExitSettings, data:
         ids, labels_sel = data.rows["val"]
         logits = np.stack([np.concatenate(probe.all_logits(x), axis=0) for x in ids])  # (inputs, exits + 1, labels)
         # the cost model from the selection rows too (every k-th, as many as the timing sample holds)
-        timed = ids[:: max(1, len(ids) // max(1, len(data.member)))][: max(1, len(data.member))]
+        timed = ids[:: max(1, len(ids) // max(1, data.size))][: max(1, data.size)]
         seconds = segment_seconds(probe, timed, rounds=latency.rounds, warmup=latency.warmup)
         fit = fit_segment_costs(np.array([x.shape[1] for x in timed]), seconds)
         costs = exit_costs(fit, np.array([x.shape[1] for x in ids]))
@@ -206,14 +238,18 @@ def measure_exits(model: Any, heads: ExitHeads, *, settings: ExitSettings, data:
     if choice is not None:
         out["selection"] = choice.to_dict()
     # time per input, as served, paired with the member's single graph and with the base (c)
+    # the timing sample: the pool's mix of exits and lengths (every input of the pool run once to read its exit)
+    pool_depths = np.array([runner(x)[1] for x in data.member])
+    pick = exit_sample(pool_depths, np.array([x.shape[1] for x in data.member]), data.size, seed=data.seed)
+    member, base = [data.member[i] for i in pick], [data.base[i] for i in pick]
     static_session = onnx_session(static_path, threads=threads)
     base_session = onnx_session(base_path, threads=threads)
-    member_feeds = [{"input_ids": x, "attention_mask": np.ones_like(x)} for x in data.member]
-    base_feeds = [{"input_ids": x, "attention_mask": np.ones_like(x)} for x in data.base]
-    n = len(data.member)
+    member_feeds = [{"input_ids": x, "attention_mask": np.ones_like(x)} for x in member]
+    base_feeds = [{"input_ids": x, "attention_mask": np.ones_like(x)} for x in base]
+    n = len(member)
 
     def exits_side(i: int) -> Any:
-        return runner(data.member[i])
+        return runner(member[i])
 
     # one pairing of all three sides, taking turns on every input: the exits' time, the member's and the base's are
     # read in the same rounds, so the means printed beside a ratio are the ones it is made of (two separate pairings
@@ -224,7 +260,7 @@ def measure_exits(model: Any, heads: ExitHeads, *, settings: ExitSettings, data:
                        rounds=latency.rounds, warmup=latency.warmup)
     over_static = pair_summary(ms["exits"], ms["static"])
     over_base = pair_summary(ms["exits"], ms["base"])
-    timed_depths = np.array([runner(x)[1] for x in data.member])
+    timed_depths = np.array([runner(x)[1] for x in member])
     out.update({
         "latency_ms": over_base["latency_ms"], "latency_p90_ms": over_base["latency_p90_ms"],
         "latency_ms_static": over_static["base_latency_ms"],
@@ -235,8 +271,9 @@ def measure_exits(model: Any, heads: ExitHeads, *, settings: ExitSettings, data:
         "speedup_over_quantized_base": over_base["speedup"],
         "speedup_over_quantized_base_p10": over_base["speedup_p10"],
         "speedup_over_quantized_base_p90": over_base["speedup_p90"],
-        "timed_exit_shares": shares(timed_depths, depths_all),
-        "definition": (f"real {data.timing_split} inputs (sample {n}, stratified by length), batch 1, {threads} thread"
+        "timed_exit_shares": shares(timed_depths, depths_all), "pool_exit_shares": shares(pool_depths, depths_all),
+        "definition": (f"real {data.timing_split} inputs (sample {n} of {len(pool_depths)}, stratified by the exit "
+                       f"taken and by length), batch 1, {threads} thread"
                        f"{'s' if threads > 1 else ''}, onnxruntime {precision} segments "
                        + (f"({latency.quant.describe()})" if precision == "int8" else "") + f", per input, "
                        f"{latency.rounds} rounds, the base, the member and its exits taking turns on every input; (a) "
