@@ -46,8 +46,8 @@ class ExitSettings:
     every exit is used). `tolerance`: points of accuracy the rule may give up against the member at full depth on
     the selection rows; `margin`: how many paired standard errors of the rule's accuracy change on those rows must
     fit within `tolerance` too (0: the change as measured). `head_lr`: the heads' learning rate (the backbone keeps
-    the member's). `sample_size`:
-    validation inputs the exits are timed on (per input, paired with the member without exits and the base)."""
+    the member's). `sample_size`: inputs the exits are timed on (per input, paired with the member without exits and
+    the base), drawn from the judge rows (else validation) with their mix of exits taken and lengths."""
 
     layers: Any = "auto"
     rule: str = "search"
