@@ -242,9 +242,10 @@ REGISTRY: list[Entry] = [
         ("`make search` over search seeds 0, 1, 2 at today's defaults (one final member at 5 epochs), on an Intel "
          "Xeon with AVX-512 VNNI and no bf16: the final stage's winners, as served (onnxruntime int8)"),
         note=("Every seed's winner ships with early exits; the figures above are its member's without them. With its "
-              "exits, as served (experiments/early_exit/seeds_xeon_vnni_5ep: 200 test reviews, batch 1, 1 thread, 5 "
-              "rounds, the base, the member and its exits taking turns on every input): seed 0 -1.83 points at "
-              "3.51x over (c), seed 1 -1.54 at 3.03x, seed 2 -0.15 at 3.44x."),
+              "exits, as served (experiments/early_exit/seeds_xeon_vnni_5ep, re-measured at 9657a11: 200 test "
+              "reviews drawn with the test set's mix of exits taken and lengths, batch 1, 1 thread, 5 rounds, the "
+              "base, the member and its exits taking turns on every input): seed 0 -1.83 points at 3.95x over (c), "
+              "seed 1 -1.54 at 3.40x, seed 2 -0.15 at 3.92x."),
     ),
     seeds_entry(
         "experiments/headline/results.json",
