@@ -96,7 +96,6 @@ class ExitRunner:
         self.sessions = [ort.InferenceSession(str(self.folder / s["file"]), opts, providers=list(providers))
                          for s in segments]
         self.depths = [int(s["depth"]) for s in segments]  # layers run at the end of each segment
-        self._outputs = [[o.name for o in session.get_outputs()] for session in self.sessions]
         self.segments_run = 0  # of the last call
 
     @property
@@ -119,17 +118,15 @@ class ExitRunner:
     def __call__(self, input_ids: Any, attention_mask: Any = None) -> tuple[np.ndarray, int]:
         """(logits (1, labels), depth: the member's layers this input went through)."""
         feed = {"input_ids": self._ids(input_ids, attention_mask)}
-        rule = self.rule
-        rule.reset()
+        self.rule.reset()
         last = len(self.sessions) - 1
         for i, session in enumerate(self.sessions):
-            outputs = session.run(self._outputs[i], feed)
+            outputs = session.run(None, feed)
+            self.segments_run = i + 1
             if i == last:
-                self.segments_run = i + 1
                 return outputs[0], self.depths[i]
-            hidden, logits = outputs  # each exit segment gives (hidden_out, logits)
-            if rule.fires(logits):
-                self.segments_run = i + 1
+            hidden, logits = outputs
+            if self.rule.fires(logits):
                 return logits, self.depths[i]
             feed = {"hidden_in": hidden}
         raise AssertionError("unreachable")

@@ -13,8 +13,9 @@ measured as served, beside the same member without them.
 The rule search reads per-input logits of every exit from one pass of a runner that stops nowhere, on the selection
 rows (validation minus the judge rows), and per-input costs from measured segment times (a + b x tokens per segment,
 fitted on some of those rows), not FLOPs. The variant is timed on the judge rows (where held out), which no choice
-read: on a sample of them with their own mix of exits taken and lengths (exit_sample). The speedups over (a) the base in torch fp32 and (b) in onnxruntime fp32 are the same member's measured ones
-times the exits' measured speedup over it.
+read: on a sample of them with their own mix of exits taken and lengths (exit_sample). The speedups over (a) the base
+in torch fp32 and (b) in onnxruntime fp32 are the same member's measured ones times the exits' measured speedup over
+it.
 """
 
 from __future__ import annotations
@@ -260,7 +261,6 @@ def measure_exits(model: Any, heads: ExitHeads, *, settings: ExitSettings, data:
                        rounds=latency.rounds, warmup=latency.warmup)
     over_static = pair_summary(ms["exits"], ms["static"])
     over_base = pair_summary(ms["exits"], ms["base"])
-    timed_depths = np.array([runner(x)[1] for x in member])
     out.update({
         "latency_ms": over_base["latency_ms"], "latency_p90_ms": over_base["latency_p90_ms"],
         "latency_ms_static": over_static["base_latency_ms"],
@@ -271,7 +271,7 @@ def measure_exits(model: Any, heads: ExitHeads, *, settings: ExitSettings, data:
         "speedup_over_quantized_base": over_base["speedup"],
         "speedup_over_quantized_base_p10": over_base["speedup_p10"],
         "speedup_over_quantized_base_p90": over_base["speedup_p90"],
-        "timed_exit_shares": shares(timed_depths, depths_all), "pool_exit_shares": shares(pool_depths, depths_all),
+        "timed_exit_shares": shares(pool_depths[pick], depths_all), "pool_exit_shares": shares(pool_depths, depths_all),
         "definition": (f"real {data.timing_split} inputs (sample {n} of {len(pool_depths)}, stratified by the exit "
                        f"taken and by length), batch 1, {threads} thread"
                        f"{'s' if threads > 1 else ''}, onnxruntime {precision} segments "
