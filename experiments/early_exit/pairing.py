@@ -1,6 +1,7 @@
 """How the pairing moves the exits' figures: one finished run's final member, with and without its exits, and the
 base, all in onnxruntime int8 (each exported and quantized as the final stage does, input_ids only), timed on the
-same length-stratified test reviews, batch 1, 1 thread, in one process, three ways:
+same test reviews (nas.cost.latency.InputSample: stratified by length, each model given them at its own token cap),
+batch 1, 1 thread, in one process, three ways:
 
 - with the base: the base, the member and its exits taking turns on every input (the order flips each round), as
   nas.study.exits.measure_exits times them;
@@ -24,6 +25,7 @@ import json
 import sys
 import tempfile
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -41,26 +43,25 @@ def numpy_top_probability(logits: np.ndarray) -> tuple[float, int]:
     return float(p[label]), label
 
 
-def timings(sides: dict, inputs: list, *, rounds: int, blocks: bool) -> dict[str, float]:
-    """Each side's mean ms per input (each input's median over `rounds`), taking turns per input or per sample."""
-    names = list(sides)
-    for name in names:
-        for x in inputs[:10]:
-            sides[name](x)
-    ms = {name: np.zeros((rounds, len(inputs))) for name in names}
-    for r in range(rounds):
-        order = names if r % 2 == 0 else names[::-1]
-        if blocks:
-            for name in order:
-                for i, x in enumerate(inputs):
+def timings(sides: dict, n: int, *, rounds: int, blocks: bool) -> dict[str, float]:
+    """Each side's mean ms per input (each input's median over `rounds`); `sides`: name -> a call on input i. Taking
+    turns on every input (nas.cost.exits.paired_inputs, as measure_exits times), or each side over the sample in
+    turn (`blocks`; the order flips each round); 10 untimed inputs of each side first."""
+    from nas.cost.exits import paired_inputs
+
+    if not blocks:
+        ms = paired_inputs(sides, n, rounds=rounds, warmup=10)
+    else:
+        names = list(sides)
+        for name in names:
+            for i in range(min(10, n)):
+                sides[name](i)
+        ms = {name: np.zeros((rounds, n)) for name in names}
+        for r in range(rounds):
+            for name in names if r % 2 == 0 else names[::-1]:
+                for i in range(n):
                     t0 = time.perf_counter()
-                    sides[name](x)
-                    ms[name][r, i] = (time.perf_counter() - t0) * 1000.0
-        else:
-            for i, x in enumerate(inputs):
-                for name in order:
-                    t0 = time.perf_counter()
-                    sides[name](x)
+                    sides[name](i)
                     ms[name][r, i] = (time.perf_counter() - t0) * 1000.0
     return {name: float(np.median(v, axis=0).mean()) for name, v in ms.items()}
 
@@ -73,11 +74,12 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=2)
     ap.add_argument("--out")
     args = ap.parse_args()
+    from nas.cost.latency import InputSample, latency_lengths, latency_settings
     from nas.deploy.exit_runner import ExitRunner
     from nas.deploy.exits import export_segments
     from nas.quality.exits import ExitRule
     from nas.spec import SubnetSpec
-    from nas.study.exits import heads_path, load_heads, rows_of
+    from nas.study.exits import heads_path, load_heads
     from nas.study.prepare import prepare
     from nas.study.runs import load_run, rebuild_trial_model
     from nas.util import cpu_features, quiet_libraries
@@ -93,13 +95,14 @@ def main() -> None:
     heads = load_heads(variant["heads"], heads_path(run_dir, int(number)))
     rule = ExitRule.from_dict(variant["rule"])
     prep = prepare(cfg)
-    member_ids, _ = rows_of(prep.loader("test", spec.context, batch_size=64, shuffle=False))
-    base_ids, _ = rows_of(prep.loader("test", int(prep.shape.max_positions), batch_size=64, shuffle=False))
-    # a length-stratified sample: every k-th review of the test rows sorted by length
-    order = np.argsort([x.shape[1] for x in base_ids], kind="stable")
-    pick = order[np.linspace(0, len(order) - 1, args.sample).round().astype(int)]
-    rng = np.random.default_rng(0)
-    pick = pick[rng.permutation(len(pick))]
+    # a length-stratified sample of the test reviews, each at the member's cap and at the base's (the same texts)
+    settings = replace(latency_settings(cfg, {}).resolved(lm=False), inputs="real", split="test", batch_size=1,
+                       sample_size=args.sample)
+    member_cap, base_cap = latency_lengths(None, context=spec.context, max_length=int(cfg.get("max_length", 128)),
+                                           max_positions=int(prep.shape.max_positions))
+    sample = InputSample.from_task(prep.task, prep.tokenizer, settings, cap=base_cap)
+    member_ids = [b["input_ids"] for b in sample.batches(member_cap)]
+    base_ids = [b["input_ids"] for b in sample.batches(base_cap)]
     with tempfile.TemporaryDirectory(prefix="pairing_") as tmp:
         tmp = Path(tmp)
         export_segments(model, heads.subset(rule.exits), rule, tmp / "exits", precision="int8")
@@ -111,24 +114,21 @@ def main() -> None:
         if rule_numpy.kind != "confidence":
             raise SystemExit(f"{rule.describe()}: the numpy side is written for the confidence rule")
         rule_numpy.fires = lambda logits: numpy_top_probability(logits)[0] > float(rule_numpy.threshold)
-        inputs = {name: [(base_ids if name == "base" else member_ids)[i] for i in pick] for name in runners}
-        index = {id(x): i for i, x in enumerate(inputs["member"])}
-
         def side(name):
-            runner, xs = runners[name], inputs[name]
-            return lambda x: runner(xs[index[id(x)]])
+            runner, xs = runners[name], base_ids if name == "base" else member_ids
+            return lambda i: runner(xs[i])
 
         sides3 = {name: side(name) for name in ("base", "member", "exits", "exits_numpy")}
         sides2 = {name: side(name) for name in ("member", "exits", "exits_numpy")}
         result = {"run_dir": str(run_dir), "member": spec.describe(), "rule": rule.describe(),
-                  "machine": cpu_features(), "sample": len(pick), "rounds": args.rounds,
+                  "machine": cpu_features(), "sample": len(member_ids), "rounds": args.rounds,
                   "definition": "real test reviews (length-stratified), batch 1, 1 thread, onnxruntime int8 "
                                 "(dynamic, per-channel), each input's median over the rounds", "ways": []}
         for repeat in range(args.repeats):
             for way, sides, blocks in (("with the base, turns on every input", sides3, False),
                                        ("without the base, turns on every input", sides2, False),
                                        ("with the base, each over the sample in turn", sides3, True)):
-                ms = timings(sides, inputs["member"], rounds=args.rounds, blocks=blocks)
+                ms = timings(sides, len(member_ids), rounds=args.rounds, blocks=blocks)
                 row = {"way": way, "repeat": repeat, "ms": {k: round(v, 4) for k, v in ms.items()},
                        "exits_over_member": round(ms["member"] / ms["exits"], 3),
                        "exits_numpy_over_member": round(ms["member"] / ms["exits_numpy"], 3)}
